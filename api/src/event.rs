@@ -1,0 +1,32 @@
+//! Everything that changes is announced as an [`Event`] on `GET /api/v1/events`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::vm::{VmName, VmState};
+
+/// One message of the supervisor's server-sent event stream. The SSE `event:`
+/// field carries [`Event::kind`] and `data:` the JSON of the whole value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A VM entered a new lifecycle state (already written to the store).
+    VmState { name: VmName, state: VmState },
+    /// Progress of a long step (image build, reset, ...). `total` is `None`
+    /// when the amount of work is not known in advance.
+    Progress {
+        task: String,
+        step: String,
+        done: u64,
+        total: Option<u64>,
+    },
+}
+
+impl Event {
+    /// The SSE `event:` name of this event.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::VmState { .. } => "vm_state",
+            Event::Progress { .. } => "progress",
+        }
+    }
+}

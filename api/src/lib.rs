@@ -1,0 +1,17 @@
+//! Wire types shared by every part of clawpen.
+//!
+//! This crate is the only place that defines what travels over the supervisor's
+//! HTTP API and its event stream, so the console (compiled to wasm), the CLI and
+//! the server can never disagree about a field. It depends on serde only: no
+//! tokio, no axum, no OS crates.
+
+pub mod error;
+pub mod event;
+pub mod vm;
+
+pub use error::{ApiError, ErrorBody};
+pub use event::Event;
+pub use vm::{NameError, ResetRequest, VmInfo, VmName, VmSpec, VmState};
+
+/// Path prefix of every supervisor API route.
+pub const API_PREFIX: &str = "/api/v1";

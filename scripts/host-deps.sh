@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs the host packages clawpen needs on Debian 12 (bookworm), idempotently.
+# QEMU comes from bookworm-backports because the machine's qemu-utils is the
+# backports 10.0 build and Debian 12's own qemu-system-x86 (7.2) conflicts with it.
+# The guest kernel and busybox are *not* installed here: the image builder
+# downloads and unpacks their .deb files itself (apt-get download).
+set -euo pipefail
+
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+[ "${CLAWPEN_SKIP_BROWSER:-}" = 1 ] && need=("${need[@]/chromium*}")
+
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+
+backports=/etc/apt/sources.list.d/bookworm-backports.sources
+if [ ! -f "$backports" ] && grep -q bookworm /etc/os-release; then
+  $sudo tee "$backports" >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+
+# The image builder needs fresh package lists for `apt-get download`.
+stamp=/var/lib/apt/lists/.clawpen-updated
+if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mmin +720 2>/dev/null)" ] || [ ${#need[@]} -gt 0 ]; then
+  $sudo apt-get update -qq
+  $sudo touch "$stamp"
+fi
+
+pkgs=()
+for p in "${need[@]}"; do [ -n "$p" ] && pkgs+=("$p"); done
+if [ ${#pkgs[@]} -gt 0 ]; then
+  echo "clawpen: installing host packages: ${pkgs[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    -t bookworm-backports "${pkgs[@]}" >/dev/null
+fi
