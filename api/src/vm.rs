@@ -74,7 +74,7 @@ impl From<VmName> for String {
 
 impl fmt::Display for VmName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -130,7 +130,7 @@ impl fmt::Display for VmState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VmState::Failed { reason } => write!(f, "Failed: {reason}"),
-            other => f.write_str(other.label()),
+            other => f.pad(other.label()),
         }
     }
 }

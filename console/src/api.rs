@@ -1,0 +1,231 @@
+//! The console's only way out: the supervisor's HTTP API and its event stream.
+//! Everything here runs in the browser (feature `hydrate`); without that
+//! feature the functions exist but answer an error, so the components compile
+//! the same way on the server (where they are never called).
+
+use clawpen_api::VmInfo;
+
+/// What a VM list load answers. Serialised from server to browser with the page.
+pub type VmList = Result<Vec<VmInfo>, String>;
+
+/// A VM list load as a Leptos resource runs it.
+pub type LoadFuture = std::pin::Pin<Box<dyn std::future::Future<Output = VmList> + Send>>;
+
+/// A command the VM table sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Reset,
+}
+
+impl Action {
+    pub fn path(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Reset => "reset",
+        }
+    }
+}
+
+/// The message shown when the API answers a non-2xx status.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+fn failure_message(action: Action, name: &str, status: u16, body: &str) -> String {
+    let what = match serde_json::from_str::<clawpen_api::ErrorBody>(body) {
+        Ok(err) => match err.error.field {
+            Some(field) => format!("{} ({field})", err.error.message),
+            None => err.error.message,
+        },
+        Err(_) if body.trim().is_empty() => format!("HTTP {status}"),
+        Err(_) => format!("HTTP {status}: {}", body.trim()),
+    };
+    format!("{} {name} failed: {what}", action.path())
+}
+
+#[cfg(feature = "hydrate")]
+pub use browser::*;
+
+#[cfg(feature = "hydrate")]
+mod browser {
+    use clawpen_api::{Event, API_PREFIX};
+    use wasm_bindgen::closure::Closure;
+    use wasm_bindgen::{JsCast, JsValue};
+    use wasm_bindgen_futures::JsFuture;
+    use web_sys::{EventSource, MessageEvent, Request, RequestCredentials, RequestInit, Response};
+
+    use super::{failure_message, Action, VmList};
+
+    fn js_error(value: JsValue) -> String {
+        if let Some(err) = value.dyn_ref::<js_sys::Error>() {
+            return String::from(err.message());
+        }
+        value.as_string().unwrap_or_else(|| format!("{value:?}"))
+    }
+
+    /// One same-origin request (the session cookie goes along); answers the
+    /// status and the body text.
+    async fn request(
+        method: &str,
+        path: &str,
+        json_body: Option<&str>,
+    ) -> Result<(u16, String), String> {
+        let window = web_sys::window().ok_or("no window")?;
+        let init = RequestInit::new();
+        init.set_method(method);
+        init.set_credentials(RequestCredentials::SameOrigin);
+        if let Some(body) = json_body {
+            init.set_body(&JsValue::from_str(body));
+        }
+        let req = Request::new_with_str_and_init(path, &init).map_err(js_error)?;
+        if json_body.is_some() {
+            req.headers()
+                .set("content-type", "application/json")
+                .map_err(js_error)?;
+        }
+        let resp: Response = JsFuture::from(window.fetch_with_request(&req))
+            .await
+            .map_err(js_error)?
+            .dyn_into()
+            .map_err(js_error)?;
+        let text = JsFuture::from(resp.text().map_err(js_error)?)
+            .await
+            .map_err(js_error)?
+            .as_string()
+            .unwrap_or_default();
+        Ok((resp.status(), text))
+    }
+
+    /// `GET /api/v1/vms`.
+    pub async fn fetch_vms() -> VmList {
+        let (status, body) = request("GET", &format!("{API_PREFIX}/vms"), None)
+            .await
+            .map_err(|e| format!("loading the VM list failed: {e}"))?;
+        if !(200..300).contains(&status) {
+            return Err(format!("loading the VM list failed: HTTP {status}"));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("the VM list is not valid JSON: {e}"))
+    }
+
+    /// [`fetch_vms`] as the `Send` future a Leptos resource wants (the browser
+    /// has one thread, so the wrapper never moves it).
+    pub fn load_vms() -> super::LoadFuture {
+        Box::pin(send_wrapper::SendWrapper::new(fetch_vms()))
+    }
+
+    /// `POST /api/v1/vms/{name}/{start|stop|reset}`; `Err` carries the line to show.
+    pub async fn vm_action(name: &str, action: Action) -> Result<(), String> {
+        let path = format!("{API_PREFIX}/vms/{name}/{}", action.path());
+        // reset takes a (possibly empty) ResetRequest; start and stop take no body
+        let body = (action == Action::Reset).then_some("{}");
+        let (status, text) = request("POST", &path, body)
+            .await
+            .map_err(|e| format!("{} {name} failed: {e}", action.path()))?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(failure_message(action, name, status, &text))
+        }
+    }
+
+    /// Sets an attribute on `<body>` (`data-hydrated`, `data-live`).
+    pub fn set_body_attr(name: &str, value: &str) {
+        if let Some(body) = web_sys::window()
+            .and_then(|w| w.document())
+            .and_then(|d| d.body())
+        {
+            let _ = body.set_attribute(name, value);
+        }
+    }
+
+    /// An open `EventSource("/api/v1/events")`; closed when dropped. The
+    /// browser reconnects on its own after an error.
+    pub struct EventStream {
+        source: EventSource,
+        _on_vm_state: Closure<dyn FnMut(MessageEvent)>,
+        _on_open: Closure<dyn FnMut(web_sys::Event)>,
+        _on_error: Closure<dyn FnMut(web_sys::Event)>,
+    }
+
+    impl Drop for EventStream {
+        fn drop(&mut self) {
+            self.source.close();
+        }
+    }
+
+    /// Follows the supervisor's events: `on_event` for each parsed event,
+    /// `on_open` on every (re)connection, `on_error` when the stream breaks.
+    pub fn subscribe(
+        mut on_event: impl FnMut(Event) + 'static,
+        mut on_open: impl FnMut() + 'static,
+        mut on_error: impl FnMut() + 'static,
+    ) -> Result<EventStream, String> {
+        let source = EventSource::new(&format!("{API_PREFIX}/events")).map_err(js_error)?;
+        let on_vm_state = Closure::<dyn FnMut(MessageEvent)>::new(move |msg: MessageEvent| {
+            let Some(data) = msg.data().as_string() else {
+                return;
+            };
+            match serde_json::from_str::<Event>(&data) {
+                Ok(event) => on_event(event),
+                Err(e) => leptos::logging::warn!("ignoring an event that is not valid JSON: {e}"),
+            }
+        });
+        let on_open_cb = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| on_open());
+        let on_error_cb = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| on_error());
+        source
+            .add_event_listener_with_callback("vm_state", on_vm_state.as_ref().unchecked_ref())
+            .map_err(js_error)?;
+        source.set_onopen(Some(on_open_cb.as_ref().unchecked_ref()));
+        source.set_onerror(Some(on_error_cb.as_ref().unchecked_ref()));
+        Ok(EventStream {
+            source,
+            _on_vm_state: on_vm_state,
+            _on_open: on_open_cb,
+            _on_error: on_error_cb,
+        })
+    }
+}
+
+#[cfg(not(feature = "hydrate"))]
+pub use outside_browser::*;
+
+#[cfg(not(feature = "hydrate"))]
+mod outside_browser {
+    use super::Action;
+
+    const NOT_HERE: &str = "the console's API calls only run in the browser";
+
+    // used only when built with neither `ssr` nor `hydrate`
+    #[cfg_attr(feature = "ssr", allow(dead_code))]
+    pub fn load_vms() -> super::LoadFuture {
+        Box::pin(async { Err(NOT_HERE.into()) })
+    }
+
+    pub async fn vm_action(_name: &str, _action: Action) -> Result<(), String> {
+        Err(NOT_HERE.into())
+    }
+
+    pub fn set_body_attr(_name: &str, _value: &str) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_errors_become_one_readable_line() {
+        let body = r#"{"error":{"code":"conflict","message":"demo is busy resetting"}}"#;
+        assert_eq!(
+            failure_message(Action::Reset, "demo", 409, body),
+            "reset demo failed: demo is busy resetting"
+        );
+        assert_eq!(
+            failure_message(Action::Start, "demo", 502, "bad gateway\n"),
+            "start demo failed: HTTP 502: bad gateway"
+        );
+        assert_eq!(
+            failure_message(Action::Stop, "demo", 500, ""),
+            "stop demo failed: HTTP 500"
+        );
+    }
+}

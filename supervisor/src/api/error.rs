@@ -1,0 +1,70 @@
+//! Maps errors to HTTP answers: a status code and an [`ErrorBody`].
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use clawpen_api::ErrorBody;
+
+use crate::vm::VmError;
+
+/// An HTTP error answer. Handlers return `Result<_, HttpError>`.
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody::new(code, message),
+        }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.body = self.body.with_field(field);
+        self
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API token: open the login URL printed by `clawpen up`, \
+             or send `Authorization: Bearer <token>`",
+        )
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<VmError> for HttpError {
+    fn from(error: VmError) -> Self {
+        let message = error.to_string();
+        match error {
+            VmError::NotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", message).field("name")
+            }
+            VmError::Conflict { .. } => Self::new(StatusCode::CONFLICT, "conflict", message),
+            VmError::Exists(_) => Self::new(StatusCode::CONFLICT, "exists", message).field("name"),
+            VmError::NoImage { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "no_image", message).field("image")
+            }
+            VmError::TaskGone(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+            }
+            VmError::Boot { .. } | VmError::Backend { .. } => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "vm_failed", message)
+            }
+            VmError::Image(_) | VmError::Store(_) | VmError::Dir(_) => {
+                tracing::error!(error = %message, "internal error");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The supervisor's HTTP surface: `/api/v1/...` (JSON + SSE), `/login`, and the
+//! console at `/`. Handlers only translate: they send the VM task a command and
+//! map its answer to a status code.
+
+mod auth;
+mod error;
+mod events;
+mod vms;
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use axum::http::{StatusCode, Uri};
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::auth::Token;
+use crate::events::EventBus;
+use crate::vm::VmManager;
+pub use error::HttpError;
+
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub vms: Arc<VmManager>,
+    pub events: EventBus,
+    pub token: Arc<Token>,
+}
+
+async fn api_not_found(uri: Uri) -> HttpError {
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        format!("no API route {}", uri.path()),
+    )
+}
+
+/// The whole app: login (open), API and console (token required).
+pub fn router(state: AppState, console: Router) -> Router {
+    let api = Router::new()
+        .route("/vms", get(vms::list))
+        .route("/vms/{name}", get(vms::get))
+        .route("/vms/{name}/start", post(vms::start))
+        .route("/vms/{name}/stop", post(vms::stop))
+        .route("/vms/{name}/reset", post(vms::reset))
+        .route("/events", get(events::stream))
+        .fallback(api_not_found)
+        .with_state(state.clone());
+    let protected = Router::new()
+        .nest(clawpen_api::API_PREFIX, api)
+        .merge(console)
+        .layer(from_fn_with_state(state.token.clone(), auth::require_token));
+    Router::new()
+        .route("/login", get(auth::login))
+        .with_state(state.token)
+        .merge(protected)
+}

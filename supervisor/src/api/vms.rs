@@ -1,0 +1,87 @@
+//! `/api/v1/vms/...`: translate HTTP to VM commands and answers to status codes.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use clawpen_api::{ResetRequest, VmInfo, VmName};
+use serde::de::DeserializeOwned;
+
+use super::error::HttpError;
+use crate::vm::VmManager;
+
+pub type Vms = Arc<VmManager>;
+
+fn parse_name(raw: &str) -> Result<VmName, HttpError> {
+    VmName::parse(raw).map_err(|e| {
+        HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_name", e.to_string()).field("name")
+    })
+}
+
+/// Parses an optional JSON body, saying where it is wrong. Empty means default.
+fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, HttpError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            format!("body.{path}")
+        };
+        HttpError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("request body: {}", e.inner()),
+        )
+        .field(field)
+    })
+}
+
+pub async fn list(State(vms): State<Vms>) -> Json<Vec<VmInfo>> {
+    Json(vms.list())
+}
+
+pub async fn get(State(vms): State<Vms>, Path(name): Path<String>) -> Result<Json<VmInfo>, HttpError> {
+    Ok(Json(vms.get(&parse_name(&name)?)?))
+}
+
+pub async fn start(State(vms): State<Vms>, Path(name): Path<String>) -> Result<Json<VmInfo>, HttpError> {
+    Ok(Json(vms.start(&parse_name(&name)?).await?))
+}
+
+pub async fn stop(State(vms): State<Vms>, Path(name): Path<String>) -> Result<Json<VmInfo>, HttpError> {
+    Ok(Json(vms.stop(&parse_name(&name)?).await?))
+}
+
+pub async fn reset(
+    State(vms): State<Vms>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<VmInfo>, HttpError> {
+    let name = parse_name(&name)?;
+    let request: ResetRequest = parse_body(&body)?;
+    // Check the VM exists before doing anything, so a bad call changes nothing.
+    vms.get(&name)?;
+    Ok(Json(vms.reset(&name, request).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_errors_name_the_field() {
+        let err = parse_body::<ResetRequest>(&Bytes::from_static(br#"{"cold": "yes"}"#)).unwrap_err();
+        assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(err.body.error.field.as_deref(), Some("body.cold"));
+        let err = parse_body::<ResetRequest>(&Bytes::from_static(b"{not json")).unwrap_err();
+        assert_eq!(err.body.error.code, "invalid_body");
+        let ok = parse_body::<ResetRequest>(&Bytes::from_static(b"  ")).unwrap();
+        assert!(!ok.cold);
+    }
+}

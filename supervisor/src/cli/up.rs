@@ -1,0 +1,140 @@
+//! `clawpen up`: everything on one host, on embedded defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use clawpen_vmimage::Progress;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::CliError;
+use crate::paths::StateDir;
+use crate::supervisor::{Supervisor, SupervisorConfig};
+use crate::vm::backend::accel::Accel;
+
+/// Where `cargo xtask console` writes the console's browser assets.
+const DEFAULT_SITE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/site");
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Supervisor API + console address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Inference service address.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    inference_listen: SocketAddr,
+    /// Image store (default: STATE_DIR/images).
+    #[arg(long, env = "CLAWPEN_IMAGES")]
+    images: Option<PathBuf>,
+    /// The console's built browser assets (`cargo xtask console`).
+    #[arg(long, env = "CLAWPEN_SITE_DIR", default_value = DEFAULT_SITE_DIR)]
+    site_dir: PathBuf,
+    /// Accelerator: kvm or tcg (default: probe once, remember per host kernel).
+    #[arg(long, env = "CLAWPEN_ACCEL")]
+    accel: Option<Accel>,
+    /// Do not create the demo VM.
+    #[arg(long)]
+    no_demo: bool,
+    /// Do not boot any VM (they keep their recorded state).
+    #[arg(long)]
+    no_start: bool,
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar
+}
+
+pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
+    let state_dir = StateDir::resolve(home).context("state directory")?;
+    if !args.site_dir.join("pkg").is_dir() {
+        tracing::warn!(
+            site_dir = %args.site_dir.display(),
+            "console assets missing (run `cargo xtask console`): the page will render but not update live"
+        );
+    }
+    let bar = progress_bar();
+    let config = SupervisorConfig {
+        images_dir: args.images.unwrap_or_else(|| state_dir.images()),
+        state_dir,
+        site_dir: args.site_dir,
+        accel: args.accel,
+    };
+    let supervisor = Supervisor::open(config, &|p: &Progress| {
+        bar.set_message(format!("building test guest: {}", p.step));
+        bar.set_length(p.total.unwrap_or(0));
+        bar.set_position(p.done);
+        bar.tick();
+    })
+    .await
+    .context("starting the supervisor")?;
+    bar.finish_and_clear();
+
+    let api_listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let inference_listener = tokio::net::TcpListener::bind(args.inference_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.inference_listen))?;
+    let api_addr = api_listener.local_addr().context("local address")?;
+    let inference_addr = inference_listener.local_addr().context("local address")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut inference_stop = stop_rx.clone();
+    let inference = tokio::spawn(clawpen_inference::serve(
+        inference_listener,
+        clawpen_inference::InferenceConfig::default(),
+        async move {
+            let _ = inference_stop.wait_for(|s| *s).await;
+        },
+    ));
+    let app = supervisor.router();
+    let server = tokio::spawn(async move { axum::serve(api_listener, app).await });
+
+    let url = format!("http://{api_addr}");
+    supervisor.write_endpoint(&url).context("recording the endpoint")?;
+    println!("clawpen is up");
+    println!("  console:   {url}/login?token={}", supervisor.token.as_str());
+    println!("  inference: http://{inference_addr}/v1");
+    println!("  state:     {}", supervisor.state_dir.root().display());
+    println!("Press Ctrl-C to stop (running VMs are stopped).");
+
+    if !args.no_demo {
+        supervisor.ensure_demo().context("creating the demo VM")?;
+    }
+    let vms = supervisor.vms.clone();
+    let no_start = args.no_start;
+    let starter = tokio::spawn(async move {
+        for info in vms.list().into_iter().filter(|_| !no_start) {
+            if matches!(info.state, clawpen_api::VmState::Running) {
+                continue;
+            }
+            if let Err(e) = vms.start(&info.spec.name).await {
+                tracing::error!(vm = %info.spec.name, error = %e, "start failed");
+            }
+        }
+    });
+
+    shutdown_signal().await;
+    tracing::info!("stopping: VMs first");
+    starter.abort();
+    let _ = stop_tx.send(true);
+    supervisor.vms.shutdown().await;
+    server.abort();
+    let _ = inference.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

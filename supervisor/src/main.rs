@@ -1,0 +1,51 @@
+//! `clawpen`: the supervisor binary and its CLI.
+
+mod api;
+mod auth;
+mod cli;
+mod events;
+mod paths;
+mod store;
+mod supervisor;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{Cli, CliError, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clawpen: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => cli::up::run(cli.home, args).await,
+            Command::Vm(command) => cli::vm::run(cli.home, command).await,
+            Command::Inference(command) => cli::inference::run(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::BadInput(message)) => {
+            eprintln!("clawpen: {message}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Other(error)) => {
+            eprintln!("clawpen: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The supervisor's SQLite store: the only module that writes SQL.
+//!
+//! WAL mode so readers never block the writer, `synchronous=FULL` so a state
+//! change that was announced survives a crash, and schema migrations keyed on
+//! `PRAGMA user_version` so an old state directory upgrades in place.
+
+mod migrations;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use clawpen_api::{VmInfo, VmName, VmSpec, VmState};
+use rusqlite::{params, Connection, OptionalExtension};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("store migration to schema version {version} failed: {source}")]
+    Migrate {
+        version: usize,
+        source: rusqlite::Error,
+    },
+    #[error("store schema version {found} is newer than this clawpen understands ({known}); upgrade clawpen")]
+    TooNew { found: usize, known: usize },
+    #[error("store query `{what}` failed: {source}")]
+    Query {
+        what: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error("store row for VM {name} is corrupt ({column}): {source}")]
+    Corrupt {
+        name: String,
+        column: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("VM {0} already exists")]
+    Exists(VmName),
+}
+
+/// One VM's row: its spec, last known state and VMM process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRecord {
+    pub spec: VmSpec,
+    pub state: VmState,
+    pub pid: Option<u32>,
+    pub accel: Option<String>,
+}
+
+impl VmRecord {
+    pub fn info(&self) -> VmInfo {
+        VmInfo {
+            spec: self.spec.clone(),
+            state: self.state.clone(),
+            pid: self.pid,
+            accel: self.accel.clone(),
+        }
+    }
+}
+
+/// Handle to the store. Cheap calls; each takes the connection for one statement
+/// or transaction and never across an `.await`.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        migrations::apply(&mut conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (statements are atomic), so a poisoned lock is still usable.
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+
+    /// Adds a VM in state `Created`. Fails if the name is taken.
+    pub fn insert_vm(&self, spec: &VmSpec) -> Result<VmRecord, StoreError> {
+        let record = VmRecord {
+            spec: spec.clone(),
+            state: VmState::Created,
+            pid: None,
+            accel: None,
+        };
+        self.with(|conn| {
+            let spec_json = to_json(&record.spec);
+            let state_json = to_json(&record.state);
+            let inserted = conn
+                .execute(
+                    "INSERT OR IGNORE INTO vms (name, spec, state, pid, accel, updated_at)
+                     VALUES (?1, ?2, ?3, NULL, NULL, unixepoch())",
+                    params![spec.name.as_str(), spec_json, state_json],
+                )
+                .map_err(|source| StoreError::Query {
+                    what: "insert vm",
+                    source,
+                })?;
+            if inserted == 0 {
+                return Err(StoreError::Exists(spec.name.clone()));
+            }
+            Ok(record)
+        })
+    }
+
+    /// Records a VM's new state and VMM process. Called *before* the change is
+    /// announced on the event stream.
+    pub fn set_state(
+        &self,
+        name: &VmName,
+        state: &VmState,
+        pid: Option<u32>,
+        accel: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE vms SET state = ?2, pid = ?3, accel = ?4, updated_at = unixepoch()
+                 WHERE name = ?1",
+                params![name.as_str(), to_json(state), pid, accel],
+            )
+            .map_err(|source| StoreError::Query {
+                what: "update vm state",
+                source,
+            })?;
+            Ok(())
+        })
+    }
+
+    pub fn vm(&self, name: &VmName) -> Result<Option<VmRecord>, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT name, spec, state, pid, accel FROM vms WHERE name = ?1",
+                params![name.as_str()],
+                raw_row,
+            )
+            .optional()
+            .map_err(|source| StoreError::Query {
+                what: "select vm",
+                source,
+            })?
+            .map(decode_row)
+            .transpose()
+        })
+    }
+
+    pub fn vms(&self) -> Result<Vec<VmRecord>, StoreError> {
+        self.with(|conn| {
+            let query_err = |source| StoreError::Query {
+                what: "list vms",
+                source,
+            };
+            let mut stmt = conn
+                .prepare("SELECT name, spec, state, pid, accel FROM vms ORDER BY name")
+                .map_err(query_err)?;
+            let rows = stmt
+                .query_map([], raw_row)
+                .map_err(query_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(query_err)?;
+            rows.into_iter().map(decode_row).collect()
+        })
+    }
+
+    /// A small key/value table for host facts worth remembering (the KVM probe).
+    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT value FROM settings WHERE key = ?1",
+                params![key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|source| StoreError::Query {
+                what: "select setting",
+                source,
+            })
+        })
+    }
+
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(|source| StoreError::Query {
+                what: "upsert setting",
+                source,
+            })?;
+            Ok(())
+        })
+    }
+}
+
+type RawRow = (String, String, String, Option<u32>, Option<String>);
+
+fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+}
+
+fn decode_row((name, spec, state, pid, accel): RawRow) -> Result<VmRecord, StoreError> {
+    let corrupt = |column| {
+        let name = name.clone();
+        move |source| StoreError::Corrupt {
+            name,
+            column,
+            source,
+        }
+    };
+    Ok(VmRecord {
+        spec: serde_json::from_str(&spec).map_err(corrupt("spec"))?,
+        state: serde_json::from_str(&state).map_err(corrupt("state"))?,
+        pid,
+        accel,
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serialising our own plain data types cannot fail.
+    serde_json::to_string(value).expect("wire types serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> VmSpec {
+        VmSpec {
+            name: VmName::parse(name).unwrap(),
+            image: "test-guest".into(),
+            cpus: 1,
+            memory_mib: 256,
+        }
+    }
+
+    #[test]
+    fn vm_round_trips_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = Store::open(&path).unwrap();
+            store.insert_vm(&spec("a")).unwrap();
+            store
+                .set_state(&spec("a").name, &VmState::Running, Some(42), Some("tcg"))
+                .unwrap();
+            assert!(matches!(
+                store.insert_vm(&spec("a")),
+                Err(StoreError::Exists(_))
+            ));
+        }
+        let store = Store::open(&path).unwrap();
+        let rec = store.vm(&spec("a").name).unwrap().unwrap();
+        assert_eq!(rec.state, VmState::Running);
+        assert_eq!(rec.pid, Some(42));
+        assert_eq!(rec.accel.as_deref(), Some("tcg"));
+        assert_eq!(store.vms().unwrap().len(), 1);
+        assert!(store.vm(&spec("b").name).unwrap().is_none());
+    }
+
+    #[test]
+    fn settings_upsert() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        assert_eq!(store.setting("k").unwrap(), None);
+        store.set_setting("k", "1").unwrap();
+        store.set_setting("k", "2").unwrap();
+        assert_eq!(store.setting("k").unwrap().as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 999).unwrap();
+        drop(conn);
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::TooNew { found: 999, .. })
+        ));
+    }
+}

@@ -1,0 +1,151 @@
+//! Wires the supervisor together: store, image store, hypervisor, VM manager,
+//! HTTP server. `clawpen up` is a thin CLI shell around [`Supervisor`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clawpen_api::{Event, VmInfo, VmName, VmSpec};
+use clawpen_vmimage::{ImageStore, Progress};
+
+use crate::api::{self, AppState};
+use crate::auth::Token;
+use crate::events::EventBus;
+use crate::paths::StateDir;
+use crate::store::Store;
+use crate::vm::backend::accel::{self, Accel};
+use crate::vm::backend::qemu::QemuBackend;
+use crate::vm::{VmContext, VmError, VmManager};
+
+/// The VM `clawpen up` makes on first run.
+pub const DEMO_VM: &str = "demo";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Paths(#[from] crate::paths::PathsError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Token(#[from] crate::auth::TokenError),
+    #[error(transparent)]
+    Image(#[from] clawpen_vmimage::ImageError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("{0}")]
+    Accel(#[from] accel::UnknownAccel),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct SupervisorConfig {
+    pub state_dir: StateDir,
+    pub images_dir: PathBuf,
+    pub site_dir: PathBuf,
+    /// `None`: probe (cached per host kernel), or `$CLAWPEN_ACCEL`.
+    pub accel: Option<Accel>,
+}
+
+pub struct Supervisor {
+    pub state_dir: StateDir,
+    pub token: Arc<Token>,
+    pub events: EventBus,
+    pub vms: Arc<VmManager>,
+    site_dir: PathBuf,
+}
+
+impl Supervisor {
+    /// Opens the state, builds the test guest image if needed (reporting
+    /// progress through `progress`), picks the accelerator and recovers VMs
+    /// left by a previous run.
+    pub async fn open(
+        config: SupervisorConfig,
+        progress: &(dyn Fn(&Progress) + Sync),
+    ) -> Result<Self, SupervisorError> {
+        let store = Arc::new(Store::open(&config.state_dir.database())?);
+        let token = Arc::new(Token::load_or_create(&config.state_dir.token_file())?);
+        let events = EventBus::default();
+        let images = ImageStore::open(&config.images_dir)?;
+        let image = {
+            let images = images.clone();
+            let events = events.clone();
+            let report = |p: Progress| {
+                progress(&p);
+                events.publish(Event::Progress {
+                    task: "image build".into(),
+                    step: p.step.clone(),
+                    done: p.done,
+                    total: p.total,
+                });
+            };
+            tokio::task::block_in_place(|| images.ensure_test_guest(&report))?
+        };
+        let accel = match config.accel {
+            Some(accel) => accel,
+            None => accel::choose(&store, &image, &config.state_dir).await?,
+        };
+        tracing::info!(accel = accel.qemu_name(), "accelerator");
+        let ctx = Arc::new(VmContext {
+            store,
+            events: events.clone(),
+            hypervisor: Arc::new(QemuBackend::new(accel)),
+            images: images.clone(),
+            state_dir: config.state_dir.clone(),
+        });
+        let vms = VmManager::recover(ctx).await?;
+        Ok(Self {
+            state_dir: config.state_dir,
+            token,
+            events,
+            vms,
+            site_dir: config.site_dir,
+        })
+    }
+
+    /// Makes the `demo` VM if it does not exist yet.
+    pub fn ensure_demo(&self) -> Result<VmName, SupervisorError> {
+        let name = VmName::parse(DEMO_VM).expect("valid name");
+        match self.vms.create(VmSpec {
+            name: name.clone(),
+            image: clawpen_vmimage::TEST_GUEST.to_string(),
+            cpus: 1,
+            memory_mib: 256,
+        }) {
+            Ok(_) | Err(VmError::Exists(_)) => Ok(name),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn router(&self) -> axum::Router {
+        let source: Arc<dyn clawpen_console::VmSource> = Arc::new(ConsoleSource(self.vms.clone()));
+        let console = clawpen_console::router(self.site_dir.clone(), source);
+        api::router(
+            AppState {
+                vms: self.vms.clone(),
+                events: self.events.clone(),
+                token: self.token.clone(),
+            },
+            console,
+        )
+    }
+
+    /// Where CLI clients find this supervisor (written by `up`).
+    pub fn write_endpoint(&self, url: &str) -> Result<(), SupervisorError> {
+        let path = self.state_dir.root().join("supervisor.url");
+        std::fs::write(&path, url).map_err(|source| SupervisorError::Write { path, source })
+    }
+}
+
+/// The console reads VMs straight from the manager while rendering on the server.
+struct ConsoleSource(Arc<VmManager>);
+
+impl clawpen_console::VmSource for ConsoleSource {
+    fn list_vms(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<VmInfo>, String>> + Send + '_>>
+    {
+        Box::pin(async move { Ok(self.0.list()) })
+    }
+}

@@ -1,0 +1,95 @@
+//! Hypervisor backends behind one trait.
+//!
+//! Only this module knows a hypervisor. The VM task drives a [`Hypervisor`]
+//! and the [`Instance`] it returns; nothing in these traits is QEMU-specific,
+//! so the macOS Virtualization.framework backend can implement them too
+//! (its disks are APFS clones instead of qcow2 overlays, its instance lives in
+//! process instead of in a child process).
+
+pub mod accel;
+mod process;
+pub mod qemu;
+mod qmp;
+
+use async_trait::async_trait;
+use clawpen_api::VmSpec;
+use clawpen_vmimage::Image;
+
+use super::dir::VmDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {stderr}")]
+    Tool { command: String, stderr: String },
+    #[error("the VMM exited during start-up ({status}); its log says: {log_tail}")]
+    EarlyExit { status: String, log_tail: String },
+    #[error("the VMM did not open its control socket within {secs} s; its log says: {log_tail}")]
+    NoControlSocket { secs: u64, log_tail: String },
+    #[error(transparent)]
+    Qmp(#[from] qmp::QmpError),
+    #[error("cannot signal VMM process {pid}: {source}")]
+    Signal { pid: u32, source: nix::Error },
+}
+
+/// A hypervisor that can run VMs described by a [`VmSpec`] on an [`Image`].
+#[async_trait]
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Short name for logs (`qemu`, `vz`).
+    fn name(&self) -> &'static str;
+
+    /// Throws away the VM's writable disk and makes a fresh one from the base
+    /// image. Must not copy the base (overlay or clone), and must be atomic: a
+    /// crash leaves either the old disk or the new one, never half of one.
+    async fn fresh_disk(&self, dir: &VmDir, image: &Image) -> Result<(), BackendError>;
+
+    /// Boots the VM. Returns once the VMM runs and is under control; the guest
+    /// may still be booting.
+    async fn start(
+        &self,
+        dir: &VmDir,
+        spec: &VmSpec,
+        image: &Image,
+    ) -> Result<Box<dyn Instance>, BackendError>;
+
+    /// Takes control again of a VMM left running by a previous supervisor
+    /// process (pid from the store). `None` when that process is gone or is not
+    /// this VM's VMM.
+    async fn adopt(&self, dir: &VmDir, pid: u32) -> Result<Option<Box<dyn Instance>>, BackendError>;
+
+    /// Kills every VMM process of this VM except `keep` (left behind by a crash
+    /// between spawning a VMM and recording it). Returns the pids it killed.
+    async fn kill_strays(&self, dir: &VmDir, keep: Option<u32>) -> Vec<u32>;
+}
+
+/// How a VM ended by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmExit {
+    /// The guest powered off (VMM exit status 0), as opposed to a crash or kill.
+    pub clean: bool,
+    /// What happened, for the `Failed` reason and logs.
+    pub detail: String,
+}
+
+/// One running VM.
+#[async_trait]
+pub trait Instance: Send {
+    /// The VMM process, when the VM runs in one.
+    fn pid(&self) -> Option<u32>;
+
+    /// The accelerator in use (`kvm`, `tcg`, `hvf`, `vz`).
+    fn accel(&self) -> &str;
+
+    /// Resolves when the VM has stopped by itself (guest power-off, VMM crash).
+    /// Cancel-safe: may be polled in `select!` repeatedly.
+    async fn exited(&mut self) -> VmExit;
+
+    /// Stops the VM now (the disk is disposable, so no guest shutdown) and
+    /// waits until the VMM is gone.
+    async fn stop(&mut self) -> Result<(), BackendError>;
+}

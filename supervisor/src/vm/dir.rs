@@ -1,0 +1,108 @@
+//! One folder per VM with fixed file names (as Tart's `VMDirectory` does), so a
+//! person or a restarted supervisor finds everything about a VM in one place:
+//!
+//! ```text
+//! vms/NAME/config.json   the VmSpec
+//!          disk.qcow2    writable overlay on the read-only base image
+//!          serial.log    everything the guest printed on its serial console
+//!          serial.sock   the serial console (connect to type into the guest)
+//!          qmp.sock      the VMM's control socket
+//!          vmm.pid       the VMM's process id
+//!          vmm.log       the VMM's own stdout/stderr
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use clawpen_api::VmSpec;
+
+/// Unix socket paths are limited to 108 bytes (`sun_path`), including the NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmDirError {
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("VM directory {path} makes socket paths longer than 107 bytes; use a shorter CLAWPEN_HOME")]
+    PathTooLong { path: PathBuf },
+    #[error("{path} is not a valid VM config: {source}")]
+    BadConfig {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct VmDir {
+    root: PathBuf,
+}
+
+impl VmDir {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    /// Creates the folder and writes `config.json` (atomically: temp + rename).
+    pub fn create(&self, spec: &VmSpec) -> Result<(), VmDirError> {
+        if self.qmp_socket().as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(VmDirError::PathTooLong {
+                path: self.root.clone(),
+            });
+        }
+        std::fs::create_dir_all(&self.root).map_err(|source| VmDirError::Io {
+            action: "create",
+            path: self.root.clone(),
+            source,
+        })?;
+        let json = serde_json::to_vec_pretty(spec).expect("VmSpec serialises");
+        let tmp = self.root.join("config.json.tmp");
+        std::fs::write(&tmp, json).map_err(|source| VmDirError::Io {
+            action: "write",
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, self.config()).map_err(|source| VmDirError::Io {
+            action: "rename",
+            path: tmp,
+            source,
+        })
+    }
+
+    pub fn read_config(&self) -> Result<VmSpec, VmDirError> {
+        let path = self.config();
+        let bytes = std::fs::read(&path).map_err(|source| VmDirError::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| VmDirError::BadConfig { path, source })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+    pub fn disk(&self) -> PathBuf {
+        self.root.join("disk.qcow2")
+    }
+    pub fn serial_log(&self) -> PathBuf {
+        self.root.join("serial.log")
+    }
+    pub fn serial_socket(&self) -> PathBuf {
+        self.root.join("serial.sock")
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.root.join("qmp.sock")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.root.join("vmm.pid")
+    }
+    pub fn vmm_log(&self) -> PathBuf {
+        self.root.join("vmm.log")
+    }
+}

@@ -1,0 +1,64 @@
+//! Typing into a guest's serial console and reading what it answers.
+//!
+//! Output is read from `serial.log` (QEMU logs everything the guest prints),
+//! input goes through `serial.sock`. Commands end by echoing a computed marker
+//! (`echo END-$((6*7))` prints `END-42`), so the echo of the typed command
+//! itself never matches.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub struct Serial {
+    log: PathBuf,
+    socket: UnixStream,
+    counter: u32,
+}
+
+impl Serial {
+    pub fn connect(vm_dir: &Path) -> Result<Self> {
+        let socket = UnixStream::connect(vm_dir.join("serial.sock")).context("serial socket")?;
+        Ok(Self {
+            log: vm_dir.join("serial.log"),
+            socket,
+            counter: 0,
+        })
+    }
+
+    fn log_len(&self) -> usize {
+        std::fs::metadata(&self.log)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0)
+    }
+
+    /// Runs `command` in the guest shell and returns what it printed.
+    pub fn run(&mut self, command: &str, limit: Duration) -> Result<String> {
+        self.counter += 1;
+        let n = 1000 + self.counter;
+        let marker = format!("END-{}", n * 2);
+        let start = self.log_len();
+        writeln!(self.socket, "{command}; echo END-$(({n}*2))").context("write serial")?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let bytes = std::fs::read(&self.log).unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes[start.min(bytes.len())..]).into_owned();
+            if let Some(pos) = text.find(&marker) {
+                return Ok(text[..pos].to_string());
+            }
+            if Instant::now() > deadline {
+                bail!("guest did not answer {command:?} within {limit:?}; it printed: {text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// True if `marker` appears anywhere in the VM's serial log.
+pub fn log_contains(vm_dir: &Path, marker: &str) -> bool {
+    std::fs::read(vm_dir.join("serial.log"))
+        .map(|b| String::from_utf8_lossy(&b).contains(marker))
+        .unwrap_or(false)
+}

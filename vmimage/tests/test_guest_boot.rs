@@ -1,0 +1,238 @@
+//! Builds the test guest into the workspace's shared image cache and boots it
+//! under QEMU (TCG), driving its serial shell like the supervisor will.
+//!
+//! Needs the host tools `scripts/host-deps.sh` installs (apt lists, dpkg-deb,
+//! mkfs.ext4, qemu-img, qemu-system-x86_64). Both tests use the same cache, so
+//! on a cold cache they race to build it and exercise the build lock.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use clawpen_vmimage::{
+    initramfs, test_guest, FileRole, Image, ImageStore, Progress, FAILED_MARKER, READY_MARKER,
+    TEST_GUEST,
+};
+
+const CACHE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/clawpen-test-images");
+
+fn ensure() -> (Image, Vec<Progress>, Duration) {
+    let store = ImageStore::open(CACHE).expect("open store");
+    let seen = Mutex::new(Vec::new());
+    let start = Instant::now();
+    let image = store
+        .ensure_test_guest(&|p| seen.lock().unwrap().push(p))
+        .expect("build test guest");
+    (image, seen.into_inner().unwrap(), start.elapsed())
+}
+
+#[test]
+fn concurrent_callers_share_one_build() {
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(ensure);
+        let b = s.spawn(ensure);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    eprintln!("ensure took {:?} and {:?}", a.2, b.2);
+    // Same build (same timestamp and hashes), not two.
+    assert_eq!(a.0, b.0);
+    for (_, progress, _) in [&a, &b] {
+        assert_eq!(progress.last().map(|p| p.step.as_str()), Some("done"));
+    }
+
+    // Cached now: fast, and nothing rebuilt.
+    let (c, progress, took) = ensure();
+    assert_eq!(c, a.0);
+    assert_eq!(progress.len(), 1, "{progress:?}");
+    assert!(took < Duration::from_secs(2), "cached lookup took {took:?}");
+    let store = ImageStore::open(CACHE).unwrap();
+    assert_eq!(store.get(TEST_GUEST).unwrap(), Some(c));
+}
+
+#[test]
+fn test_guest_boots_and_runs_commands() {
+    let (image, progress, took) = ensure();
+    eprintln!(
+        "ensure_test_guest: {took:?}, {} progress reports",
+        progress.len()
+    );
+    let m = &image.manifest;
+    assert_eq!(m.name, TEST_GUEST);
+    assert_eq!(m.arch, "x86_64");
+    assert_eq!(m.kernel_cmdline, test_guest::KERNEL_CMDLINE);
+    assert!(m.packages.iter().any(|p| p.name == "busybox-static"));
+    assert!(m
+        .packages
+        .iter()
+        .any(|p| p.name.starts_with("linux-image-6")));
+    assert!(
+        m.kernel_modules.contains(&"ext4".to_owned()),
+        "{:?}",
+        m.kernel_modules
+    );
+    for role in FileRole::ALL {
+        let f = m.file(role).unwrap();
+        let path = image.dir.join(&f.file);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), f.size, "{role:?}");
+    }
+
+    // The initramfs has what /init needs.
+    let listed: Vec<String> = initramfs::list(&image.initrd())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    for needed in ["init", "bin/busybox", "dev/console", "etc/clawpen-modules"] {
+        assert!(listed.iter().any(|n| n == needed), "{needed} missing");
+    }
+    assert!(listed.iter().any(|n| n.ends_with("/ext4.ko")));
+
+    // Boot from an overlay, as VMs do.
+    let tmp = tempfile::tempdir().unwrap();
+    let overlay = tmp.path().join("overlay.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(image.disk())
+        .arg(&overlay)
+        .status()
+        .expect("qemu-img");
+    assert!(status.success());
+
+    let start = Instant::now();
+    let mut vm = Qemu::boot(&image, &overlay);
+    let boot = vm.wait_for(READY_MARKER, Duration::from_secs(60));
+    eprintln!("spawn → {READY_MARKER}: {:?}", start.elapsed());
+    assert!(boot.is_ok(), "guest did not get ready: {}", vm.output);
+    vm.wait_for(test_guest::PROMPT, Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("no prompt: {}", vm.output));
+
+    vm.send("cat /mnt/etc/clawpen-image; echo hi > /mnt/home/f; sync; cat /mnt/home/f; echo DONE-$((6*7))\n");
+    let out = vm
+        .wait_for("DONE-42", Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("command did not finish: {}", vm.output));
+    assert!(out.contains("test-guest"), "{out}");
+    assert!(out.contains("\nhi\r"), "{out}");
+
+    // The shell respawns: exiting it gives a new prompt, not a kernel panic.
+    vm.send("exit\n");
+    vm.wait_for("starting a new one", Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("shell did not respawn: {}", vm.output));
+    vm.wait_for(test_guest::PROMPT, Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("no prompt after respawn: {}", vm.output));
+    vm.send("echo AGAIN-$((2+3))\n");
+    vm.wait_for("AGAIN-5", Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("respawned shell dead: {}", vm.output));
+    eprintln!("console transcript:\n{}", vm.output);
+    drop(vm);
+
+    // The guest wrote to its overlay, never to the base disk.
+    let base = image.manifest.file(FileRole::Disk).unwrap();
+    assert_eq!(sha256(&image.disk()), base.sha256);
+}
+
+/// A QEMU process whose serial console is its stdin/stdout; killed on drop.
+struct Qemu {
+    child: Child,
+    rx: mpsc::Receiver<Vec<u8>>,
+    /// Everything the console printed so far.
+    output: String,
+    /// How much of `output` earlier waits consumed.
+    seen: usize,
+}
+
+impl Qemu {
+    fn boot(image: &Image, overlay: &Path) -> Self {
+        let mut child = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg",
+                "-m",
+                "256",
+                "-nographic",
+                "-nodefaults",
+                "-no-reboot",
+            ])
+            .arg("-kernel")
+            .arg(image.kernel())
+            .arg("-initrd")
+            .arg(image.initrd())
+            .args(["-append", image.kernel_cmdline()])
+            .arg("-drive")
+            .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+            .args(["-serial", "stdio"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("qemu-system-x86_64 (run scripts/host-deps.sh)");
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Qemu {
+            child,
+            rx,
+            output: String::new(),
+            seen: 0,
+        }
+    }
+
+    /// Waits until `needle` appears after what earlier waits consumed;
+    /// returns the text up to and including it. Fails fast if the guest
+    /// reports it could not get ready or QEMU exits.
+    fn wait_for(&mut self, needle: &str, limit: Duration) -> Result<String, ()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(i) = self.output[self.seen..].find(needle) {
+                let end = self.seen + i + needle.len();
+                let text = self.output[self.seen..end].to_owned();
+                self.seen = end;
+                return Ok(text);
+            }
+            if self.output.contains(FAILED_MARKER) {
+                return Err(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(());
+            }
+            match self.rx.recv_timeout(left.min(Duration::from_millis(500))) {
+                Ok(bytes) => self.output.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(()),
+            }
+        }
+    }
+
+    fn send(&mut self, text: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}

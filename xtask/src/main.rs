@@ -1,0 +1,57 @@
+//! `cargo xtask <command>`: workspace automation that needs nothing but cargo.
+//!
+//! One module per subcommand; add a variant to [`Command`] and a module next
+//! to `console.rs` for a new one.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+mod console;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "clawpen workspace tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the console's browser bundle (wasm + JS) into target/site/pkg.
+    Console(console::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Console(args) => console::run(&args),
+    }
+}
+
+/// The workspace root (the folder above `xtask/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` if set, else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        None => workspace_root().join("target"),
+    }
+}
+
+/// The cargo that runs us (`$CARGO`), so a `+toolchain` choice carries over.
+pub fn cargo() -> std::process::Command {
+    std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}

@@ -1,0 +1,40 @@
+//! `cargo xtask test [ARGS]`: everything the tests need (host packages, the
+//! console's wasm bundle, the `clawpen` binary), then every test of the
+//! workspace with cargo-nextest (ARGS go to nextest).
+
+use anyhow::{bail, Context, Result};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Arguments passed to `cargo nextest run`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    rest: Vec<String>,
+}
+
+fn cargo_ok(args: &[&str], extra: &[String]) -> Result<()> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = crate::cargo()
+        .args(args)
+        .args(extra)
+        .current_dir(crate::workspace_root())
+        .status()
+        .with_context(|| format!("cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    crate::deps::install(true)?;
+    crate::console::run(&crate::console::Args::default())?;
+    cargo_ok(&["build", "-p", "clawpen-supervisor", "--bin", "clawpen"], &[])?;
+    let has_nextest = crate::cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_nextest {
+        cargo_ok(&["install", "cargo-nextest", "--locked"], &[])?;
+    }
+    cargo_ok(&["nextest", "run", "--workspace", "--no-fail-fast"], &args.rest)
+}

@@ -1,0 +1,26 @@
+//! `cargo xtask up [ARGS]`: install what the product needs, build it, and run
+//! `clawpen up ARGS` on its embedded defaults.
+
+use anyhow::{bail, Context, Result};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Arguments passed to `clawpen up`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    rest: Vec<String>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    crate::deps::install(false)?;
+    crate::console::run(&crate::console::Args::default())?;
+    let status = crate::cargo()
+        .args(["run", "--quiet", "-p", "clawpen-supervisor", "--bin", "clawpen", "--", "up"])
+        .args(&args.rest)
+        .current_dir(crate::workspace_root())
+        .status()
+        .context("cargo run clawpen up")?;
+    if !status.success() {
+        bail!("clawpen up exited with {status}");
+    }
+    Ok(())
+}
