@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod models;
+pub mod parse;
 pub mod server;
 
 pub use models::{ModelInfo, ModelLocations, ModelSource};

@@ -60,7 +60,7 @@ async fn bad_calls_get_clear_errors_and_change_nothing() {
     // Bad bodies: 422 saying where.
     for (body, field) in [
         (r#"{"cold": "yes"}"#, "body.cold"),
-        (r#"{"warp": true}"#, "body"),
+        (r#"{"warp": true}"#, "body.warp"),
         ("{not json", "body"),
     ] {
         let resp = up

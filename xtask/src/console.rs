@@ -14,7 +14,7 @@ const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// `pkg/clawpen_console_bg.wasm`.
 const OUT_NAME: &str = "clawpen_console";
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Args {
     /// Build with the release profile (smaller, slower to build).
     #[arg(long)]

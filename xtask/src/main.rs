@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 mod console;
+mod deps;
+mod lint;
+mod test;
+mod up;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "clawpen workspace tasks")]
@@ -20,11 +24,20 @@ struct Cli {
 enum Command {
     /// Build the console's browser bundle (wasm + JS) into target/site/pkg.
     Console(console::Args),
+    /// Install what the product needs, build it and run `clawpen up` (args follow).
+    Up(up::Args),
+    /// Install what the tests need and run every test (args go to nextest).
+    Test(test::Args),
+    /// rustfmt check and clippy with warnings as errors.
+    Lint,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Console(args) => console::run(&args),
+        Command::Up(args) => up::run(&args),
+        Command::Test(args) => test::run(&args),
+        Command::Lint => lint::run(),
     }
 }
 

@@ -15,8 +15,8 @@
 //! content is a JSON object.
 
 use super::scan::{Scanned, TagScanner};
-use super::{json_object, valid_name, Emitter, ParseEvent, ParsedCall, ParserOptions};
 use super::ToolCallParser;
+use super::{json_object, valid_name, Emitter, ParseEvent, ParsedCall, ParserOptions};
 
 const START: &str = "<|start|>";
 const CHANNEL: &str = "<|channel|>";
@@ -36,7 +36,11 @@ const BETWEEN_MARKERS: &[&str] = &[START, CHANNEL];
 enum Content {
     Reasoning,
     Text,
-    Call { header: String, name: String, body: String },
+    Call {
+        header: String,
+        name: String,
+        body: String,
+    },
 }
 
 #[derive(Debug)]
@@ -94,9 +98,9 @@ impl HarmonyParser {
                 h.push_str(s);
                 // Not harmony after all: a header has no newline and is
                 // short. The header so far is text, the rest is read again.
-                let cut = h.find('\n').or_else(|| {
-                    (h.len() > MAX_HEADER).then(|| floor_boundary(h, MAX_HEADER))
-                })?;
+                let cut = h
+                    .find('\n')
+                    .or_else(|| (h.len() > MAX_HEADER).then(|| floor_boundary(h, MAX_HEADER)))?;
                 let again = h.split_off(cut);
                 let h = std::mem::take(h);
                 self.out.text(&h);

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::tagged::TagSyntax;
-use super::{json_object, qwen3_coder, valid_name, ParsedCall, ParserOptions};
+use super::{json_object, qwen3_coder, valid_name, ParsedCall};
 
 pub(crate) fn syntax() -> TagSyntax {
     TagSyntax {

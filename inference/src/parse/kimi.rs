@@ -13,7 +13,10 @@ use super::{json_object, valid_name, ParsedCall, ParserOptions};
 pub(crate) fn syntax() -> TagSyntax {
     TagSyntax {
         think: Some(("<think>", "</think>")),
-        section_begin: &["<|tool_calls_section_begin|>", "<|tool_call_section_begin|>"],
+        section_begin: &[
+            "<|tool_calls_section_begin|>",
+            "<|tool_call_section_begin|>",
+        ],
         section_end: &["<|tool_calls_section_end|>", "<|tool_call_section_end|>"],
         call_begin: &["<|tool_call_begin|>"],
         call_end: &["<|tool_call_end|>"],

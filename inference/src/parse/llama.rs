@@ -21,7 +21,9 @@ const PYTHON_TAG: &str = "<|python_tag|>";
 #[derive(Debug)]
 enum State {
     /// Only whitespace so far (after a call: whitespace and `;`).
-    Lead { after_call: bool },
+    Lead {
+        after_call: bool,
+    },
     Text,
     /// A JSON value; `raw` holds it from its first byte (or from after
     /// `prefix`), `pos` is how much of it the span has seen.

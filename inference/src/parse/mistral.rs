@@ -97,7 +97,10 @@ impl MistralParser {
 
     fn run(&mut self) {
         loop {
-            if let State::Calls { raw, pos, phase, .. } = &mut self.state {
+            if let State::Calls {
+                raw, pos, phase, ..
+            } = &mut self.state
+            {
                 raw.push_str(&self.scanner.take());
                 match advance(raw, pos, phase) {
                     Outcome::More => return,
@@ -133,9 +136,7 @@ impl MistralParser {
     }
 
     fn fail(&mut self, at: usize) {
-        if let State::Calls { lead_ws, raw, .. } =
-            std::mem::replace(&mut self.state, State::Text)
-        {
+        if let State::Calls { lead_ws, raw, .. } = std::mem::replace(&mut self.state, State::Text) {
             self.scanner.unread(&raw[at..]);
             self.out.text(&lead_ws);
             self.out.text(TOOL_CALLS);

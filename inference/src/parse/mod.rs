@@ -223,14 +223,20 @@ impl Family {
             Family::DeepSeek
         } else if has("glm-4") || has("glm4") {
             Family::Glm45
-        } else if has("qwen3-coder") || has("qwen3_coder") || has("qwen3coder") || has("qwen3.5")
-        {
+        } else if has("qwen3-coder") || has("qwen3_coder") || has("qwen3coder") || has("qwen3.5") {
             Family::Qwen3Coder
         } else if has("qwen") || has("qwq") || has("hermes") {
             Family::Hermes
-        } else if ["mistral", "mixtral", "magistral", "devstral", "ministral", "codestral"]
-            .iter()
-            .any(|s| has(s))
+        } else if [
+            "mistral",
+            "mixtral",
+            "magistral",
+            "devstral",
+            "ministral",
+            "codestral",
+        ]
+        .iter()
+        .any(|s| has(s))
         {
             Family::Mistral
         } else if has("llama-3") || has("llama3") || has("llama_3") {

@@ -219,10 +219,16 @@ impl WsTrim {
         } else {
             text
         };
-        self.held.push_str(text);
-        let end = self.held.trim_end().len();
-        let rest = self.held.split_off(end);
-        std::mem::replace(&mut self.held, rest)
+        // `held` is all whitespace: only the new text needs looking at.
+        let end = text.trim_end().len();
+        if end == 0 {
+            self.held.push_str(text);
+            return String::new();
+        }
+        let mut out = std::mem::take(&mut self.held);
+        out.push_str(&text[..end]);
+        self.held.push_str(&text[end..]);
+        out
     }
 
     /// A marker follows: takes the held whitespace (dropped, unless the
@@ -285,7 +291,10 @@ mod tests {
             }
         );
         s.push("b>");
-        assert_eq!(s.scan(&["<think>"]), Scanned::Pending { safe: "<b>".into() });
+        assert_eq!(
+            s.scan(&["<think>"]),
+            Scanned::Pending { safe: "<b>".into() }
+        );
     }
 
     #[test]
@@ -315,7 +324,7 @@ mod tests {
         t.start();
         assert_eq!(t.push("\n "), "");
         assert_eq!(t.push(" a b "), "a b");
-        assert_eq!(t.push(" c\n"), " c");
+        assert_eq!(t.push(" c\n"), "  c");
         assert_eq!(t.cut(), "\n");
         assert_eq!(t.push("\nd"), "\nd");
         assert_eq!(t.push("  "), "");
@@ -331,6 +340,9 @@ mod tests {
         assert_eq!(JsonSpan::new().feed("{]"), JsonProgress::Invalid(1));
         assert_eq!(JsonSpan::new().feed("[[]]"), JsonProgress::Complete(4));
         let deep = "[".repeat(MAX_JSON_DEPTH + 1);
-        assert!(matches!(JsonSpan::new().feed(&deep), JsonProgress::Invalid(_)));
+        assert!(matches!(
+            JsonSpan::new().feed(&deep),
+            JsonProgress::Invalid(_)
+        ));
     }
 }

@@ -230,7 +230,8 @@ fn coerce_scalar(value: &Value, raw: &str, t: &str) -> Option<Value> {
             let s = s.trim();
             s.parse::<i64>().ok().map(Value::from).or_else(|| {
                 let f = s.parse::<f64>().ok()?;
-                (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15).then(|| Value::from(f as i64))
+                (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .then(|| Value::from(f as i64))
             })
         }
         ("number", Value::String(s)) => {
@@ -313,7 +314,11 @@ fn validate_at(
     }
     let types = types_of(schema);
     if !types.is_empty() && !types.iter().any(|t| is_type(value, t)) {
-        issue(format!("expected {}, got {}", types.join(" or "), kind(value)));
+        issue(format!(
+            "expected {}, got {}",
+            types.join(" or "),
+            kind(value)
+        ));
         return;
     }
     if let Some(Value::Array(allowed)) = schema.get("enum") {
@@ -348,10 +353,16 @@ fn validate_at(
         Value::String(s) => {
             let n = s.chars().count() as u64;
             if len("minLength").is_some_and(|m| n < m) {
-                issue(format!("must be at least {} characters", schema["minLength"]));
+                issue(format!(
+                    "must be at least {} characters",
+                    schema["minLength"]
+                ));
             }
             if len("maxLength").is_some_and(|m| n > m) {
-                issue(format!("must be at most {} characters", schema["maxLength"]));
+                issue(format!(
+                    "must be at most {} characters",
+                    schema["maxLength"]
+                ));
             }
         }
         Value::Array(items) => {
@@ -364,7 +375,13 @@ fn validate_at(
             }
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
-                    validate_at(item, item_schema, &format!("{path}[{i}]"), issues, depth + 1);
+                    validate_at(
+                        item,
+                        item_schema,
+                        &format!("{path}[{i}]"),
+                        issues,
+                        depth + 1,
+                    );
                 }
             }
         }
