@@ -97,12 +97,13 @@ pub fn partial_marker_suffix(text: &str, markers: &[&str]) -> usize {
     keep
 }
 
-/// The offset just past the char that starts at byte `i` of `text`
-/// (`i` itself at the end or off a char boundary).
+/// The first char boundary of `text` after byte `i` (`text.len()` at most).
 pub fn after_char(text: &str, i: usize) -> usize {
-    text.get(i..)
-        .and_then(|rest| rest.chars().next())
-        .map_or(i, |c| i + c.len_utf8())
+    let mut j = (i + 1).min(text.len());
+    while !text.is_char_boundary(j) {
+        j += 1;
+    }
+    j
 }
 
 /// Progress of a [`JsonSpan`].

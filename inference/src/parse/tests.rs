@@ -548,7 +548,7 @@ fn alphabet() -> Vec<&'static str> {
 
 fn soup() -> impl Strategy<Value = String> {
     let alpha = alphabet();
-    prop::collection::vec(prop::sample::select(alpha), 0..40).prop_map(|v| v.concat())
+    prop::collection::vec(prop::sample::select(alpha), 0..150).prop_map(|v| v.concat())
 }
 
 fn sizes() -> impl Strategy<Value = Vec<usize>> {
@@ -556,7 +556,7 @@ fn sizes() -> impl Strategy<Value = Vec<usize>> {
 }
 
 proptest! {
-    #![proptest_config(config(300))]
+    #![proptest_config(Config { cases: 3000, failure_persistence: None, ..Config::default() })]
 
     /// Every fixture, chunked at random, gives the golden events.
     #[test]
@@ -607,5 +607,69 @@ proptest! {
             let events = run_chunks(family, &ParserOptions::default(), &chunk(&input, &sizes));
             prop_assert_eq!(events, t(&input), "{:?}", family);
         }
+    }
+}
+
+/// One call per family whose argument is `payload` (a JSON-safe string).
+fn long_call(family: Family, payload: &str) -> Option<String> {
+    use Family::*;
+    let args = format!("{{\"text\": \"{payload}\"}}");
+    Some(match family {
+        Hermes => format!("<tool_call>\n{{\"name\": \"w\", \"arguments\": {args}}}\n</tool_call>"),
+        Qwen3Coder => format!(
+            "<tool_call>\n<function=w>\n<parameter=text>\n{payload}\n</parameter>\n</function>\n</tool_call>"
+        ),
+        Glm45 => format!("<tool_call>w\n<arg_key>text</arg_key>\n<arg_value>{payload}</arg_value>\n</tool_call>"),
+        Harmony => format!("<|channel|>commentary to=functions.w <|constrain|>json<|message|>{args}<|call|>"),
+        KimiK2 => format!(
+            "<|tool_calls_section_begin|><|tool_call_begin|>functions.w:0<|tool_call_argument_begin|>{args}<|tool_call_end|><|tool_calls_section_end|>"
+        ),
+        Mistral => format!("[TOOL_CALLS]w[ARGS]{args}"),
+        Llama3Json => format!("{{\"name\": \"w\", \"parameters\": {args}}}"),
+        DeepSeek => format!("{CALLS_BEGIN}{CALL_BEGIN}w{SEP}{args}{CALL_END}{CALLS_END}"),
+        Plain => return None,
+    })
+}
+
+/// Feeding stays linear: a 256 KiB argument in 3-byte chunks.
+#[test]
+fn long_call_in_small_chunks() {
+    let payload = "lorem ipsum dolor sit amet ".repeat(256 * 1024 / 27);
+    for family in Family::ALL {
+        let Some(input) = long_call(family, &payload) else {
+            continue;
+        };
+        let events = run_chunks(
+            family,
+            &ParserOptions::default(),
+            &chunk(&input, &[3; 1 << 17]),
+        );
+        let calls = calls_of(&events);
+        assert_eq!(calls.len(), 1, "{family:?}");
+        assert!(calls[0].1.contains(&payload[..1000]), "{family:?}");
+    }
+}
+
+/// Throughput per family (`cargo nextest run -p clawpen-inference --run-ignored only throughput`).
+#[test]
+#[ignore]
+fn throughput() {
+    for f in fixtures() {
+        let input = format!("{}\n", f.input).repeat((1 << 20) / (f.input.len() + 1) + 1);
+        let pieces = chunk(&input, &vec![4; input.len() / 4]);
+        let start = std::time::Instant::now();
+        let mut p = f.family.parser(f.options.clone());
+        let mut n = 0;
+        for c in &pieces {
+            n += p.feed(c).len();
+        }
+        n += p.finish().len();
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{:<48} {:>8.1} MB/s ({} events)",
+            f.name,
+            input.len() as f64 / secs / 1e6,
+            n
+        );
     }
 }
