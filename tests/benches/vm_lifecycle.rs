@@ -41,7 +41,11 @@ async fn main() {
     let mut boots = Vec::new();
     for _ in 0..RUNS {
         boots.push(timed(&up, "/vms/demo/start").await);
-        let resp = up.request(Method::POST, "/vms/demo/stop").send().await.unwrap();
+        let resp = up
+            .request(Method::POST, "/vms/demo/stop")
+            .send()
+            .await
+            .unwrap();
         assert!(resp.status().is_success());
     }
     timed(&up, "/vms/demo/start").await;
@@ -52,8 +56,13 @@ async fn main() {
     let boot = stats(&mut boots);
     let reset = stats(&mut resets);
     println!();
-    println!("test guest, 256 MiB, 1 vCPU, TCG; API call until the guest's ready marker; {RUNS} runs");
-    println!("| {:<18} | {:>8} | {:>8} | {:>8} |", "operation", "min s", "median s", "max s");
+    println!(
+        "test guest, 256 MiB, 1 vCPU, TCG; API call until the guest's ready marker; {RUNS} runs"
+    );
+    println!(
+        "| {:<18} | {:>8} | {:>8} | {:>8} |",
+        "operation", "min s", "median s", "max s"
+    );
     println!("|{:-<20}|{:->10}|{:->10}|{:->10}|", "", "", "", "");
     for (name, (min, med, max)) in [("cold boot", boot), ("cold reset", reset)] {
         println!("| {name:<18} | {min:>8.2} | {med:>8.2} | {max:>8.2} |");

@@ -59,17 +59,18 @@ impl Browser {
 
     /// Text of the first element matching `css`, if there is one.
     pub async fn text(&self, css: &str) -> Option<String> {
-        let element = self
-            .client
-            .find(fantoccini::Locator::Css(css))
-            .await
-            .ok()?;
+        let element = self.client.find(fantoccini::Locator::Css(css)).await.ok()?;
         element.text().await.ok()
     }
 
     pub async fn wait_for(&self, css: &str, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
-        while self.client.find(fantoccini::Locator::Css(css)).await.is_err() {
+        while self
+            .client
+            .find(fantoccini::Locator::Css(css))
+            .await
+            .is_err()
+        {
             if Instant::now() > deadline {
                 bail!("no element {css:?} within {limit:?}");
             }

@@ -37,7 +37,14 @@ pub fn clawpen_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "clawpen-supervisor", "--bin", "clawpen"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "clawpen-supervisor",
+                "--bin",
+                "clawpen",
+            ])
             .current_dir(workspace_root())
             .status()
             .expect("run cargo build");
@@ -73,7 +80,13 @@ impl Up {
     /// Starts `clawpen up` on `home` with free ports and waits for its login URL.
     pub fn start(home: &Path, extra_args: &[&str]) -> Result<Self> {
         let mut child = Command::new(clawpen_bin())
-            .args(["up", "--listen", "127.0.0.1:0", "--inference-listen", "127.0.0.1:0"])
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--inference-listen",
+                "127.0.0.1:0",
+            ])
             .args(extra_args)
             .env("CLAWPEN_HOME", home)
             .env("CLAWPEN_IMAGES", test_images_dir())
@@ -141,7 +154,10 @@ impl Up {
     }
 
     pub async fn vm(&self, name: &str) -> Result<VmInfo> {
-        let resp = self.request(reqwest::Method::GET, &format!("/vms/{name}")).send().await?;
+        let resp = self
+            .request(reqwest::Method::GET, &format!("/vms/{name}"))
+            .send()
+            .await?;
         if !resp.status().is_success() {
             bail!("GET vm {name}: {}", resp.status());
         }

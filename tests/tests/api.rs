@@ -15,7 +15,13 @@ async fn bad_calls_get_clear_errors_and_change_nothing() {
     let http = reqwest::Client::new();
 
     // No token: 401 everywhere but the login page.
-    for path in ["/api/v1/vms", "/api/v1/vms/demo", "/api/v1/events", "/", "/pkg/x.js"] {
+    for path in [
+        "/api/v1/vms",
+        "/api/v1/vms/demo",
+        "/api/v1/events",
+        "/",
+        "/pkg/x.js",
+    ] {
         let resp = http.get(format!("{}{path}", up.url)).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
     }
@@ -39,7 +45,11 @@ async fn bad_calls_get_clear_errors_and_change_nothing() {
     assert!(resp.headers().get("set-cookie").is_none());
 
     // Missing VM: 404 naming the field.
-    let resp = up.request(Method::POST, "/vms/nope/reset").send().await.unwrap();
+    let resp = up
+        .request(Method::POST, "/vms/nope/reset")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let body: ErrorBody = resp.json().await.unwrap();
     assert_eq!(body.error.code, "not_found");
@@ -77,7 +87,11 @@ async fn bad_calls_get_clear_errors_and_change_nothing() {
     }
 
     // Stop of a VM that is not running: 409 with the state.
-    let resp = up.request(Method::POST, "/vms/demo/stop").send().await.unwrap();
+    let resp = up
+        .request(Method::POST, "/vms/demo/stop")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::CONFLICT);
 
     // Unknown API route: JSON 404.

@@ -18,5 +18,12 @@ fn cargo_ok(args: &[&str]) -> Result<()> {
 
 pub fn run() -> Result<()> {
     cargo_ok(&["fmt", "--all", "--check"])?;
-    cargo_ok(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+    cargo_ok(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
 }

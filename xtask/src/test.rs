@@ -28,7 +28,10 @@ fn cargo_ok(args: &[&str], extra: &[String]) -> Result<()> {
 pub fn run(args: &Args) -> Result<()> {
     crate::deps::install(true)?;
     crate::console::run(&crate::console::Args::default())?;
-    cargo_ok(&["build", "-p", "clawpen-supervisor", "--bin", "clawpen"], &[])?;
+    cargo_ok(
+        &["build", "-p", "clawpen-supervisor", "--bin", "clawpen"],
+        &[],
+    )?;
     let has_nextest = crate::cargo()
         .args(["nextest", "--version"])
         .output()
@@ -36,5 +39,8 @@ pub fn run(args: &Args) -> Result<()> {
     if !has_nextest {
         cargo_ok(&["install", "cargo-nextest", "--locked"], &[])?;
     }
-    cargo_ok(&["nextest", "run", "--workspace", "--no-fail-fast"], &args.rest)
+    cargo_ok(
+        &["nextest", "run", "--workspace", "--no-fail-fast"],
+        &args.rest,
+    )
 }

@@ -14,7 +14,16 @@ pub fn run(args: &Args) -> Result<()> {
     crate::deps::install(false)?;
     crate::console::run(&crate::console::Args::default())?;
     let status = crate::cargo()
-        .args(["run", "--quiet", "-p", "clawpen-supervisor", "--bin", "clawpen", "--", "up"])
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "clawpen-supervisor",
+            "--bin",
+            "clawpen",
+            "--",
+            "up",
+        ])
         .args(&args.rest)
         .current_dir(crate::workspace_root())
         .status()

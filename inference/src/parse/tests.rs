@@ -548,7 +548,7 @@ fn alphabet() -> Vec<&'static str> {
 
 fn soup() -> impl Strategy<Value = String> {
     let alpha = alphabet();
-    prop::collection::vec(prop::sample::select(alpha), 0..150).prop_map(|v| v.concat())
+    prop::collection::vec(prop::sample::select(alpha), 0..40).prop_map(|v| v.concat())
 }
 
 fn sizes() -> impl Strategy<Value = Vec<usize>> {
@@ -556,7 +556,7 @@ fn sizes() -> impl Strategy<Value = Vec<usize>> {
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 3000, failure_persistence: None, ..Config::default() })]
+    #![proptest_config(config(300))]
 
     /// Every fixture, chunked at random, gives the golden events.
     #[test]

@@ -12,7 +12,9 @@ use tokio_stream::StreamExt;
 
 use crate::events::EventBus;
 
-pub async fn stream(State(events): State<EventBus>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+pub async fn stream(
+    State(events): State<EventBus>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let stream = BroadcastStream::new(events.subscribe()).map(|item| {
         Ok(match item {
             Ok(event) => SseEvent::default()
@@ -20,9 +22,9 @@ pub async fn stream(State(events): State<EventBus>) -> Sse<impl Stream<Item = Re
                 .json_data(&event)
                 .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event")),
             // A slow subscriber missed events: tell it to re-read the VM list.
-            Err(BroadcastStreamRecvError::Lagged(n)) => SseEvent::default()
-                .event("lagged")
-                .data(n.to_string()),
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                SseEvent::default().event("lagged").data(n.to_string())
+            }
         })
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

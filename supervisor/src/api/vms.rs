@@ -16,7 +16,12 @@ pub type Vms = Arc<VmManager>;
 
 fn parse_name(raw: &str) -> Result<VmName, HttpError> {
     VmName::parse(raw).map_err(|e| {
-        HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_name", e.to_string()).field("name")
+        HttpError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_name",
+            e.to_string(),
+        )
+        .field("name")
     })
 }
 
@@ -46,15 +51,24 @@ pub async fn list(State(vms): State<Vms>) -> Json<Vec<VmInfo>> {
     Json(vms.list())
 }
 
-pub async fn get(State(vms): State<Vms>, Path(name): Path<String>) -> Result<Json<VmInfo>, HttpError> {
+pub async fn get(
+    State(vms): State<Vms>,
+    Path(name): Path<String>,
+) -> Result<Json<VmInfo>, HttpError> {
     Ok(Json(vms.get(&parse_name(&name)?)?))
 }
 
-pub async fn start(State(vms): State<Vms>, Path(name): Path<String>) -> Result<Json<VmInfo>, HttpError> {
+pub async fn start(
+    State(vms): State<Vms>,
+    Path(name): Path<String>,
+) -> Result<Json<VmInfo>, HttpError> {
     Ok(Json(vms.start(&parse_name(&name)?).await?))
 }
 
-pub async fn stop(State(vms): State<Vms>, Path(name): Path<String>) -> Result<Json<VmInfo>, HttpError> {
+pub async fn stop(
+    State(vms): State<Vms>,
+    Path(name): Path<String>,
+) -> Result<Json<VmInfo>, HttpError> {
     Ok(Json(vms.stop(&parse_name(&name)?).await?))
 }
 
@@ -76,7 +90,8 @@ mod tests {
 
     #[test]
     fn body_errors_name_the_field() {
-        let err = parse_body::<ResetRequest>(&Bytes::from_static(br#"{"cold": "yes"}"#)).unwrap_err();
+        let err =
+            parse_body::<ResetRequest>(&Bytes::from_static(br#"{"cold": "yes"}"#)).unwrap_err();
         assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(err.body.error.field.as_deref(), Some("body.cold"));
         let err = parse_body::<ResetRequest>(&Bytes::from_static(b"{not json")).unwrap_err();

@@ -51,7 +51,10 @@ impl Client {
         format!("{}{}{}", self.base, clawpen_api::API_PREFIX, path)
     }
 
-    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, CliError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, CliError> {
         let response = request
             .bearer_auth(self.token.as_str())
             .send()
@@ -60,7 +63,8 @@ impl Client {
         let status = response.status();
         let bytes = response.bytes().await.context("reading the answer")?;
         if status.is_success() {
-            return Ok(serde_json::from_slice(&bytes).context("the supervisor's answer is not the expected JSON")?);
+            return Ok(serde_json::from_slice(&bytes)
+                .context("the supervisor's answer is not the expected JSON")?);
         }
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.error.message)

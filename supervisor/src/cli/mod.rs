@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "clawpen", version, about = "Run an AI agent in a disposable VM next to a local model")]
+#[command(
+    name = "clawpen",
+    version,
+    about = "Run an AI agent in a disposable VM next to a local model"
+)]
 pub struct Cli {
     /// State directory (default: $CLAWPEN_HOME, else the platform data dir).
     #[arg(long, global = true, env = "CLAWPEN_HOME")]

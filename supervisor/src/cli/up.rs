@@ -97,9 +97,14 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     let server = tokio::spawn(async move { axum::serve(api_listener, app).await });
 
     let url = format!("http://{api_addr}");
-    supervisor.write_endpoint(&url).context("recording the endpoint")?;
+    supervisor
+        .write_endpoint(&url)
+        .context("recording the endpoint")?;
     println!("clawpen is up");
-    println!("  console:   {url}/login?token={}", supervisor.token.as_str());
+    println!(
+        "  console:   {url}/login?token={}",
+        supervisor.token.as_str()
+    );
     println!("  inference: http://{inference_addr}/v1");
     println!("  state:     {}", supervisor.state_dir.root().display());
     println!("Press Ctrl-C to stop (running VMs are stopped).");

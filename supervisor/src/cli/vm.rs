@@ -51,7 +51,10 @@ pub async fn run(home: Option<PathBuf>, command: VmCommand) -> Result<(), CliErr
     match command {
         VmCommand::Ls(target) => {
             let vms: Vec<VmInfo> = Client::new(home, target.url)?.get("/vms").await?;
-            println!("{:<16} {:<12} {:<12} {:>8} {:>5}", "NAME", "STATE", "IMAGE", "PID", "ACCEL");
+            println!(
+                "{:<16} {:<12} {:<12} {:>8} {:>5}",
+                "NAME", "STATE", "IMAGE", "PID", "ACCEL"
+            );
             for vm in vms {
                 println!(
                     "{:<16} {:<12} {:<12} {:>8} {:>5}",

@@ -37,7 +37,8 @@ pub(super) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
         let err = |source| StoreError::Migrate { version, source };
         let tx = conn.transaction().map_err(err)?;
         tx.execute_batch(sql).map_err(err)?;
-        tx.pragma_update(None, "user_version", version as i64).map_err(err)?;
+        tx.pragma_update(None, "user_version", version as i64)
+            .map_err(err)?;
         tx.commit().map_err(err)?;
     }
     Ok(())

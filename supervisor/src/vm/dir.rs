@@ -26,7 +26,9 @@ pub enum VmDirError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("VM directory {path} makes socket paths longer than 107 bytes; use a shorter CLAWPEN_HOME")]
+    #[error(
+        "VM directory {path} makes socket paths longer than 107 bytes; use a shorter CLAWPEN_HOME"
+    )]
     PathTooLong { path: PathBuf },
     #[error("{path} is not a valid VM config: {source}")]
     BadConfig {

@@ -41,10 +41,7 @@ pub enum VmError {
     #[error("image store: {0}")]
     Image(#[from] clawpen_vmimage::ImageError),
     #[error("VM {name}: {source}")]
-    Backend {
-        name: VmName,
-        source: BackendError,
-    },
+    Backend { name: VmName, source: BackendError },
     #[error("VM {name} did not come up: {reason}")]
     Boot { name: VmName, reason: String },
     #[error(transparent)]
@@ -99,14 +96,15 @@ impl VmManager {
             let name = record.spec.name.clone();
             let dir = VmDir::new(ctx.state_dir.vm(&name));
             let instance = match (record.state.clone(), record.pid) {
-                (VmState::Running, Some(pid)) => ctx
-                    .hypervisor
-                    .adopt(&dir, pid)
-                    .await
-                    .map_err(|source| VmError::Backend {
-                        name: name.clone(),
-                        source,
-                    })?,
+                (VmState::Running, Some(pid)) => {
+                    ctx.hypervisor
+                        .adopt(&dir, pid)
+                        .await
+                        .map_err(|source| VmError::Backend {
+                            name: name.clone(),
+                            source,
+                        })?
+                }
                 _ => None,
             };
             let keep = instance.as_ref().and_then(|i| i.pid());
@@ -138,12 +136,7 @@ impl VmManager {
         Ok(manager)
     }
 
-    fn spawn_task(
-        &self,
-        info: VmInfo,
-        dir: VmDir,
-        instance: Option<Box<dyn backend::Instance>>,
-    ) {
+    fn spawn_task(&self, info: VmInfo, dir: VmDir, instance: Option<Box<dyn backend::Instance>>) {
         let name = info.spec.name.clone();
         let (handle, task) = task::VmTask::new(self.ctx.clone(), info, dir, instance);
         tokio::spawn(task.run());

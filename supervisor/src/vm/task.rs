@@ -181,13 +181,10 @@ impl VmTask {
 
     fn image(&self) -> Result<Image, VmError> {
         let spec = self.info.borrow().spec.clone();
-        self.ctx
-            .images
-            .get(&spec.image)?
-            .ok_or(VmError::NoImage {
-                name: spec.name,
-                image: spec.image,
-            })
+        self.ctx.images.get(&spec.image)?.ok_or(VmError::NoImage {
+            name: spec.name,
+            image: spec.image,
+        })
     }
 
     fn backend_error(&self, source: super::backend::BackendError) -> VmError {

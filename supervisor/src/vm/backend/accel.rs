@@ -82,9 +82,16 @@ pub async fn choose(
     }
     let key = probe_cache_key();
     if let Ok(Some(known)) = store.setting(&key) {
-        return Ok(if known == "yes" { Accel::Kvm } else { Accel::Tcg });
+        return Ok(if known == "yes" {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        });
     }
-    tracing::info!(limit_s = PROBE_LIMIT.as_secs(), "probing whether KVM can boot a guest");
+    tracing::info!(
+        limit_s = PROBE_LIMIT.as_secs(),
+        "probing whether KVM can boot a guest"
+    );
     let boots = probe_kvm(image, &state_dir.root().join("kvm-probe")).await;
     if let Err(e) = store.set_setting(&key, if boots { "yes" } else { "no" }) {
         tracing::warn!(error = %e, "cannot remember the KVM probe result");

@@ -60,7 +60,8 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Takes control again of a VMM left running by a previous supervisor
     /// process (pid from the store). `None` when that process is gone or is not
     /// this VM's VMM.
-    async fn adopt(&self, dir: &VmDir, pid: u32) -> Result<Option<Box<dyn Instance>>, BackendError>;
+    async fn adopt(&self, dir: &VmDir, pid: u32)
+        -> Result<Option<Box<dyn Instance>>, BackendError>;
 
     /// Kills every VMM process of this VM except `keep` (left behind by a crash
     /// between spawning a VMM and recording it). Returns the pids it killed.

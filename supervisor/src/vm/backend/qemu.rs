@@ -81,7 +81,10 @@ impl QemuBackend {
             "-serial".into(),
             "chardev:serial0".into(),
             "-qmp".into(),
-            format!("unix:{},server=on,wait=off", escape_opt(&p(&dir.qmp_socket()))),
+            format!(
+                "unix:{},server=on,wait=off",
+                escape_opt(&p(&dir.qmp_socket()))
+            ),
             "-pidfile".into(),
             p(&dir.pid_file()),
         ];
@@ -91,11 +94,7 @@ impl QemuBackend {
         args
     }
 
-    async fn connect_qmp(
-        &self,
-        dir: &VmDir,
-        exit: &ExitWatch,
-    ) -> Result<Qmp, BackendError> {
+    async fn connect_qmp(&self, dir: &VmDir, exit: &ExitWatch) -> Result<Qmp, BackendError> {
         let deadline = tokio::time::Instant::now() + CONTROL_SOCKET_WAIT;
         loop {
             if exit.has_exited() {
@@ -220,10 +219,14 @@ impl Hypervisor for QemuBackend {
         }))
     }
 
-    async fn adopt(&self, dir: &VmDir, pid: u32) -> Result<Option<Box<dyn Instance>>, BackendError> {
+    async fn adopt(
+        &self,
+        dir: &VmDir,
+        pid: u32,
+    ) -> Result<Option<Box<dyn Instance>>, BackendError> {
         let qmp_path = dir.qmp_socket().display().to_string();
-        let ours = process::is_alive(pid)
-            && process::cmdline(pid).is_some_and(|c| c.contains(&qmp_path));
+        let ours =
+            process::is_alive(pid) && process::cmdline(pid).is_some_and(|c| c.contains(&qmp_path));
         if !ours {
             return Ok(None);
         }

@@ -65,7 +65,11 @@ impl Qmp {
     }
 
     /// Runs one command and returns its `return` value.
-    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+    pub async fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, QmpError> {
         tokio::time::timeout(COMMAND_TIMEOUT, self.execute_inner(command, arguments))
             .await
             .map_err(|_| QmpError::Timeout {
@@ -74,7 +78,11 @@ impl Qmp {
             })?
     }
 
-    async fn execute_inner(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+    async fn execute_inner(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, QmpError> {
         let mut msg = json!({ "execute": command });
         if let Some(arguments) = arguments {
             msg["arguments"] = arguments;
