@@ -11,6 +11,8 @@ use crate::vm::{VmName, VmState};
 pub enum Event {
     /// A VM entered a new lifecycle state (already written to the store).
     VmState { name: VmName, state: VmState },
+    /// A VM and everything it owned are gone.
+    VmDeleted { name: VmName },
     /// Progress of a long step (image build, reset, ...). `total` is `None`
     /// when the amount of work is not known in advance.
     Progress {
@@ -26,6 +28,7 @@ impl Event {
     pub fn kind(&self) -> &'static str {
         match self {
             Event::VmState { .. } => "vm_state",
+            Event::VmDeleted { .. } => "vm_deleted",
             Event::Progress { .. } => "progress",
         }
     }

@@ -11,7 +11,10 @@ pub mod vm;
 
 pub use error::{ApiError, ErrorBody};
 pub use event::Event;
-pub use vm::{NameError, ResetRequest, VmInfo, VmName, VmSpec, VmState};
+pub use vm::{
+    CreateVmRequest, NameError, ResetRequest, RestoreRequest, SnapshotInfo, SnapshotName,
+    TakeSnapshotRequest, VmInfo, VmName, VmSpec, VmState, CLEAN_SNAPSHOT,
+};
 
 /// Path prefix of every supervisor API route.
 pub const API_PREFIX: &str = "/api/v1";

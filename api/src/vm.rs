@@ -8,75 +8,107 @@ use serde::{Deserialize, Serialize};
 /// and unix socket paths are limited to 108 bytes.
 pub const MAX_NAME_LEN: usize = 32;
 
-/// Why a string is not a valid [`VmName`].
+/// Why a string is not a valid [`VmName`] or [`SnapshotName`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    #[error("VM name is empty")]
-    Empty,
-    #[error("VM name is {len} characters long; at most {MAX_NAME_LEN} are allowed")]
-    TooLong { len: usize },
-    #[error("VM name {name:?} must start with a lowercase letter or digit")]
-    BadStart { name: String },
-    #[error("VM name {name:?} contains {ch:?}; only a-z, 0-9 and '-' are allowed")]
-    BadChar { name: String, ch: char },
+    #[error("{kind} name is empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} name is {len} characters long; at most {MAX_NAME_LEN} are allowed")]
+    TooLong { kind: &'static str, len: usize },
+    #[error("{kind} name {name:?} must start with a lowercase letter or digit")]
+    BadStart { kind: &'static str, name: String },
+    #[error("{kind} name {name:?} contains {ch:?}; only a-z, 0-9 and '-' are allowed")]
+    BadChar {
+        kind: &'static str,
+        name: String,
+        ch: char,
+    },
 }
 
-/// A VM's name: `[a-z0-9][a-z0-9-]{0,31}`. Checked on construction, so a value of
-/// this type is always safe to use as a directory name (no `/`, no `..`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct VmName(String);
+/// `[a-z0-9][a-z0-9-]{0,31}`: safe as a directory name, a socket path part and
+/// a QEMU snapshot tag (no `/`, no `..`, no `,`).
+fn check_name(kind: &'static str, raw: &str) -> Result<(), NameError> {
+    let len = raw.chars().count();
+    if len == 0 {
+        return Err(NameError::Empty { kind });
+    }
+    if len > MAX_NAME_LEN {
+        return Err(NameError::TooLong { kind, len });
+    }
+    let first = raw.chars().next().unwrap_or('-');
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return Err(NameError::BadStart {
+            kind,
+            name: raw.to_string(),
+        });
+    }
+    if let Some(ch) = raw
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(NameError::BadChar {
+            kind,
+            name: raw.to_string(),
+            ch,
+        });
+    }
+    Ok(())
+}
 
-impl VmName {
-    pub fn parse(raw: &str) -> Result<Self, NameError> {
-        let len = raw.chars().count();
-        if len == 0 {
-            return Err(NameError::Empty);
+macro_rules! checked_name {
+    ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $ty(String);
+
+        impl $ty {
+            pub fn parse(raw: &str) -> Result<Self, NameError> {
+                check_name($kind, raw)?;
+                Ok(Self(raw.to_string()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
-        if len > MAX_NAME_LEN {
-            return Err(NameError::TooLong { len });
+
+        impl TryFrom<String> for $ty {
+            type Error = NameError;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::parse(&value)
+            }
         }
-        let first = raw.chars().next().unwrap_or('-');
-        if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
-            return Err(NameError::BadStart {
-                name: raw.to_string(),
-            });
+
+        impl From<$ty> for String {
+            fn from(value: $ty) -> Self {
+                value.0
+            }
         }
-        if let Some(ch) = raw
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-        {
-            return Err(NameError::BadChar {
-                name: raw.to_string(),
-                ch,
-            });
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(&self.0)
+            }
         }
-        Ok(Self(raw.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+    };
 }
 
-impl TryFrom<String> for VmName {
-    type Error = NameError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
-    }
-}
+checked_name!(
+    /// A VM's name, checked on construction, so a value of this type is always
+    /// safe to use as a directory name.
+    VmName,
+    "VM"
+);
 
-impl From<VmName> for String {
-    fn from(value: VmName) -> Self {
-        value.0
-    }
-}
+checked_name!(
+    /// A snapshot's name (same rules as VM names).
+    SnapshotName,
+    "snapshot"
+);
 
-impl fmt::Display for VmName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.0)
-    }
-}
+/// The snapshot every VM gets right after its first boot; reset returns to it.
+pub const CLEAN_SNAPSHOT: &str = "clean";
 
 /// What a VM is made of. Stored as the VM's `config.json` and in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +119,9 @@ pub struct VmSpec {
     pub image: String,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// Size of the VM's disk; `None` keeps the base image's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_gib: Option<u32>,
 }
 
 /// The lifecycle of a VM (DESIGN.md): `Created → Starting → Running → Stopping →
@@ -152,9 +187,49 @@ pub struct VmInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResetRequest {
-    /// Force a cold reset (fresh disk from the base image, full boot).
+    /// Force a cold reset (the snapshot's disk, full boot) even when a memory
+    /// state exists.
     #[serde(default)]
     pub cold: bool,
+}
+
+/// Body of `POST /api/v1/vms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVmRequest {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    #[serde(default)]
+    pub disk_gib: Option<u32>,
+}
+
+/// Body of `POST /api/v1/vms/{name}/snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TakeSnapshotRequest {
+    pub name: String,
+}
+
+/// Body of `POST /api/v1/vms/{name}/snapshots/{snapshot}/restore` (may be empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// Restore the disk only and boot, even when a memory state exists.
+    #[serde(default)]
+    pub cold: bool,
+}
+
+/// A named snapshot of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub name: SnapshotName,
+    /// True when the snapshot holds the memory state too (restore without boot).
+    pub has_memory: bool,
+    pub created_unix: u64,
 }
 
 #[cfg(test)]
@@ -163,8 +238,19 @@ mod tests {
 
     #[test]
     fn names_that_could_escape_a_directory_are_refused() {
-        for bad in ["", "../x", "a/b", "A", "-x", ".", "x y", &"a".repeat(300)] {
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "A",
+            "-x",
+            ".",
+            "x y",
+            "a,b",
+            &"a".repeat(300),
+        ] {
             assert!(VmName::parse(bad).is_err(), "{bad:?} was accepted");
+            assert!(SnapshotName::parse(bad).is_err(), "{bad:?} was accepted");
         }
         for good in ["demo", "vm-1", "0x"] {
             assert_eq!(VmName::parse(good).unwrap().as_str(), good);

@@ -81,6 +81,7 @@ mod tests {
                 image: "tiny".into(),
                 cpus: 1,
                 memory_mib: 256,
+                disk_gib: None,
             },
             state,
             pid: None,

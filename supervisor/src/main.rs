@@ -3,6 +3,7 @@
 mod api;
 mod auth;
 mod cli;
+mod crash;
 mod events;
 mod paths;
 mod store;

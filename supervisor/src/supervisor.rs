@@ -112,6 +112,7 @@ impl Supervisor {
             image: clawpen_vmimage::TEST_GUEST.to_string(),
             cpus: 1,
             memory_mib: 256,
+            disk_gib: None,
         }) {
             Ok(_) | Err(VmError::Exists(_)) => Ok(name),
             Err(e) => Err(e.into()),

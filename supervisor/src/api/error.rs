@@ -55,10 +55,17 @@ impl From<VmError> for HttpError {
             VmError::NoImage { .. } => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "no_image", message).field("image")
             }
+            VmError::NoSnapshot { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "no_snapshot", message).field("snapshot")
+            }
+            VmError::Invalid { field, .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+                    .field(format!("body.{field}"))
+            }
             VmError::TaskGone(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
-            VmError::Boot { .. } | VmError::Backend { .. } => {
+            VmError::Boot { .. } | VmError::Backend { .. } | VmError::Repeated(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "vm_failed", message)
             }
             VmError::Image(_) | VmError::Store(_) | VmError::Dir(_) => {

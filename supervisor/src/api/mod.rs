@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use axum::http::{StatusCode, Uri};
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::auth::Token;
@@ -38,8 +38,21 @@ async fn api_not_found(uri: Uri) -> HttpError {
 /// The whole app: login (open), API and console (token required).
 pub fn router(state: AppState, console: Router) -> Router {
     let api = Router::new()
-        .route("/vms", get(vms::list))
-        .route("/vms/{name}", get(vms::get))
+        .route("/vms", get(vms::list).post(vms::create))
+        .route("/vms/{name}", get(vms::get).delete(vms::delete))
+        .route("/vms/{name}/logs", get(vms::logs))
+        .route(
+            "/vms/{name}/snapshots",
+            get(vms::snapshots).post(vms::take_snapshot),
+        )
+        .route(
+            "/vms/{name}/snapshots/{snapshot}",
+            delete(vms::delete_snapshot),
+        )
+        .route(
+            "/vms/{name}/snapshots/{snapshot}/restore",
+            post(vms::restore_snapshot),
+        )
         .route("/vms/{name}/start", post(vms::start))
         .route("/vms/{name}/stop", post(vms::stop))
         .route("/vms/{name}/reset", post(vms::reset))

@@ -47,6 +47,17 @@ impl Client {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
+    pub async fn delete(&self, path: &str) -> Result<(), CliError> {
+        self.send_raw(self.http.delete(self.url(path)))
+            .await
+            .map(drop)
+    }
+
+    pub async fn get_text(&self, path: &str) -> Result<String, CliError> {
+        let bytes = self.send_raw(self.http.get(self.url(path))).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}{}", self.base, clawpen_api::API_PREFIX, path)
     }
@@ -55,6 +66,13 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, CliError> {
+        let bytes = self.send_raw(request).await?;
+        Ok(serde_json::from_slice(&bytes)
+            .context("the supervisor's answer is not the expected JSON")?)
+    }
+
+    /// Sends with the token; the body of a 2xx, or the error as a [`CliError`].
+    async fn send_raw(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, CliError> {
         let response = request
             .bearer_auth(self.token.as_str())
             .send()
@@ -63,8 +81,7 @@ impl Client {
         let status = response.status();
         let bytes = response.bytes().await.context("reading the answer")?;
         if status.is_success() {
-            return Ok(serde_json::from_slice(&bytes)
-                .context("the supervisor's answer is not the expected JSON")?);
+            return Ok(bytes.to_vec());
         }
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.error.message)

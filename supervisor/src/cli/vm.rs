@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use clawpen_api::{VmInfo, VmName};
+use clawpen_api::{SnapshotInfo, VmInfo, VmName};
 use serde_json::json;
 
 use super::client::Client;
@@ -24,13 +24,62 @@ pub enum VmCommand {
     Start(NameArgs),
     /// Stop a running VM.
     Stop(NameArgs),
-    /// Bring a VM back to its clean disk, running.
+    /// Bring a VM back to its clean snapshot, running (warm: no boot).
     Reset {
         #[command(flatten)]
         vm: NameArgs,
-        /// Fresh disk and full boot.
+        /// The clean snapshot's disk and a full boot, even with a memory state.
         #[arg(long)]
         cold: bool,
+    },
+    /// Make a VM from an image in the image store (it starts `Created`).
+    Create {
+        #[command(flatten)]
+        vm: NameArgs,
+        #[arg(long)]
+        image: String,
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory in MiB.
+        #[arg(long)]
+        memory: Option<u32>,
+        /// Disk size in GiB (at least the base image's).
+        #[arg(long)]
+        disk: Option<u32>,
+    },
+    /// Stop a VM and remove it with its disk and snapshots.
+    Delete(NameArgs),
+    /// Print the VM's serial console log.
+    Logs(NameArgs),
+    /// Snapshots of a VM.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotCommand {
+    /// List a VM's snapshots.
+    Ls(NameArgs),
+    /// Save disk (+ memory while running) under a name.
+    Take {
+        #[command(flatten)]
+        vm: NameArgs,
+        snapshot: String,
+    },
+    /// Return the VM to a snapshot, running.
+    Restore {
+        #[command(flatten)]
+        vm: NameArgs,
+        snapshot: String,
+        /// Disk only and a full boot, even with a memory state.
+        #[arg(long)]
+        cold: bool,
+    },
+    /// Delete a snapshot.
+    Rm {
+        #[command(flatten)]
+        vm: NameArgs,
+        snapshot: String,
     },
 }
 
@@ -45,6 +94,15 @@ impl NameArgs {
     fn name(&self) -> Result<VmName, CliError> {
         VmName::parse(&self.name).map_err(|e| CliError::BadInput(e.to_string()))
     }
+
+    fn client(self, home: Option<PathBuf>) -> Result<(VmName, Client), CliError> {
+        let name = self.name()?;
+        Ok((name, Client::new(home, self.target.url)?))
+    }
+}
+
+fn snapshot_name(raw: &str) -> Result<clawpen_api::SnapshotName, CliError> {
+    clawpen_api::SnapshotName::parse(raw).map_err(|e| CliError::BadInput(e.to_string()))
 }
 
 pub async fn run(home: Option<PathBuf>, command: VmCommand) -> Result<(), CliError> {
@@ -92,6 +150,97 @@ pub async fn run(home: Option<PathBuf>, command: VmCommand) -> Result<(), CliErr
                 info.state,
                 started.elapsed().as_secs_f64()
             );
+        }
+        VmCommand::Create {
+            vm,
+            image,
+            cpus,
+            memory,
+            disk,
+        } => {
+            let name = vm.name()?;
+            let info: VmInfo = Client::new(home, vm.target.url)?
+                .post(
+                    "/vms",
+                    &json!({ "name": name, "image": image, "cpus": cpus,
+                             "memory_mib": memory, "disk_gib": disk }),
+                )
+                .await?;
+            println!("{} {}", info.spec.name, info.state);
+        }
+        VmCommand::Delete(vm) => {
+            let (name, client) = vm.client(home)?;
+            client.delete(&format!("/vms/{name}")).await?;
+            println!("{name} deleted");
+        }
+        VmCommand::Logs(vm) => {
+            let (name, client) = vm.client(home)?;
+            print!("{}", client.get_text(&format!("/vms/{name}/logs")).await?);
+        }
+        VmCommand::Snapshot(command) => snapshot(home, command).await?,
+    }
+    Ok(())
+}
+
+async fn snapshot(home: Option<PathBuf>, command: SnapshotCommand) -> Result<(), CliError> {
+    match command {
+        SnapshotCommand::Ls(vm) => {
+            let (name, client) = vm.client(home)?;
+            let list: Vec<SnapshotInfo> = client.get(&format!("/vms/{name}/snapshots")).await?;
+            println!("{:<32} {:<7}", "SNAPSHOT", "MEMORY");
+            for s in list {
+                println!(
+                    "{:<32} {:<7}",
+                    s.name,
+                    if s.has_memory { "yes" } else { "no" }
+                );
+            }
+        }
+        SnapshotCommand::Take { vm, snapshot } => {
+            let snapshot = snapshot_name(&snapshot)?;
+            let (name, client) = vm.client(home)?;
+            let started = std::time::Instant::now();
+            let info: SnapshotInfo = client
+                .post(
+                    &format!("/vms/{name}/snapshots"),
+                    &json!({ "name": snapshot }),
+                )
+                .await?;
+            println!(
+                "{name}: snapshot {} taken ({}) in {:.2} s",
+                info.name,
+                if info.has_memory {
+                    "disk + memory"
+                } else {
+                    "disk"
+                },
+                started.elapsed().as_secs_f64()
+            );
+        }
+        SnapshotCommand::Restore { vm, snapshot, cold } => {
+            let snapshot = snapshot_name(&snapshot)?;
+            let (name, client) = vm.client(home)?;
+            let started = std::time::Instant::now();
+            let info: VmInfo = client
+                .post(
+                    &format!("/vms/{name}/snapshots/{snapshot}/restore"),
+                    &json!({ "cold": cold }),
+                )
+                .await?;
+            println!(
+                "{} {} (restored {snapshot} in {:.2} s)",
+                info.spec.name,
+                info.state,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        SnapshotCommand::Rm { vm, snapshot } => {
+            let snapshot = snapshot_name(&snapshot)?;
+            let (name, client) = vm.client(home)?;
+            client
+                .delete(&format!("/vms/{name}/snapshots/{snapshot}"))
+                .await?;
+            println!("{name}: snapshot {snapshot} deleted");
         }
     }
     Ok(())

@@ -19,6 +19,14 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY NOT NULL,
         value TEXT NOT NULL
     );",
+    // 2: named snapshots (the data lives with the VM's disk; this is the index).
+    "CREATE TABLE snapshots (
+        vm TEXT NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        has_memory INTEGER NOT NULL,
+        created_unix INTEGER NOT NULL,
+        PRIMARY KEY (vm, name)
+    );",
 ];
 
 pub(super) fn apply(conn: &mut Connection) -> Result<(), StoreError> {

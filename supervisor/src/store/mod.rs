@@ -9,7 +9,7 @@ mod migrations;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use clawpen_api::{VmInfo, VmName, VmSpec, VmState};
+use clawpen_api::{SnapshotInfo, SnapshotName, VmInfo, VmName, VmSpec, VmState};
 use rusqlite::{params, Connection, OptionalExtension};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +79,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
         migrations::apply(&mut conn)?;
         Ok(Self {
@@ -182,6 +184,102 @@ impl Store {
         })
     }
 
+    /// Removes a VM and its snapshot index (cascade).
+    pub fn delete_vm(&self, name: &VmName) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute("DELETE FROM vms WHERE name = ?1", params![name.as_str()])
+                .map_err(|source| StoreError::Query {
+                    what: "delete vm",
+                    source,
+                })?;
+            Ok(())
+        })
+    }
+
+    /// Records a snapshot (replacing one of the same name).
+    pub fn put_snapshot(&self, vm: &VmName, snapshot: &SnapshotInfo) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO snapshots (vm, name, has_memory, created_unix) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(vm, name) DO UPDATE SET has_memory = excluded.has_memory,
+                     created_unix = excluded.created_unix",
+                params![
+                    vm.as_str(),
+                    snapshot.name.as_str(),
+                    snapshot.has_memory,
+                    snapshot.created_unix as i64
+                ],
+            )
+            .map_err(|source| StoreError::Query {
+                what: "insert snapshot",
+                source,
+            })?;
+            Ok(())
+        })
+    }
+
+    pub fn delete_snapshot(&self, vm: &VmName, name: &SnapshotName) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "DELETE FROM snapshots WHERE vm = ?1 AND name = ?2",
+                params![vm.as_str(), name.as_str()],
+            )
+            .map_err(|source| StoreError::Query {
+                what: "delete snapshot",
+                source,
+            })?;
+            Ok(())
+        })
+    }
+
+    /// Forgets every snapshot of a VM (its disk was replaced).
+    pub fn clear_snapshots(&self, vm: &VmName) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute("DELETE FROM snapshots WHERE vm = ?1", params![vm.as_str()])
+                .map_err(|source| StoreError::Query {
+                    what: "clear snapshots",
+                    source,
+                })?;
+            Ok(())
+        })
+    }
+
+    pub fn snapshots(&self, vm: &VmName) -> Result<Vec<SnapshotInfo>, StoreError> {
+        self.with(|conn| {
+            let query_err = |source| StoreError::Query {
+                what: "list snapshots",
+                source,
+            };
+            let mut stmt = conn
+                .prepare(
+                    "SELECT name, has_memory, created_unix FROM snapshots WHERE vm = ?1
+                     ORDER BY created_unix, name",
+                )
+                .map_err(query_err)?;
+            let rows = stmt
+                .query_map(params![vm.as_str()], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, bool>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(query_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(query_err)?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(name, has_memory, created)| {
+                    Some(SnapshotInfo {
+                        name: SnapshotName::parse(&name).ok()?,
+                        has_memory,
+                        created_unix: created.max(0) as u64,
+                    })
+                })
+                .collect())
+        })
+    }
+
     /// A small key/value table for host facts worth remembering (the KVM probe).
     pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.with(|conn| {
@@ -258,6 +356,7 @@ mod tests {
             image: "test-guest".into(),
             cpus: 1,
             memory_mib: 256,
+            disk_gib: None,
         }
     }
 
@@ -283,6 +382,26 @@ mod tests {
         assert_eq!(rec.accel.as_deref(), Some("tcg"));
         assert_eq!(store.vms().unwrap().len(), 1);
         assert!(store.vm(&spec("b").name).unwrap().is_none());
+    }
+
+    #[test]
+    fn snapshots_are_indexed_per_vm_and_go_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store.insert_vm(&spec("a")).unwrap();
+        let snap = SnapshotInfo {
+            name: SnapshotName::parse("clean").unwrap(),
+            has_memory: true,
+            created_unix: 5,
+        };
+        store.put_snapshot(&spec("a").name, &snap).unwrap();
+        assert_eq!(
+            store.snapshots(&spec("a").name).unwrap(),
+            vec![snap.clone()]
+        );
+        store.delete_vm(&spec("a").name).unwrap();
+        assert!(store.snapshots(&spec("a").name).unwrap().is_empty());
+        assert!(store.vm(&spec("a").name).unwrap().is_none());
     }
 
     #[test]

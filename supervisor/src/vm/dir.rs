@@ -83,6 +83,32 @@ impl VmDir {
         serde_json::from_slice(&bytes).map_err(|source| VmDirError::BadConfig { path, source })
     }
 
+    /// Removes what only a running VMM needs (sockets, pid file) and half-made
+    /// disks, so a stopped VM's folder holds exactly its config, disk and logs.
+    pub fn remove_runtime_files(&self) {
+        for path in [
+            self.qmp_socket(),
+            self.serial_socket(),
+            self.pid_file(),
+            self.disk().with_extension("qcow2.new"),
+        ] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Removes the whole folder (VM deletion).
+    pub fn remove(&self) -> Result<(), VmDirError> {
+        match std::fs::remove_dir_all(&self.root) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(VmDirError::Io {
+                action: "remove",
+                path: self.root.clone(),
+                source,
+            }),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

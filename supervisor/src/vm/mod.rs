@@ -13,7 +13,10 @@ mod task;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use clawpen_api::{ResetRequest, VmInfo, VmName, VmSpec, VmState};
+use clawpen_api::{
+    CreateVmRequest, ResetRequest, RestoreRequest, SnapshotInfo, SnapshotName, VmInfo, VmName,
+    VmSpec, VmState,
+};
 use clawpen_vmimage::ImageStore;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -50,16 +53,44 @@ pub enum VmError {
     Dir(#[from] VmDirError),
     #[error("VM {0}'s task has stopped (supervisor shutting down)")]
     TaskGone(VmName),
+    #[error("VM {name} has no snapshot named {snapshot}")]
+    NoSnapshot {
+        name: VmName,
+        snapshot: SnapshotName,
+    },
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    /// The answer of a reset that ran for this request and an identical one.
+    #[error("{0}")]
+    Repeated(String),
 }
+
+type Reply<T> = oneshot::Sender<Result<T, VmError>>;
 
 /// A command for one VM's task; the answer comes back on `reply`.
 pub(crate) enum VmCommand {
-    Start(oneshot::Sender<Result<VmInfo, VmError>>),
-    Stop(oneshot::Sender<Result<VmInfo, VmError>>),
-    Reset(ResetRequest, oneshot::Sender<Result<VmInfo, VmError>>),
+    Start(Reply<VmInfo>),
+    Stop(Reply<VmInfo>),
+    Reset(ResetRequest, Reply<VmInfo>),
+    TakeSnapshot(SnapshotName, Reply<SnapshotInfo>),
+    RestoreSnapshot(SnapshotName, RestoreRequest, Reply<VmInfo>),
+    DeleteSnapshot(SnapshotName, Reply<()>),
+    /// Stop, remove the folder and the store rows, end the task.
+    Delete(Reply<()>),
     /// Supervisor exit: stop the VMM, record `Stopped`, end the task.
-    Shutdown(oneshot::Sender<Result<VmInfo, VmError>>),
+    Shutdown(Reply<VmInfo>),
 }
+
+/// Defaults and limits for `vm create`.
+pub const DEFAULT_CPUS: u32 = 1;
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+const MAX_CPUS: u32 = 64;
+const MIN_MEMORY_MIB: u32 = 64;
+const MAX_MEMORY_MIB: u32 = 1024 * 1024;
+const MAX_DISK_GIB: u32 = 64 * 1024;
 
 /// Everything a VM task needs from the supervisor.
 pub struct VmContext {
@@ -95,23 +126,28 @@ impl VmManager {
         for record in ctx.store.vms()? {
             let name = record.spec.name.clone();
             let dir = VmDir::new(ctx.state_dir.vm(&name));
-            let instance = match (record.state.clone(), record.pid) {
-                (VmState::Running, Some(pid)) => {
-                    ctx.hypervisor
-                        .adopt(&dir, pid)
-                        .await
-                        .map_err(|source| VmError::Backend {
+            // A live VMM is the truth for every state but `Stopping` (the user
+            // asked for it to go): re-adopt it. A crash mid-reset thus leaves
+            // a running VM, before or after the reset, never a broken one.
+            let instance =
+                match (&record.state, record.pid) {
+                    (VmState::Stopping, _) | (_, None) => None,
+                    (_, Some(pid)) => ctx.hypervisor.adopt(&dir, pid).await.map_err(|source| {
+                        VmError::Backend {
                             name: name.clone(),
                             source,
-                        })?
-                }
-                _ => None,
-            };
+                        }
+                    })?,
+                };
             let keep = instance.as_ref().and_then(|i| i.pid());
             let killed = ctx.hypervisor.kill_strays(&dir, keep).await;
             if !killed.is_empty() {
                 tracing::warn!(vm = %name, ?killed, "killed VMM processes left by a crash");
             }
+            if instance.is_none() {
+                dir.remove_runtime_files();
+            }
+            manager.reconcile_snapshots(&name, &dir).await?;
             let state = match (&instance, &record.state) {
                 (Some(_), _) => VmState::Running,
                 (None, VmState::Created) => VmState::Created,
@@ -136,6 +172,40 @@ impl VmManager {
         Ok(manager)
     }
 
+    /// Makes the snapshot index agree with the snapshots stored with the disk
+    /// (a crash can fall between saving a snapshot and recording it).
+    async fn reconcile_snapshots(&self, name: &VmName, dir: &VmDir) -> Result<(), VmError> {
+        let on_disk = match self.ctx.hypervisor.list_snapshots(dir).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(vm = %name, error = %e, "cannot list snapshots; index kept");
+                return Ok(());
+            }
+        };
+        let indexed = self.ctx.store.snapshots(name)?;
+        for snapshot in &indexed {
+            if !on_disk.iter().any(|(tag, _)| tag == snapshot.name.as_str()) {
+                self.ctx.store.delete_snapshot(name, &snapshot.name)?;
+            }
+        }
+        for (tag, has_memory) in on_disk {
+            let Ok(snapshot) = SnapshotName::parse(&tag) else {
+                continue;
+            };
+            if !indexed.iter().any(|s| s.name == snapshot) {
+                self.ctx.store.put_snapshot(
+                    name,
+                    &SnapshotInfo {
+                        name: snapshot,
+                        has_memory,
+                        created_unix: 0,
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     fn spawn_task(&self, info: VmInfo, dir: VmDir, instance: Option<Box<dyn backend::Instance>>) {
         let name = info.spec.name.clone();
         let (handle, task) = task::VmTask::new(self.ctx.clone(), info, dir, instance);
@@ -144,6 +214,65 @@ impl VmManager {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name, handle);
+    }
+
+    /// Checks a create request completely before anything is written.
+    pub async fn validate(&self, request: CreateVmRequest) -> Result<VmSpec, VmError> {
+        let invalid = |field, message: String| VmError::Invalid { field, message };
+        let name = VmName::parse(&request.name).map_err(|e| invalid("name", e.to_string()))?;
+        let cpus = request.cpus.unwrap_or(DEFAULT_CPUS);
+        if !(1..=MAX_CPUS).contains(&cpus) {
+            return Err(invalid(
+                "cpus",
+                format!("cpus must be 1 to {MAX_CPUS}, not {cpus}"),
+            ));
+        }
+        let memory_mib = request.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
+            return Err(invalid(
+                "memory_mib",
+                format!(
+                    "memory must be {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB, not {memory_mib}"
+                ),
+            ));
+        }
+        let image = self.ctx.images.get(&request.image)?.ok_or_else(|| {
+            invalid(
+                "image",
+                format!("no image named {:?} in the image store", request.image),
+            )
+        })?;
+        if let Some(disk_gib) = request.disk_gib {
+            let base = self
+                .ctx
+                .hypervisor
+                .base_disk_size(&image)
+                .await
+                .map_err(|source| VmError::Backend {
+                    name: name.clone(),
+                    source,
+                })?;
+            let wanted = u64::from(disk_gib) << 30;
+            if disk_gib == 0 || disk_gib > MAX_DISK_GIB || wanted < base {
+                return Err(invalid(
+                    "disk_gib",
+                    format!(
+                        "disk must be at least the base image's {} MiB and at most {MAX_DISK_GIB} GiB, not {disk_gib} GiB",
+                        base >> 20
+                    ),
+                ));
+            }
+        }
+        if self.handle(&name).is_ok() {
+            return Err(VmError::Exists(name));
+        }
+        Ok(VmSpec {
+            name,
+            image: request.image,
+            cpus,
+            memory_mib,
+            disk_gib: request.disk_gib,
+        })
     }
 
     /// Registers a new VM (directory, config, store row) in state `Created`.
@@ -158,14 +287,69 @@ impl VmManager {
             return Err(VmError::Exists(spec.name));
         }
         let dir = VmDir::new(self.ctx.state_dir.vm(&spec.name));
-        dir.create(&spec)?;
         let record = self.ctx.store.insert_vm(&spec).map_err(|e| match e {
             StoreError::Exists(name) => VmError::Exists(name),
             other => other.into(),
         })?;
+        if let Err(e) = dir.create(&spec) {
+            // Keep "bad input changes nothing": undo the row.
+            let _ = self.ctx.store.delete_vm(&spec.name);
+            return Err(e.into());
+        }
         let info = record.info();
         self.spawn_task(info.clone(), dir, None);
         Ok(info)
+    }
+
+    /// Stops and removes a VM with its folder and snapshots.
+    pub async fn delete(&self, name: &VmName) -> Result<(), VmError> {
+        self.send(name, VmCommand::Delete).await?;
+        self.vms
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        Ok(())
+    }
+
+    pub fn snapshots(&self, name: &VmName) -> Result<Vec<SnapshotInfo>, VmError> {
+        self.handle(name)?;
+        Ok(self.ctx.store.snapshots(name)?)
+    }
+
+    pub async fn take_snapshot(
+        &self,
+        name: &VmName,
+        snapshot: SnapshotName,
+    ) -> Result<SnapshotInfo, VmError> {
+        self.send(name, |reply| VmCommand::TakeSnapshot(snapshot, reply))
+            .await
+    }
+
+    pub async fn restore_snapshot(
+        &self,
+        name: &VmName,
+        snapshot: SnapshotName,
+        request: RestoreRequest,
+    ) -> Result<VmInfo, VmError> {
+        self.send(name, |reply| {
+            VmCommand::RestoreSnapshot(snapshot, request, reply)
+        })
+        .await
+    }
+
+    pub async fn delete_snapshot(
+        &self,
+        name: &VmName,
+        snapshot: SnapshotName,
+    ) -> Result<(), VmError> {
+        self.send(name, |reply| VmCommand::DeleteSnapshot(snapshot, reply))
+            .await
+    }
+
+    /// The VM's directory (for logs).
+    pub fn dir(&self, name: &VmName) -> Result<VmDir, VmError> {
+        self.handle(name)?;
+        Ok(VmDir::new(self.ctx.state_dir.vm(name)))
     }
 
     fn handle(&self, name: &VmName) -> Result<VmHandle, VmError> {
@@ -190,11 +374,11 @@ impl VmManager {
             .collect()
     }
 
-    async fn send(
+    async fn send<T>(
         &self,
         name: &VmName,
-        make: impl FnOnce(oneshot::Sender<Result<VmInfo, VmError>>) -> VmCommand,
-    ) -> Result<VmInfo, VmError> {
+        make: impl FnOnce(Reply<T>) -> VmCommand,
+    ) -> Result<T, VmError> {
         let handle = self.handle(name)?;
         let (reply, answer) = oneshot::channel();
         handle

@@ -1,21 +1,23 @@
 //! The task that owns one VM: its VMM instance, its state, its commands.
 //!
-//! Commands arrive on a channel and run one at a time, so two resets clicked at
-//! once run one after the other and never interleave on the same VMM. Reads do
-//! not go through the task: the current [`VmInfo`] is published on a watch
-//! channel, so a `GET` never waits behind a slow reset.
+//! Commands arrive on a channel and run one at a time, so two commands never
+//! interleave on the same VMM; resets queued while a reset runs are answered
+//! with that reset's result instead of running again ("two clicks, one
+//! reset"). Reads do not go through the task: the current [`VmInfo`] is
+//! published on a watch channel, so a `GET` never waits behind a slow command.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clawpen_api::{Event, ResetRequest, VmInfo, VmState};
+use clawpen_api::{Event, SnapshotInfo, SnapshotName, VmInfo, VmName, VmState, CLEAN_SNAPSHOT};
 use clawpen_vmimage::Image;
 use tokio::sync::{mpsc, watch};
 
-use super::backend::{Instance, VmExit};
+use super::backend::{BackendError, Instance, VmExit};
 use super::dir::VmDir;
 use super::serial::wait_for_marker;
 use super::{VmCommand, VmContext, VmError, VmHandle};
+use crate::crash;
 
 /// How long a guest may take from VMM start to its ready marker. TCG boots of
 /// the test guest take about 5 s; this leaves room for a loaded machine.
@@ -29,12 +31,31 @@ pub(super) struct VmTask {
     dir: VmDir,
     info: watch::Sender<VmInfo>,
     commands: mpsc::Receiver<VmCommand>,
+    /// A command taken off the queue while coalescing resets, run next.
+    pending: Option<VmCommand>,
     instance: Option<Box<dyn Instance>>,
 }
 
 enum Wake {
     Command(Option<VmCommand>),
     Exited(VmExit),
+}
+
+/// What the task does after a command.
+enum Flow {
+    Continue,
+    End,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn clean() -> SnapshotName {
+    SnapshotName::parse(CLEAN_SNAPSHOT).expect("valid snapshot name")
 }
 
 impl VmTask {
@@ -55,6 +76,7 @@ impl VmTask {
             dir,
             info,
             commands,
+            pending: None,
             instance,
         };
         (handle, task)
@@ -62,33 +84,40 @@ impl VmTask {
 
     pub(super) async fn run(mut self) {
         loop {
-            let wake = {
-                let commands = &mut self.commands;
-                let instance = &mut self.instance;
-                let exited = async {
-                    match instance {
-                        Some(instance) => instance.exited().await,
-                        None => std::future::pending().await,
+            let wake = match self.pending.take() {
+                Some(command) => Wake::Command(Some(command)),
+                None => {
+                    let commands = &mut self.commands;
+                    let instance = &mut self.instance;
+                    let exited = async {
+                        match instance {
+                            Some(instance) => instance.exited().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        command = commands.recv() => Wake::Command(command),
+                        exit = exited => Wake::Exited(exit),
                     }
-                };
-                tokio::select! {
-                    command = commands.recv() => Wake::Command(command),
-                    exit = exited => Wake::Exited(exit),
                 }
             };
             match wake {
                 Wake::Command(None) => break,
-                Wake::Command(Some(VmCommand::Shutdown(reply))) => {
-                    let _ = reply.send(self.stop_vmm().await);
-                    break;
+                Wake::Command(Some(command)) => {
+                    if let Flow::End = self.handle(command).await {
+                        break;
+                    }
                 }
-                Wake::Command(Some(command)) => self.handle(command).await,
                 Wake::Exited(exit) => self.on_exit(exit),
             }
         }
     }
 
-    async fn handle(&mut self, command: VmCommand) {
+    fn name(&self) -> VmName {
+        self.info.borrow().spec.name.clone()
+    }
+
+    async fn handle(&mut self, command: VmCommand) -> Flow {
         match command {
             VmCommand::Start(reply) => {
                 let result = if self.instance.is_some() {
@@ -107,10 +136,50 @@ impl VmTask {
                 let _ = reply.send(result);
             }
             VmCommand::Reset(request, reply) => {
-                let _ = reply.send(self.reset(request).await);
+                let result = self.restore(&clean(), request.cold, true).await;
+                self.answer_queued_resets(&result);
+                let _ = reply.send(result);
+            }
+            VmCommand::RestoreSnapshot(name, request, reply) => {
+                let _ = reply.send(self.restore(&name, request.cold, false).await);
+            }
+            VmCommand::TakeSnapshot(name, reply) => {
+                let _ = reply.send(self.take_snapshot(&name).await);
+            }
+            VmCommand::DeleteSnapshot(name, reply) => {
+                let _ = reply.send(self.delete_snapshot(&name).await);
+            }
+            VmCommand::Delete(reply) => {
+                let result = self.delete().await;
+                let done = result.is_ok();
+                let _ = reply.send(result);
+                if done {
+                    return Flow::End;
+                }
             }
             VmCommand::Shutdown(reply) => {
                 let _ = reply.send(self.stop_vmm().await);
+                return Flow::End;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Resets that were queued while a reset ran get its result: the user
+    /// clicked twice, they get one reset.
+    fn answer_queued_resets(&mut self, result: &Result<VmInfo, VmError>) {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                VmCommand::Reset(_, reply) => {
+                    let _ = reply.send(match result {
+                        Ok(info) => Ok(info.clone()),
+                        Err(e) => Err(VmError::Repeated(e.to_string())),
+                    });
+                }
+                other => {
+                    self.pending = Some(other);
+                    break;
+                }
             }
         }
     }
@@ -129,15 +198,6 @@ impl VmTask {
     fn record(&mut self, state: VmState) -> Result<VmInfo, VmError> {
         let pid = self.instance.as_ref().and_then(|i| i.pid());
         let accel = self.instance.as_ref().map(|i| i.accel().to_string());
-        self.record_with(state, pid, accel)
-    }
-
-    fn record_with(
-        &mut self,
-        state: VmState,
-        pid: Option<u32>,
-        accel: Option<String>,
-    ) -> Result<VmInfo, VmError> {
         let mut info = self.info.borrow().clone();
         self.ctx
             .store
@@ -154,6 +214,15 @@ impl VmTask {
         Ok(info)
     }
 
+    fn progress(&self, task: &str, step: &str, done: u64, total: u64) {
+        self.ctx.events.publish(Event::Progress {
+            task: format!("{}: {task}", self.name()),
+            step: step.to_string(),
+            done,
+            total: Some(total),
+        });
+    }
+
     /// Records `Failed` with the error as reason and hands the error back.
     fn fail(&mut self, error: VmError) -> VmError {
         if let Err(store_error) = self.record(VmState::Failed {
@@ -164,8 +233,16 @@ impl VmTask {
         error
     }
 
+    fn backend_error(&self, source: BackendError) -> VmError {
+        VmError::Backend {
+            name: self.name(),
+            source,
+        }
+    }
+
     fn on_exit(&mut self, exit: VmExit) {
         self.instance = None;
+        self.dir.remove_runtime_files();
         let state = if exit.clean {
             VmState::Stopped
         } else {
@@ -173,7 +250,7 @@ impl VmTask {
                 reason: exit.detail.clone(),
             }
         };
-        tracing::warn!(vm = %self.info.borrow().spec.name, detail = %exit.detail, "VM ended by itself");
+        tracing::warn!(vm = %self.name(), detail = %exit.detail, "VM ended by itself");
         if let Err(e) = self.record(state) {
             tracing::error!(error = %e, "cannot record VM exit");
         }
@@ -187,17 +264,19 @@ impl VmTask {
         })
     }
 
-    fn backend_error(&self, source: super::backend::BackendError) -> VmError {
-        VmError::Backend {
-            name: self.info.borrow().spec.name.clone(),
-            source,
-        }
+    fn snapshot(&self, name: &SnapshotName) -> Result<Option<SnapshotInfo>, VmError> {
+        Ok(self
+            .ctx
+            .store
+            .snapshots(&self.name())?
+            .into_iter()
+            .find(|s| &s.name == name))
     }
 
-    /// Starts the VMM and waits for the guest to be ready. `during` is the
-    /// state shown meanwhile (`Starting`, or `Resetting` for a reset).
+    /// Starts the VMM and waits for the guest to be ready (a cold boot).
+    /// `during` is the state shown meanwhile (`Starting` or `Resetting`).
     async fn boot(&mut self, during: VmState) -> Result<VmInfo, VmError> {
-        self.record_with(during.clone(), None, None)?;
+        self.record(during.clone())?;
         match self.boot_inner(during).await {
             Ok(info) => Ok(info),
             Err(e) => Err(self.fail(e)),
@@ -210,14 +289,15 @@ impl VmTask {
         if !self.dir.disk().exists() {
             self.ctx
                 .hypervisor
-                .fresh_disk(&self.dir, &image)
+                .fresh_disk(&self.dir, &spec, &image)
                 .await
                 .map_err(|e| self.backend_error(e))?;
+            self.ctx.store.clear_snapshots(&spec.name)?;
         }
         let instance = self
             .ctx
             .hypervisor
-            .start(&self.dir, &spec, &image)
+            .start(&self.dir, &spec, &image, None)
             .await
             .map_err(|e| self.backend_error(e))?;
         // Record the pid before waiting on the guest, so a supervisor crash
@@ -240,7 +320,35 @@ impl VmTask {
                 });
             }
         }
+        if self.snapshot(&clean())?.is_none() {
+            self.take_clean_snapshot().await;
+        }
         self.record(VmState::Running)
+    }
+
+    /// The `clean` snapshot, right after the first boot: what reset returns
+    /// to. A failure is logged, not fatal: reset then falls back to a fresh
+    /// disk and a cold boot.
+    async fn take_clean_snapshot(&mut self) {
+        let name = clean();
+        self.progress("snapshot clean", "saving disk and memory", 0, 1);
+        let Some(instance) = self.instance.as_mut() else {
+            return;
+        };
+        match instance.save_snapshot(&name).await {
+            Ok(()) => {
+                let info = SnapshotInfo {
+                    name,
+                    has_memory: true,
+                    created_unix: now_unix(),
+                };
+                if let Err(e) = self.ctx.store.put_snapshot(&self.name(), &info) {
+                    tracing::error!(error = %e, "cannot record the clean snapshot");
+                }
+                self.progress("snapshot clean", "saved", 1, 1);
+            }
+            Err(e) => tracing::warn!(vm = %self.name(), error = %e, "no clean snapshot"),
+        }
     }
 
     /// Stops the VMM if one runs (no state change).
@@ -250,6 +358,7 @@ impl VmTask {
                 tracing::error!(error = %e, "stopping the VMM failed");
             }
         }
+        self.dir.remove_runtime_files();
     }
 
     async fn stop_vmm(&mut self) -> Result<VmInfo, VmError> {
@@ -263,23 +372,141 @@ impl VmTask {
                 return Err(self.fail(e));
             }
         }
-        self.record_with(VmState::Stopped, None, None)
+        self.dir.remove_runtime_files();
+        self.record(VmState::Stopped)
     }
 
-    /// Cold reset: stop, fresh overlay on the base image, boot.
-    async fn reset(&mut self, _request: ResetRequest) -> Result<VmInfo, VmError> {
-        let pid = self.instance.as_ref().and_then(|i| i.pid());
-        let accel = self.instance.as_ref().map(|i| i.accel().to_string());
-        self.record_with(VmState::Resetting, pid, accel)?;
-        self.stop_instance().await;
-        let image = match self.image() {
-            Ok(image) => image,
-            Err(e) => return Err(self.fail(e)),
-        };
-        if let Err(e) = self.ctx.hypervisor.fresh_disk(&self.dir, &image).await {
-            let e = self.backend_error(e);
-            return Err(self.fail(e));
+    /// Returns the VM to snapshot `name`, running: **warm** (memory state
+    /// restored, no boot) when the snapshot has one and `cold` is not asked,
+    /// **cold** (the snapshot's disk, full boot) otherwise. With
+    /// `fresh_if_missing` (reset) and no such snapshot, a fresh disk from the
+    /// base image and a boot.
+    async fn restore(
+        &mut self,
+        name: &SnapshotName,
+        cold: bool,
+        fresh_if_missing: bool,
+    ) -> Result<VmInfo, VmError> {
+        let snapshot = self.snapshot(name)?;
+        if snapshot.is_none() && !fresh_if_missing {
+            return Err(VmError::NoSnapshot {
+                name: self.name(),
+                snapshot: name.clone(),
+            });
         }
-        self.boot(VmState::Resetting).await
+        self.record(VmState::Resetting)?;
+        crash::point("reset:before-stop");
+        let warm = snapshot.as_ref().is_some_and(|s| s.has_memory) && !cold;
+        let result = if warm {
+            self.restore_warm(name).await
+        } else {
+            self.restore_cold(snapshot.map(|s| s.name)).await
+        };
+        match result {
+            Ok(info) => Ok(info),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn restore_warm(&mut self, name: &SnapshotName) -> Result<VmInfo, VmError> {
+        self.progress("restore", &format!("loading snapshot {name}"), 0, 1);
+        if let Some(instance) = self.instance.as_mut() {
+            crash::point_after("reset:during-restore", Duration::from_millis(30));
+            let restored = instance.restore_snapshot(name).await;
+            restored.map_err(|e| self.backend_error(e))?;
+        } else {
+            let image = self.image()?;
+            let spec = self.info.borrow().spec.clone();
+            crash::point_after("reset:during-restore", Duration::from_millis(30));
+            let instance = self
+                .ctx
+                .hypervisor
+                .start(&self.dir, &spec, &image, Some(name))
+                .await
+                .map_err(|e| self.backend_error(e))?;
+            self.instance = Some(instance);
+        }
+        self.progress("restore", "done", 1, 1);
+        self.record(VmState::Running)
+    }
+
+    async fn restore_cold(&mut self, snapshot: Option<SnapshotName>) -> Result<VmInfo, VmError> {
+        self.stop_instance().await;
+        self.record(VmState::Resetting)?;
+        crash::point("reset:after-stop");
+        let image = self.image()?;
+        let spec = self.info.borrow().spec.clone();
+        match &snapshot {
+            Some(name) => self.ctx.hypervisor.revert_disk(&self.dir, name).await,
+            None => {
+                self.ctx
+                    .hypervisor
+                    .fresh_disk(&self.dir, &spec, &image)
+                    .await
+            }
+        }
+        .map_err(|e| self.backend_error(e))?;
+        if snapshot.is_none() {
+            self.ctx.store.clear_snapshots(&spec.name)?;
+        }
+        crash::point("reset:after-disk");
+        self.boot_inner(VmState::Resetting).await
+    }
+
+    async fn take_snapshot(&mut self, name: &SnapshotName) -> Result<SnapshotInfo, VmError> {
+        let task = format!("snapshot {name}");
+        self.progress(&task, "saving", 0, 1);
+        let has_memory = if let Some(instance) = self.instance.as_mut() {
+            let saved = instance.save_snapshot(name).await;
+            saved.map_err(|e| self.backend_error(e))?;
+            true
+        } else if self.dir.disk().exists() {
+            self.ctx
+                .hypervisor
+                .snapshot_disk(&self.dir, name)
+                .await
+                .map_err(|e| self.backend_error(e))?;
+            false
+        } else {
+            return Err(self.conflict("snapshot", "booted at least once (it has no disk yet)"));
+        };
+        let info = SnapshotInfo {
+            name: name.clone(),
+            has_memory,
+            created_unix: now_unix(),
+        };
+        self.ctx.store.put_snapshot(&self.name(), &info)?;
+        self.progress(&task, "saved", 1, 1);
+        Ok(info)
+    }
+
+    async fn delete_snapshot(&mut self, name: &SnapshotName) -> Result<(), VmError> {
+        if self.snapshot(name)?.is_none() {
+            return Err(VmError::NoSnapshot {
+                name: self.name(),
+                snapshot: name.clone(),
+            });
+        }
+        let deleted = match self.instance.as_mut() {
+            Some(instance) => instance.delete_snapshot(name).await,
+            None => self.ctx.hypervisor.delete_snapshot(&self.dir, name).await,
+        };
+        deleted.map_err(|e| self.backend_error(e))?;
+        self.ctx.store.delete_snapshot(&self.name(), name)?;
+        Ok(())
+    }
+
+    /// Stops the VMM, removes the VM's folder and its store rows. The store
+    /// row goes last, so a crash half-way leaves a VM that can be deleted again.
+    async fn delete(&mut self) -> Result<(), VmError> {
+        if self.instance.is_some() {
+            self.stop_vmm().await?;
+        }
+        self.ctx.hypervisor.kill_strays(&self.dir, None).await;
+        self.dir.remove()?;
+        let name = self.name();
+        self.ctx.store.delete_vm(&name)?;
+        self.ctx.events.publish(Event::VmDeleted { name });
+        Ok(())
     }
 }

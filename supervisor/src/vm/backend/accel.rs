@@ -114,12 +114,13 @@ async fn probe_kvm(image: &clawpen_vmimage::Image, scratch: &std::path::Path) ->
         image: image.manifest.name.clone(),
         cpus: 1,
         memory_mib: 256,
+        disk_gib: None,
     };
     let backend = super::qemu::QemuBackend::new(Accel::Kvm);
     let booted = async {
         dir.create(&spec).ok()?;
-        backend.fresh_disk(&dir, image).await.ok()?;
-        let mut instance = backend.start(&dir, &spec, image).await.ok()?;
+        backend.fresh_disk(&dir, &spec, image).await.ok()?;
+        let mut instance = backend.start(&dir, &spec, image, None).await.ok()?;
         let ok = crate::vm::serial::wait_for_marker(&dir.serial_log(), marker, PROBE_LIMIT)
             .await
             .is_ok();

@@ -12,7 +12,7 @@ pub mod qemu;
 mod qmp;
 
 use async_trait::async_trait;
-use clawpen_api::VmSpec;
+use clawpen_api::{SnapshotName, VmSpec};
 use clawpen_vmimage::Image;
 
 use super::dir::VmDir;
@@ -33,6 +33,8 @@ pub enum BackendError {
     NoControlSocket { secs: u64, log_tail: String },
     #[error(transparent)]
     Qmp(#[from] qmp::QmpError),
+    #[error("the VMM refused `{command}`: {message}")]
+    Monitor { command: String, message: String },
     #[error("cannot signal VMM process {pid}: {source}")]
     Signal { pid: u32, source: nix::Error },
 }
@@ -43,19 +45,44 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Short name for logs (`qemu`, `vz`).
     fn name(&self) -> &'static str;
 
-    /// Throws away the VM's writable disk and makes a fresh one from the base
-    /// image. Must not copy the base (overlay or clone), and must be atomic: a
-    /// crash leaves either the old disk or the new one, never half of one.
-    async fn fresh_disk(&self, dir: &VmDir, image: &Image) -> Result<(), BackendError>;
+    /// The size in bytes of the image's base disk as a guest sees it (a VM's
+    /// disk may be larger, never smaller).
+    async fn base_disk_size(&self, image: &Image) -> Result<u64, BackendError>;
 
-    /// Boots the VM. Returns once the VMM runs and is under control; the guest
-    /// may still be booting.
+    /// Throws away the VM's writable disk (and the snapshots stored with it)
+    /// and makes a fresh one from the base image, `spec.disk_gib` large. Must
+    /// not copy the base (overlay or clone), and must be atomic: a crash leaves
+    /// either the old disk or the new one, never half of one.
+    async fn fresh_disk(
+        &self,
+        dir: &VmDir,
+        spec: &VmSpec,
+        image: &Image,
+    ) -> Result<(), BackendError>;
+
+    /// Boots the VM, or with `restore` resumes it from that snapshot's memory
+    /// state (no boot). Returns once the VMM runs and is under control; after a
+    /// plain boot the guest may still be booting.
     async fn start(
         &self,
         dir: &VmDir,
         spec: &VmSpec,
         image: &Image,
+        restore: Option<&SnapshotName>,
     ) -> Result<Box<dyn Instance>, BackendError>;
+
+    /// Snapshot of a stopped VM's disk (no memory state).
+    async fn snapshot_disk(&self, dir: &VmDir, name: &SnapshotName) -> Result<(), BackendError>;
+
+    /// Returns a stopped VM's disk to a snapshot's disk state.
+    async fn revert_disk(&self, dir: &VmDir, name: &SnapshotName) -> Result<(), BackendError>;
+
+    /// Deletes a snapshot of a stopped VM.
+    async fn delete_snapshot(&self, dir: &VmDir, name: &SnapshotName) -> Result<(), BackendError>;
+
+    /// The snapshots stored with the VM's disk, `(name, has_memory)`; readable
+    /// while the VM runs. Used to make the store agree with the disk.
+    async fn list_snapshots(&self, dir: &VmDir) -> Result<Vec<(String, bool)>, BackendError>;
 
     /// Takes control again of a VMM left running by a previous supervisor
     /// process (pid from the store). `None` when that process is gone or is not
@@ -93,4 +120,15 @@ pub trait Instance: Send {
     /// Stops the VM now (the disk is disposable, so no guest shutdown) and
     /// waits until the VMM is gone.
     async fn stop(&mut self) -> Result<(), BackendError>;
+
+    /// Saves disk and memory state under `name` (replacing one of that name);
+    /// the VM keeps running afterwards.
+    async fn save_snapshot(&mut self, name: &SnapshotName) -> Result<(), BackendError>;
+
+    /// Returns the running VM to the snapshot's disk and memory state: the
+    /// guest continues from the moment the snapshot was taken, without a boot.
+    async fn restore_snapshot(&mut self, name: &SnapshotName) -> Result<(), BackendError>;
+
+    /// Deletes a snapshot while the VM runs.
+    async fn delete_snapshot(&mut self, name: &SnapshotName) -> Result<(), BackendError>;
 }

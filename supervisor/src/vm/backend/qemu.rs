@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use clawpen_api::VmSpec;
+use clawpen_api::{SnapshotName, VmSpec};
 use clawpen_vmimage::Image;
 
 use super::accel::Accel;
@@ -41,7 +41,13 @@ impl QemuBackend {
 
     /// The full argument list for one VM. Public for tests and for people who
     /// want to see exactly what runs.
-    pub fn args(&self, dir: &VmDir, spec: &VmSpec, image: &Image) -> Vec<String> {
+    pub fn args(
+        &self,
+        dir: &VmDir,
+        spec: &VmSpec,
+        image: &Image,
+        restore: Option<&SnapshotName>,
+    ) -> Vec<String> {
         let p = |path: &Path| path.display().to_string();
         let mut args = vec![
             "-name".into(),
@@ -91,6 +97,9 @@ impl QemuBackend {
         // No NIC until the egress gateway exists: the VM has no network at all,
         // which is the strictest possible default-deny.
         args.extend(["-nic".into(), "none".into()]);
+        if let Some(snapshot) = restore {
+            args.extend(["-loadvm".into(), snapshot.to_string()]);
+        }
         args
     }
 
@@ -137,6 +146,56 @@ fn log_tail(path: &Path) -> String {
     }
 }
 
+/// Runs `qemu-img ARGS` and returns its stdout; a failure carries its stderr.
+async fn qemu_img(args: &[&str]) -> Result<String, BackendError> {
+    let output = tokio::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .await
+        .map_err(|source| BackendError::Io {
+            action: "run",
+            path: "qemu-img".into(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(BackendError::Tool {
+            command: format!("qemu-img {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The internal snapshots in a qcow2 file, `(tag, has_memory)`. `-U` reads
+/// without the write lock, so this works while the VMM runs.
+async fn qemu_img_snapshot_list(disk: &str) -> Result<Vec<(String, bool)>, BackendError> {
+    let out = qemu_img(&["snapshot", "-U", "-l", disk]).await?;
+    Ok(parse_snapshot_table(&out))
+}
+
+/// Parses `qemu-img snapshot -l`: a title, a header, then rows of
+/// `ID TAG VM-SIZE UNIT DATE TIME VM-CLOCK ICOUNT`; VM SIZE is `0 B` for a
+/// disk-only snapshot.
+fn parse_snapshot_table(out: &str) -> Vec<(String, bool)> {
+    out.lines()
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            cols.next()?.parse::<u32>().ok()?;
+            let tag = cols.next()?.to_string();
+            let vm_size = cols.next()?;
+            Some((tag, vm_size.parse::<f64>().map_or(true, |n| n > 0.0)))
+        })
+        .collect()
+}
+
+async fn qemu_img_snapshots(disk: &str) -> Result<Vec<String>, BackendError> {
+    Ok(qemu_img_snapshot_list(disk)
+        .await?
+        .into_iter()
+        .map(|(tag, _)| tag)
+        .collect())
+}
+
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackendError {
     let path = path.to_owned();
     move |source| BackendError::Io {
@@ -152,27 +211,85 @@ impl Hypervisor for QemuBackend {
         "qemu"
     }
 
-    async fn fresh_disk(&self, dir: &VmDir, image: &Image) -> Result<(), BackendError> {
+    async fn base_disk_size(&self, image: &Image) -> Result<u64, BackendError> {
+        let out = qemu_img(&["info", "--output=json", &image.disk().display().to_string()]).await?;
+        let info: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| BackendError::Tool {
+                command: "qemu-img info".into(),
+                stderr: format!("unreadable answer: {e}"),
+            })?;
+        info["virtual-size"]
+            .as_u64()
+            .ok_or_else(|| BackendError::Tool {
+                command: "qemu-img info".into(),
+                stderr: "no virtual-size in its answer".into(),
+            })
+    }
+
+    async fn fresh_disk(
+        &self,
+        dir: &VmDir,
+        spec: &VmSpec,
+        image: &Image,
+    ) -> Result<(), BackendError> {
         let disk = dir.disk();
         let tmp = disk.with_extension("qcow2.new");
         let _ = std::fs::remove_file(&tmp);
-        let base = image.disk();
-        let output = tokio::process::Command::new("qemu-img")
-            .arg("create")
-            .args(["-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&base)
-            .arg(&tmp)
-            .output()
-            .await
-            .map_err(io_err("run qemu-img for", &tmp))?;
-        if !output.status.success() {
-            return Err(BackendError::Tool {
-                command: format!("qemu-img create -b {} {}", base.display(), tmp.display()),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
+        let base = image.disk().display().to_string();
+        let tmp_s = tmp.display().to_string();
+        let mut args = vec![
+            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &base, &tmp_s,
+        ];
+        let size = spec.disk_gib.map(|g| format!("{g}G"));
+        if let Some(size) = &size {
+            args.push(size);
         }
+        qemu_img(&args).await?;
         // rename(2) is atomic: a crash leaves the old overlay or the new one.
         std::fs::rename(&tmp, &disk).map_err(io_err("rename", &tmp))
+    }
+
+    async fn snapshot_disk(&self, dir: &VmDir, name: &SnapshotName) -> Result<(), BackendError> {
+        let disk = dir.disk().display().to_string();
+        // Replace semantics, as savevm has: drop an old one of that name first.
+        if qemu_img_snapshots(&disk)
+            .await?
+            .iter()
+            .any(|s| s == name.as_str())
+        {
+            qemu_img(&["snapshot", "-d", name.as_str(), &disk]).await?;
+        }
+        qemu_img(&["snapshot", "-c", name.as_str(), &disk])
+            .await
+            .map(drop)
+    }
+
+    async fn revert_disk(&self, dir: &VmDir, name: &SnapshotName) -> Result<(), BackendError> {
+        let disk = dir.disk().display().to_string();
+        qemu_img(&["snapshot", "-a", name.as_str(), &disk])
+            .await
+            .map(drop)
+    }
+
+    async fn delete_snapshot(&self, dir: &VmDir, name: &SnapshotName) -> Result<(), BackendError> {
+        let disk = dir.disk().display().to_string();
+        if !qemu_img_snapshots(&disk)
+            .await?
+            .iter()
+            .any(|s| s == name.as_str())
+        {
+            return Ok(());
+        }
+        qemu_img(&["snapshot", "-d", name.as_str(), &disk])
+            .await
+            .map(drop)
+    }
+
+    async fn list_snapshots(&self, dir: &VmDir) -> Result<Vec<(String, bool)>, BackendError> {
+        if !dir.disk().exists() {
+            return Ok(Vec::new());
+        }
+        qemu_img_snapshot_list(&dir.disk().display().to_string()).await
     }
 
     async fn start(
@@ -180,6 +297,7 @@ impl Hypervisor for QemuBackend {
         dir: &VmDir,
         spec: &VmSpec,
         image: &Image,
+        restore: Option<&SnapshotName>,
     ) -> Result<Box<dyn Instance>, BackendError> {
         for stale in [dir.qmp_socket(), dir.serial_socket(), dir.pid_file()] {
             let _ = std::fs::remove_file(stale);
@@ -187,7 +305,7 @@ impl Hypervisor for QemuBackend {
         let log = std::fs::File::create(dir.vmm_log()).map_err(io_err("create", &dir.vmm_log()))?;
         let log2 = log.try_clone().map_err(io_err("clone", &dir.vmm_log()))?;
         let child = tokio::process::Command::new(&self.binary)
-            .args(self.args(dir, spec, image))
+            .args(self.args(dir, spec, image, restore))
             .current_dir(dir.root())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -276,6 +394,32 @@ struct QemuInstance {
     exit: ExitWatch,
 }
 
+impl QemuInstance {
+    /// Runs a human-monitor command (savevm, loadvm, delvm are HMP-only in a
+    /// synchronous form). HMP reports failures as text, success as nothing.
+    async fn hmp(&mut self, command_line: &str) -> Result<(), BackendError> {
+        let qmp = self.qmp.as_mut().ok_or_else(|| BackendError::Monitor {
+            command: command_line.to_string(),
+            message: "the VMM is stopping".to_string(),
+        })?;
+        let answer = qmp
+            .execute(
+                "human-monitor-command",
+                Some(serde_json::json!({ "command-line": command_line })),
+            )
+            .await?;
+        let text = answer.as_str().unwrap_or_default().trim();
+        if text.is_empty() {
+            Ok(())
+        } else {
+            Err(BackendError::Monitor {
+                command: command_line.to_string(),
+                message: text.to_string(),
+            })
+        }
+    }
+}
+
 #[async_trait]
 impl Instance for QemuInstance {
     fn pid(&self) -> Option<u32> {
@@ -304,5 +448,45 @@ impl Instance for QemuInstance {
             self.exit.wait_timeout(QUIT_WAIT).await;
         }
         Ok(())
+    }
+
+    async fn save_snapshot(&mut self, name: &SnapshotName) -> Result<(), BackendError> {
+        // savevm pauses the guest, writes RAM + device state into the qcow2
+        // file next to an internal disk snapshot, and resumes it.
+        self.hmp(&format!("savevm {name}")).await
+    }
+
+    async fn restore_snapshot(&mut self, name: &SnapshotName) -> Result<(), BackendError> {
+        self.hmp(&format!("loadvm {name}")).await?;
+        // loadvm leaves a VM running if it was running; make sure it is.
+        if let Some(qmp) = self.qmp.as_mut() {
+            qmp.execute("cont", None).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_snapshot(&mut self, name: &SnapshotName) -> Result<(), BackendError> {
+        self.hmp(&format!("delvm {name}")).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_table_is_parsed() {
+        let out = "Snapshot list:\n\
+ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT\n\
+1         clean             47.4 MiB 2026-11-24 10:31:15 00:00:06.811           --\n\
+2         disk-only            0 B 2026-11-24 10:32:15 00:00:00.000           --\n";
+        assert_eq!(
+            parse_snapshot_table(out),
+            vec![
+                ("clean".to_string(), true),
+                ("disk-only".to_string(), false)
+            ]
+        );
+        assert!(parse_snapshot_table("").is_empty());
     }
 }
