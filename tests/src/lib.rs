@@ -74,11 +74,18 @@ pub struct Up {
     pub inference_url: String,
     child: Option<Child>,
     http: reqwest::Client,
+    /// After a simulated crash the VMMs are meant to outlive this process.
+    keep_vmms: bool,
 }
 
 impl Up {
     /// Starts `clawpen up` on `home` with free ports and waits for its login URL.
     pub fn start(home: &Path, extra_args: &[&str]) -> Result<Self> {
+        Self::start_with_env(home, extra_args, &[])
+    }
+
+    /// [`Up::start`] with extra environment variables (test hooks).
+    pub fn start_with_env(home: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let mut child = Command::new(clawpen_bin())
             .args([
                 "up",
@@ -92,6 +99,7 @@ impl Up {
             .env("CLAWPEN_IMAGES", test_images_dir())
             .env("CLAWPEN_ACCEL", "tcg")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -131,6 +139,7 @@ impl Up {
             inference_url: inference_url.expect("loop ends with it"),
             child: Some(child),
             http: reqwest::Client::new(),
+            keep_vmms: false,
         })
     }
 
@@ -183,8 +192,35 @@ impl Up {
         self.home.join("vms").join(name)
     }
 
-    /// SIGKILL, as a crash would.
+    /// POSTs a JSON body and returns status and parsed JSON answer.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> Result<(reqwest::StatusCode, serde_json::Value)> {
+        let resp = self.request(reqwest::Method::POST, path).json(&body).send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Ok((status, json))
+    }
+
+    /// True once the `clawpen up` process has exited (after a crash hook fired).
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while let Some(child) = self.child.as_mut() {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                self.keep_vmms = true;
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// SIGKILL, as a crash would (its VMMs are left running, as they would be).
     pub fn kill9(&mut self) {
+        self.keep_vmms = true;
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -216,6 +252,9 @@ impl Drop for Up {
     fn drop(&mut self) {
         if self.child.is_some() {
             let _ = self.terminate();
+        }
+        if self.keep_vmms {
+            return;
         }
         // Never leave a VMM behind, even when a test failed half-way.
         for pid in vmm_pids(&self.home) {

@@ -4,6 +4,9 @@
 //! input goes through `serial.sock`. Commands end by echoing a computed marker
 //! (`echo END-$((6*7))` prints `END-42`), so the echo of the typed command
 //! itself never matches.
+//!
+//! QEMU serves one client per serial socket at a time: replace a `Serial`
+//! (assign over it) rather than holding two.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -21,6 +24,14 @@ pub struct Serial {
 impl Serial {
     pub fn connect(vm_dir: &Path) -> Result<Self> {
         let socket = UnixStream::connect(vm_dir.join("serial.sock")).context("serial socket")?;
+        // QEMU logs only what the socket took: a client that does not read
+        // stalls the guest's UART once the socket buffer fills (one small skb
+        // per byte, so after a few hundred bytes). Drain it; output is read
+        // from the log.
+        let mut drain = socket.try_clone().context("clone serial socket")?;
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut drain, &mut std::io::sink());
+        });
         Ok(Self {
             log: vm_dir.join("serial.log"),
             socket,
@@ -32,6 +43,12 @@ impl Serial {
         std::fs::metadata(&self.log)
             .map(|m| m.len() as usize)
             .unwrap_or(0)
+    }
+
+    /// Types one line without waiting for an answer (for commands that end
+    /// the shell, like `kill -9 -1`).
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        writeln!(self.socket, "{line}").context("write serial")
     }
 
     /// Runs `command` in the guest shell and returns what it printed.
@@ -61,4 +78,12 @@ pub fn log_contains(vm_dir: &Path, marker: &str) -> bool {
     std::fs::read(vm_dir.join("serial.log"))
         .map(|b| String::from_utf8_lossy(&b).contains(marker))
         .unwrap_or(false)
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        // Closes the drain thread's clone too, so QEMU sees the client leave
+        // and accepts the next one.
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
 }

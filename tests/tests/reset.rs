@@ -1,5 +1,6 @@
 //! The walking skeleton's promise: a real test guest boots under QEMU, gets
-//! trashed, and a reset brings back its clean disk, running.
+//! trashed, and a (cold) reset brings back its clean disk, running. The warm
+//! reset is proven in `lifecycle.rs`.
 
 use std::time::Duration;
 
@@ -27,14 +28,14 @@ async fn reset_throws_away_what_the_guest_wrote_and_boots_again() {
 
     let resp = up
         .request(reqwest::Method::POST, "/vms/demo/reset")
-        .json(&serde_json::json!({}))
+        .json(&serde_json::json!({"cold": true}))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     let after: clawpen_api::VmInfo = resp.json().await.unwrap();
     assert_eq!(after.state, clawpen_api::VmState::Running);
-    assert_ne!(after.pid, before.pid, "reset must boot a new VMM");
+    assert_ne!(after.pid, before.pid, "a cold reset boots a new VMM");
 
     let mut serial = Serial::connect(&dir).unwrap();
     let out = serial

@@ -96,6 +96,9 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     let app = supervisor.router();
     let server = tokio::spawn(async move { axum::serve(api_listener, app).await });
 
+    if !args.no_demo {
+        supervisor.ensure_demo().context("creating the demo VM")?;
+    }
     let url = format!("http://{api_addr}");
     supervisor
         .write_endpoint(&url)
@@ -108,10 +111,6 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     println!("  inference: http://{inference_addr}/v1");
     println!("  state:     {}", supervisor.state_dir.root().display());
     println!("Press Ctrl-C to stop (running VMs are stopped).");
-
-    if !args.no_demo {
-        supervisor.ensure_demo().context("creating the demo VM")?;
-    }
     let vms = supervisor.vms.clone();
     let no_start = args.no_start;
     let starter = tokio::spawn(async move {
