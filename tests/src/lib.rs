@@ -98,7 +98,10 @@ impl Up {
             .env("CLAWPEN_HOME", home)
             .env("CLAWPEN_IMAGES", test_images_dir())
             .env("CLAWPEN_ACCEL", "tcg")
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("CLAWPEN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
