@@ -22,7 +22,11 @@ async fn call(up: &Up, method: Method, path: &str, body: Value) -> Duration {
         .expect("request");
     let elapsed = started.elapsed();
     let status = resp.status();
-    assert!(status.is_success(), "{path}: {status}: {}", resp.text().await.unwrap_or_default());
+    assert!(
+        status.is_success(),
+        "{path}: {status}: {}",
+        resp.text().await.unwrap_or_default()
+    );
     elapsed
 }
 
@@ -103,8 +107,14 @@ async fn main() {
     }
     println!();
     println!("test guest, 1 vCPU, TCG; API call until the guest answers; {RUNS} runs each; seconds (ratio for warm / cold)");
-    println!("| {:>6} | {:<14} | {:>8} | {:>8} | {:>8} |", "memory", "operation", "min", "median", "max");
-    println!("|{:->8}|{:-<16}|{:->10}|{:->10}|{:->10}|", "", "", "", "", "");
+    println!(
+        "| {:>6} | {:<14} | {:>8} | {:>8} | {:>8} |",
+        "memory", "operation", "min", "median", "max"
+    );
+    println!(
+        "|{:->8}|{:-<16}|{:->10}|{:->10}|{:->10}|",
+        "", "", "", "", ""
+    );
     for (memory, op, s) in rows {
         println!(
             "| {:>6} | {op:<14} | {:>8.3} | {:>8.3} | {:>8.3} |",

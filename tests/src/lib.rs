@@ -196,8 +196,16 @@ impl Up {
     }
 
     /// POSTs a JSON body and returns status and parsed JSON answer.
-    pub async fn post(&self, path: &str, body: serde_json::Value) -> Result<(reqwest::StatusCode, serde_json::Value)> {
-        let resp = self.request(reqwest::Method::POST, path).json(&body).send().await?;
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<(reqwest::StatusCode, serde_json::Value)> {
+        let resp = self
+            .request(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .await?;
         let status = resp.status();
         let text = resp.text().await?;
         let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));

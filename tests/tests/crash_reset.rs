@@ -17,13 +17,20 @@ async fn assert_true_state(up: &Up, step: &str) -> VmInfo {
     let dir = up.vm_dir("demo");
     match info.state.label() {
         "Running" => {
-            assert_eq!(vmms, vec![info.pid.unwrap()], "{step}: VMM is not the recorded one");
+            assert_eq!(
+                vmms,
+                vec![info.pid.unwrap()],
+                "{step}: VMM is not the recorded one"
+            );
         }
         "Stopped" => {
             assert!(vmms.is_empty(), "{step}: stopped VM with a VMM {vmms:?}");
             assert!(info.pid.is_none(), "{step}: stopped VM with a pid");
             for leftover in ["qmp.sock", "serial.sock", "vmm.pid", "disk.qcow2.new"] {
-                assert!(!dir.join(leftover).exists(), "{step}: {leftover} left behind");
+                assert!(
+                    !dir.join(leftover).exists(),
+                    "{step}: {leftover} left behind"
+                );
             }
         }
         other => panic!("{step}: VM is {other} after recovery"),
@@ -69,8 +76,13 @@ async fn a_crash_at_any_step_of_a_reset_leaves_a_true_state() {
         let mut crashing =
             Up::start_with_env(home.path(), &[], &[("CLAWPEN_CRASH_AT", step)]).unwrap();
         crashing.wait_state("demo", "Running", BOOT).await.unwrap();
-        let answer = crashing.post("/vms/demo/reset", json!({ "cold": cold })).await;
-        assert!(crashing.wait_exit(Duration::from_secs(30)), "{step}: hook did not fire");
+        let answer = crashing
+            .post("/vms/demo/reset", json!({ "cold": cold }))
+            .await;
+        assert!(
+            crashing.wait_exit(Duration::from_secs(30)),
+            "{step}: hook did not fire"
+        );
         assert!(
             answer.is_err() || answer.as_ref().is_ok_and(|(s, _)| !s.is_success()),
             "{step}: reset answered {answer:?}"

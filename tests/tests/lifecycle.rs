@@ -52,7 +52,9 @@ async fn warm_reset_brings_back_memory_and_disk_without_a_boot() {
     let running = up.wait_state("demo", "Running", BOOT).await.unwrap();
     let clean = snapshots(&up).await;
     assert!(
-        clean.iter().any(|s| s.name.as_str() == "clean" && s.has_memory),
+        clean
+            .iter()
+            .any(|s| s.name.as_str() == "clean" && s.has_memory),
         "no clean snapshot with memory: {clean:?}"
     );
 
@@ -93,10 +95,19 @@ async fn warm_reset_brings_back_memory_and_disk_without_a_boot() {
     serial = Serial::connect(&up.vm_dir("demo")).unwrap();
     assert_eq!(boot_id(&mut serial), boot, "memory state not restored");
     let out = serial
-        .run("ls /mnt/home; cat /mnt/home/marker /mnt/etc/clawpen-image", ANSWER)
+        .run(
+            "ls /mnt/home; cat /mnt/home/marker /mnt/etc/clawpen-image",
+            ANSWER,
+        )
         .unwrap();
-    assert!(out.contains("before") && out.contains("test-guest"), "{out}");
-    assert!(!out.contains("fill") && !out.contains("trash"), "trash survived: {out}");
+    assert!(
+        out.contains("before") && out.contains("test-guest"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("fill") && !out.contains("trash"),
+        "trash survived: {out}"
+    );
     assert!(
         !serial_since(&up, offset).contains(READY),
         "the guest printed its boot marker after a warm restore"
@@ -106,19 +117,39 @@ async fn warm_reset_brings_back_memory_and_disk_without_a_boot() {
     let offset = serial_len(&up);
     let (status, body) = up.post("/vms/demo/reset", json!({})).await.unwrap();
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["pid"], json!(running.pid), "a warm reset keeps the VMM");
+    assert_eq!(
+        body["pid"],
+        json!(running.pid),
+        "a warm reset keeps the VMM"
+    );
     serial = Serial::connect(&up.vm_dir("demo")).unwrap();
     let out = serial
         .run("ls /mnt/home; cat /mnt/etc/clawpen-image", ANSWER)
         .unwrap();
-    assert!(!out.contains("marker") && out.contains("test-guest"), "{out}");
-    assert!(!serial_since(&up, offset).contains(READY), "warm reset booted");
+    assert!(
+        !out.contains("marker") && out.contains("test-guest"),
+        "{out}"
+    );
+    assert!(
+        !serial_since(&up, offset).contains(READY),
+        "warm reset booted"
+    );
 
     // Cold reset: the clean disk and a real boot in a new VMM.
-    let (status, body) = up.post("/vms/demo/reset", json!({"cold": true})).await.unwrap();
+    let (status, body) = up
+        .post("/vms/demo/reset", json!({"cold": true}))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
-    assert_ne!(body["pid"], json!(running.pid), "a cold reset starts a new VMM");
-    assert!(serial_since(&up, 0).contains(READY), "cold reset did not boot");
+    assert_ne!(
+        body["pid"],
+        json!(running.pid),
+        "a cold reset starts a new VMM"
+    );
+    assert!(
+        serial_since(&up, 0).contains(READY),
+        "cold reset did not boot"
+    );
     serial = Serial::connect(&up.vm_dir("demo")).unwrap();
     assert_ne!(boot_id(&mut serial), boot, "a cold reset boots");
     let out = serial.run("cat /mnt/etc/clawpen-image", ANSWER).unwrap();
@@ -176,7 +207,10 @@ async fn named_snapshot_keeps_a_change_and_two_resets_are_one() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
-    assert!(!snapshots(&up).await.iter().any(|s| s.name.as_str() == "with-marker"));
+    assert!(!snapshots(&up)
+        .await
+        .iter()
+        .any(|s| s.name.as_str() == "with-marker"));
     let (status, _) = up
         .post("/vms/demo/snapshots/with-marker/restore", json!({}))
         .await
@@ -189,7 +223,10 @@ async fn delete_leaves_no_process_socket_or_disk() {
     let home = temp_home();
     let up = Up::start(home.path(), &["--no-demo"]).unwrap();
     let (status, body) = up
-        .post("/vms", json!({"name": "gone", "image": "test-guest", "memory_mib": 128}))
+        .post(
+            "/vms",
+            json!({"name": "gone", "image": "test-guest", "memory_mib": 128}),
+        )
         .await
         .unwrap();
     assert_eq!(status, 201, "{body}");
@@ -235,18 +272,68 @@ async fn bad_lifecycle_input_is_refused_and_changes_nothing() {
     let dirs_before = listing();
     let long = "a".repeat(300);
     for (path, body, status, field) in [
-        ("/vms", json!({"name": "../x", "image": "test-guest"}), 422, "body.name"),
-        ("/vms", json!({"name": "", "image": "test-guest"}), 422, "body.name"),
-        ("/vms", json!({"name": long, "image": "test-guest"}), 422, "body.name"),
-        ("/vms", json!({"name": "m0", "image": "test-guest", "memory_mib": 0}), 422, "body.memory_mib"),
-        ("/vms", json!({"name": "d0", "image": "test-guest", "disk_gib": 0}), 422, "body.disk_gib"),
-        ("/vms", json!({"name": "c0", "image": "test-guest", "cpus": 0}), 422, "body.cpus"),
-        ("/vms", json!({"name": "i0", "image": "no-such-image"}), 422, "body.image"),
-        ("/vms", json!({"name": "demo", "image": "test-guest"}), 409, "name"),
+        (
+            "/vms",
+            json!({"name": "../x", "image": "test-guest"}),
+            422,
+            "body.name",
+        ),
+        (
+            "/vms",
+            json!({"name": "", "image": "test-guest"}),
+            422,
+            "body.name",
+        ),
+        (
+            "/vms",
+            json!({"name": long, "image": "test-guest"}),
+            422,
+            "body.name",
+        ),
+        (
+            "/vms",
+            json!({"name": "m0", "image": "test-guest", "memory_mib": 0}),
+            422,
+            "body.memory_mib",
+        ),
+        (
+            "/vms",
+            json!({"name": "d0", "image": "test-guest", "disk_gib": 0}),
+            422,
+            "body.disk_gib",
+        ),
+        (
+            "/vms",
+            json!({"name": "c0", "image": "test-guest", "cpus": 0}),
+            422,
+            "body.cpus",
+        ),
+        (
+            "/vms",
+            json!({"name": "i0", "image": "no-such-image"}),
+            422,
+            "body.image",
+        ),
+        (
+            "/vms",
+            json!({"name": "demo", "image": "test-guest"}),
+            409,
+            "name",
+        ),
         ("/vms", json!({"name": 5}), 422, "body.name"),
         ("/vms/nope/snapshots", json!({"name": "s"}), 404, "name"),
-        ("/vms/demo/snapshots", json!({"name": "../s"}), 422, "body.name"),
-        ("/vms/demo/snapshots/nope/restore", json!({}), 404, "snapshot"),
+        (
+            "/vms/demo/snapshots",
+            json!({"name": "../s"}),
+            422,
+            "body.name",
+        ),
+        (
+            "/vms/demo/snapshots/nope/restore",
+            json!({}),
+            404,
+            "snapshot",
+        ),
         ("/vms/demo/snapshots", json!({"name": "s"}), 409, ""),
     ] {
         let (got, answer) = up.post(path, body.clone()).await.unwrap();
@@ -254,7 +341,9 @@ async fn bad_lifecycle_input_is_refused_and_changes_nothing() {
         if !field.is_empty() {
             assert_eq!(answer["error"]["field"], field, "{path} {body}: {answer}");
         }
-        assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
     }
     let after: serde_json::Value = up
         .request(reqwest::Method::GET, "/vms")
@@ -271,7 +360,15 @@ async fn bad_lifecycle_input_is_refused_and_changes_nothing() {
     // CLI: exit 2, one line, for each kind of bad input.
     for args in [
         vec!["vm", "create", "../x", "--image", "test-guest"],
-        vec!["vm", "create", "m0", "--image", "test-guest", "--memory", "0"],
+        vec![
+            "vm",
+            "create",
+            "m0",
+            "--image",
+            "test-guest",
+            "--memory",
+            "0",
+        ],
         vec!["vm", "snapshot", "take", "nope", "s1"],
         vec!["vm", "delete", "nope"],
     ] {
@@ -281,7 +378,10 @@ async fn bad_lifecycle_input_is_refused_and_changes_nothing() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
-        assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+            1
+        );
     }
     assert_eq!(listing(), dirs_before);
 }

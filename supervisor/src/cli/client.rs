@@ -58,6 +58,24 @@ impl Client {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// The supervisor's event stream (server-sent events), still open.
+    pub async fn events(&self) -> Result<reqwest::Response, CliError> {
+        let response = self
+            .http
+            .get(self.url("/events"))
+            .bearer_auth(self.token.as_str())
+            .send()
+            .await
+            .context("cannot open the event stream")?;
+        if !response.status().is_success() {
+            return Err(CliError::Other(anyhow::anyhow!(
+                "event stream: {}",
+                response.status()
+            )));
+        }
+        Ok(response)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}{}", self.base, clawpen_api::API_PREFIX, path)
     }

@@ -2,6 +2,7 @@
 
 mod client;
 pub mod inference;
+mod progress;
 pub mod up;
 pub mod vm;
 

@@ -7,6 +7,7 @@ use clawpen_api::{SnapshotInfo, VmInfo, VmName};
 use serde_json::json;
 
 use super::client::Client;
+use super::progress::with_progress;
 use super::CliError;
 
 #[derive(Args)]
@@ -125,25 +126,23 @@ pub async fn run(home: Option<PathBuf>, command: VmCommand) -> Result<(), CliErr
             }
         }
         VmCommand::Start(args) => {
-            let name = args.name()?;
-            let vm: VmInfo = Client::new(home, args.target.url)?
-                .post(&format!("/vms/{name}/start"), &json!({}))
-                .await?;
+            let (name, client) = args.client(home)?;
+            let path = format!("/vms/{name}/start");
+            let vm: VmInfo = with_progress(&client, &name, client.post(&path, &json!({}))).await?;
             println!("{} {}", vm.spec.name, vm.state);
         }
         VmCommand::Stop(args) => {
-            let name = args.name()?;
-            let vm: VmInfo = Client::new(home, args.target.url)?
-                .post(&format!("/vms/{name}/stop"), &json!({}))
-                .await?;
+            let (name, client) = args.client(home)?;
+            let path = format!("/vms/{name}/stop");
+            let vm: VmInfo = with_progress(&client, &name, client.post(&path, &json!({}))).await?;
             println!("{} {}", vm.spec.name, vm.state);
         }
         VmCommand::Reset { vm, cold } => {
-            let name = vm.name()?;
+            let (name, client) = vm.client(home)?;
             let started = std::time::Instant::now();
-            let info: VmInfo = Client::new(home, vm.target.url)?
-                .post(&format!("/vms/{name}/reset"), &json!({ "cold": cold }))
-                .await?;
+            let path = format!("/vms/{name}/reset");
+            let body = json!({ "cold": cold });
+            let info: VmInfo = with_progress(&client, &name, client.post(&path, &body)).await?;
             println!(
                 "{} {} (reset in {:.2} s)",
                 info.spec.name,
@@ -221,12 +220,9 @@ async fn snapshot(home: Option<PathBuf>, command: SnapshotCommand) -> Result<(),
             let snapshot = snapshot_name(&snapshot)?;
             let (name, client) = vm.client(home)?;
             let started = std::time::Instant::now();
-            let info: VmInfo = client
-                .post(
-                    &format!("/vms/{name}/snapshots/{snapshot}/restore"),
-                    &json!({ "cold": cold }),
-                )
-                .await?;
+            let path = format!("/vms/{name}/snapshots/{snapshot}/restore");
+            let body = json!({ "cold": cold });
+            let info: VmInfo = with_progress(&client, &name, client.post(&path, &body)).await?;
             println!(
                 "{} {} (restored {snapshot} in {:.2} s)",
                 info.spec.name,
