@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::egress::EgressLogEntry;
 use crate::vm::{VmName, VmState};
 
 /// One message of the supervisor's server-sent event stream. The SSE `event:`
@@ -21,6 +22,9 @@ pub enum Event {
         done: u64,
         total: Option<u64>,
     },
+    /// An egress gateway decided about a connection, a DNS question or a
+    /// frame (already in the store); sent again with the bytes when a flow ends.
+    Egress { entry: EgressLogEntry },
 }
 
 impl Event {
@@ -30,6 +34,7 @@ impl Event {
             Event::VmState { .. } => "vm_state",
             Event::VmDeleted { .. } => "vm_deleted",
             Event::Progress { .. } => "progress",
+            Event::Egress { .. } => "egress",
         }
     }
 }

@@ -5,10 +5,15 @@
 //! the server can never disagree about a field. It depends on serde only: no
 //! tokio, no axum, no OS crates.
 
+pub mod egress;
 pub mod error;
 pub mod event;
 pub mod vm;
 
+pub use egress::{
+    Cidr, EgressAction, EgressLogEntry, EgressLogProto, EgressLogQuery, EgressProto, EgressRule,
+    EgressTarget, NewEgressRule, PortRange, RuleError,
+};
 pub use error::{ApiError, ErrorBody};
 pub use event::Event;
 pub use vm::{

@@ -2,19 +2,40 @@
 //!
 //! - [`models`] finds GGUF files where users already keep them (Ollama's
 //!   store, LM Studio's folders, the Hugging Face cache, extra folders).
-//! - [`server`] is the axum HTTP layer ([`router`], [`serve`]).
+//! - [`server`] is the axum HTTP layer: Responses and Chat Completions,
+//!   streamed with keep-alives, API keys, `/metrics`.
+//! - [`engine`] is what generates: [`engine::upstream`] proxies any
+//!   OpenAI-compatible server.
+//! - [`generation`] turns an engine's raw output into clean text,
+//!   reasoning and checked tool calls, using [`parse`].
 //! - [`parse`] turns raw model output into text, reasoning and tool calls,
 //!   one incremental parser per model family.
+//! - [`store`] keeps responses for `previous_response_id`; [`metrics`]
+//!   records every request per client and feeds them live.
 
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
+use axum::Router;
+use tokio::sync::broadcast;
+
+pub mod engine;
+pub mod generation;
+pub mod ids;
+pub mod keys;
+pub mod metrics;
 pub mod models;
 pub mod parse;
 pub mod server;
+pub mod store;
 
+pub use metrics::{Metrics, RequestMetrics};
 pub use models::{ModelInfo, ModelLocations, ModelSource};
-pub use server::{router, serve};
+pub use parse::Family;
 
 /// Configuration of the inference service.
 #[derive(Debug, Clone)]
@@ -27,16 +48,53 @@ pub struct InferenceConfig {
     pub locations: ModelLocations,
     /// How long a model scan is reused before the folders are scanned again.
     pub models_cache_ttl: Duration,
+    /// An OpenAI-compatible server to generate with, base URL including
+    /// its API prefix (`http://127.0.0.1:8080/v1`). `None`: no engine yet,
+    /// generation requests answer 503.
+    pub upstream: Option<String>,
+    /// The model used when a request names none (and offered in
+    /// `/v1/models` even if the upstream does not list it).
+    pub model: Option<String>,
+    /// The model family whose tool-call / reasoning syntax the upstream's
+    /// text is repaired with; `None`: guessed from the model name.
+    pub tool_format: Option<Family>,
+    /// Sent to the upstream as `Authorization: Bearer`.
+    pub upstream_api_key: Option<String>,
+    /// API key → client name. Empty: no authentication, every request is
+    /// from client `anonymous`.
+    pub api_keys: HashMap<String, String>,
+    /// A stream that sent nothing for this long sends a keep-alive
+    /// (`response.in_progress` / `: keep-alive`). Must stay well under
+    /// undici's 300 s body timeout.
+    pub keepalive_interval: Duration,
+    /// SQLite file for stored responses (`previous_response_id`); `None`:
+    /// kept in memory, lost at exit.
+    pub store_path: Option<PathBuf>,
+    /// How long stored responses are kept (30 days, as OpenAI does).
+    pub store_retention: Duration,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
 }
 
 impl Default for InferenceConfig {
     /// No extra folders, the standard locations of the current user
-    /// (honouring `OLLAMA_MODELS`, `HF_HUB_CACHE`, `HF_HOME`), a 5 s scan cache.
+    /// (honouring `OLLAMA_MODELS`, `HF_HUB_CACHE`, `HF_HOME`), a 5 s scan
+    /// cache, no upstream, no keys, 15 s keep-alives, an in-memory store,
+    /// 8 MiB bodies (a long agent session with a few images fits).
     fn default() -> Self {
         Self {
             model_dirs: Vec::new(),
             locations: ModelLocations::standard(),
             models_cache_ttl: Duration::from_secs(5),
+            upstream: None,
+            model: None,
+            tool_format: None,
+            upstream_api_key: None,
+            api_keys: HashMap::new(),
+            keepalive_interval: Duration::from_secs(15),
+            store_path: None,
+            store_retention: Duration::from_secs(30 * 86_400),
+            max_body_bytes: 8 << 20,
         }
     }
 }
@@ -47,4 +105,130 @@ impl Default for InferenceConfig {
 pub enum InferenceError {
     #[error("inference server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("inference upstream: {0}")]
+    Upstream(#[from] engine::upstream::UpstreamError),
+    #[error("inference store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("inference configuration: {0}")]
+    Config(String),
+}
+
+/// The inference service, built from its configuration: routes, engine,
+/// store and metrics. Keep it to reach the live metrics feed.
+#[derive(Debug, Clone)]
+pub struct Inference {
+    state: server::AppState,
+}
+
+impl Inference {
+    /// Checks the configuration and opens what it names (the store file,
+    /// the upstream client). Nothing is contacted yet.
+    pub fn new(config: InferenceConfig) -> Result<Self, InferenceError> {
+        if config.keepalive_interval.is_zero() {
+            return Err(InferenceError::Config(
+                "keepalive_interval must be more than zero".into(),
+            ));
+        }
+        let engine: Option<Arc<dyn engine::Engine>> = match &config.upstream {
+            None => None,
+            Some(url) => Some(Arc::new(engine::upstream::UpstreamEngine::new(
+                engine::upstream::UpstreamSettings {
+                    url: url.clone(),
+                    model: config.model.clone(),
+                    tool_format: config.tool_format,
+                    api_key: config.upstream_api_key.clone(),
+                },
+            )?)),
+        };
+        let store =
+            store::ResponseStore::open(config.store_path.as_deref(), config.store_retention)?;
+        let state = server::AppState {
+            models: models::ModelCatalog::from_config(&config),
+            keys: keys::ApiKeys::new(&config.api_keys),
+            config: Arc::new(config),
+            engine,
+            store,
+            metrics: Arc::new(Metrics::new()),
+        };
+        Ok(Self { state })
+    }
+
+    /// The service's metrics (totals, live-generations gauge).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.state.metrics)
+    }
+
+    /// The live feed of finished requests, for the supervisor to relay.
+    pub fn subscribe(&self) -> broadcast::Receiver<RequestMetrics> {
+        self.state.metrics.subscribe()
+    }
+
+    /// The routes, ready to serve.
+    pub fn router(&self) -> Router {
+        server::routes(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes; then in-flight
+    /// requests get [`SHUTDOWN_GRACE`] to finish before they are cut off
+    /// (a long generation must not hold a shutdown hostage).
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), InferenceError> {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, upstream = ?self.state.config.upstream, "inference service listening");
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let signal = tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let mut graceful_rx = stop_rx.clone();
+        // Small SSE frames must leave at once: without TCP_NODELAY, Nagle
+        // holds each frame until the client's delayed ACK (~40 ms a token).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY: {e}");
+            }
+        });
+        let server = axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                let _ = graceful_rx.wait_for(|s| *s).await;
+            })
+            .into_future();
+        let mut cutoff_rx = stop_rx;
+        let cutoff = async move {
+            if cutoff_rx.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        let result = tokio::select! {
+            r = server => r.map_err(InferenceError::from),
+            () = cutoff => {
+                tracing::warn!("inference service stopped with requests still running");
+                Ok(())
+            }
+        };
+        signal.abort();
+        result
+    }
+}
+
+/// How long in-flight requests may run on after shutdown is asked.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The service's routes for `config` (see [`Inference::router`]).
+pub fn router(config: InferenceConfig) -> Result<Router, InferenceError> {
+    Ok(Inference::new(config)?.router())
+}
+
+/// Serves `config` on `listener` until `shutdown` (see [`Inference::serve`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: InferenceConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), InferenceError> {
+    Inference::new(config)?.serve(listener, shutdown).await
 }

@@ -4,6 +4,8 @@ mod api;
 mod auth;
 mod cli;
 mod crash;
+mod egress;
+mod jail;
 mod events;
 mod paths;
 mod store;
@@ -37,7 +39,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => cli::up::run(cli.home, args).await,
             Command::Vm(command) => cli::vm::run(cli.home, command).await,
-            Command::Inference(command) => cli::inference::run(command).await,
+            Command::Inference(command) => cli::inference::run(cli.home, command).await,
         }
     });
     match result {

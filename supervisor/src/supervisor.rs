@@ -9,7 +9,9 @@ use clawpen_vmimage::{ImageStore, Progress};
 
 use crate::api::{self, AppState};
 use crate::auth::Token;
+use crate::egress::Egress;
 use crate::events::EventBus;
+use crate::jail::Jail;
 use crate::paths::StateDir;
 use crate::store::Store;
 use crate::vm::backend::accel::{self, Accel};
@@ -33,6 +35,10 @@ pub enum SupervisorError {
     Vm(#[from] VmError),
     #[error("{0}")]
     Accel(#[from] accel::UnknownAccel),
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -53,6 +59,7 @@ pub struct Supervisor {
     pub token: Arc<Token>,
     pub events: EventBus,
     pub vms: Arc<VmManager>,
+    pub egress: Arc<Egress>,
     site_dir: PathBuf,
 }
 
@@ -82,17 +89,21 @@ impl Supervisor {
             };
             tokio::task::block_in_place(|| images.ensure_test_guest(&report))?
         };
+        let jail = Jail::detect()?;
+        tracing::info!(?jail, "VMM jail");
         let accel = match config.accel {
             Some(accel) => accel,
-            None => accel::choose(&store, &image, &config.state_dir).await?,
+            None => accel::choose(&jail, &store, &image, &config.state_dir).await?,
         };
         tracing::info!(accel = accel.qemu_name(), "accelerator");
+        let egress = Egress::new(store.clone(), events.clone())?;
         let ctx = Arc::new(VmContext {
             store,
             events: events.clone(),
-            hypervisor: Arc::new(QemuBackend::new(accel)),
+            hypervisor: Arc::new(QemuBackend::new(accel, jail)),
             images: images.clone(),
             state_dir: config.state_dir.clone(),
+            egress: egress.clone(),
         });
         let vms = VmManager::recover(ctx).await?;
         Ok(Self {
@@ -100,6 +111,7 @@ impl Supervisor {
             token,
             events,
             vms,
+            egress,
             site_dir: config.site_dir,
         })
     }
@@ -127,6 +139,7 @@ impl Supervisor {
                 vms: self.vms.clone(),
                 events: self.events.clone(),
                 token: self.token.clone(),
+                egress: self.egress.clone(),
             },
             console,
         )

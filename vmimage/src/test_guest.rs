@@ -22,7 +22,7 @@ use crate::{Progress, FAILED_MARKER, READY_MARKER, TEST_GUEST};
 
 /// Bump when the recipe changes what ends up in the image, so stores rebuild
 /// their cached copy.
-pub const RECIPE: u32 = 1;
+pub const RECIPE: u32 = 2;
 
 /// Serial console on the first UART; `panic=-1` reboots at once on a panic,
 /// which QEMU's `-no-reboot` turns into an exit instead of a hang.
@@ -44,6 +44,33 @@ pub const MODULES: &[&str] = &[
     "9pnet_virtio",
     "9p",
 ];
+
+/// Where the DHCP client's hook script lives in the initramfs.
+pub const UDHCPC_SCRIPT: &str = "/etc/udhcpc.script";
+
+/// busybox `udhcpc`'s hook: applies the lease (address, default route, MTU,
+/// DNS server) to the interface.
+pub const UDHCPC_HOOK: &str = r#"#!/bin/sh
+# clawpen test guest: udhcpc hook ($1 = event, lease in the environment).
+case "$1" in
+  deconfig)
+    ip addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+    for r in $router; do
+      ip route replace default via "$r" dev "$interface"
+      break
+    done
+    : > /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+    ;;
+esac
+exit 0
+"#;
 
 /// Size of the base disk's filesystem.
 pub const DISK_MIB: u64 = 64;
@@ -78,6 +105,13 @@ elif [ ! -b /dev/vda ]; then
 elif ! mount -t ext4 /dev/vda /mnt; then
   echo "{FAILED_MARKER}: cannot mount /dev/vda on /mnt"
 else
+  # The network (egress gateway): DHCP on eth0, bounded so a VM without a
+  # gateway still boots.
+  ip link set lo up
+  if [ -e /sys/class/net/eth0 ]; then
+    udhcpc -i eth0 -s {UDHCPC_SCRIPT} -n -q -t 5 -T 1 >/dev/null 2>&1 \
+      || echo "clawpen-init: no DHCP lease on eth0"
+  fi
   echo "{READY_MARKER}"
 fi
 export PS1='{PROMPT}'
@@ -254,6 +288,11 @@ fn initramfs(
     ar.bytes("etc/clawpen-modules", 0o644, list)?;
     ar.bytes("etc/clawpen-image", 0o644, format!("{TEST_GUEST}\n"))?;
     ar.bytes("init", 0o755, init_script(release))?;
+    ar.bytes(
+        UDHCPC_SCRIPT.trim_start_matches('/'),
+        0o755,
+        UDHCPC_HOOK.to_string(),
+    )?;
     Ok(ar)
 }
 

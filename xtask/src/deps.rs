@@ -19,3 +19,17 @@ pub fn install(browser: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// The real clients the inference tests drive (OpenAI SDKs, llama.cpp's
+/// server) through `scripts/test-clients.sh`.
+pub fn install_test_clients() -> Result<()> {
+    let script = crate::workspace_root().join("scripts/test-clients.sh");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", script.display());
+    }
+    Ok(())
+}

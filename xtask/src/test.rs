@@ -1,6 +1,6 @@
 //! `cargo xtask test [ARGS]`: everything the tests need (host packages, the
-//! console's wasm bundle, the `clawpen` binary), then every test of the
-//! workspace with cargo-nextest (ARGS go to nextest).
+//! real inference clients, the console's wasm bundle, the `clawpen` binary),
+//! then every test of the workspace with cargo-nextest (ARGS go to nextest).
 
 use anyhow::{bail, Context, Result};
 
@@ -27,6 +27,7 @@ fn cargo_ok(args: &[&str], extra: &[String]) -> Result<()> {
 
 pub fn run(args: &Args) -> Result<()> {
     crate::deps::install(true)?;
+    crate::deps::install_test_clients()?;
     crate::console::run(&crate::console::Args::default())?;
     cargo_ok(
         &["build", "-p", "clawpen-supervisor", "--bin", "clawpen"],

@@ -87,6 +87,71 @@ impl ApiError {
         .with_code("model_not_found")
     }
 
+    /// 413 for a body over the configured limit.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("The request body is larger than the {limit} bytes allowed."),
+        )
+        .with_code("request_too_large")
+    }
+
+    /// 401 for a missing or unknown API key.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+            .with_code("invalid_api_key")
+    }
+
+    /// 400 for a `previous_response_id` that is not stored (for this client).
+    pub fn previous_response_not_found(id: &str) -> Self {
+        Self::invalid_param(
+            "previous_response_id",
+            format!("Previous response with id '{id}' not found."),
+        )
+        .with_code("previous_response_not_found")
+    }
+
+    /// 404 for a stored response that does not exist (for this client).
+    pub fn response_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("Response with id '{id}' not found."),
+        )
+        .with_code("response_not_found")
+    }
+
+    /// 502 for an engine (upstream) that failed.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "server_error", message).with_code("upstream_error")
+    }
+
+    /// 503 when no engine can serve.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+            .with_code("engine_unavailable")
+    }
+
+    /// The answer for an engine error: an upstream's 400/404/413/422/429
+    /// keeps its status (the request was bad for that model, or must wait);
+    /// everything else, an upstream 401 included (that is clawpen's key, not
+    /// the client's), is the gateway's fault (502) or a missing engine (503).
+    pub fn from_engine(e: &crate::engine::EngineError) -> Self {
+        use crate::engine::EngineError;
+        match e {
+            EngineError::NotConfigured => Self::unavailable(e.to_string()),
+            EngineError::Refused { status, .. }
+                if matches!(status, 400 | 404 | 413 | 422 | 429) =>
+            {
+                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
+                Self::new(status, "invalid_request_error", e.to_string())
+                    .with_code("upstream_refused")
+            }
+            _ => Self::bad_gateway(e.to_string()),
+        }
+    }
+
     /// 500 `server_error`.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)

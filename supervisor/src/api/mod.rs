@@ -3,6 +3,7 @@
 //! map its answer to a status code.
 
 mod auth;
+mod egress;
 mod error;
 mod events;
 mod vms;
@@ -16,6 +17,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::auth::Token;
+use crate::egress::Egress;
 use crate::events::EventBus;
 use crate::vm::VmManager;
 pub use error::HttpError;
@@ -25,6 +27,7 @@ pub struct AppState {
     pub vms: Arc<VmManager>,
     pub events: EventBus,
     pub token: Arc<Token>,
+    pub egress: Arc<Egress>,
 }
 
 async fn api_not_found(uri: Uri) -> HttpError {
@@ -56,6 +59,15 @@ pub fn router(state: AppState, console: Router) -> Router {
         .route("/vms/{name}/start", post(vms::start))
         .route("/vms/{name}/stop", post(vms::stop))
         .route("/vms/{name}/reset", post(vms::reset))
+        .route(
+            "/vms/{name}/egress/rules",
+            get(egress::rules).post(egress::add_rule),
+        )
+        .route(
+            "/vms/{name}/egress/rules/{id}",
+            delete(egress::delete_rule),
+        )
+        .route("/vms/{name}/egress/log", get(egress::log))
         .route("/events", get(events::stream))
         .fallback(api_not_found)
         .with_state(state.clone());

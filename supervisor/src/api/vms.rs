@@ -52,7 +52,7 @@ fn parse_required<T: DeserializeOwned>(body: &Bytes) -> Result<T, HttpError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." {
+        let field = if path == "." || path == "?" {
             "body".to_string()
         } else {
             format!("body.{path}")

@@ -1,12 +1,15 @@
-//! `clawpen inference serve`: the inference service alone (the "fast Mac").
+//! `clawpen inference serve`: the inference service alone (the "fast Mac"),
+//! and the engine flags `clawpen up` shares with it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use clawpen_inference::{Family, InferenceConfig};
 
 use super::CliError;
+use crate::paths::StateDir;
 
 #[derive(Subcommand)]
 pub enum InferenceCommand {
@@ -18,23 +21,66 @@ pub enum InferenceCommand {
 pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7080")]
     listen: SocketAddr,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Where generations come from and how their text is read.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// An OpenAI-compatible server to put behind clawpen (llama.cpp, Ollama,
+    /// LM Studio, mlx-lm, vLLM), base URL with its API prefix:
+    /// `http://127.0.0.1:8080/v1`.
+    #[arg(long, env = "CLAWPEN_UPSTREAM")]
+    upstream: Option<String>,
+    /// Model used when a request names none.
+    #[arg(long)]
+    model: Option<String>,
+    /// Tool-call syntax of the upstream's model (default: guessed from the
+    /// model name): hermes, qwen3-coder, glm, harmony, kimi, mistral, llama3,
+    /// deepseek, plain.
+    #[arg(long, value_parser = parse_family)]
+    tool_format: Option<Family>,
+    /// Bearer key sent to the upstream.
+    #[arg(long, env = "CLAWPEN_UPSTREAM_API_KEY", hide_env_values = true)]
+    upstream_api_key: Option<String>,
     /// Extra folders to search for GGUF models (besides Ollama, LM Studio, Hugging Face).
     #[arg(long = "model-dir")]
     model_dirs: Vec<PathBuf>,
 }
 
-pub async fn run(command: InferenceCommand) -> Result<(), CliError> {
+fn parse_family(raw: &str) -> Result<Family, String> {
+    Family::from_name(raw).ok_or_else(|| {
+        let known: Vec<String> = Family::ALL.iter().map(|f| format!("{f:?}").to_lowercase()).collect();
+        format!("unknown tool format {raw:?}; known: {}", known.join(", "))
+    })
+}
+
+impl EngineArgs {
+    /// The service's configuration; stored responses go to `state`'s
+    /// `inference.db` so `previous_response_id` survives a restart.
+    pub fn config(self, state: &StateDir) -> InferenceConfig {
+        InferenceConfig {
+            model_dirs: self.model_dirs,
+            upstream: self.upstream,
+            model: self.model,
+            tool_format: self.tool_format,
+            upstream_api_key: self.upstream_api_key,
+            store_path: Some(state.root().join("inference.db")),
+            ..Default::default()
+        }
+    }
+}
+
+pub async fn run(home: Option<PathBuf>, command: InferenceCommand) -> Result<(), CliError> {
     let InferenceCommand::Serve(args) = command;
+    let state = StateDir::resolve(home).context("state directory")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("local address")?;
     println!("inference: http://{addr}/v1");
-    let config = clawpen_inference::InferenceConfig {
-        model_dirs: args.model_dirs,
-        ..Default::default()
-    };
-    clawpen_inference::serve(listener, config, async {
+    clawpen_inference::serve(listener, args.engine.config(&state), async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await

@@ -33,6 +33,8 @@ pub struct UpArgs {
     /// Accelerator: kvm or tcg (default: probe once, remember per host kernel).
     #[arg(long, env = "CLAWPEN_ACCEL")]
     accel: Option<Accel>,
+    #[command(flatten)]
+    engine: super::inference::EngineArgs,
     /// Do not create the demo VM.
     #[arg(long)]
     no_demo: bool,
@@ -83,12 +85,14 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
         .with_context(|| format!("cannot listen on {}", args.inference_listen))?;
     let api_addr = api_listener.local_addr().context("local address")?;
     let inference_addr = inference_listener.local_addr().context("local address")?;
+    // Guests reach the inference service at their gateway's fixed address.
+    supervisor.egress.set_inference_addr(inference_addr);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut inference_stop = stop_rx.clone();
     let inference = tokio::spawn(clawpen_inference::serve(
         inference_listener,
-        clawpen_inference::InferenceConfig::default(),
+        args.engine.config(&supervisor.state_dir),
         async move {
             let _ = inference_stop.wait_for(|s| *s).await;
         },

@@ -27,6 +27,45 @@ const MIGRATIONS: &[&str] = &[
         created_unix INTEGER NOT NULL,
         PRIMARY KEY (vm, name)
     );",
+    // 3: egress rules and log (supervisor/src/egress). The log and the
+    // synthetic-address map have no foreign key, so a batch never fails for a
+    // VM deleted meanwhile; a trigger removes them with their VM instead.
+    "CREATE TABLE egress_rules (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        vm TEXT NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        ports TEXT,
+        proto TEXT,
+        created_unix INTEGER NOT NULL
+    );
+    CREATE INDEX egress_rules_vm ON egress_rules (vm);
+    CREATE TABLE egress_log (
+        id INTEGER PRIMARY KEY,
+        vm TEXT NOT NULL,
+        time_unix_ms INTEGER NOT NULL,
+        proto TEXT NOT NULL,
+        name TEXT,
+        addr TEXT,
+        port INTEGER,
+        decision TEXT NOT NULL,
+        rule INTEGER,
+        reason TEXT NOT NULL,
+        bytes_up INTEGER,
+        bytes_down INTEGER,
+        ended_unix_ms INTEGER
+    );
+    CREATE INDEX egress_log_vm ON egress_log (vm, id);
+    CREATE TABLE egress_names (
+        vm TEXT NOT NULL,
+        addr TEXT NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (vm, addr)
+    );
+    CREATE TRIGGER egress_vm_deleted AFTER DELETE ON vms BEGIN
+        DELETE FROM egress_log WHERE vm = old.name;
+        DELETE FROM egress_names WHERE vm = old.name;
+    END;",
 ];
 
 pub(super) fn apply(conn: &mut Connection) -> Result<(), StoreError> {

@@ -4,6 +4,7 @@
 //! change that was announced survives a crash, and schema migrations keyed on
 //! `PRAGMA user_version` so an old state directory upgrades in place.
 
+mod egress;
 mod migrations;
 
 use std::path::{Path, PathBuf};

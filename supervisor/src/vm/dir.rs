@@ -7,6 +7,7 @@
 //!          serial.log    everything the guest printed on its serial console
 //!          serial.sock   the serial console (connect to type into the guest)
 //!          qmp.sock      the VMM's control socket
+//!          net.sock      the VM's network link (the egress gateway connects)
 //!          vmm.pid       the VMM's process id
 //!          vmm.log       the VMM's own stdout/stderr
 //! ```
@@ -89,6 +90,7 @@ impl VmDir {
         for path in [
             self.qmp_socket(),
             self.serial_socket(),
+            self.net_socket(),
             self.pid_file(),
             self.disk().with_extension("qcow2.new"),
         ] {
@@ -126,6 +128,9 @@ impl VmDir {
     }
     pub fn qmp_socket(&self) -> PathBuf {
         self.root.join("qmp.sock")
+    }
+    pub fn net_socket(&self) -> PathBuf {
+        self.root.join("net.sock")
     }
     pub fn pid_file(&self) -> PathBuf {
         self.root.join("vmm.pid")

@@ -99,6 +99,8 @@ pub struct VmContext {
     pub hypervisor: Arc<dyn Hypervisor>,
     pub images: ImageStore,
     pub state_dir: StateDir,
+    /// Each running VM's network goes through its egress gateway.
+    pub egress: Arc<crate::egress::Egress>,
 }
 
 #[derive(Clone)]

@@ -34,6 +34,8 @@ pub(super) struct VmTask {
     /// A command taken off the queue while coalescing resets, run next.
     pending: Option<VmCommand>,
     instance: Option<Box<dyn Instance>>,
+    /// The egress gateway on the VMM's network socket, while a VMM runs.
+    gateway: Option<crate::egress::GatewayHandle>,
 }
 
 enum Wake {
@@ -78,11 +80,16 @@ impl VmTask {
             commands,
             pending: None,
             instance,
+            gateway: None,
         };
         (handle, task)
     }
 
     pub(super) async fn run(mut self) {
+        // A VMM re-adopted from a previous supervisor needs its gateway again.
+        if self.instance.is_some() {
+            self.attach_gateway();
+        }
         loop {
             let wake = match self.pending.take() {
                 Some(command) => Wake::Command(Some(command)),
@@ -240,8 +247,20 @@ impl VmTask {
         }
     }
 
+    /// Starts the egress gateway for the VMM that just started (or was
+    /// adopted). Without one the guest has no network, which is safe, so a
+    /// failure is logged, not fatal.
+    fn attach_gateway(&mut self) {
+        let name = self.name();
+        match self.ctx.egress.attach(&name, self.dir.net_socket()) {
+            Ok(gateway) => self.gateway = Some(gateway),
+            Err(e) => tracing::error!(vm = %name, error = %e, "no egress gateway"),
+        }
+    }
+
     fn on_exit(&mut self, exit: VmExit) {
         self.instance = None;
+        self.gateway = None;
         self.dir.remove_runtime_files();
         let state = if exit.clean {
             VmState::Stopped
@@ -303,6 +322,7 @@ impl VmTask {
         // Record the pid before waiting on the guest, so a supervisor crash
         // now leaves a VMM the next supervisor knows about.
         self.instance = Some(instance);
+        self.attach_gateway();
         self.record(during)?;
         if let Some(marker) = image.ready_marker() {
             let instance = self.instance.as_mut().expect("set above");
@@ -353,6 +373,7 @@ impl VmTask {
 
     /// Stops the VMM if one runs (no state change).
     async fn stop_instance(&mut self) {
+        self.gateway = None;
         if let Some(mut instance) = self.instance.take() {
             if let Err(e) = instance.stop().await {
                 tracing::error!(error = %e, "stopping the VMM failed");
@@ -366,6 +387,7 @@ impl VmTask {
             return Ok(self.info.borrow().clone());
         }
         self.record(VmState::Stopping)?;
+        self.gateway = None;
         if let Some(mut instance) = self.instance.take() {
             if let Err(e) = instance.stop().await {
                 let e = self.backend_error(e);
@@ -425,6 +447,7 @@ impl VmTask {
                 .await
                 .map_err(|e| self.backend_error(e))?;
             self.instance = Some(instance);
+            self.attach_gateway();
         }
         self.progress("restore", "done", 1, 1);
         self.record(VmState::Running)

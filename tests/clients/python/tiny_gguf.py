@@ -1,7 +1,10 @@
 """Writes a tiny llama-architecture GGUF for tests: random weights, a small
 byte-level BPE vocabulary trained here, a ChatML chat template.
 
-Usage: python3 tiny_gguf.py OUT.gguf
+Usage: python3 tiny_gguf.py OUT.gguf [N_EMBD N_LAYER N_FF]
+
+(The optional sizes make a bigger model for benchmarks, where per-token
+time should look like a real model's.)
 
 The model's text is gibberish; what matters is that llama.cpp loads it,
 tokenizes real prompts, renders the template and streams tokens. The
@@ -74,7 +77,10 @@ def train_bpe():
     return vocab, merges
 
 
-def main(path):
+def main(path, sizes):
+    global N_EMBD, N_LAYER, N_FF
+    if sizes:
+        N_EMBD, N_LAYER, N_FF = (int(x) for x in sizes)
     vocab, merges = train_bpe()
     tokens = vocab + SPECIALS
     types = [gguf.TokenType.NORMAL] * len(vocab) + [gguf.TokenType.CONTROL] * len(SPECIALS)
@@ -130,4 +136,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:5])

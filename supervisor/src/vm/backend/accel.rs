@@ -70,6 +70,7 @@ pub fn probe_cache_key() -> String {
 /// opened; otherwise the remembered probe result for this host kernel, or a new
 /// bounded probe boot of `image` under KVM.
 pub async fn choose(
+    jail: &crate::jail::Jail,
     store: &crate::store::Store,
     image: &clawpen_vmimage::Image,
     state_dir: &crate::paths::StateDir,
@@ -92,7 +93,7 @@ pub async fn choose(
         limit_s = PROBE_LIMIT.as_secs(),
         "probing whether KVM can boot a guest"
     );
-    let boots = probe_kvm(image, &state_dir.root().join("kvm-probe")).await;
+    let boots = probe_kvm(jail, image, &state_dir.root().join("kvm-probe")).await;
     if let Err(e) = store.set_setting(&key, if boots { "yes" } else { "no" }) {
         tracing::warn!(error = %e, "cannot remember the KVM probe result");
     }
@@ -101,7 +102,11 @@ pub async fn choose(
 
 /// Boots `image` under KVM in a scratch VM directory and waits (bounded) for
 /// its ready marker. Any failure means "KVM does not work here".
-async fn probe_kvm(image: &clawpen_vmimage::Image, scratch: &std::path::Path) -> bool {
+async fn probe_kvm(
+    jail: &crate::jail::Jail,
+    image: &clawpen_vmimage::Image,
+    scratch: &std::path::Path,
+) -> bool {
     use super::Hypervisor;
     use crate::vm::dir::VmDir;
 
@@ -116,7 +121,7 @@ async fn probe_kvm(image: &clawpen_vmimage::Image, scratch: &std::path::Path) ->
         memory_mib: 256,
         disk_gib: None,
     };
-    let backend = super::qemu::QemuBackend::new(Accel::Kvm);
+    let backend = super::qemu::QemuBackend::new(Accel::Kvm, jail.clone());
     let booted = async {
         dir.create(&spec).ok()?;
         backend.fresh_disk(&dir, &spec, image).await.ok()?;

@@ -35,6 +35,8 @@ pub enum BackendError {
     Qmp(#[from] qmp::QmpError),
     #[error("the VMM refused `{command}`: {message}")]
     Monitor { command: String, message: String },
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
     #[error("cannot signal VMM process {pid}: {source}")]
     Signal { pid: u32, source: nix::Error },
 }

@@ -19,6 +19,7 @@ use super::accel::Accel;
 use super::process::{self, ExitWatch};
 use super::qmp::Qmp;
 use super::{BackendError, Hypervisor, Instance, VmExit};
+use crate::jail::Jail;
 use crate::vm::dir::VmDir;
 
 /// How long the VMM gets to open its QMP socket after spawning.
@@ -29,13 +30,16 @@ const QUIT_WAIT: Duration = Duration::from_secs(10);
 pub struct QemuBackend {
     binary: String,
     accel: Accel,
+    jail: Jail,
 }
 
 impl QemuBackend {
-    pub fn new(accel: Accel) -> Self {
+    /// A backend whose VMMs run with `accel`, inside `jail`.
+    pub fn new(accel: Accel, jail: Jail) -> Self {
         Self {
             binary: "qemu-system-x86_64".to_string(),
             accel,
+            jail,
         }
     }
 
@@ -91,12 +95,22 @@ impl QemuBackend {
                 "unix:{},server=on,wait=off",
                 escape_opt(&p(&dir.qmp_socket()))
             ),
-            "-pidfile".into(),
-            p(&dir.pid_file()),
         ];
-        // No NIC until the egress gateway exists: the VM has no network at all,
-        // which is the strictest possible default-deny.
-        args.extend(["-nic".into(), "none".into()]);
+        // The only NIC: a stream socket the supervisor's egress gateway
+        // connects to (QEMU serves it, so a restarted supervisor can connect
+        // again to a re-adopted VMM). No ROM: nothing boots from the network.
+        args.extend([
+            "-netdev".into(),
+            format!(
+                "stream,id=net0,server=on,addr.type=unix,addr.path={}",
+                escape_opt(&p(&dir.net_socket()))
+            ),
+            "-device".into(),
+            format!(
+                "virtio-net-pci,netdev=net0,mac={},romfile=",
+                crate::egress::net::GUEST_MAC
+            ),
+        ]);
         if let Some(snapshot) = restore {
             args.extend(["-loadvm".into(), snapshot.to_string()]);
         }
@@ -299,12 +313,18 @@ impl Hypervisor for QemuBackend {
         image: &Image,
         restore: Option<&SnapshotName>,
     ) -> Result<Box<dyn Instance>, BackendError> {
-        for stale in [dir.qmp_socket(), dir.serial_socket(), dir.pid_file()] {
+        for stale in [
+            dir.qmp_socket(),
+            dir.serial_socket(),
+            dir.net_socket(),
+            dir.pid_file(),
+        ] {
             let _ = std::fs::remove_file(stale);
         }
         let log = std::fs::File::create(dir.vmm_log()).map_err(io_err("create", &dir.vmm_log()))?;
         let log2 = log.try_clone().map_err(io_err("clone", &dir.vmm_log()))?;
-        let child = tokio::process::Command::new(&self.binary)
+        let mut command = tokio::process::Command::new(&self.binary);
+        command
             .args(self.args(dir, spec, image, restore))
             .current_dir(dir.root())
             .stdin(Stdio::null())
@@ -312,15 +332,25 @@ impl Hypervisor for QemuBackend {
             .stderr(Stdio::from(log2))
             // Own process group: a Ctrl-C meant for the supervisor does not hit
             // the VMM; the supervisor stops its VMs itself.
-            .process_group(0)
-            .spawn()
-            .map_err(|source| BackendError::Io {
-                action: "spawn",
-                path: self.binary.clone().into(),
-                source,
-            })?;
-        let pid = child.id().unwrap_or_default();
+            .process_group(0);
+        self.jail.apply(command.as_std_mut());
+        let child = command.spawn().map_err(|source| BackendError::Io {
+            action: "spawn",
+            path: self.binary.clone().into(),
+            source,
+        })?;
+        let child_pid = child.id().unwrap_or_default();
         let exit = ExitWatch::child(child);
+        // With pid namespaces the VMM is the child's child; the VM's pid is
+        // the VMM's own (host) pid either way.
+        let pid = match self.jail.vmm_pid(child_pid).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = process::kill_and_wait(child_pid).await;
+                return Err(BackendError::Jail(e));
+            }
+        };
+        std::fs::write(dir.pid_file(), format!("{pid}\n")).map_err(io_err("write", &dir.pid_file()))?;
         let qmp = match self.connect_qmp(dir, &exit).await {
             Ok(qmp) => qmp,
             Err(e) => {

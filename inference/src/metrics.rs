@@ -1,0 +1,433 @@
+//! Per-request metrics: logged per client, totalled for `GET /metrics`
+//! (Prometheus text), and broadcast live ([`Metrics::subscribe`]) for the
+//! supervisor to relay to the console.
+//!
+//! A [`Recorder`] lives as long as one generation. It holds the
+//! live-generations gauge up while it exists, so the gauge counts exactly
+//! the generations still running (a cancelled one drops its recorder and
+//! the gauge goes down), and it records the request once: when it is
+//! completed, or as `cancelled` when it is dropped unfinished.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::generation::Outcome;
+
+/// One finished (or abandoned) request, as the console shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestMetrics {
+    /// `resp_...` or `chatcmpl-...`.
+    pub request_id: String,
+    /// The client name the API key maps to (`anonymous` when auth is off).
+    pub client: String,
+    pub endpoint: Endpoint,
+    pub model: String,
+    /// The request's `prompt_cache_key` (OpenClaw sends its session id).
+    pub session: Option<String>,
+    pub previous_response_id: Option<String>,
+    pub stream: bool,
+    pub status: RequestStatus,
+    pub error: Option<String>,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub output_tokens: u64,
+    /// The engine reported no usage; token counts are estimates.
+    pub usage_estimated: bool,
+    pub time_to_first_token_ms: Option<f64>,
+    /// Uncached prompt tokens per second of time to first token.
+    pub prefill_tokens_per_s: Option<f64>,
+    /// Output tokens after the first, per second after the first.
+    pub decode_tokens_per_s: Option<f64>,
+    pub duration_ms: f64,
+    /// Names of the tool calls the model made, in order.
+    pub tool_calls: Vec<String>,
+    /// How many of them were recovered from text the engine left unparsed.
+    pub repaired_tool_calls: usize,
+    /// Unix time in milliseconds when the request arrived.
+    pub started_at_ms: u64,
+}
+
+/// Which API a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    Responses,
+    ChatCompletions,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Responses => "responses",
+            Endpoint::ChatCompletions => "chat_completions",
+        }
+    }
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    Completed,
+    /// Stopped by `max_output_tokens` / `max_tokens`.
+    Incomplete,
+    Failed,
+    /// The client went away first.
+    Cancelled,
+    /// Refused before generating (bad input, unknown model, auth).
+    Rejected,
+}
+
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Completed => "completed",
+            RequestStatus::Incomplete => "incomplete",
+            RequestStatus::Failed => "failed",
+            RequestStatus::Cancelled => "cancelled",
+            RequestStatus::Rejected => "rejected",
+        }
+    }
+}
+
+/// Totals of one client.
+#[derive(Debug, Default, Clone)]
+struct ClientTotals {
+    requests: BTreeMap<(Endpoint, RequestStatus), u64>,
+    prompt_tokens: u64,
+    cached_tokens: u64,
+    output_tokens: u64,
+    tool_calls: u64,
+    repaired_tool_calls: u64,
+    ttft_seconds: f64,
+    ttft_count: u64,
+}
+
+/// The service's metrics. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Metrics {
+    feed: broadcast::Sender<RequestMetrics>,
+    live: AtomicI64,
+    totals: Mutex<BTreeMap<String, ClientTotals>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self {
+            feed: broadcast::channel(1024).0,
+            live: AtomicI64::new(0),
+            totals: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The live feed: every request, as it ends. A slow receiver loses the
+    /// oldest entries (`RecvError::Lagged`), never blocks the service.
+    pub fn subscribe(&self) -> broadcast::Receiver<RequestMetrics> {
+        self.feed.subscribe()
+    }
+
+    /// Generations running now.
+    pub fn live_generations(&self) -> i64 {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Starts recording one generation.
+    pub fn recorder(self: &Arc<Self>, base: RequestMetrics) -> Recorder {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        Recorder {
+            metrics: Arc::clone(self),
+            base: Some(base),
+        }
+    }
+
+    /// Counts a request refused before it reached an engine.
+    pub fn rejected(&self, client: &str, endpoint: Endpoint) {
+        if let Ok(mut totals) = self.totals.lock() {
+            *totals
+                .entry(client.to_owned())
+                .or_default()
+                .requests
+                .entry((endpoint, RequestStatus::Rejected))
+                .or_default() += 1;
+        }
+    }
+
+    fn record(&self, m: RequestMetrics) {
+        tracing::info!(
+            client = %m.client,
+            endpoint = m.endpoint.as_str(),
+            request = %m.request_id,
+            model = %m.model,
+            session = m.session.as_deref().unwrap_or(""),
+            status = m.status.as_str(),
+            prompt_tokens = m.prompt_tokens,
+            cached_tokens = m.cached_tokens,
+            output_tokens = m.output_tokens,
+            ttft_ms = m.time_to_first_token_ms.unwrap_or(-1.0),
+            prefill_tps = m.prefill_tokens_per_s.unwrap_or(-1.0),
+            decode_tps = m.decode_tokens_per_s.unwrap_or(-1.0),
+            tool_calls = ?m.tool_calls,
+            error = m.error.as_deref().unwrap_or(""),
+            "inference request"
+        );
+        if let Ok(mut totals) = self.totals.lock() {
+            let t = totals.entry(m.client.clone()).or_default();
+            *t.requests.entry((m.endpoint, m.status)).or_default() += 1;
+            t.prompt_tokens += m.prompt_tokens;
+            t.cached_tokens += m.cached_tokens;
+            t.output_tokens += m.output_tokens;
+            t.tool_calls += m.tool_calls.len() as u64;
+            t.repaired_tool_calls += m.repaired_tool_calls as u64;
+            if let Some(ms) = m.time_to_first_token_ms {
+                t.ttft_seconds += ms / 1000.0;
+                t.ttft_count += 1;
+            }
+        }
+        // No receiver is fine: nobody is watching.
+        let _ = self.feed.send(m);
+    }
+
+    /// The Prometheus text exposition of every total.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP clawpen_inference_live_generations Generations running now.\n\
+             # TYPE clawpen_inference_live_generations gauge\n\
+             clawpen_inference_live_generations {}",
+            self.live_generations()
+        );
+        let Ok(totals) = self.totals.lock() else {
+            return out;
+        };
+        let _ = writeln!(
+            out,
+            "# HELP clawpen_inference_requests_total Requests by client, endpoint and outcome.\n\
+             # TYPE clawpen_inference_requests_total counter"
+        );
+        for (client, t) in totals.iter() {
+            for ((endpoint, status), n) in &t.requests {
+                let _ = writeln!(
+                    out,
+                    "clawpen_inference_requests_total{{client=\"{}\",endpoint=\"{}\",status=\"{}\"}} {n}",
+                    escape(client),
+                    endpoint.as_str(),
+                    status.as_str()
+                );
+            }
+        }
+        let counters: [Counter; 7] = [
+            ("prompt_tokens_total", "Prompt tokens.", |t| {
+                t.prompt_tokens.to_string()
+            }),
+            (
+                "cached_tokens_total",
+                "Prompt tokens served from a prefix cache.",
+                |t| t.cached_tokens.to_string(),
+            ),
+            ("output_tokens_total", "Generated tokens.", |t| {
+                t.output_tokens.to_string()
+            }),
+            ("tool_calls_total", "Tool calls the model made.", |t| {
+                t.tool_calls.to_string()
+            }),
+            (
+                "repaired_tool_calls_total",
+                "Tool calls recovered from text the engine left unparsed.",
+                |t| t.repaired_tool_calls.to_string(),
+            ),
+            (
+                "time_to_first_token_seconds_sum",
+                "Sum of times to first token.",
+                |t| t.ttft_seconds.to_string(),
+            ),
+            (
+                "time_to_first_token_seconds_count",
+                "Requests with a first token.",
+                |t| t.ttft_count.to_string(),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP clawpen_inference_{name} {help}\n# TYPE clawpen_inference_{name} counter"
+            );
+            for (client, t) in totals.iter() {
+                let _ = writeln!(
+                    out,
+                    "clawpen_inference_{name}{{client=\"{}\"}} {}",
+                    escape(client),
+                    value(t)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// A per-client counter: name, help text, value.
+type Counter = (&'static str, &'static str, fn(&ClientTotals) -> String);
+
+/// Prometheus label value escaping.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Records one generation; see the module documentation.
+#[derive(Debug)]
+pub struct Recorder {
+    metrics: Arc<Metrics>,
+    base: Option<RequestMetrics>,
+}
+
+impl Recorder {
+    /// The generation ended with `outcome`.
+    pub fn complete(mut self, outcome: &Outcome, status: RequestStatus) {
+        if let Some(mut m) = self.base.take() {
+            fill(&mut m, outcome);
+            m.status = status;
+            self.metrics.record(m);
+        }
+    }
+
+    /// The generation failed.
+    pub fn fail(mut self, error: &str) {
+        if let Some(mut m) = self.base.take() {
+            m.status = RequestStatus::Failed;
+            m.error = Some(error.to_owned());
+            m.duration_ms = elapsed_ms(m.started_at_ms);
+            self.metrics.record(m);
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(mut m) = self.base.take() {
+            m.status = RequestStatus::Cancelled;
+            m.duration_ms = elapsed_ms(m.started_at_ms);
+            self.metrics.record(m);
+        }
+        self.metrics.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn elapsed_ms(started_at_ms: u64) -> f64 {
+    unix_ms().saturating_sub(started_at_ms) as f64
+}
+
+fn fill(m: &mut RequestMetrics, o: &Outcome) {
+    let u = &o.usage;
+    m.prompt_tokens = u.prompt_tokens;
+    m.cached_tokens = u.cached_tokens;
+    m.output_tokens = u.completion_tokens;
+    m.usage_estimated = o.usage_estimated;
+    m.tool_calls = o.tool_calls.clone();
+    m.repaired_tool_calls = o.repaired_calls;
+    m.duration_ms = o.timing.total.as_secs_f64() * 1000.0;
+    if let Some(ttft) = o.timing.time_to_first_token {
+        let secs = ttft.as_secs_f64();
+        m.time_to_first_token_ms = Some(secs * 1000.0);
+        let uncached = u.prompt_tokens.saturating_sub(u.cached_tokens);
+        if secs > 0.0 && uncached > 0 {
+            m.prefill_tokens_per_s = Some(uncached as f64 / secs);
+        }
+        let decode = o.timing.decode.as_secs_f64();
+        if decode > 0.0 && u.completion_tokens > 1 {
+            m.decode_tokens_per_s = Some((u.completion_tokens - 1) as f64 / decode);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{FinishReason, Usage};
+    use crate::generation::Timing;
+    use std::time::Duration;
+
+    fn base(client: &str) -> RequestMetrics {
+        RequestMetrics {
+            request_id: "resp_1".into(),
+            client: client.into(),
+            endpoint: Endpoint::Responses,
+            model: "m".into(),
+            session: None,
+            previous_response_id: None,
+            stream: true,
+            status: RequestStatus::Completed,
+            error: None,
+            prompt_tokens: 0,
+            cached_tokens: 0,
+            output_tokens: 0,
+            usage_estimated: false,
+            time_to_first_token_ms: None,
+            prefill_tokens_per_s: None,
+            decode_tokens_per_s: None,
+            duration_ms: 0.0,
+            tool_calls: vec![],
+            repaired_tool_calls: 0,
+            started_at_ms: unix_ms(),
+        }
+    }
+
+    #[test]
+    fn gauge_follows_recorders_and_feed_sees_everything() {
+        let m = Arc::new(Metrics::new());
+        let mut rx = m.subscribe();
+        let a = m.recorder(base("vm \"a\""));
+        let b = m.recorder(base("b"));
+        assert_eq!(m.live_generations(), 2);
+        drop(a);
+        let outcome = Outcome {
+            finish: FinishReason::Stop,
+            usage: Usage {
+                prompt_tokens: 100,
+                cached_tokens: 60,
+                completion_tokens: 11,
+                reasoning_tokens: 0,
+            },
+            usage_estimated: false,
+            timing: Timing {
+                time_to_first_token: Some(Duration::from_millis(400)),
+                decode: Duration::from_secs(1),
+                total: Duration::from_millis(1400),
+            },
+            tool_calls: vec!["f".into()],
+            repaired_calls: 1,
+        };
+        b.complete(&outcome, RequestStatus::Completed);
+        assert_eq!(m.live_generations(), 0);
+        let first = rx.try_recv().unwrap();
+        assert_eq!(first.status, RequestStatus::Cancelled);
+        let second = rx.try_recv().unwrap();
+        assert_eq!(second.prefill_tokens_per_s, Some(100.0));
+        assert_eq!(second.decode_tokens_per_s, Some(10.0));
+        let text = m.prometheus();
+        assert!(text.contains("clawpen_inference_live_generations 0"));
+        assert!(text.contains(r#"client="vm \"a\"",endpoint="responses",status="cancelled"} 1"#));
+        assert!(text.contains(r#"clawpen_inference_cached_tokens_total{client="b"} 60"#));
+        assert!(text.contains(r#"clawpen_inference_tool_calls_total{client="b"} 1"#));
+    }
+}

@@ -1,0 +1,422 @@
+//! Builds a Responses answer from clean output, as the official API does:
+//! the response object and, for streams, every event in the official
+//! order, each with its `sequence_number`.
+//!
+//! Text opens a `message` item (`output_item.added`, `content_part.added`,
+//! `output_text.delta`...), reasoning a `reasoning` item with summary text
+//! (`reasoning_summary_part.added`, `reasoning_summary_text.delta`...),
+//! each tool call a `function_call` item. A change of kind closes the open
+//! item (`...done` events, `output_item.done`). Non-streamed answers run
+//! the same machine and keep only the final object.
+
+use serde_json::{json, Map, Value};
+
+use crate::engine::FinishReason;
+use crate::generation::{GenEvent, Outcome, ToolCallOut};
+use crate::ids::new_id;
+
+/// What the response object echoes of its request.
+#[derive(Debug, Clone, Default)]
+pub struct Echo {
+    pub instructions: Value,
+    pub tools: Vec<Value>,
+    pub tool_choice: Value,
+    pub parallel_tool_calls: bool,
+    pub max_output_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub reasoning_effort: Option<String>,
+    pub reasoning_summary: Option<String>,
+    pub text_format: Value,
+    pub store: bool,
+    pub previous_response_id: Option<String>,
+    pub prompt_cache_key: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub user: Option<String>,
+}
+
+#[derive(Debug)]
+enum Open {
+    Message { id: String, text: String },
+    Reasoning { id: String, text: String },
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct ResponseBuilder {
+    pub id: String,
+    created_at: u64,
+    model: String,
+    echo: Echo,
+    seq: u64,
+    output: Vec<Value>,
+    open: Option<Open>,
+}
+
+impl ResponseBuilder {
+    pub fn new(id: String, created_at: u64, model: String, echo: Echo) -> Self {
+        Self {
+            id,
+            created_at,
+            model,
+            echo,
+            seq: 0,
+            output: Vec::new(),
+            open: None,
+        }
+    }
+
+    /// The finished output items.
+    pub fn output(&self) -> &[Value] {
+        &self.output
+    }
+
+    /// The response object in `status`.
+    pub fn response(
+        &self,
+        status: &str,
+        usage: Option<Value>,
+        extra: Option<(&str, Value)>,
+    ) -> Value {
+        let e = &self.echo;
+        let mut r = json!({
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "background": false,
+            "error": null,
+            "incomplete_details": null,
+            "instructions": e.instructions,
+            "max_output_tokens": e.max_output_tokens,
+            "model": self.model,
+            "output": self.output,
+            "parallel_tool_calls": e.parallel_tool_calls,
+            "previous_response_id": e.previous_response_id,
+            "prompt_cache_key": e.prompt_cache_key,
+            "reasoning": {"effort": e.reasoning_effort, "summary": e.reasoning_summary},
+            "service_tier": "default",
+            "store": e.store,
+            "temperature": e.temperature.unwrap_or(1.0),
+            "text": {"format": e.text_format},
+            "tool_choice": e.tool_choice,
+            "tools": e.tools,
+            "top_p": e.top_p.unwrap_or(1.0),
+            "truncation": "disabled",
+            "usage": usage,
+            "user": e.user,
+            "metadata": e.metadata,
+        });
+        if let Some((k, v)) = extra {
+            r[k] = v;
+        }
+        r
+    }
+
+    fn event(&mut self, kind: &str, mut fields: Value) -> Value {
+        fields["type"] = json!(kind);
+        fields["sequence_number"] = json!(self.seq);
+        self.seq += 1;
+        fields
+    }
+
+    /// `response.created` and `response.in_progress`.
+    pub fn start(&mut self) -> Vec<Value> {
+        let created = self.response("in_progress", None, None);
+        let progress = created.clone();
+        vec![
+            self.event("response.created", json!({"response": created})),
+            self.event("response.in_progress", json!({"response": progress})),
+        ]
+    }
+
+    /// A keep-alive: `response.in_progress` again.
+    pub fn in_progress(&mut self) -> Value {
+        let r = self.response("in_progress", None, None);
+        self.event("response.in_progress", json!({"response": r}))
+    }
+
+    /// The events of one piece of output.
+    pub fn push(&mut self, e: GenEvent) -> Vec<Value> {
+        let mut out = Vec::new();
+        match e {
+            GenEvent::Text(delta) => {
+                if !matches!(self.open, Some(Open::Message { .. })) {
+                    self.close(&mut out);
+                    self.open_message(&mut out);
+                }
+                let index = self.output.len();
+                if let Some(Open::Message { id, text }) = &mut self.open {
+                    text.push_str(&delta);
+                    let id = id.clone();
+                    out.push(self.event(
+                        "response.output_text.delta",
+                        json!({"item_id": id, "output_index": index, "content_index": 0,
+                               "delta": delta, "logprobs": []}),
+                    ));
+                }
+            }
+            GenEvent::Reasoning(delta) => {
+                if !matches!(self.open, Some(Open::Reasoning { .. })) {
+                    self.close(&mut out);
+                    self.open_reasoning(&mut out);
+                }
+                let index = self.output.len();
+                if let Some(Open::Reasoning { id, text }) = &mut self.open {
+                    text.push_str(&delta);
+                    let id = id.clone();
+                    out.push(self.event(
+                        "response.reasoning_summary_text.delta",
+                        json!({"item_id": id, "output_index": index, "summary_index": 0,
+                               "delta": delta}),
+                    ));
+                }
+            }
+            GenEvent::ToolCall(call) => {
+                self.close(&mut out);
+                self.function_call(call, &mut out);
+            }
+        }
+        out
+    }
+
+    fn open_message(&mut self, out: &mut Vec<Value>) {
+        let id = new_id("msg_");
+        let index = self.output.len();
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": {"id": id, "type": "message",
+                   "status": "in_progress", "role": "assistant", "content": []}}),
+        ));
+        out.push(self.event(
+            "response.content_part.added",
+            json!({"item_id": id, "output_index": index, "content_index": 0,
+                   "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
+        ));
+        self.open = Some(Open::Message {
+            id,
+            text: String::new(),
+        });
+    }
+
+    fn open_reasoning(&mut self, out: &mut Vec<Value>) {
+        let id = new_id("rs_");
+        let index = self.output.len();
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": {"id": id, "type": "reasoning", "summary": []}}),
+        ));
+        out.push(self.event(
+            "response.reasoning_summary_part.added",
+            json!({"item_id": id, "output_index": index, "summary_index": 0,
+                   "part": {"type": "summary_text", "text": ""}}),
+        ));
+        self.open = Some(Open::Reasoning {
+            id,
+            text: String::new(),
+        });
+    }
+
+    fn function_call(&mut self, call: ToolCallOut, out: &mut Vec<Value>) {
+        let id = new_id("fc_");
+        let index = self.output.len();
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": {"id": id, "type": "function_call",
+                   "status": "in_progress", "call_id": call.id, "name": call.name,
+                   "arguments": ""}}),
+        ));
+        out.push(self.event(
+            "response.function_call_arguments.delta",
+            json!({"item_id": id, "output_index": index, "delta": call.arguments}),
+        ));
+        out.push(self.event(
+            "response.function_call_arguments.done",
+            json!({"item_id": id, "output_index": index, "name": call.name,
+                   "arguments": call.arguments}),
+        ));
+        let item = json!({"id": id, "type": "function_call", "status": "completed",
+                          "call_id": call.id, "name": call.name, "arguments": call.arguments});
+        out.push(self.event(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        ));
+        self.output.push(item);
+    }
+
+    /// Closes the open item with its `...done` events.
+    fn close(&mut self, out: &mut Vec<Value>) {
+        let index = self.output.len();
+        match self.open.take() {
+            None => {}
+            Some(Open::Message { id, text }) => {
+                out.push(self.event(
+                    "response.output_text.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0,
+                           "text": text, "logprobs": []}),
+                ));
+                let part =
+                    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
+                out.push(self.event(
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0,
+                           "part": part}),
+                ));
+                let item = json!({"id": id, "type": "message", "status": "completed",
+                                  "role": "assistant", "content": [part]});
+                out.push(self.event(
+                    "response.output_item.done",
+                    json!({"output_index": index, "item": item}),
+                ));
+                self.output.push(item);
+            }
+            Some(Open::Reasoning { id, text }) => {
+                out.push(self.event(
+                    "response.reasoning_summary_text.done",
+                    json!({"item_id": id, "output_index": index, "summary_index": 0,
+                           "text": text}),
+                ));
+                let part = json!({"type": "summary_text", "text": text});
+                out.push(self.event(
+                    "response.reasoning_summary_part.done",
+                    json!({"item_id": id, "output_index": index, "summary_index": 0,
+                           "part": part}),
+                ));
+                let item = json!({"id": id, "type": "reasoning", "summary": [part]});
+                out.push(self.event(
+                    "response.output_item.done",
+                    json!({"output_index": index, "item": item}),
+                ));
+                self.output.push(item);
+            }
+        }
+    }
+
+    /// Closes the output; returns the closing events and the final
+    /// response object (`completed`, or `incomplete` when the token limit
+    /// stopped it).
+    pub fn finish(&mut self, outcome: &Outcome) -> (Vec<Value>, Value) {
+        let mut out = Vec::new();
+        self.close(&mut out);
+        let u = &outcome.usage;
+        let usage = json!({
+            "input_tokens": u.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": u.cached_tokens},
+            "output_tokens": u.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+        });
+        let response = if outcome.finish == FinishReason::Length {
+            self.response(
+                "incomplete",
+                Some(usage),
+                Some(("incomplete_details", json!({"reason": "max_output_tokens"}))),
+            )
+        } else {
+            self.response("completed", Some(usage), None)
+        };
+        (out, response)
+    }
+
+    /// The terminal event for `response` (as [`Self::finish`] built it).
+    pub fn terminal(&mut self, response: Value) -> Value {
+        let kind = if response["status"] == "incomplete" {
+            "response.incomplete"
+        } else {
+            "response.completed"
+        };
+        self.event(kind, json!({"response": response}))
+    }
+
+    /// `response.failed` (open items are closed first, so what was
+    /// generated is not lost).
+    pub fn failed(&mut self, message: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        self.close(&mut out);
+        let r = self.response(
+            "failed",
+            None,
+            Some(("error", json!({"code": "server_error", "message": message}))),
+        );
+        out.push(self.event("response.failed", json!({"response": r})));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Usage;
+    use crate::generation::Timing;
+    use std::time::Duration;
+
+    #[test]
+    fn events_follow_the_official_order() {
+        let mut b = ResponseBuilder::new("resp_1".into(), 1, "m".into(), Echo::default());
+        let mut events = b.start();
+        events.extend(b.push(GenEvent::Reasoning("think".into())));
+        events.extend(b.push(GenEvent::Text("Hel".into())));
+        events.extend(b.push(GenEvent::Text("lo".into())));
+        events.extend(b.push(GenEvent::ToolCall(ToolCallOut {
+            id: "call_1".into(),
+            name: "f".into(),
+            arguments: "{}".into(),
+        })));
+        let outcome = Outcome {
+            finish: FinishReason::ToolCalls,
+            usage: Usage {
+                prompt_tokens: 5,
+                cached_tokens: 2,
+                completion_tokens: 3,
+                reasoning_tokens: 0,
+            },
+            usage_estimated: false,
+            timing: Timing {
+                time_to_first_token: None,
+                decode: Duration::ZERO,
+                total: Duration::ZERO,
+            },
+            tool_calls: vec![],
+            repaired_calls: 0,
+        };
+        let (closing, response) = b.finish(&outcome);
+        events.extend(closing);
+        events.push(b.terminal(response.clone()));
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.done",
+                "response.reasoning_summary_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e["sequence_number"], i as u64);
+        }
+        assert_eq!(response["output"][1]["content"][0]["text"], "Hello");
+        assert_eq!(response["output"][2]["call_id"], "call_1");
+        assert_eq!(
+            response["usage"]["input_tokens_details"]["cached_tokens"],
+            2
+        );
+        assert_eq!(events[12]["output_index"], 1);
+    }
+}

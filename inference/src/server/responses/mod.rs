@@ -1,0 +1,409 @@
+//! `POST /v1/responses`, `GET`/`DELETE /v1/responses/{id}`: the Responses
+//! API on top of any engine's Chat Completions-shaped generation.
+//!
+//! A request is checked and translated ([`request`], [`items`]) into a
+//! [`GenerateRequest`]: instructions, the stored conversation a
+//! `previous_response_id` continues, then the new input items. The output
+//! is built by [`builder::ResponseBuilder`], streamed or whole, and stored
+//! (unless `store: false`) before the final event announces it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures::FutureExt;
+use serde_json::{json, Value};
+
+use super::auth::Client;
+use super::body::parse_json;
+use super::stream::{json_response, sse_response, Driver, Protocol};
+use super::{ApiError, AppState};
+use crate::engine::{Engine, EngineError, GenerateRequest, Role};
+use crate::generation::{GenEvent, Outcome, OutputOptions};
+use crate::ids::{new_id, unix_secs};
+use crate::metrics::{unix_ms, Endpoint, RequestMetrics, RequestStatus};
+use crate::parse::ToolSpec;
+use crate::store::{ResponseStore, StoredResponse};
+
+pub mod builder;
+pub mod items;
+pub mod request;
+
+use builder::{Echo, ResponseBuilder};
+use items::{parse_item, to_messages, Item};
+use request::{Input, ResponsesRequest};
+
+/// A checked request, ready to run.
+struct Prepared {
+    engine: Arc<dyn Engine>,
+    generate: GenerateRequest,
+    tools: Vec<ToolSpec>,
+    echo: Echo,
+    stream: bool,
+    /// This request's own input items, as stored.
+    input: Vec<Value>,
+    prompt_chars: usize,
+}
+
+/// `POST /v1/responses`.
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    match prepare(&state, &client, body).await {
+        Ok(p) => run(state, client, p, started).await,
+        Err(e) => {
+            tracing::info!(client = %client.0, "responses request refused: {e}");
+            state.metrics.rejected(&client.0, Endpoint::Responses);
+            e.into_response()
+        }
+    }
+}
+
+async fn prepare(
+    state: &AppState,
+    client: &Client,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Prepared, ApiError> {
+    let r: ResponsesRequest = parse_json(body, state.config.max_body_bytes)?;
+    if r.background == Some(true) {
+        return Err(ApiError::invalid_param(
+            "background",
+            "Background responses are not supported.",
+        ));
+    }
+    let (engine, model) = state.resolve_model(r.model.as_deref()).await?;
+    let tools = request::tools(r.tools.as_deref().unwrap_or_default())?;
+    let tool_choice = r
+        .tool_choice
+        .as_ref()
+        .map(request::tool_choice)
+        .transpose()?;
+    let text_format = r.text.as_ref().and_then(|t| t.format.clone());
+    let response_format = text_format
+        .as_ref()
+        .map(request::response_format)
+        .transpose()?
+        .flatten();
+
+    let input: Vec<Value> = match &r.input {
+        None => Vec::new(),
+        Some(Input::Text(s)) => vec![json!({"type": "message", "role": "user", "content": s})],
+        Some(Input::Items(items)) => items.clone(),
+    };
+    if input.is_empty() && r.previous_response_id.is_none() {
+        return Err(ApiError::invalid_param("input", "'input' is required."));
+    }
+    let new_items = parse_all(&input, "input")?;
+    let instructions = match &r.instructions {
+        None => Vec::new(),
+        Some(Input::Text(s)) => vec![Item::Message {
+            role: Role::System,
+            content: crate::engine::Content::Text(s.clone()),
+        }],
+        Some(Input::Items(items)) => parse_all(items, "instructions")?,
+    };
+    let mut conversation = match &r.previous_response_id {
+        None => Vec::new(),
+        Some(id) => {
+            let items = state
+                .store
+                .conversation(&client.0, id)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .ok_or_else(|| ApiError::previous_response_not_found(id))?;
+            parse_all(&items, "previous_response_id")?
+        }
+    };
+    conversation.extend(new_items);
+    let messages = to_messages(&instructions, &conversation);
+    let prompt_chars = messages
+        .iter()
+        .map(|m| m.content.as_ref().map_or(0, |c| c.text().len()))
+        .sum();
+
+    let echo = Echo {
+        instructions: match &r.instructions {
+            None => Value::Null,
+            Some(Input::Text(s)) => json!(s),
+            Some(Input::Items(items)) => json!(items),
+        },
+        tools: tools.echo.clone(),
+        tool_choice: r.tool_choice.clone().unwrap_or_else(|| json!("auto")),
+        parallel_tool_calls: r.parallel_tool_calls.unwrap_or(true),
+        max_output_tokens: r.max_output_tokens,
+        temperature: r.temperature,
+        top_p: r.top_p,
+        reasoning_effort: r.reasoning.as_ref().and_then(|x| x.effort.clone()),
+        reasoning_summary: r.reasoning.as_ref().and_then(|x| x.summary.clone()),
+        text_format: text_format.unwrap_or_else(|| json!({"type": "text"})),
+        store: r.store.unwrap_or(true),
+        previous_response_id: r.previous_response_id.clone(),
+        prompt_cache_key: r.prompt_cache_key.clone(),
+        metadata: r.metadata.clone().unwrap_or_default(),
+        user: r.user.clone(),
+    };
+    let specs = tools
+        .chat
+        .iter()
+        .map(|t| ToolSpec {
+            name: t.function.name.clone(),
+            parameters: t.function.parameters.clone().unwrap_or(Value::Null),
+        })
+        .collect();
+    let callable = crate::generation::callable_tools(specs, tool_choice.as_ref());
+    let generate = GenerateRequest {
+        model,
+        messages,
+        tools: tools.chat,
+        tool_choice,
+        parallel_tool_calls: r.parallel_tool_calls,
+        max_tokens: r.max_output_tokens,
+        temperature: r.temperature,
+        top_p: r.top_p,
+        response_format,
+        reasoning_effort: echo.reasoning_effort.clone(),
+        prompt_cache_key: r.prompt_cache_key.clone(),
+        stop: None,
+        extra: Default::default(),
+    };
+    Ok(Prepared {
+        engine,
+        generate,
+        tools: callable,
+        echo,
+        stream: r.stream.unwrap_or(false),
+        input,
+        prompt_chars,
+    })
+}
+
+fn parse_all(items: &[Value], at: &str) -> Result<Vec<Item>, ApiError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| parse_item(v, &format!("{at}[{i}]")))
+        .collect()
+}
+
+async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> Response {
+    let id = new_id("resp_");
+    let model = p.generate.model.clone();
+    let recorder = state.metrics.recorder(RequestMetrics {
+        request_id: id.clone(),
+        client: client.0.clone(),
+        endpoint: Endpoint::Responses,
+        model: model.clone(),
+        session: p.echo.prompt_cache_key.clone(),
+        previous_response_id: p.echo.previous_response_id.clone(),
+        stream: p.stream,
+        status: RequestStatus::Cancelled,
+        error: None,
+        prompt_tokens: 0,
+        cached_tokens: 0,
+        output_tokens: 0,
+        usage_estimated: false,
+        time_to_first_token_ms: None,
+        prefill_tokens_per_s: None,
+        decode_tokens_per_s: None,
+        duration_ms: 0.0,
+        tool_calls: Vec::new(),
+        repaired_tool_calls: 0,
+        started_at_ms: unix_ms(),
+    });
+    let output = OutputOptions {
+        family: p.engine.family(&model),
+        tools: p.tools,
+        id_prefix: new_id("call_"),
+        prompt_estimate: (p.prompt_chars / 4) as u64,
+    };
+    let engine = Arc::clone(&p.engine);
+    let generate = p.generate;
+    let start = async move { engine.generate(generate).await }.boxed();
+    let saver = Saver {
+        store: state.store.clone(),
+        enabled: p.echo.store,
+        client: client.0,
+        previous: p.echo.previous_response_id.clone(),
+        input: p.input,
+    };
+    let builder = ResponseBuilder::new(id, unix_secs(), model, p.echo);
+    let keepalive = state.config.keepalive_interval;
+    let grace = state.accept_grace();
+    if p.stream {
+        let protocol = Sse { builder, saver };
+        let mut driver = Driver::new(start, output, protocol, recorder, keepalive, started);
+        if let Err(e) = driver.accept(grace).await {
+            return ApiError::from_engine(&e).into_response();
+        }
+        sse_response(driver)
+    } else {
+        let protocol = Whole {
+            builder,
+            saver,
+            status: StatusCode::OK,
+        };
+        let mut driver = Driver::new(start, output, protocol, recorder, keepalive, started);
+        if let Err(e) = driver.accept(grace).await {
+            return ApiError::from_engine(&e).into_response();
+        }
+        json_response(driver).await
+    }
+}
+
+/// Stores a finished response (before it is announced).
+struct Saver {
+    store: ResponseStore,
+    enabled: bool,
+    client: String,
+    previous: Option<String>,
+    input: Vec<Value>,
+}
+
+impl Saver {
+    async fn save(&mut self, builder: &ResponseBuilder, response: &Value) {
+        if !self.enabled {
+            return;
+        }
+        let row = StoredResponse {
+            id: builder.id.clone(),
+            client: self.client.clone(),
+            previous_response_id: self.previous.clone(),
+            created_at: unix_secs(),
+            input: std::mem::take(&mut self.input),
+            output: builder.output().to_vec(),
+            response: response.clone(),
+        };
+        if let Err(e) = self.store.put(row).await {
+            tracing::error!(response = %builder.id, "cannot store response: {e}");
+        }
+    }
+}
+
+fn sse(event: &Value) -> Bytes {
+    let kind = event["type"].as_str().unwrap_or("message");
+    Bytes::from(format!("event: {kind}\ndata: {event}\n\n"))
+}
+
+/// Streamed Responses: SSE events.
+struct Sse {
+    builder: ResponseBuilder,
+    saver: Saver,
+}
+
+#[async_trait]
+impl Protocol for Sse {
+    fn content_type(&self) -> &'static str {
+        "text/event-stream"
+    }
+
+    fn start(&mut self) -> Vec<Bytes> {
+        self.builder.start().iter().map(sse).collect()
+    }
+
+    fn event(&mut self, event: GenEvent) -> Vec<Bytes> {
+        self.builder.push(event).iter().map(sse).collect()
+    }
+
+    fn keepalive(&mut self) -> Bytes {
+        sse(&self.builder.in_progress())
+    }
+
+    async fn done(&mut self, outcome: &Outcome) -> Vec<Bytes> {
+        let (mut events, response) = self.builder.finish(outcome);
+        self.saver.save(&self.builder, &response).await;
+        events.push(self.builder.terminal(response));
+        events.iter().map(sse).collect()
+    }
+
+    fn failed(&mut self, error: &EngineError) -> Vec<Bytes> {
+        self.builder
+            .failed(&error.to_string())
+            .iter()
+            .map(sse)
+            .collect()
+    }
+
+    fn status(&self) -> StatusCode {
+        StatusCode::OK
+    }
+}
+
+/// Whole Responses: one JSON object.
+struct Whole {
+    builder: ResponseBuilder,
+    saver: Saver,
+    status: StatusCode,
+}
+
+#[async_trait]
+impl Protocol for Whole {
+    fn content_type(&self) -> &'static str {
+        "application/json"
+    }
+
+    fn start(&mut self) -> Vec<Bytes> {
+        Vec::new()
+    }
+
+    fn event(&mut self, event: GenEvent) -> Vec<Bytes> {
+        self.builder.push(event);
+        Vec::new()
+    }
+
+    fn keepalive(&mut self) -> Bytes {
+        Bytes::from_static(b" ")
+    }
+
+    async fn done(&mut self, outcome: &Outcome) -> Vec<Bytes> {
+        let (_, response) = self.builder.finish(outcome);
+        self.saver.save(&self.builder, &response).await;
+        vec![Bytes::from(response.to_string())]
+    }
+
+    fn failed(&mut self, error: &EngineError) -> Vec<Bytes> {
+        let e = ApiError::from_engine(error);
+        self.status = e.status;
+        vec![Bytes::from(json!(e.body()).to_string())]
+    }
+
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+/// `GET /v1/responses/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match state.store.get(&client.0, &id).await {
+        Ok(Some(r)) => Ok(Json(r.response)),
+        Ok(None) => Err(ApiError::response_not_found(&id)),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match state.store.delete(&client.0, &id).await {
+        Ok(true) => Ok(Json(
+            json!({"id": id, "object": "response.deleted", "deleted": true}),
+        )),
+        Ok(false) => Err(ApiError::response_not_found(&id)),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}

@@ -1,0 +1,135 @@
+//! Shared by the integration tests: the service on 127.0.0.1:0 and SSE reading.
+
+#![allow(dead_code)]
+
+pub mod clients;
+pub mod llama;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clawpen_inference::{Inference, InferenceConfig, Metrics, ModelLocations};
+use futures::StreamExt;
+use serde_json::Value;
+
+/// A running inference service.
+pub struct Svc {
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub metrics: Arc<Metrics>,
+    pub inference: Inference,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), clawpen_inference::InferenceError>>,
+}
+
+/// A config proxying `upstream`, fast keep-alives, no model folders.
+pub fn config(upstream: &str) -> InferenceConfig {
+    InferenceConfig {
+        locations: ModelLocations::none(),
+        upstream: Some(upstream.to_owned()),
+        keepalive_interval: Duration::from_millis(300),
+        ..InferenceConfig::default()
+    }
+}
+
+pub async fn start(config: InferenceConfig) -> Svc {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let inference = Inference::new(config).unwrap();
+    let metrics = inference.metrics();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(inference.clone().serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    Svc {
+        base,
+        metrics,
+        inference,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Svc {
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(15), &mut self.task)
+            .await
+            .expect("shutdown in time")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Waits (up to 5 s) for the live-generations gauge to reach 0.
+    pub async fn idle(&self) {
+        for _ in 0..500 {
+            if self.metrics.live_generations() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "live generations stuck at {}",
+            self.metrics.live_generations()
+        );
+    }
+}
+
+/// One SSE frame: its `event:` name (if any), its data, or a comment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Comment(String),
+    Data { event: Option<String>, data: String },
+}
+
+impl Frame {
+    pub fn json(&self) -> Option<Value> {
+        match self {
+            Frame::Data { data, .. } => serde_json::from_str(data).ok(),
+            Frame::Comment(_) => None,
+        }
+    }
+}
+
+/// Splits a whole SSE body into frames.
+pub fn frames(body: &str) -> Vec<Frame> {
+    let mut out = Vec::new();
+    for block in body.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut event = None;
+        let mut data = Vec::new();
+        for line in block.lines() {
+            if let Some(c) = line.strip_prefix(':') {
+                out.push(Frame::Comment(c.trim().to_owned()));
+            } else if let Some(e) = line.strip_prefix("event: ") {
+                event = Some(e.to_owned());
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                data.push(d.to_owned());
+            }
+        }
+        if !data.is_empty() {
+            out.push(Frame::Data {
+                event,
+                data: data.join("\n"),
+            });
+        }
+    }
+    out
+}
+
+/// Reads a streamed body to its end.
+pub async fn read_all(resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut s = resp.bytes_stream();
+    while let Some(chunk) = s.next().await {
+        body.extend_from_slice(&chunk.unwrap());
+    }
+    String::from_utf8(body).unwrap()
+}
+
+/// The JSON data of every frame.
+pub fn events(body: &str) -> Vec<Value> {
+    frames(body).iter().filter_map(Frame::json).collect()
+}

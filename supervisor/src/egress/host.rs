@@ -1,0 +1,119 @@
+//! The host side of a flow: dialling (with the anti-rebinding check on every
+//! address a name resolves to) and the two tasks that move bytes between a
+//! host TCP connection and the stack.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use clawpen_api::EgressProto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+
+use super::resolve::Resolver;
+use super::rules::{RuleSet, Verdict};
+use super::stack::{DialError, DialTarget, FlowIo, HostData};
+
+/// How long one connect attempt may take.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+/// Chunks queued each way per flow (of up to 64 KiB).
+const QUEUE: usize = 8;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Opens the host connection for a flow.
+pub async fn dial(
+    target: DialTarget,
+    rules: &RuleSet,
+    resolver: &Resolver,
+    inference: Option<SocketAddr>,
+) -> Result<(TcpStream, SocketAddr), DialError> {
+    let candidates = match target {
+        DialTarget::Addr(addr) => vec![addr],
+        DialTarget::Inference => vec![inference
+            .ok_or_else(|| DialError::Failed("no inference service is configured".into()))?],
+        DialTarget::Name { name, port } => {
+            let resolved = resolver
+                .lookup(&name, port)
+                .await
+                .map_err(|e| DialError::Failed(format!("cannot resolve {name}: {e}")))?;
+            let mut allowed = Vec::new();
+            let mut refused: Option<Verdict> = None;
+            for addr in resolved {
+                match rules.check_resolved(addr.ip(), EgressProto::Tcp, port) {
+                    Ok(()) => allowed.push(addr),
+                    Err(v) => {
+                        refused.get_or_insert(v);
+                    }
+                }
+            }
+            if allowed.is_empty() {
+                return Err(match refused {
+                    Some(v) => DialError::Denied(Verdict {
+                        reason: format!("{name}: {}", v.reason),
+                        ..v
+                    }),
+                    None => DialError::Failed(format!("{name} has no address")),
+                });
+            }
+            allowed
+        }
+    };
+    let mut last = String::from("no address to try");
+    for addr in candidates {
+        match tokio::time::timeout(CONNECT_LIMIT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, addr));
+            }
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: no answer within {} s", CONNECT_LIMIT.as_secs()),
+        }
+    }
+    Err(DialError::Failed(last))
+}
+
+/// Starts the tasks that move a host connection's bytes; `wake` tells the
+/// gateway there is data or room again. Both end when the stack drops its
+/// ends of the channels.
+pub fn spawn_io(stream: TcpStream, wake: Arc<Notify>) -> FlowIo {
+    let (to_host, mut up) = mpsc::channel::<Bytes>(QUEUE);
+    let (down, from_host) = mpsc::channel::<HostData>(QUEUE);
+    let (mut rd, mut wr) = stream.into_split();
+    let writer_wake = wake.clone();
+    tokio::spawn(async move {
+        while let Some(chunk) = up.recv().await {
+            // Room in the queue again: the stack may read more from the guest.
+            writer_wake.notify_one();
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            buf.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                read = rd.read_buf(&mut buf) => read,
+                () = down.closed() => break,
+            };
+            let message = match read {
+                Ok(0) => break,
+                Ok(_) => HostData::Data(buf.split().freeze()),
+                Err(_) => HostData::Reset,
+            };
+            let reset = matches!(message, HostData::Reset);
+            if down.send(message).await.is_err() || reset {
+                break;
+            }
+            wake.notify_one();
+        }
+        // End of stream (the channel closes with this task).
+        drop(down);
+        wake.notify_one();
+    });
+    FlowIo { to_host, from_host }
+}

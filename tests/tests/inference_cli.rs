@@ -1,0 +1,69 @@
+//! `clawpen inference serve` wires its flags into the service.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use clawpen_tests::{clawpen_bin, temp_home};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_takes_its_upstream_model_and_tool_format() {
+    let home = temp_home();
+    let mut child = Command::new(clawpen_bin())
+        .args([
+            "inference", "serve", "--listen", "127.0.0.1:0",
+            "--upstream", "http://127.0.0.1:9/v1", "--model", "tiny-model",
+            "--tool-format", "hermes",
+        ])
+        .env("CLAWPEN_HOME", home.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line.trim().strip_prefix("inference: ").unwrap().to_string();
+    let models: serde_json::Value = reqwest::get(format!("{base}/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"tiny-model"), "{models}");
+    // The upstream is down: a generation is a clean OpenAI-shaped 5xx, and
+    // the service keeps serving.
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/chat/completions"))
+        .json(&serde_json::json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    let health = reqwest::get(format!("{}/healthz", base.trim_end_matches("/v1")))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(home.path().join("inference.db").exists(), "responses store not in the state dir");
+}
+
+#[test]
+fn unknown_tool_format_is_refused_with_exit_2() {
+    let out = Command::new(clawpen_bin())
+        .args(["inference", "serve", "--tool-format", "klingon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("klingon"));
+}
