@@ -208,12 +208,17 @@ impl EgressTarget {
             return Cidr::parse(raw).map(EgressTarget::Cidr);
         }
         if let Some(suffix) = raw.strip_prefix("*.") {
-            return Ok(EgressTarget::Wildcard(check_domain(suffix)?));
+            return match normalise_domain(suffix) {
+                Some(suffix) => Ok(EgressTarget::Wildcard(suffix)),
+                None => Err(bad_domain(raw)),
+            };
         }
         if raw.contains('*') {
             return Err(RuleError::new(
                 "target",
-                format!("{raw:?}: a wildcard is only allowed as the first label, as in *.github.com"),
+                format!(
+                    "{raw:?}: a wildcard is only allowed as the first label, as in *.github.com"
+                ),
             ));
         }
         Ok(EgressTarget::Domain(check_domain(raw)?))
@@ -273,16 +278,18 @@ pub fn normalise_domain(raw: &str) -> Option<String> {
     ok.then_some(name)
 }
 
+fn bad_domain(raw: &str) -> RuleError {
+    RuleError::new(
+        "target",
+        format!(
+            "{raw:?} is not a domain name (letters, digits and '-' in dot-separated labels; \
+             international names in their xn-- form), a *.wildcard or a CIDR"
+        ),
+    )
+}
+
 fn check_domain(raw: &str) -> Result<String, RuleError> {
-    normalise_domain(raw).ok_or_else(|| {
-        RuleError::new(
-            "target",
-            format!(
-                "{raw:?} is not a domain name (letters, digits and '-' in dot-separated labels; \
-                 international names in their xn-- form), a *.wildcard or a CIDR"
-            ),
-        )
-    })
+    normalise_domain(raw).ok_or_else(|| bad_domain(raw))
 }
 
 /// A port or an inclusive range of ports. Written `443` or `8000-9000`.
@@ -571,14 +578,24 @@ mod tests {
     fn ports_parse_from_numbers_and_strings() {
         let r: NewEgressRule =
             serde_json::from_str(r#"{"action":"allow","target":"a.b","ports":443}"#).unwrap();
-        assert_eq!(r.ports, Some(PortRange { first: 443, last: 443 }));
-        let r: NewEgressRule =
-            serde_json::from_str(r#"{"action":"deny","target":"a.b","ports":"80-90","proto":"tcp"}"#)
-                .unwrap();
+        assert_eq!(
+            r.ports,
+            Some(PortRange {
+                first: 443,
+                last: 443
+            })
+        );
+        let r: NewEgressRule = serde_json::from_str(
+            r#"{"action":"deny","target":"a.b","ports":"80-90","proto":"tcp"}"#,
+        )
+        .unwrap();
         assert_eq!(r.ports.unwrap().to_string(), "80-90");
         for bad in [r#""0""#, r#""90-80""#, "70000", r#""x""#, "-1"] {
             let json = format!(r#"{{"action":"allow","target":"a.b","ports":{bad}}}"#);
-            assert!(serde_json::from_str::<NewEgressRule>(&json).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<NewEgressRule>(&json).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -17,8 +17,9 @@ pub use egress::{
 pub use error::{ApiError, ErrorBody};
 pub use event::Event;
 pub use vm::{
-    CreateVmRequest, NameError, ResetRequest, RestoreRequest, SnapshotInfo, SnapshotName,
-    TakeSnapshotRequest, VmInfo, VmName, VmSpec, VmState, CLEAN_SNAPSHOT,
+    AddShareRequest, CreateVmRequest, NameError, ResetRequest, RestoreRequest, ShareTag,
+    SharedFolder, SnapshotInfo, SnapshotName, TakeSnapshotRequest, VmInfo, VmName, VmSpec, VmState,
+    CLEAN_SNAPSHOT,
 };
 
 /// Path prefix of every supervisor API route.

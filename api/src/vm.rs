@@ -107,6 +107,34 @@ checked_name!(
     "snapshot"
 );
 
+checked_name!(
+    /// A shared folder's tag: the 9p/virtiofs mount tag, and the folder the
+    /// test guest mounts it at (`/mnt/TAG`).
+    ShareTag,
+    "share tag"
+);
+
+/// A host folder shown to a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedFolder {
+    pub tag: ShareTag,
+    /// Canonical host path (symlinks and `..` resolved when it was added).
+    pub host_path: String,
+    /// Enforced by the VMM (QEMU `readonly=on`), not by a guest mount flag.
+    pub read_only: bool,
+}
+
+/// Body of `POST /api/v1/vms/{name}/shares`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddShareRequest {
+    pub host_path: String,
+    pub tag: String,
+    /// Writable by the guest; read-only unless set.
+    #[serde(default)]
+    pub rw: bool,
+}
+
 /// The snapshot every VM gets right after its first boot; reset returns to it.
 pub const CLEAN_SNAPSHOT: &str = "clean";
 

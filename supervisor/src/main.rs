@@ -5,9 +5,10 @@ mod auth;
 mod cli;
 mod crash;
 mod egress;
-mod jail;
 mod events;
+mod jail;
 mod paths;
+mod share;
 mod store;
 mod supervisor;
 mod vm;
@@ -39,6 +40,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => cli::up::run(cli.home, args).await,
             Command::Vm(command) => cli::vm::run(cli.home, command).await,
+            Command::Egress(command) => cli::egress::run(cli.home, command).await,
+            Command::Share(command) => cli::share::run(cli.home, command).await,
             Command::Inference(command) => cli::inference::run(cli.home, command).await,
         }
     });

@@ -52,6 +52,8 @@ pub struct SupervisorConfig {
     pub site_dir: PathBuf,
     /// `None`: probe (cached per host kernel), or `$CLAWPEN_ACCEL`.
     pub accel: Option<Accel>,
+    /// Folders under which shares are allowed (none: sharing is off).
+    pub share_roots: Vec<std::path::PathBuf>,
 }
 
 pub struct Supervisor {
@@ -104,6 +106,7 @@ impl Supervisor {
             images: images.clone(),
             state_dir: config.state_dir.clone(),
             egress: egress.clone(),
+            share_scope: crate::share::ShareScope::new(&config.share_roots, dirs::home_dir()),
         });
         let vms = VmManager::recover(ctx).await?;
         Ok(Self {

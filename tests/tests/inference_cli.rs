@@ -11,9 +11,16 @@ async fn serve_takes_its_upstream_model_and_tool_format() {
     let home = temp_home();
     let mut child = Command::new(clawpen_bin())
         .args([
-            "inference", "serve", "--listen", "127.0.0.1:0",
-            "--upstream", "http://127.0.0.1:9/v1", "--model", "tiny-model",
-            "--tool-format", "hermes",
+            "inference",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "tiny-model",
+            "--tool-format",
+            "hermes",
         ])
         .env("CLAWPEN_HOME", home.path())
         .stdout(Stdio::piped())
@@ -55,7 +62,10 @@ async fn serve_takes_its_upstream_model_and_tool_format() {
     assert_eq!(health.status(), 200);
     let _ = child.kill();
     let _ = child.wait();
-    assert!(home.path().join("inference.db").exists(), "responses store not in the state dir");
+    assert!(
+        home.path().join("inference.db").exists(),
+        "responses store not in the state dir"
+    );
 }
 
 #[test]

@@ -30,10 +30,17 @@ async fn the_vmm_is_jailed_and_still_works() {
     assert!(status.contains("Seccomp:\t2"), "{status}");
     let limits = std::fs::read_to_string(format!("/proc/{vmm}/limits")).unwrap();
     assert!(limits.contains("Max core file size        0"), "{limits}");
-    assert!(limits.contains("Max open files            4096"), "{limits}");
+    assert!(
+        limits.contains("Max open files            4096"),
+        "{limits}"
+    );
     let supervisor = up.pid().unwrap();
     for kind in ["pid", "mnt"] {
-        assert_ne!(ns(vmm, kind), ns(supervisor, kind), "{kind} namespace shared");
+        assert_ne!(
+            ns(vmm, kind),
+            ns(supervisor, kind),
+            "{kind} namespace shared"
+        );
     }
     let cwd = std::fs::read_link(format!("/proc/{vmm}/cwd")).unwrap();
     assert_eq!(cwd, up.vm_dir("demo"));

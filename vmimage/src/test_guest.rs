@@ -22,7 +22,7 @@ use crate::{Progress, FAILED_MARKER, READY_MARKER, TEST_GUEST};
 
 /// Bump when the recipe changes what ends up in the image, so stores rebuild
 /// their cached copy.
-pub const RECIPE: u32 = 2;
+pub const RECIPE: u32 = 3;
 
 /// Serial console on the first UART; `panic=-1` reboots at once on a panic,
 /// which QEMU's `-no-reboot` turns into an exit instead of a hang.
@@ -89,11 +89,44 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 hostname clawpen-guest
+# Shares: every 9p device's mount tag, mounted at /mnt/TAG.
+mount_shares() {{
+  for f in /sys/bus/virtio/drivers/9pnet_virtio/virtio*/mount_tag; do
+    [ -e "$f" ] || continue
+    tag=$(tr -d '\000' < "$f")
+    mkdir -p "/mnt/$tag"
+    mountpoint -q "/mnt/$tag" \
+      || mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "$tag" "/mnt/$tag"
+  done
+}}
+umount_shares() {{
+  for m in $(awk '$3 == "9p" {{ print $2 }}' /proc/mounts); do
+    umount "$m" || return 1
+  done
+}}
+# The guest agent on the second UART: one command a line, one answer a line.
+# The supervisor unmounts shares around memory snapshots with it.
+agent() {{
+  stty -F /dev/ttyS1 raw -echo 2>/dev/null
+  while true; do
+    while read -r cmd; do
+      case "$cmd" in
+        mount-shares) if mount_shares; then echo "ok $cmd"; else echo "error $cmd"; fi ;;
+        umount-shares) sync; if umount_shares; then echo "ok $cmd"; else echo "error $cmd busy"; fi ;;
+        ping) echo "ok ping" ;;
+        "") ;;
+        *) echo "error unknown command $cmd" ;;
+      esac
+    done < /dev/ttyS1 > /dev/ttyS1
+    sleep 1
+  done
+}}
 fail=""
 while read -r m; do
   [ -n "$m" ] || continue
   insmod "/lib/modules/{release}/$m" || fail="insmod $m"
 done < /etc/clawpen-modules
+agent &
 # Start the marker on a line of its own (firmware leaves the cursor mid-line).
 echo
 i=0
@@ -112,6 +145,7 @@ else
     udhcpc -i eth0 -s {UDHCPC_SCRIPT} -n -q -t 5 -T 1 >/dev/null 2>&1 \
       || echo "clawpen-init: no DHCP lease on eth0"
   fi
+  mount_shares
   echo "{READY_MARKER}"
 fi
 export PS1='{PROMPT}'

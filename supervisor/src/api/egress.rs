@@ -38,8 +38,12 @@ fn invalid(field: &str, message: String) -> HttpError {
 /// The VM named in the path, which must exist (404 otherwise).
 fn vm(vms: &VmManager, raw: &str) -> Result<VmName, HttpError> {
     let name = VmName::parse(raw).map_err(|e| {
-        HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_name", e.to_string())
-            .field("name")
+        HttpError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_name",
+            e.to_string(),
+        )
+        .field("name")
     })?;
     vms.get(&name)?;
     Ok(name)

@@ -62,6 +62,19 @@ impl From<VmError> for HttpError {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
                     .field(format!("body.{field}"))
             }
+            VmError::Share(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "share_refused", message)
+                    .field("body.host_path")
+            }
+            VmError::NoShare { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "no_share", message).field("tag")
+            }
+            VmError::ShareExists { .. } => {
+                Self::new(StatusCode::CONFLICT, "share_exists", message).field("body.tag")
+            }
+            VmError::Agent(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "guest_agent", message)
+            }
             VmError::TaskGone(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }

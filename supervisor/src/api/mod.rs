@@ -6,6 +6,7 @@ mod auth;
 mod egress;
 mod error;
 mod events;
+mod shares;
 mod vms;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub fn router(state: AppState, console: Router) -> Router {
         .route("/vms", get(vms::list).post(vms::create))
         .route("/vms/{name}", get(vms::get).delete(vms::delete))
         .route("/vms/{name}/logs", get(vms::logs))
+        .route("/vms/{name}/shares", get(shares::list).post(shares::add))
+        .route("/vms/{name}/shares/{tag}", delete(shares::remove))
         .route(
             "/vms/{name}/snapshots",
             get(vms::snapshots).post(vms::take_snapshot),
@@ -63,10 +66,7 @@ pub fn router(state: AppState, console: Router) -> Router {
             "/vms/{name}/egress/rules",
             get(egress::rules).post(egress::add_rule),
         )
-        .route(
-            "/vms/{name}/egress/rules/{id}",
-            delete(egress::delete_rule),
-        )
+        .route("/vms/{name}/egress/rules/{id}", delete(egress::delete_rule))
         .route("/vms/{name}/egress/log", get(egress::log))
         .route("/events", get(events::stream))
         .fallback(api_not_found)

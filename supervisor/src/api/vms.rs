@@ -17,7 +17,7 @@ use crate::vm::VmManager;
 
 pub type Vms = Arc<VmManager>;
 
-fn parse_name(raw: &str) -> Result<VmName, HttpError> {
+pub(super) fn parse_name(raw: &str) -> Result<VmName, HttpError> {
     VmName::parse(raw).map_err(|e| {
         HttpError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -48,7 +48,7 @@ fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, HttpErro
 }
 
 /// Parses a JSON body that must be there, saying where it is wrong.
-fn parse_required<T: DeserializeOwned>(body: &Bytes) -> Result<T, HttpError> {
+pub(super) fn parse_required<T: DeserializeOwned>(body: &Bytes) -> Result<T, HttpError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -51,7 +51,10 @@ pub struct EngineArgs {
 
 fn parse_family(raw: &str) -> Result<Family, String> {
     Family::from_name(raw).ok_or_else(|| {
-        let known: Vec<String> = Family::ALL.iter().map(|f| format!("{f:?}").to_lowercase()).collect();
+        let known: Vec<String> = Family::ALL
+            .iter()
+            .map(|f| format!("{f:?}").to_lowercase())
+            .collect();
         format!("unknown tool format {raw:?}; known: {}", known.join(", "))
     })
 }

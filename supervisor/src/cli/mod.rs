@@ -1,8 +1,10 @@
 //! The `clawpen` command line: one file per verb.
 
 mod client;
+pub mod egress;
 pub mod inference;
 mod progress;
+pub mod share;
 pub mod up;
 pub mod vm;
 
@@ -31,6 +33,12 @@ pub enum Command {
     /// Manage VMs of a running supervisor.
     #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// Host folders shown to VMs.
+    #[command(subcommand)]
+    Share(share::ShareCommand),
+    /// A VM's egress rules and log (default deny).
+    #[command(subcommand)]
+    Egress(egress::EgressCommand),
     /// The inference service.
     #[command(subcommand)]
     Inference(inference::InferenceCommand),

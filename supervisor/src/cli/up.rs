@@ -35,6 +35,14 @@ pub struct UpArgs {
     accel: Option<Accel>,
     #[command(flatten)]
     engine: super::inference::EngineArgs,
+    /// A folder under which VMs may be given shares (repeatable; none: no
+    /// sharing at all).
+    #[arg(
+        long = "share-root",
+        env = "CLAWPEN_SHARE_ROOTS",
+        value_delimiter = ':'
+    )]
+    share_roots: Vec<PathBuf>,
     /// Do not create the demo VM.
     #[arg(long)]
     no_demo: bool,
@@ -66,6 +74,7 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
         state_dir,
         site_dir: args.site_dir,
         accel: args.accel,
+        share_roots: args.share_roots.clone(),
     };
     let supervisor = Supervisor::open(config, &|p: &Progress| {
         bar.set_message(format!("building test guest: {}", p.step));

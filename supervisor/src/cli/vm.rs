@@ -96,7 +96,7 @@ impl NameArgs {
         VmName::parse(&self.name).map_err(|e| CliError::BadInput(e.to_string()))
     }
 
-    fn client(self, home: Option<PathBuf>) -> Result<(VmName, Client), CliError> {
+    pub(super) fn client(self, home: Option<PathBuf>) -> Result<(VmName, Client), CliError> {
         let name = self.name()?;
         Ok((name, Client::new(home, self.target.url)?))
     }

@@ -47,7 +47,11 @@ pub fn answer(query: &[u8], policy: &mut impl DnsPolicy) -> Option<(Vec<u8>, Opt
     if message.metadata.message_type != MessageType::Query {
         return None;
     }
-    let mut reply = Message::new(message.metadata.id, MessageType::Response, message.metadata.op_code);
+    let mut reply = Message::new(
+        message.metadata.id,
+        MessageType::Response,
+        message.metadata.op_code,
+    );
     reply.metadata = Metadata::response_from_request(&message.metadata);
     reply.metadata.recursion_available = true;
     if message.edns.is_some() {
@@ -122,7 +126,11 @@ fn form_error(query: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let id = u16::from_be_bytes([header[0], header[1]]);
-    encode(&Message::error_msg(id, OpCode::Query, ResponseCode::FormErr))
+    encode(&Message::error_msg(
+        id,
+        OpCode::Query,
+        ResponseCode::FormErr,
+    ))
 }
 
 #[cfg(test)]
@@ -185,7 +193,8 @@ mod tests {
     fn garbage_is_refused_without_panicking() {
         assert!(answer(b"", &mut Fixed).is_none());
         assert!(answer(&[0u8; 5], &mut Fixed).is_none());
-        let (reply, _) = answer(&[0x12, 0x34, 1, 0, 0, 9, 0, 0, 0, 0, 0, 0, 1], &mut Fixed).unwrap();
+        let (reply, _) =
+            answer(&[0x12, 0x34, 1, 0, 0, 9, 0, 0, 0, 0, 0, 0, 1], &mut Fixed).unwrap();
         let reply = Message::from_vec(&reply).unwrap();
         assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
         // A response is never answered.

@@ -194,7 +194,10 @@ async fn read_frames(rd: OwnedReadHalf, frames: mpsc::Sender<Vec<u8>>) {
         }
         let len = u32::from_be_bytes(len) as usize;
         if len > MAX_FRAME {
-            tracing::warn!(len, "egress link: frame length out of range; dropping the link");
+            tracing::warn!(
+                len,
+                "egress link: frame length out of range; dropping the link"
+            );
             return;
         }
         let mut frame = vec![0u8; len];

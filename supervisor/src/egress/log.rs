@@ -105,7 +105,10 @@ async fn write_loop(
         }
         let lost = dropped.swap(0, Ordering::Relaxed);
         if lost > 0 {
-            tracing::warn!(lost, "egress log entries dropped: the store could not keep up");
+            tracing::warn!(
+                lost,
+                "egress log entries dropped: the store could not keep up"
+            );
         }
     }
 }

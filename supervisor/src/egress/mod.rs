@@ -27,6 +27,8 @@ mod resolve;
 mod rules;
 mod sniff;
 mod stack;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 use std::collections::HashMap;

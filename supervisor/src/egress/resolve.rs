@@ -95,7 +95,10 @@ mod tests {
         );
         assert_eq!(
             r.lookup("tls.test", 443).await.unwrap(),
-            vec!["127.0.0.1:8443".parse().unwrap(), "[::1]:9".parse().unwrap()]
+            vec![
+                "127.0.0.1:8443".parse().unwrap(),
+                "[::1]:9".parse().unwrap()
+            ]
         );
         assert!(Resolver::parse("x").is_err());
         assert!(Resolver::parse("a.test=nope").is_err());

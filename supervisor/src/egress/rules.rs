@@ -54,11 +54,11 @@ impl RuleSet {
         Self { rules }
     }
 
-    pub fn rules(&self) -> &[EgressRule] {
-        &self.rules
-    }
-
-    fn first(&self, action: EgressAction, pred: impl Fn(&EgressRule) -> bool) -> Option<&EgressRule> {
+    fn first(
+        &self,
+        action: EgressAction,
+        pred: impl Fn(&EgressRule) -> bool,
+    ) -> Option<&EgressRule> {
         self.rules.iter().find(|r| r.action == action && pred(r))
     }
 
@@ -177,7 +177,11 @@ mod tests {
         let rules = RuleSet::default();
         assert!(!rules.resolve("a.test").allow);
         assert!(!rules.connect_name("a.test", Tcp, 443).allow);
-        assert!(!rules.connect_ip("140.82.112.1".parse().unwrap(), Tcp, 443).allow);
+        assert!(
+            !rules
+                .connect_ip("140.82.112.1".parse().unwrap(), Tcp, 443)
+                .allow
+        );
     }
 
     #[test]
@@ -191,9 +195,15 @@ mod tests {
         assert_eq!(rules.resolve("api.github.com").rule, Some(1));
         let v = rules.resolve("evil.github.com");
         assert!(!v.allow && v.rule == Some(2));
-        assert!(rules.resolve("api.telegram.org").allow, "a port-limited deny keeps the name");
+        assert!(
+            rules.resolve("api.telegram.org").allow,
+            "a port-limited deny keeps the name"
+        );
         assert!(rules.connect_name("api.telegram.org", Tcp, 443).allow);
-        assert_eq!(rules.connect_name("api.telegram.org", Tcp, 80).rule, Some(4));
+        assert_eq!(
+            rules.connect_name("api.telegram.org", Tcp, 80).rule,
+            Some(4)
+        );
         let v = rules.connect_name("api.telegram.org", Tcp, 8443);
         assert!(!v.allow && v.rule.is_none());
         assert!(!rules.resolve("github.com").allow);
@@ -204,7 +214,11 @@ mod tests {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let meta: IpAddr = "169.254.169.254".parse().unwrap();
         let everything = RuleSet::new(vec![rule(1, Allow, "0.0.0.0/0", None)]);
-        assert!(everything.connect_ip("140.82.112.1".parse().unwrap(), Tcp, 443).allow);
+        assert!(
+            everything
+                .connect_ip("140.82.112.1".parse().unwrap(), Tcp, 443)
+                .allow
+        );
         assert!(!everything.connect_ip(lo, Tcp, 80).allow);
         assert!(!everything.connect_ip(meta, Tcp, 80).allow);
         assert!(everything.check_resolved(lo, Tcp, 80).is_err());

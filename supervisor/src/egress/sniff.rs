@@ -244,8 +244,8 @@ fn strip_port(authority: &str) -> Option<&str> {
     }
 }
 
-/// A minimal TLS 1.2/1.3 ClientHello naming `host` (tests and benches build
-/// the bytes a guest sends with it).
+/// A minimal TLS 1.2/1.3 ClientHello naming `host`, for tests.
+#[cfg(test)]
 pub fn client_hello(host: &str) -> Vec<u8> {
     let host = host.as_bytes();
     let mut sni = Vec::new();
@@ -298,7 +298,10 @@ mod tests {
 
     #[test]
     fn non_tls_is_refused() {
-        assert!(matches!(tls_sni(b"GET / HTTP/1.1\r\n"), Sniffed::Refused(_)));
+        assert!(matches!(
+            tls_sni(b"GET / HTTP/1.1\r\n"),
+            Sniffed::Refused(_)
+        ));
         let mut hello = client_hello("a.test");
         hello[5] = 2; // ServerHello
         assert!(matches!(tls_sni(&hello), Sniffed::Refused(_)));

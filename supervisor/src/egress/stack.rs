@@ -24,6 +24,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 use tokio::sync::{mpsc, watch};
 
+use super::dhcp;
 use super::dns::{self, DnsPolicy};
 use super::fakeip::FakeIps;
 use super::net::{
@@ -32,7 +33,6 @@ use super::net::{
 use super::rules::{RuleSet, Verdict};
 use super::sniff::{self, Sniffed, MAX_SNIFF};
 use super::wire::{self, GuestFrame, Ipv4Frame, L4};
-use super::dhcp;
 
 /// Per-connection socket buffers (guest side). 128 KiB each way keeps a TCG
 /// guest busy; [`MAX_FLOWS`] bounds the memory a guest can make us hold.
@@ -89,11 +89,17 @@ pub enum DialError {
 /// What the stack needs done outside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Dial { id: FlowId, target: DialTarget },
+    Dial {
+        id: FlowId,
+        target: DialTarget,
+    },
     /// Write (or update: same id) a log entry, then announce it.
     Log(EgressLogEntry),
     /// A new synthetic address to persist.
-    Remember { addr: Ipv4Addr, name: String },
+    Remember {
+        addr: Ipv4Addr,
+        name: String,
+    },
 }
 
 /// The stack's clocks: smoltcp's monotonic one and the wall clock for logs.
@@ -297,7 +303,13 @@ impl Stack {
                 _ => None,
             })
             .min()
-            .map(|d| if d > now.mono { d - now.mono } else { Duration::ZERO });
+            .map(|d| {
+                if d > now.mono {
+                    d - now.mono
+                } else {
+                    Duration::ZERO
+                }
+            });
         let smol = self.iface.poll_delay(now.mono, &self.sockets);
         let delay = match (smol, sniff) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -306,7 +318,8 @@ impl Stack {
         delay.map(|d| std::time::Duration::from_micros(d.total_micros()))
     }
 
-    /// Open flows (for tests and limits).
+    /// Open flows.
+    #[cfg(test)]
     pub fn flow_count(&self) -> usize {
         self.flows.len()
     }
@@ -342,7 +355,14 @@ impl Stack {
     }
 
     /// Logs a dropped frame once per [`NOTE_EVERY`] per kind and place.
-    fn note(&mut self, now: Now, proto: EgressLogProto, addr: IpAddr, port: Option<u16>, reason: &str) {
+    fn note(
+        &mut self,
+        now: Now,
+        proto: EgressLogProto,
+        addr: IpAddr,
+        port: Option<u16>,
+        reason: &str,
+    ) {
         let key = (proto, addr, port);
         if self
             .noted
@@ -355,7 +375,14 @@ impl Stack {
             self.noted.clear();
         }
         self.noted.insert(key, now.mono);
-        let entry = self.new_entry(now, proto, None, Some(addr), port, &Verdict::deny(None, reason));
+        let entry = self.new_entry(
+            now,
+            proto,
+            None,
+            Some(addr),
+            port,
+            &Verdict::deny(None, reason),
+        );
         self.actions.push(Action::Log(entry));
     }
 
@@ -389,9 +416,7 @@ impl Stack {
 
     fn receive_v4(&mut self, frame: &[u8], v4: Ipv4Frame<'_>, now: Now) {
         match v4.l4 {
-            L4::TcpSyn { src_port, dst_port } => {
-                self.on_syn(frame, &v4, src_port, dst_port, now)
-            }
+            L4::TcpSyn { src_port, dst_port } => self.on_syn(frame, &v4, src_port, dst_port, now),
             L4::Tcp => self.ingest(frame, now),
             L4::Udp {
                 src_port,
@@ -414,7 +439,14 @@ impl Stack {
         }
     }
 
-    fn on_udp(&mut self, v4: &Ipv4Frame<'_>, src_port: u16, dst_port: u16, payload: &[u8], now: Now) {
+    fn on_udp(
+        &mut self,
+        v4: &Ipv4Frame<'_>,
+        src_port: u16,
+        dst_port: u16,
+        payload: &[u8],
+        now: Now,
+    ) {
         if dst_port == dhcp::SERVER_PORT && (v4.dst == GATEWAY_IP || v4.dst.is_broadcast()) {
             if let Some(answer) = dhcp::reply(payload) {
                 if let Some(frame) = wire::udp_frame(
@@ -430,9 +462,12 @@ impl Stack {
         }
         if v4.dst == GATEWAY_IP && dst_port == DNS_PORT {
             if let Some(reply) = self.dns(payload, now, "UDP") {
-                if let Some(frame) =
-                    wire::udp_frame(v4.src_mac, (GATEWAY_IP, DNS_PORT), (v4.src, src_port), &reply)
-                {
+                if let Some(frame) = wire::udp_frame(
+                    v4.src_mac,
+                    (GATEWAY_IP, DNS_PORT),
+                    (v4.src, src_port),
+                    &reply,
+                ) {
                     self.device.tx.push_back(frame);
                 }
             }
@@ -447,9 +482,15 @@ impl Stack {
                 let v = rules.connect_name(&name, EgressProto::Udp, dst_port);
                 (Some(name), v)
             }
-            Destination::Literal => (None, rules.connect_ip(IpAddr::V4(v4.dst), EgressProto::Udp, dst_port)),
+            Destination::Literal => (
+                None,
+                rules.connect_ip(IpAddr::V4(v4.dst), EgressProto::Udp, dst_port),
+            ),
             Destination::Unknown => (None, Verdict::deny(None, "unknown synthetic address")),
-            Destination::Gateway => (None, Verdict::deny(None, "the gateway answers UDP only for DHCP and DNS")),
+            Destination::Gateway => (
+                None,
+                Verdict::deny(None, "the gateway answers UDP only for DHCP and DNS"),
+            ),
         };
         let reason = if verdict.allow {
             format!("{}; but UDP other than DNS is not relayed", verdict.reason)
@@ -457,7 +498,11 @@ impl Stack {
             verdict.reason
         };
         let key = (EgressLogProto::Udp, IpAddr::V4(v4.dst), Some(dst_port));
-        if self.noted.get(&key).is_some_and(|at| now.mono < *at + NOTE_EVERY) {
+        if self
+            .noted
+            .get(&key)
+            .is_some_and(|at| now.mono < *at + NOTE_EVERY)
+        {
             return;
         }
         self.noted.insert(key, now.mono);
@@ -487,7 +532,10 @@ impl Stack {
         }
         if let Some(d) = decision {
             let verdict = Verdict {
-                reason: format!("{} ({} question over {transport})", d.verdict.reason, d.qtype),
+                reason: format!(
+                    "{} ({} question over {transport})",
+                    d.verdict.reason, d.qtype
+                ),
                 ..d.verdict
             };
             let entry = self.new_entry(
@@ -603,15 +651,30 @@ impl Stack {
             Destination::Literal => {
                 let verdict = rules.connect_ip(dst_ip, EgressProto::Tcp, dst_port);
                 let target = SocketAddr::new(dst_ip, dst_port);
-                (None, verdict, Phase::Dialing, Some(DialTarget::Addr(target)))
+                (
+                    None,
+                    verdict,
+                    Phase::Dialing,
+                    Some(DialTarget::Addr(target)),
+                )
             }
         };
         let verdict = if verdict.allow && self.flows.len() >= MAX_FLOWS {
-            Verdict::deny(None, format!("too many open connections (limit {MAX_FLOWS})"))
+            Verdict::deny(
+                None,
+                format!("too many open connections (limit {MAX_FLOWS})"),
+            )
         } else {
             verdict
         };
-        let entry = self.new_entry(now, EgressLogProto::Tcp, name, Some(dst_ip), Some(dst_port), &verdict);
+        let entry = self.new_entry(
+            now,
+            EgressLogProto::Tcp,
+            name,
+            Some(dst_ip),
+            Some(dst_port),
+            &verdict,
+        );
         if !verdict.allow {
             self.actions.push(Action::Log(entry));
             // No socket listens: smoltcp answers the SYN with RST.
@@ -668,7 +731,12 @@ impl Stack {
     }
 
     /// The shell's answer to [`Action::Dial`].
-    pub fn dialed(&mut self, id: FlowId, result: Result<(FlowIo, SocketAddr), DialError>, now: Now) {
+    pub fn dialed(
+        &mut self,
+        id: FlowId,
+        result: Result<(FlowIo, SocketAddr), DialError>,
+        now: Now,
+    ) {
         let Some(flow) = self.flows.get_mut(&id) else {
             return;
         };
@@ -712,7 +780,8 @@ impl Stack {
     /// Runs smoltcp and moves data between sockets and host connections.
     pub fn poll(&mut self, now: Now) {
         self.reap(now);
-        self.iface.poll(now.mono, &mut self.device, &mut self.sockets);
+        self.iface
+            .poll(now.mono, &mut self.device, &mut self.sockets);
         let ids: Vec<FlowId> = self.flows.keys().copied().collect();
         for id in ids {
             self.pump(id, now);
@@ -797,7 +866,10 @@ fn finish(flow: &mut Flow, now: Now, actions: &mut Vec<Action>) {
     if !flow.logged {
         // The guest gave up before anything was decided at dial time.
         flow.logged = true;
-        flow.entry.reason = format!("{}; the guest closed before the host answered", flow.entry.reason);
+        flow.entry.reason = format!(
+            "{}; the guest closed before the host answered",
+            flow.entry.reason
+        );
     }
     flow.entry.bytes_up = Some(flow.up);
     flow.entry.bytes_down = Some(flow.down);
@@ -806,7 +878,12 @@ fn finish(flow: &mut Flow, now: Now, actions: &mut Vec<Action>) {
 }
 
 /// Refuses a flow after its first bytes: RST to the guest, a deny logged.
-fn refuse(flow: &mut Flow, socket: &mut tcp::Socket<'_>, reason: String, actions: &mut Vec<Action>) {
+fn refuse(
+    flow: &mut Flow,
+    socket: &mut tcp::Socket<'_>,
+    reason: String,
+    actions: &mut Vec<Action>,
+) {
     socket.abort();
     flow.phase = Phase::Closing;
     flow.entry.decision = EgressAction::Deny;

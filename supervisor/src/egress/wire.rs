@@ -84,9 +84,7 @@ fn classify_v6(packet: &[u8]) -> GuestFrame<'_> {
     dst.copy_from_slice(&header[24..40]);
     let next_header = header[6];
     let port = match next_header {
-        6 | 17 => packet
-            .get(42..44)
-            .map(|b| u16::from_be_bytes([b[0], b[1]])),
+        6 | 17 => packet.get(42..44).map(|b| u16::from_be_bytes([b[0], b[1]])),
         _ => None,
     };
     GuestFrame::Ipv6 {

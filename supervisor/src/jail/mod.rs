@@ -103,7 +103,9 @@ impl Jail {
         if status.success() {
             Ok(())
         } else {
-            Err(std::io::Error::other(format!("jailed `true` exited {status}")))
+            Err(std::io::Error::other(format!(
+                "jailed `true` exited {status}"
+            )))
         }
     }
 
@@ -285,6 +287,9 @@ mod tests {
         assert!(status.contains("NoNewPrivs:\t1"), "{status}");
         assert!(status.contains("Seccomp:\t2"), "{status}");
         assert!(status.contains("Max core file size        0"), "{status}");
-        assert!(status.contains(&format!("Max open files            {MAX_OPEN_FILES}")), "{status}");
+        assert!(
+            status.contains(&format!("Max open files            {MAX_OPEN_FILES}")),
+            "{status}"
+        );
     }
 }

@@ -104,7 +104,14 @@ impl Store {
                 .map_err(&err)?;
             let rows = stmt
                 .query_map(params![vm.as_str()], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
                 })
                 .map_err(&err)?
                 .collect::<Result<Vec<RuleRow>, _>>()
@@ -357,15 +364,19 @@ mod tests {
     #[test]
     fn rules_round_trip_and_go_with_their_vm() {
         let (_dir, store, vm) = store_with_vm();
-        let rule: NewEgressRule =
-            serde_json::from_str(r#"{"action":"allow","target":"*.github.com","ports":"443","proto":"tcp"}"#)
-                .unwrap();
+        let rule: NewEgressRule = serde_json::from_str(
+            r#"{"action":"allow","target":"*.github.com","ports":"443","proto":"tcp"}"#,
+        )
+        .unwrap();
         let stored = store.insert_egress_rule(&vm, &rule).unwrap();
         assert_eq!(store.egress_rules(&vm).unwrap(), vec![stored.clone()]);
         assert!(store.delete_egress_rule(&vm, stored.id).unwrap());
         assert!(!store.delete_egress_rule(&vm, stored.id).unwrap());
         let other = VmName::parse("nope").unwrap();
-        assert!(store.insert_egress_rule(&other, &rule).is_err(), "FK to vms");
+        assert!(
+            store.insert_egress_rule(&other, &rule).is_err(),
+            "FK to vms"
+        );
     }
 
     #[test]
@@ -374,7 +385,10 @@ mod tests {
         let entries: Vec<_> = (1..=5).map(|i| entry(i, &vm)).collect();
         let gone = VmName::parse("gone").unwrap();
         store
-            .write_egress(&entries, &[(vm.clone(), Ipv4Addr::new(198, 18, 0, 3), "x.test".into())])
+            .write_egress(
+                &entries,
+                &[(vm.clone(), Ipv4Addr::new(198, 18, 0, 3), "x.test".into())],
+            )
             .unwrap();
         store.write_egress(&[entry(9, &gone)], &[]).unwrap();
         let mut ended = entry(2, &vm);
@@ -387,7 +401,11 @@ mod tests {
         assert_eq!(all[1], ended);
         assert_eq!(store.egress_log(&vm, None, 2).unwrap()[0].id, 4);
         assert_eq!(store.egress_log(&vm, Some(3), 100).unwrap().len(), 2);
-        assert_eq!(store.max_egress_log_id().unwrap(), 5, "the deleted VM's entry was skipped");
+        assert_eq!(
+            store.max_egress_log_id().unwrap(),
+            5,
+            "the deleted VM's entry was skipped"
+        );
         assert_eq!(
             store.egress_names(&vm).unwrap(),
             vec![(Ipv4Addr::new(198, 18, 0, 3), "x.test".to_string())]

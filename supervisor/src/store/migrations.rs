@@ -66,6 +66,14 @@ const MIGRATIONS: &[&str] = &[
         DELETE FROM egress_log WHERE vm = old.name;
         DELETE FROM egress_names WHERE vm = old.name;
     END;",
+    // 4: shared folders (supervisor/src/share).
+    "CREATE TABLE shares (
+        vm TEXT NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
+        tag TEXT NOT NULL,
+        host_path TEXT NOT NULL,
+        read_only INTEGER NOT NULL,
+        PRIMARY KEY (vm, tag)
+    );",
 ];
 
 pub(super) fn apply(conn: &mut Connection) -> Result<(), StoreError> {

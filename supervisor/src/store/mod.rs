@@ -6,6 +6,7 @@
 
 mod egress;
 mod migrations;
+mod shares;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -7,6 +7,7 @@
 //!          serial.log    everything the guest printed on its serial console
 //!          serial.sock   the serial console (connect to type into the guest)
 //!          qmp.sock      the VMM's control socket
+//!          agent.sock    the guest agent (second serial port)
 //!          net.sock      the VM's network link (the egress gateway connects)
 //!          vmm.pid       the VMM's process id
 //!          vmm.log       the VMM's own stdout/stderr
@@ -91,6 +92,7 @@ impl VmDir {
             self.qmp_socket(),
             self.serial_socket(),
             self.net_socket(),
+            self.agent_socket(),
             self.pid_file(),
             self.disk().with_extension("qcow2.new"),
         ] {
@@ -131,6 +133,10 @@ impl VmDir {
     }
     pub fn net_socket(&self) -> PathBuf {
         self.root.join("net.sock")
+    }
+    /// The guest agent's channel (second serial port).
+    pub fn agent_socket(&self) -> PathBuf {
+        self.root.join("agent.sock")
     }
     pub fn pid_file(&self) -> PathBuf {
         self.root.join("vmm.pid")

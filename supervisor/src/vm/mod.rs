@@ -5,6 +5,7 @@
 //! `Resetting`, `Failed{reason}`. Every change is written to the store before
 //! it is announced (watch channel + event bus).
 
+pub mod agent;
 pub mod backend;
 pub mod dir;
 pub mod serial;
@@ -14,8 +15,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use clawpen_api::{
-    CreateVmRequest, ResetRequest, RestoreRequest, SnapshotInfo, SnapshotName, VmInfo, VmName,
-    VmSpec, VmState,
+    AddShareRequest, CreateVmRequest, ResetRequest, RestoreRequest, ShareTag, SharedFolder,
+    SnapshotInfo, SnapshotName, VmInfo, VmName, VmSpec, VmState,
 };
 use clawpen_vmimage::ImageStore;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -66,6 +67,14 @@ pub enum VmError {
     /// The answer of a reset that ran for this request and an identical one.
     #[error("{0}")]
     Repeated(String),
+    #[error(transparent)]
+    Share(#[from] crate::share::ShareError),
+    #[error("VM {name} has no share tagged {tag}")]
+    NoShare { name: VmName, tag: ShareTag },
+    #[error("VM {name} already has a share tagged {tag}")]
+    ShareExists { name: VmName, tag: ShareTag },
+    #[error(transparent)]
+    Agent(#[from] agent::AgentError),
 }
 
 type Reply<T> = oneshot::Sender<Result<T, VmError>>;
@@ -80,6 +89,8 @@ pub(crate) enum VmCommand {
     DeleteSnapshot(SnapshotName, Reply<()>),
     /// Stop, remove the folder and the store rows, end the task.
     Delete(Reply<()>),
+    AddShare(SharedFolder, Reply<SharedFolder>),
+    RemoveShare(ShareTag, Reply<()>),
     /// Supervisor exit: stop the VMM, record `Stopped`, end the task.
     Shutdown(Reply<VmInfo>),
 }
@@ -101,6 +112,8 @@ pub struct VmContext {
     pub state_dir: StateDir,
     /// Each running VM's network goes through its egress gateway.
     pub egress: Arc<crate::egress::Egress>,
+    /// Which host folders may be shared.
+    pub share_scope: crate::share::ShareScope,
 }
 
 #[derive(Clone)]
@@ -346,6 +359,37 @@ impl VmManager {
     ) -> Result<(), VmError> {
         self.send(name, |reply| VmCommand::DeleteSnapshot(snapshot, reply))
             .await
+    }
+
+    /// Checks the host path and tag, then attaches the share (VM stopped).
+    pub async fn add_share(
+        &self,
+        name: &VmName,
+        request: AddShareRequest,
+    ) -> Result<SharedFolder, VmError> {
+        let tag = ShareTag::parse(&request.tag).map_err(|e| VmError::Invalid {
+            field: "tag",
+            message: e.to_string(),
+        })?;
+        self.handle(name)?;
+        let path = self.ctx.share_scope.check(&request.host_path)?;
+        let share = SharedFolder {
+            tag,
+            host_path: path.display().to_string(),
+            read_only: !request.rw,
+        };
+        self.send(name, |reply| VmCommand::AddShare(share, reply))
+            .await
+    }
+
+    pub async fn remove_share(&self, name: &VmName, tag: ShareTag) -> Result<(), VmError> {
+        self.send(name, |reply| VmCommand::RemoveShare(tag, reply))
+            .await
+    }
+
+    pub fn shares(&self, name: &VmName) -> Result<Vec<SharedFolder>, VmError> {
+        self.handle(name)?;
+        Ok(self.ctx.store.shares(name)?)
     }
 
     /// The VM's directory (for logs).

@@ -9,10 +9,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clawpen_api::{Event, SnapshotInfo, SnapshotName, VmInfo, VmName, VmState, CLEAN_SNAPSHOT};
+use clawpen_api::{
+    Event, ShareTag, SharedFolder, SnapshotInfo, SnapshotName, VmInfo, VmName, VmState,
+    CLEAN_SNAPSHOT,
+};
 use clawpen_vmimage::Image;
 use tokio::sync::{mpsc, watch};
 
+use super::agent;
 use super::backend::{BackendError, Instance, VmExit};
 use super::dir::VmDir;
 use super::serial::wait_for_marker;
@@ -155,6 +159,15 @@ impl VmTask {
             }
             VmCommand::DeleteSnapshot(name, reply) => {
                 let _ = reply.send(self.delete_snapshot(&name).await);
+            }
+            VmCommand::AddShare(share, reply) => {
+                let result = self
+                    .change_shares(Some(share.clone()), None)
+                    .map(|()| share);
+                let _ = reply.send(result);
+            }
+            VmCommand::RemoveShare(tag, reply) => {
+                let _ = reply.send(self.change_shares(None, Some(tag)));
             }
             VmCommand::Delete(reply) => {
                 let result = self.delete().await;
@@ -316,7 +329,13 @@ impl VmTask {
         let instance = self
             .ctx
             .hypervisor
-            .start(&self.dir, &spec, &image, None)
+            .start(
+                &self.dir,
+                &spec,
+                &image,
+                None,
+                &self.ctx.store.shares(&spec.name)?,
+            )
             .await
             .map_err(|e| self.backend_error(e))?;
         // Record the pid before waiting on the guest, so a supervisor crash
@@ -346,16 +365,74 @@ impl VmTask {
         self.record(VmState::Running)
     }
 
+    /// Saves disk + memory. QEMU refuses `savevm` while a 9p share is
+    /// mounted in the guest, so with shares the guest agent unmounts them
+    /// first and mounts them again after: memory states never hold a mount.
+    async fn save_memory_snapshot(&mut self, name: &SnapshotName) -> Result<(), VmError> {
+        let has_shares = !self.ctx.store.shares(&self.name())?.is_empty();
+        if has_shares {
+            agent::call(&self.dir.agent_socket(), "umount-shares").await?;
+        }
+        let saved = match self.instance.as_mut() {
+            Some(instance) => instance.save_snapshot(name).await,
+            None => return Err(self.conflict("snapshot", "running")),
+        };
+        if has_shares {
+            self.mount_shares().await;
+        }
+        saved.map_err(|e| self.backend_error(e))
+    }
+
+    /// Asks the guest agent to mount the VM's shares (after a restore or a
+    /// snapshot). A failure is logged: the VM runs, its shares are missing.
+    async fn mount_shares(&mut self) {
+        match self.ctx.store.shares(&self.name()) {
+            Ok(shares) if shares.is_empty() => {}
+            Ok(_) => {
+                if let Err(e) = agent::call(&self.dir.agent_socket(), "mount-shares").await {
+                    tracing::warn!(vm = %self.name(), error = %e, "shares not mounted in the guest");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read shares"),
+        }
+    }
+
+    /// Shares change only while the VM is stopped (they are VMM devices), and
+    /// a change makes every memory state unusable (it restores only into the
+    /// same devices): snapshots become disk-only.
+    fn change_shares(
+        &mut self,
+        add: Option<SharedFolder>,
+        remove: Option<ShareTag>,
+    ) -> Result<(), VmError> {
+        if self.instance.is_some() {
+            return Err(self.conflict("change shares", "stopped"));
+        }
+        let name = self.name();
+        if let Some(share) = add {
+            if !self.ctx.store.add_share(&name, &share)? {
+                return Err(VmError::ShareExists {
+                    name,
+                    tag: share.tag,
+                });
+            }
+        }
+        if let Some(tag) = remove {
+            if !self.ctx.store.remove_share(&name, &tag)? {
+                return Err(VmError::NoShare { name, tag });
+            }
+        }
+        self.ctx.store.forget_memory_states(&name)?;
+        Ok(())
+    }
+
     /// The `clean` snapshot, right after the first boot: what reset returns
     /// to. A failure is logged, not fatal: reset then falls back to a fresh
     /// disk and a cold boot.
     async fn take_clean_snapshot(&mut self) {
         let name = clean();
         self.progress("snapshot clean", "saving disk and memory", 0, 1);
-        let Some(instance) = self.instance.as_mut() else {
-            return;
-        };
-        match instance.save_snapshot(&name).await {
+        match self.save_memory_snapshot(&name).await {
             Ok(()) => {
                 let info = SnapshotInfo {
                     name,
@@ -443,12 +520,20 @@ impl VmTask {
             let instance = self
                 .ctx
                 .hypervisor
-                .start(&self.dir, &spec, &image, Some(name))
+                .start(
+                    &self.dir,
+                    &spec,
+                    &image,
+                    Some(name),
+                    &self.ctx.store.shares(&spec.name)?,
+                )
                 .await
                 .map_err(|e| self.backend_error(e))?;
             self.instance = Some(instance);
             self.attach_gateway();
         }
+        // The memory state was saved with the shares unmounted.
+        self.mount_shares().await;
         self.progress("restore", "done", 1, 1);
         self.record(VmState::Running)
     }
@@ -479,9 +564,8 @@ impl VmTask {
     async fn take_snapshot(&mut self, name: &SnapshotName) -> Result<SnapshotInfo, VmError> {
         let task = format!("snapshot {name}");
         self.progress(&task, "saving", 0, 1);
-        let has_memory = if let Some(instance) = self.instance.as_mut() {
-            let saved = instance.save_snapshot(name).await;
-            saved.map_err(|e| self.backend_error(e))?;
+        let has_memory = if self.instance.is_some() {
+            self.save_memory_snapshot(name).await?;
             true
         } else if self.dir.disk().exists() {
             self.ctx

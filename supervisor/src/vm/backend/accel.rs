@@ -125,7 +125,7 @@ async fn probe_kvm(
     let booted = async {
         dir.create(&spec).ok()?;
         backend.fresh_disk(&dir, &spec, image).await.ok()?;
-        let mut instance = backend.start(&dir, &spec, image, None).await.ok()?;
+        let mut instance = backend.start(&dir, &spec, image, None, &[]).await.ok()?;
         let ok = crate::vm::serial::wait_for_marker(&dir.serial_log(), marker, PROBE_LIMIT)
             .await
             .is_ok();

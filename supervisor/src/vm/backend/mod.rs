@@ -12,7 +12,7 @@ pub mod qemu;
 mod qmp;
 
 use async_trait::async_trait;
-use clawpen_api::{SnapshotName, VmSpec};
+use clawpen_api::{SharedFolder, SnapshotName, VmSpec};
 use clawpen_vmimage::Image;
 
 use super::dir::VmDir;
@@ -63,7 +63,8 @@ pub trait Hypervisor: Send + Sync + 'static {
     ) -> Result<(), BackendError>;
 
     /// Boots the VM, or with `restore` resumes it from that snapshot's memory
-    /// state (no boot). Returns once the VMM runs and is under control; after a
+    /// state (no boot), with `shares` attached (read-only ones enforced by
+    /// the VMM). Returns once the VMM runs and is under control; after a
     /// plain boot the guest may still be booting.
     async fn start(
         &self,
@@ -71,6 +72,7 @@ pub trait Hypervisor: Send + Sync + 'static {
         spec: &VmSpec,
         image: &Image,
         restore: Option<&SnapshotName>,
+        shares: &[SharedFolder],
     ) -> Result<Box<dyn Instance>, BackendError>;
 
     /// Snapshot of a stopped VM's disk (no memory state).

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use clawpen_api::{SnapshotName, VmSpec};
+use clawpen_api::{SharedFolder, SnapshotName, VmSpec};
 use clawpen_vmimage::Image;
 
 use super::accel::Accel;
@@ -51,6 +51,7 @@ impl QemuBackend {
         spec: &VmSpec,
         image: &Image,
         restore: Option<&SnapshotName>,
+        shares: &[SharedFolder],
     ) -> Vec<String> {
         let p = |path: &Path| path.display().to_string();
         let mut args = vec![
@@ -111,6 +112,34 @@ impl QemuBackend {
                 crate::egress::net::GUEST_MAC
             ),
         ]);
+        // The guest agent's channel (second UART, ttyS1): mounts and unmounts
+        // shares around memory snapshots.
+        args.extend([
+            "-chardev".into(),
+            format!(
+                "socket,id=agent0,path={},server=on,wait=off",
+                escape_opt(&p(&dir.agent_socket()))
+            ),
+            "-serial".into(),
+            "chardev:agent0".into(),
+        ]);
+        // Shares: 9p with security_model=none (the guest sees the host's
+        // owners and modes; the VMM creates files as itself) and read-only
+        // enforced by QEMU. QEMU's 9p server walks paths component by
+        // component without following symlinks, so a symlink in a share is
+        // resolved by the guest inside the guest, never to a host file.
+        for share in shares {
+            let mut fs = format!(
+                "local,path={},mount_tag={},security_model=none,multidevs=remap,id=fs-{}",
+                escape_opt(&share.host_path),
+                share.tag,
+                share.tag
+            );
+            if share.read_only {
+                fs.push_str(",readonly=on");
+            }
+            args.extend(["-virtfs".into(), fs]);
+        }
         if let Some(snapshot) = restore {
             args.extend(["-loadvm".into(), snapshot.to_string()]);
         }
@@ -312,11 +341,13 @@ impl Hypervisor for QemuBackend {
         spec: &VmSpec,
         image: &Image,
         restore: Option<&SnapshotName>,
+        shares: &[SharedFolder],
     ) -> Result<Box<dyn Instance>, BackendError> {
         for stale in [
             dir.qmp_socket(),
             dir.serial_socket(),
             dir.net_socket(),
+            dir.agent_socket(),
             dir.pid_file(),
         ] {
             let _ = std::fs::remove_file(stale);
@@ -325,7 +356,7 @@ impl Hypervisor for QemuBackend {
         let log2 = log.try_clone().map_err(io_err("clone", &dir.vmm_log()))?;
         let mut command = tokio::process::Command::new(&self.binary);
         command
-            .args(self.args(dir, spec, image, restore))
+            .args(self.args(dir, spec, image, restore, shares))
             .current_dir(dir.root())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -350,7 +381,8 @@ impl Hypervisor for QemuBackend {
                 return Err(BackendError::Jail(e));
             }
         };
-        std::fs::write(dir.pid_file(), format!("{pid}\n")).map_err(io_err("write", &dir.pid_file()))?;
+        std::fs::write(dir.pid_file(), format!("{pid}\n"))
+            .map_err(io_err("write", &dir.pid_file()))?;
         let qmp = match self.connect_qmp(dir, &exit).await {
             Ok(qmp) => qmp,
             Err(e) => {

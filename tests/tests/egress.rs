@@ -1,0 +1,680 @@
+//! The egress gateway with the real test guest under QEMU TCG: busybox
+//! `wget`/`nc`/`nslookup` in the guest against servers this test runs on the
+//! host; names are pointed at them with `CLAWPEN_EGRESS_HOSTS`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clawpen_api::{EgressLogEntry, EgressRule};
+use clawpen_tests::serial::Serial;
+use clawpen_tests::{clawpen_bin, temp_home, Up};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const BOOT: Duration = Duration::from_secs(180);
+const ANSWER: Duration = Duration::from_secs(60);
+/// What the test servers answer; never typed into the guest, so a match in
+/// the serial output is the server's answer and not the command's echo.
+const GREETING: &str = "greetings-from-the-host";
+const TLS_ACCEPTED: &str = "accepted-by-the-tls-server";
+const BLOB_LEN: usize = 10 * 1024 * 1024;
+
+/// A TCP server on the host: HTTP (`/blob` is 10 MiB of random bytes,
+/// anything else the greeting), or for raw connections (a ClientHello) the
+/// TLS answer. Records the first bytes of every connection.
+struct Server {
+    addr: SocketAddr,
+    blob_md5: String,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Server {
+    async fn start(bind: IpAddr) -> Self {
+        let listener = TcpListener::bind(SocketAddr::new(bind, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let blob: Arc<Vec<u8>> = Arc::new((0..BLOB_LEN).map(|_| rand_byte()).collect());
+        let blob_md5 = md5(&blob);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let blob = blob.clone();
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+                            .await
+                        {
+                            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                            _ => break,
+                        }
+                    }
+                    record.lock().unwrap().push(head.clone());
+                    if head.first() == Some(&0x16) {
+                        let _ = stream.write_all(TLS_ACCEPTED.as_bytes()).await;
+                    } else if head.starts_with(b"GET /blob ") {
+                        let header =
+                            format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", blob.len());
+                        let _ = stream.write_all(header.as_bytes()).await;
+                        let _ = stream.write_all(&blob).await;
+                    } else {
+                        let body = format!("{GREETING}\n");
+                        let header =
+                            format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                        let _ = stream.write_all(header.as_bytes()).await;
+                        let _ = stream.write_all(body.as_bytes()).await;
+                    }
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Self {
+            addr,
+            blob_md5,
+            seen,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    fn connections(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+fn rand_byte() -> u8 {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0x9e37_79b9_7f4a_7c15) };
+    }
+    STATE.with(|s| {
+        // xorshift64*: incompressible enough for a transfer test.
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+    })
+}
+
+fn md5(bytes: &[u8]) -> String {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), bytes).unwrap();
+    let out = std::process::Command::new("md5sum")
+        .arg(file.path())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The host's address on its default route (what a guest could try to reach
+/// as a literal IP), if it has one.
+fn host_ip() -> Option<Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("203.0.113.1:9").ok()?;
+    match socket.local_addr().ok()?.ip() {
+        IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(ip),
+        _ => None,
+    }
+}
+
+/// A TLS ClientHello naming `host`, as `printf` octal escapes.
+fn client_hello_printf(host: &str) -> String {
+    let host = host.as_bytes();
+    let mut sni = (3 + host.len() as u16).to_be_bytes().to_vec();
+    sni.push(0);
+    sni.extend_from_slice(&(host.len() as u16).to_be_bytes());
+    sni.extend_from_slice(host);
+    let mut ext = vec![0, 0];
+    ext.extend_from_slice(&(sni.len() as u16).to_be_bytes());
+    ext.extend_from_slice(&sni);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]);
+    body.extend_from_slice(&[0, 0, 2, 0x13, 1, 1, 0]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut record = vec![22, 3, 1];
+    record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    record.extend_from_slice(&hs);
+    record.iter().map(|b| format!("\\{b:03o}")).collect()
+}
+
+/// A DNS question for `name` (type A) with its 2-byte TCP length prefix, as
+/// `printf` octal escapes.
+fn dns_tcp_query_printf(name: &str) -> String {
+    let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    framed.iter().map(|b| format!("\\{b:03o}")).collect()
+}
+
+/// The bytes of `hexdump -C` lines in `out`.
+fn hexdump_bytes(out: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for line in out.lines() {
+        let mut parts = line.split_whitespace();
+        let Some(offset) = parts.next() else { continue };
+        if offset.len() != 8 || !offset.chars().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        for part in parts {
+            if part.starts_with('|') {
+                break;
+            }
+            if part.len() == 2 {
+                if let Ok(b) = u8::from_str_radix(part, 16) {
+                    bytes.push(b);
+                }
+            }
+        }
+    }
+    bytes
+}
+
+async fn add_rule(up: &Up, rule: Value) -> EgressRule {
+    let (status, body) = up
+        .post("/vms/demo/egress/rules", rule.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{rule}: {body}");
+    serde_json::from_value(body).unwrap()
+}
+
+async fn log(up: &Up) -> Vec<EgressLogEntry> {
+    up.request(reqwest::Method::GET, "/vms/demo/egress/log?limit=10000")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits for a log entry matching `pred` (entries are written in batches).
+async fn wait_log(up: &Up, what: &str, pred: impl Fn(&EgressLogEntry) -> bool) -> EgressLogEntry {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let entries = log(up).await;
+        if let Some(e) = entries.iter().rev().find(|e| pred(e)) {
+            return e.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log entry for {what}; log: {entries:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn boot(home: &Path, hosts: &str) -> Up {
+    Up::start_with_env(home, &[], &[("CLAWPEN_EGRESS_HOSTS", hosts)]).unwrap()
+}
+
+fn cli(home: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(clawpen_bin())
+        .args(args)
+        .env("CLAWPEN_HOME", home)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_names_connect_everything_else_is_denied_and_logged() {
+    let server = Server::start(IpAddr::V4(Ipv4Addr::LOCALHOST)).await;
+    let port = server.port();
+    let home = temp_home();
+    let up = boot(home.path(), "allowed.test=127.0.0.1,later.test=127.0.0.1");
+    up.wait_state("demo", "Running", BOOT).await.unwrap();
+
+    // Bad rules: 422 naming the field, nothing stored.
+    for (body, field) in [
+        (
+            json!({"action": "allow", "target": "exa mple.test"}),
+            "body.target",
+        ),
+        (
+            json!({"action": "allow", "target": "10.0.0.1/8"}),
+            "body.target",
+        ),
+        (
+            json!({"action": "allow", "target": "a.test", "ports": "0"}),
+            "body.ports",
+        ),
+        (
+            json!({"action": "allow", "target": "a.test", "ports": "90-80"}),
+            "body.ports",
+        ),
+        (
+            json!({"action": "maybe", "target": "a.test"}),
+            "body.action",
+        ),
+        (
+            json!({"action": "allow", "target": "a.test", "proto": "icmp"}),
+            "body.proto",
+        ),
+        (
+            json!({"action": "allow", "target": "a.test", "extra": 1}),
+            "body",
+        ),
+    ] {
+        let (status, answer) = up
+            .post("/vms/demo/egress/rules", body.clone())
+            .await
+            .unwrap();
+        assert_eq!(status, 422, "{body}: {answer}");
+        assert_eq!(answer["error"]["field"], json!(field), "{body}: {answer}");
+    }
+    let (status, _) = up
+        .post(
+            "/vms/nosuchvm/egress/rules",
+            json!({"action": "allow", "target": "a.test"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let rules: Vec<EgressRule> = up
+        .request(reqwest::Method::GET, "/vms/demo/egress/rules")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(rules.is_empty(), "{rules:?}");
+
+    // The events stream carries every decision.
+    let mut events = up
+        .request(reqwest::Method::GET, "/events")
+        .send()
+        .await
+        .unwrap();
+
+    // Default deny: an unlisted name does not even resolve.
+    let mut serial = Serial::connect(&up.vm_dir("demo")).unwrap();
+    let out = serial.run("nslookup unlisted.test", ANSWER).unwrap();
+    assert!(out.contains("NXDOMAIN"), "{out}");
+    let denied = wait_log(&up, "unlisted.test", |e| {
+        e.name.as_deref() == Some("unlisted.test")
+    })
+    .await;
+    assert_eq!(denied.decision.as_str(), "deny");
+    let mut streamed = String::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !streamed.contains("unlisted.test") && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), events.chunk()).await {
+            Ok(Ok(Some(chunk))) => streamed.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => {}
+        }
+    }
+    assert!(
+        streamed.contains("event: egress") && streamed.contains("unlisted.test"),
+        "{streamed}"
+    );
+
+    // An allowed name: 10 MiB through the gateway, intact. The test server is
+    // on the host's loopback, which a name may only reach through a rule
+    // that names it.
+    add_rule(&up, json!({"action": "allow", "target": "allowed.test"})).await;
+    add_rule(
+        &up,
+        json!({"action": "allow", "target": "127.0.0.1/32", "ports": port}),
+    )
+    .await;
+    let out = serial
+        .run(
+            &format!("wget -q -O - http://allowed.test:{port}/blob | md5sum"),
+            ANSWER,
+        )
+        .unwrap();
+    assert!(
+        out.contains(&server.blob_md5),
+        "md5 {} not in {out}",
+        server.blob_md5
+    );
+    let flow = wait_log(&up, "the 10 MiB flow's end", |e| {
+        e.name.as_deref() == Some("allowed.test")
+            && e.proto.as_str() == "tcp"
+            && e.ended_unix_ms.is_some()
+    })
+    .await;
+    assert_eq!(flow.decision.as_str(), "allow");
+    assert!(flow.rule.is_some());
+    assert_eq!(flow.port, Some(port));
+    assert!(flow.bytes_down.unwrap() >= BLOB_LEN as u64, "{flow:?}");
+    assert!(flow.bytes_up.unwrap() > 0, "{flow:?}");
+
+    // A rule added while the VM runs applies to the next connection (CLI).
+    let fetch_later = format!("wget -q -O - http://later.test:{port}/x");
+    let out = serial.run(&fetch_later, ANSWER).unwrap();
+    assert!(!out.contains(GREETING), "{out}");
+    let added = cli(home.path(), &["egress", "allow", "demo", "later.test"]);
+    assert!(added.status.success(), "{added:?}");
+    let out = serial.run(&fetch_later, ANSWER).unwrap();
+    assert!(out.contains(GREETING), "{out}");
+    let listed = cli(home.path(), &["egress", "ls", "demo"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("later.test"),
+        "{listed:?}"
+    );
+    let bad = cli(home.path(), &["egress", "allow", "demo", "not a name"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let printed = cli(home.path(), &["egress", "log", "demo", "--limit", "500"]);
+    assert!(
+        String::from_utf8_lossy(&printed.stdout).contains("unlisted.test"),
+        "{printed:?}"
+    );
+
+    // Removing it denies again.
+    let rules: Vec<EgressRule> = up
+        .request(reqwest::Method::GET, "/vms/demo/egress/rules")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let later = rules
+        .iter()
+        .find(|r| r.target.to_string() == "later.test")
+        .unwrap();
+    let resp = up
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/vms/demo/egress/rules/{}", later.id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let out = serial.run(&fetch_later, ANSWER).unwrap();
+    assert!(!out.contains(GREETING), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn literal_addresses_private_ranges_and_rebinding_need_a_rule_that_names_them() {
+    let server = Server::start(IpAddr::V4(Ipv4Addr::UNSPECIFIED)).await;
+    let port = server.port();
+    let home = temp_home();
+    let up = boot(home.path(), "rebind.test=127.0.0.1,private.test=10.1.2.3");
+    up.wait_state("demo", "Running", BOOT).await.unwrap();
+    let mut serial = Serial::connect(&up.vm_dir("demo")).unwrap();
+    let get = |host: &str| format!("wget -q -T 5 -O - http://{host}:{port}/x");
+
+    // A literal address no CIDR rule allows: refused, logged.
+    if let Some(ip) = host_ip() {
+        let out = serial.run(&get(&ip.to_string()), ANSWER).unwrap();
+        assert!(!out.contains(GREETING), "{out}");
+        let e = wait_log(&up, "the literal host address", |e| {
+            e.addr.as_deref() == Some(&ip.to_string()) && e.port == Some(port)
+        })
+        .await;
+        assert_eq!(e.decision.as_str(), "deny", "{e:?}");
+        // A rule naming exactly it: connects.
+        add_rule(
+            &up,
+            json!({"action": "allow", "target": format!("{ip}/32"), "ports": port}),
+        )
+        .await;
+        let out = serial.run(&get(&ip.to_string()), ANSWER).unwrap();
+        assert!(out.contains(GREETING), "{out}");
+    }
+
+    // Even "allow everything" does not reach metadata, private ranges, or
+    // the host through the gateway's own address.
+    add_rule(&up, json!({"action": "allow", "target": "0.0.0.0/0"})).await;
+    for target in ["169.254.169.254", "10.1.2.3", "10.200.0.1"] {
+        let out = serial.run(&get(target), ANSWER).unwrap();
+        assert!(!out.contains(GREETING), "{target}: {out}");
+        let e = wait_log(&up, target, |e| {
+            e.addr.as_deref() == Some(target) && e.port == Some(port)
+        })
+        .await;
+        assert_eq!(e.decision.as_str(), "deny", "{e:?}");
+    }
+    let metadata = wait_log(&up, "metadata", |e| {
+        e.addr.as_deref() == Some("169.254.169.254")
+    })
+    .await;
+    assert!(metadata.reason.contains("link-local"), "{metadata:?}");
+
+    // Allowed names that resolve to the host's loopback or a private range
+    // (DNS rebinding): refused at dial time.
+    add_rule(&up, json!({"action": "allow", "target": "rebind.test"})).await;
+    add_rule(&up, json!({"action": "allow", "target": "private.test"})).await;
+    for (name, kind) in [("rebind.test", "loopback"), ("private.test", "private")] {
+        let out = serial.run(&get(name), ANSWER).unwrap();
+        assert!(!out.contains(GREETING), "{name}: {out}");
+        let e = wait_log(&up, name, |e| {
+            e.name.as_deref() == Some(name) && e.proto.as_str() == "tcp"
+        })
+        .await;
+        assert_eq!(e.decision.as_str(), "deny", "{e:?}");
+        assert!(e.reason.contains(kind), "{e:?}");
+    }
+    assert_eq!(server.connections(), usize::from(host_ip().is_some()));
+
+    // Unless a rule names the range.
+    add_rule(
+        &up,
+        json!({"action": "allow", "target": "127.0.0.0/8", "ports": port}),
+    )
+    .await;
+    let out = serial.run(&get("rebind.test"), ANSWER).unwrap();
+    assert!(out.contains(GREETING), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sni_host_ipv6_and_dns_over_tcp_are_no_way_around_and_inference_is_reachable() {
+    let server = Server::start(IpAddr::V4(Ipv4Addr::LOCALHOST)).await;
+    let port = server.port();
+    let home = temp_home();
+    // Ports 443 and 80 of these names go to the test server.
+    let hosts = format!("tls.test=127.0.0.1:{port},web.test=127.0.0.1:{port}");
+    let up = boot(home.path(), &hosts);
+    up.wait_state("demo", "Running", BOOT).await.unwrap();
+    for rule in [
+        json!({"action": "allow", "target": "tls.test"}),
+        json!({"action": "allow", "target": "web.test"}),
+        json!({"action": "allow", "target": "127.0.0.1/32"}),
+    ] {
+        add_rule(&up, rule).await;
+    }
+    let mut serial = Serial::connect(&up.vm_dir("demo")).unwrap();
+
+    // TLS: a ClientHello for another name on tls.test's address is refused
+    // before anything is dialled; the right name gets through.
+    serial
+        .run(
+            &format!(
+                "printf '{}' > /tmp/fronted",
+                client_hello_printf("other.test")
+            ),
+            ANSWER,
+        )
+        .unwrap();
+    serial
+        .run(
+            &format!("printf '{}' > /tmp/hello", client_hello_printf("tls.test")),
+            ANSWER,
+        )
+        .unwrap();
+    let out = serial
+        .run("nc tls.test 443 < /tmp/fronted", ANSWER)
+        .unwrap();
+    assert!(!out.contains(TLS_ACCEPTED), "{out}");
+    let e = wait_log(&up, "fronted TLS", |e| {
+        e.name.as_deref() == Some("tls.test") && e.decision.as_str() == "deny"
+    })
+    .await;
+    assert!(e.reason.contains("other.test"), "{e:?}");
+    assert_eq!(
+        server.connections(),
+        0,
+        "a fronted connection reached the server"
+    );
+    let out = serial.run("nc tls.test 443 < /tmp/hello", ANSWER).unwrap();
+    assert!(out.contains(TLS_ACCEPTED), "{out}");
+
+    // HTTP: the Host header must be the name too.
+    let out = serial
+        .run(
+            "wget -q -T 5 -O - --header 'Host: other.test' http://web.test/x",
+            ANSWER,
+        )
+        .unwrap();
+    assert!(!out.contains(GREETING), "{out}");
+    wait_log(&up, "fronted HTTP", |e| {
+        e.name.as_deref() == Some("web.test") && e.reason.contains("HTTP Host")
+    })
+    .await;
+    let out = serial
+        .run("wget -q -T 5 -O - http://web.test/x", ANSWER)
+        .unwrap();
+    assert!(out.contains(GREETING), "{out}");
+
+    // DNS over TCP: the same answers as over UDP (same synthetic address,
+    // NXDOMAIN for what is not allowed).
+    let udp = serial.run("nslookup tls.test", ANSWER).unwrap();
+    let synthetic = udp
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Address:"))
+        .map(str::trim)
+        .find(|a| a.starts_with("198.18.") || a.starts_with("198.19."))
+        .unwrap_or_else(|| panic!("no synthetic address in {udp}"))
+        .to_string();
+    for (name, allowed) in [("tls.test", true), ("denied.test", false)] {
+        let out = serial
+            .run(
+                &format!(
+                    "printf '{}' | nc -w 3 10.200.0.1 53 | hexdump -C",
+                    dns_tcp_query_printf(name)
+                ),
+                ANSWER,
+            )
+            .unwrap();
+        let reply = hexdump_bytes(&out);
+        assert!(reply.len() > 14, "{name}: {out}");
+        let rcode = reply[5] & 0x0f;
+        if allowed {
+            assert_eq!(rcode, 0, "{out}");
+            let ip = &reply[reply.len() - 4..];
+            assert_eq!(
+                format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3]),
+                synthetic,
+                "{out}"
+            );
+        } else {
+            assert_eq!(rcode, 3, "NXDOMAIN expected: {out}");
+        }
+    }
+    // AAAA: allowed names have no IPv6 address.
+    let out = serial.run("nslookup -type=AAAA tls.test", ANSWER).unwrap();
+    assert!(
+        !out.contains("has AAAA") && !out.contains("Address: 2"),
+        "{out}"
+    );
+
+    // IPv6: the guest may configure it, but every frame is dropped and logged.
+    let out = serial
+        .run(
+            "ip -6 addr add 2001:db8::2/64 dev eth0; \
+             ip -6 route add default via 2001:db8::1 dev eth0; sleep 2; \
+             nc -w 3 2001:db8::1 80 < /dev/null; echo six=$?",
+            ANSWER,
+        )
+        .unwrap();
+    assert!(out.contains("six=1"), "{out}");
+    let six = wait_log(&up, "IPv6", |e| e.proto.as_str() == "ipv6").await;
+    assert_eq!(six.decision.as_str(), "deny");
+
+    // The inference service, at the gateway's fixed address and name.
+    for url in [
+        "http://10.200.0.1/healthz",
+        "http://inference.clawpen.internal/healthz",
+    ] {
+        let out = serial
+            .run(&format!("wget -q -T 10 -O - {url}"), ANSWER)
+            .unwrap();
+        assert!(out.contains("\"status\":\"ok\""), "{url}: {out}");
+    }
+    let inference = wait_log(&up, "inference", |e| {
+        e.name.as_deref() == Some("inference.clawpen.internal") && e.proto.as_str() == "tcp"
+    })
+    .await;
+    assert_eq!(inference.decision.as_str(), "allow");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_network_survives_warm_reset_and_supervisor_restart() {
+    let server = Server::start(IpAddr::V4(Ipv4Addr::LOCALHOST)).await;
+    let port = server.port();
+    let home = temp_home();
+    let hosts = "allowed.test=127.0.0.1";
+    let mut up = boot(home.path(), hosts);
+    up.wait_state("demo", "Running", BOOT).await.unwrap();
+    add_rule(&up, json!({"action": "allow", "target": "allowed.test"})).await;
+    add_rule(
+        &up,
+        json!({"action": "allow", "target": "127.0.0.1/32", "ports": port}),
+    )
+    .await;
+    let fetch = format!("wget -q -T 10 -O - http://allowed.test:{port}/x");
+
+    // A warm reset (loadvm in the same VMM): new connections work.
+    let (status, body) = up.post("/vms/demo/reset", json!({})).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let mut serial = Serial::connect(&up.vm_dir("demo")).unwrap();
+    let out = serial.run(&fetch, ANSWER).unwrap();
+    assert!(out.contains(GREETING), "after warm reset: {out}");
+    let udp = serial.run("nslookup allowed.test", ANSWER).unwrap();
+    let synthetic = udp
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Address:"))
+        .map(str::trim)
+        .find(|a| a.starts_with("198.1"))
+        .unwrap_or_else(|| panic!("no synthetic address in {udp}"))
+        .to_string();
+    drop(serial);
+
+    // The supervisor dies; the next one re-adopts the VMM and its gateway
+    // connects again. An address the guest resolved before still works.
+    up.kill9();
+    let up = boot(home.path(), hosts);
+    up.wait_state("demo", "Running", BOOT).await.unwrap();
+    let mut serial = Serial::connect(&up.vm_dir("demo")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = serial
+            .run(
+                &format!("wget -q -T 5 -O - http://{synthetic}:{port}/x"),
+                ANSWER,
+            )
+            .unwrap();
+        if out.contains(GREETING) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after restart: {out}");
+    }
+}
