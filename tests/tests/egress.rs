@@ -420,7 +420,7 @@ async fn literal_addresses_private_ranges_and_rebinding_need_a_rule_that_names_t
     let up = boot(home.path(), "rebind.test=127.0.0.1,private.test=10.1.2.3");
     up.wait_state("demo", "Running", BOOT).await.unwrap();
     let mut serial = Serial::connect(&up.vm_dir("demo")).unwrap();
-    let get = |host: &str| format!("wget -q -T 5 -O - http://{host}:{port}/x");
+    let get = |host: &str| format!("timeout 20 wget -q -O - http://{host}:{port}/x");
 
     // A literal address no CIDR rule allows: refused, logged.
     if let Some(ip) = host_ip() {
@@ -540,7 +540,7 @@ async fn sni_host_ipv6_and_dns_over_tcp_are_no_way_around_and_inference_is_reach
     // HTTP: the Host header must be the name too.
     let out = serial
         .run(
-            "wget -q -T 5 -O - --header 'Host: other.test' http://web.test/x",
+            "timeout 20 wget -q -O - --header 'Host: other.test' http://web.test/x",
             ANSWER,
         )
         .unwrap();
@@ -550,7 +550,7 @@ async fn sni_host_ipv6_and_dns_over_tcp_are_no_way_around_and_inference_is_reach
     })
     .await;
     let out = serial
-        .run("wget -q -T 5 -O - http://web.test/x", ANSWER)
+        .run("timeout 20 wget -q -O - http://web.test/x", ANSWER)
         .unwrap();
     assert!(out.contains(GREETING), "{out}");
 
@@ -615,7 +615,7 @@ async fn sni_host_ipv6_and_dns_over_tcp_are_no_way_around_and_inference_is_reach
         "http://inference.clawpen.internal/healthz",
     ] {
         let out = serial
-            .run(&format!("wget -q -T 10 -O - {url}"), ANSWER)
+            .run(&format!("timeout 20 wget -q -O - {url}"), ANSWER)
             .unwrap();
         assert!(out.contains("\"status\":\"ok\""), "{url}: {out}");
     }
@@ -640,7 +640,7 @@ async fn the_network_survives_warm_reset_and_supervisor_restart() {
         json!({"action": "allow", "target": "127.0.0.1/32", "ports": port}),
     )
     .await;
-    let fetch = format!("wget -q -T 10 -O - http://allowed.test:{port}/x");
+    let fetch = format!("timeout 20 wget -q -O - http://allowed.test:{port}/x");
 
     // A warm reset (loadvm in the same VMM): new connections work.
     let (status, body) = up.post("/vms/demo/reset", json!({})).await.unwrap();
@@ -668,7 +668,7 @@ async fn the_network_survives_warm_reset_and_supervisor_restart() {
     loop {
         let out = serial
             .run(
-                &format!("wget -q -T 5 -O - http://{synthetic}:{port}/x"),
+                &format!("timeout 20 wget -q -O - http://{synthetic}:{port}/x"),
                 ANSWER,
             )
             .unwrap();
