@@ -44,6 +44,27 @@ async fn bad_calls_get_clear_errors_and_change_nothing() {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.headers().get("set-cookie").is_none());
 
+    // A state change from another origin (another local web page using the
+    // browser's cookie) is refused; the same origin and the CLI (no Origin)
+    // are not.
+    let resp = up
+        .request(Method::POST, "/vms/demo/stop")
+        .header("origin", "http://localhost:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let body: ErrorBody = resp.json().await.unwrap();
+    assert_eq!(body.error.code, "cross_origin");
+    let own = up.url.clone();
+    let resp = up
+        .request(Method::POST, "/vms/demo/stop")
+        .header("origin", own)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT, "same origin passes to the handler");
+
     // Missing VM: 404 naming the field.
     let resp = up
         .request(Method::POST, "/vms/nope/reset")

@@ -33,6 +33,35 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
+/// Middleware: a state-changing request (not GET/HEAD/OPTIONS) that carries
+/// an `Origin` header must come from this server's own origin. SameSite=Strict
+/// cookies do not stop another local web page (any `http://localhost:PORT`
+/// is the same *site*) from posting with the user's cookie; this does. The
+/// CLI sends no Origin and is unaffected.
+pub async fn same_origin(request: Request, next: Next) -> Response {
+    use axum::http::header::{HOST, ORIGIN};
+    use axum::http::Method;
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        if let Some(origin) = request.headers().get(ORIGIN) {
+            let host = request.headers().get(HOST).and_then(|h| h.to_str().ok());
+            let origin_host = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")));
+            if host.is_none() || origin_host != host {
+                return HttpError::new(
+                    StatusCode::FORBIDDEN,
+                    "cross_origin",
+                    "cross-origin request refused: state changes only from the console's own origin",
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
 /// Middleware: 401 unless the request carries the token.
 pub async fn require_token(
     State(token): State<Arc<Token>>,

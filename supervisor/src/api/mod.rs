@@ -74,7 +74,8 @@ pub fn router(state: AppState, console: Router) -> Router {
     let protected = Router::new()
         .nest(clawpen_api::API_PREFIX, api)
         .merge(console)
-        .layer(from_fn_with_state(state.token.clone(), auth::require_token));
+        .layer(from_fn_with_state(state.token.clone(), auth::require_token))
+        .layer(axum::middleware::from_fn(auth::same_origin));
     Router::new()
         .route("/login", get(auth::login))
         .with_state(state.token)
