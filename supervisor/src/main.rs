@@ -6,6 +6,10 @@ mod cli;
 mod crash;
 mod egress;
 mod events;
+#[cfg(target_os = "linux")]
+mod jail;
+#[cfg(not(target_os = "linux"))]
+#[path = "jail/unsupported.rs"]
 mod jail;
 mod paths;
 mod share;
