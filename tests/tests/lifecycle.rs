@@ -385,3 +385,35 @@ async fn bad_lifecycle_input_is_refused_and_changes_nothing() {
     }
     assert_eq!(listing(), dirs_before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebuilt_base_image_gives_a_fresh_disk_not_a_corrupt_one() {
+    let home = temp_home();
+    let up = Up::start(home.path(), &[]).unwrap();
+    up.wait_state("demo", "Running", BOOT).await.unwrap();
+    let mut serial = Serial::connect(&up.vm_dir("demo")).unwrap();
+    serial
+        .run("echo old > /mnt/home/on-old-base && sync", ANSWER)
+        .unwrap();
+    drop(serial);
+    let (status, _) = up.post("/vms/demo/stop", json!({})).await.unwrap();
+    assert_eq!(status, 200);
+    // What an image rebuild looks like from the VM's side: its disk was made
+    // on a base whose checksum is no longer the image's.
+    let stamp = up.vm_dir("demo").join("base.sha256");
+    assert!(stamp.exists(), "the disk records its base");
+    std::fs::write(&stamp, "0".repeat(64)).unwrap();
+    let (status, body) = up.post("/vms/demo/start", json!({})).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let mut serial = Serial::connect(&up.vm_dir("demo")).unwrap();
+    let out = serial
+        .run("ls /mnt/home; cat /mnt/etc/clawpen-image", ANSWER)
+        .unwrap();
+    assert!(
+        !out.contains("on-old-base") && out.contains("test-guest"),
+        "{out}"
+    );
+    let snaps = snapshots(&up).await;
+    assert_eq!(snaps.len(), 1, "only the new clean snapshot: {snaps:?}");
+    assert_ne!(std::fs::read_to_string(&stamp).unwrap(), "0".repeat(64));
+}

@@ -4,6 +4,7 @@
 //! ```text
 //! vms/NAME/config.json   the VmSpec
 //!          disk.qcow2    writable overlay on the read-only base image
+//!          base.sha256   checksum of the base the overlay was made on
 //!          serial.log    everything the guest printed on its serial console
 //!          serial.sock   the serial console (connect to type into the guest)
 //!          qmp.sock      the VMM's control socket

@@ -318,13 +318,8 @@ impl VmTask {
     async fn boot_inner(&mut self, during: VmState) -> Result<VmInfo, VmError> {
         let image = self.image()?;
         let spec = self.info.borrow().spec.clone();
-        if !self.dir.disk().exists() {
-            self.ctx
-                .hypervisor
-                .fresh_disk(&self.dir, &spec, &image)
-                .await
-                .map_err(|e| self.backend_error(e))?;
-            self.ctx.store.clear_snapshots(&spec.name)?;
+        if !self.dir.disk().exists() || self.base_changed(&image) {
+            self.fresh_disk(&image).await?;
         }
         let instance = self
             .ctx
@@ -363,6 +358,57 @@ impl VmTask {
             self.take_clean_snapshot().await;
         }
         self.record(VmState::Running)
+    }
+
+    /// The base disk's checksum the VM's disk was made on.
+    fn base_stamp(&self) -> std::path::PathBuf {
+        self.dir.root().join("base.sha256")
+    }
+
+    fn image_disk_sha(image: &Image) -> Option<&str> {
+        image
+            .manifest
+            .files
+            .iter()
+            .find(|f| f.role == clawpen_vmimage::FileRole::Disk)
+            .map(|f| f.sha256.as_str())
+    }
+
+    /// True when the image's base disk is not the one the VM's disk was made
+    /// on: an image rebuild replaces the base in place, and an overlay on the
+    /// old base would read garbage. A disk from before stamps existed is
+    /// taken as matching (and stamped).
+    fn base_changed(&self, image: &Image) -> bool {
+        let Some(current) = Self::image_disk_sha(image) else {
+            return false;
+        };
+        match std::fs::read_to_string(self.base_stamp()) {
+            Ok(recorded) => recorded.trim() != current,
+            Err(_) => {
+                let _ = std::fs::write(self.base_stamp(), current);
+                false
+            }
+        }
+    }
+
+    /// A fresh overlay on the image's base (its snapshots go with the old
+    /// one), stamped with the base it was made on.
+    async fn fresh_disk(&mut self, image: &Image) -> Result<(), VmError> {
+        let spec = self.info.borrow().spec.clone();
+        if self.dir.disk().exists() && self.base_changed(image) {
+            tracing::warn!(vm = %spec.name, "the base image was rebuilt: the VM gets a fresh disk");
+            self.progress("disk", "base image rebuilt: fresh disk", 1, 1);
+        }
+        self.ctx
+            .hypervisor
+            .fresh_disk(&self.dir, &spec, image)
+            .await
+            .map_err(|e| self.backend_error(e))?;
+        self.ctx.store.clear_snapshots(&spec.name)?;
+        if let Some(sha) = Self::image_disk_sha(image) {
+            let _ = std::fs::write(self.base_stamp(), sha);
+        }
+        Ok(())
     }
 
     /// Saves disk + memory. QEMU refuses `savevm` while a 9p share is
@@ -486,6 +532,13 @@ impl VmTask {
         cold: bool,
         fresh_if_missing: bool,
     ) -> Result<VmInfo, VmError> {
+        if self.instance.is_none() && self.dir.disk().exists() {
+            // Snapshots of a disk whose base image was rebuilt are unusable.
+            let image = self.image()?;
+            if self.base_changed(&image) {
+                self.fresh_disk(&image).await?;
+            }
+        }
         let snapshot = self.snapshot(name)?;
         if snapshot.is_none() && !fresh_if_missing {
             return Err(VmError::NoSnapshot {
@@ -543,19 +596,14 @@ impl VmTask {
         self.record(VmState::Resetting)?;
         crash::point("reset:after-stop");
         let image = self.image()?;
-        let spec = self.info.borrow().spec.clone();
         match &snapshot {
-            Some(name) => self.ctx.hypervisor.revert_disk(&self.dir, name).await,
-            None => {
-                self.ctx
-                    .hypervisor
-                    .fresh_disk(&self.dir, &spec, &image)
-                    .await
-            }
-        }
-        .map_err(|e| self.backend_error(e))?;
-        if snapshot.is_none() {
-            self.ctx.store.clear_snapshots(&spec.name)?;
+            Some(name) => self
+                .ctx
+                .hypervisor
+                .revert_disk(&self.dir, name)
+                .await
+                .map_err(|e| self.backend_error(e))?,
+            None => self.fresh_disk(&image).await?,
         }
         crash::point("reset:after-disk");
         self.boot_inner(VmState::Resetting).await
