@@ -12,6 +12,8 @@ use crate::vm::{VmName, VmState};
 pub enum Event {
     /// A VM entered a new lifecycle state (already written to the store).
     VmState { name: VmName, state: VmState },
+    /// The inference service finished a request.
+    Inference(crate::inference::InferenceRecord),
     /// A VM and everything it owned are gone.
     VmDeleted { name: VmName },
     /// Progress of a long step (image build, reset, ...). `total` is `None`
@@ -33,6 +35,7 @@ impl Event {
         match self {
             Event::VmState { .. } => "vm_state",
             Event::VmDeleted { .. } => "vm_deleted",
+            Event::Inference(_) => "inference",
             Event::Progress { .. } => "progress",
             Event::Egress { .. } => "egress",
         }

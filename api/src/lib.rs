@@ -8,6 +8,7 @@
 pub mod egress;
 pub mod error;
 pub mod event;
+pub mod inference;
 pub mod vm;
 
 pub use egress::{
@@ -16,6 +17,7 @@ pub use egress::{
 };
 pub use error::{ApiError, ErrorBody};
 pub use event::Event;
+pub use inference::InferenceRecord;
 pub use vm::{
     AddShareRequest, CreateVmRequest, NameError, ResetRequest, RestoreRequest, ShareTag,
     SharedFolder, SnapshotInfo, SnapshotName, TakeSnapshotRequest, VmInfo, VmName, VmSpec, VmState,

@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod egress;
 mod events;
+mod inference_relay;
 #[cfg(target_os = "linux")]
 mod jail;
 #[cfg(not(target_os = "linux"))]

@@ -77,3 +77,74 @@ fn unknown_tool_format_is_refused_with_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("klingon"));
 }
+
+/// `clawpen up` relays every finished inference request onto its event
+/// stream, for the console.
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_requests_appear_on_the_supervisor_event_stream() {
+    let home = temp_home();
+    let up = clawpen_tests::Up::start(
+        home.path(),
+        &[
+            "--no-demo",
+            "--upstream",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "relay-model",
+        ],
+    )
+    .unwrap();
+    let mut events = up
+        .request(reqwest::Method::GET, "/events")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    // The upstream is down: the request fails, and is still recorded.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/completions", up.inference_url))
+        .json(&serde_json::json!({
+            "model": "relay-model",
+            "prompt_cache_key": "session-1",
+            "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_server_error());
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !seen.contains("event: inference") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no inference event: {seen}"
+        );
+        match tokio::time::timeout(Duration::from_secs(5), next_chunk(&mut events)).await {
+            Ok(Some(chunk)) => seen.push_str(&chunk),
+            _ => continue,
+        }
+    }
+    let data = seen
+        .split("event: inference")
+        .nth(1)
+        .and_then(|rest| rest.lines().find_map(|l| l.strip_prefix("data:")))
+        .unwrap();
+    let event: clawpen_api::Event = serde_json::from_str(data.trim()).unwrap();
+    let clawpen_api::Event::Inference(record) = event else {
+        panic!("{data}")
+    };
+    assert_eq!(record.model, "relay-model");
+    assert_eq!(record.session.as_deref(), Some("session-1"));
+    assert_eq!(record.status, "failed");
+    assert_eq!(record.client, "anonymous");
+}
+
+/// The next chunk of a streamed body as text.
+async fn next_chunk(resp: &mut reqwest::Response) -> Option<String> {
+    resp.chunk()
+        .await
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}

@@ -99,13 +99,12 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut inference_stop = stop_rx.clone();
-    let inference = tokio::spawn(clawpen_inference::serve(
-        inference_listener,
-        args.engine.config(&supervisor.state_dir),
-        async move {
-            let _ = inference_stop.wait_for(|s| *s).await;
-        },
-    ));
+    let service = clawpen_inference::Inference::new(args.engine.config(&supervisor.state_dir))
+        .context("inference service")?;
+    crate::inference_relay::spawn(&service, supervisor.events.clone());
+    let inference = tokio::spawn(service.serve(inference_listener, async move {
+        let _ = inference_stop.wait_for(|s| *s).await;
+    }));
     let app = supervisor.router();
     let server = tokio::spawn(async move { axum::serve(api_listener, app).await });
 
