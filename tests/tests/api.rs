@@ -63,7 +63,11 @@ async fn bad_calls_get_clear_errors_and_change_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::CONFLICT, "same origin passes to the handler");
+    assert_eq!(
+        resp.status(),
+        StatusCode::CONFLICT,
+        "same origin passes to the handler"
+    );
 
     // Missing VM: 404 naming the field.
     let resp = up

@@ -41,14 +41,17 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
 pub async fn same_origin(request: Request, next: Next) -> Response {
     use axum::http::header::{HOST, ORIGIN};
     use axum::http::Method;
-    let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
     if !safe {
         if let Some(origin) = request.headers().get(ORIGIN) {
             let host = request.headers().get(HOST).and_then(|h| h.to_str().ok());
-            let origin_host = origin
-                .to_str()
-                .ok()
-                .and_then(|o| o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")));
+            let origin_host = origin.to_str().ok().and_then(|o| {
+                o.strip_prefix("http://")
+                    .or_else(|| o.strip_prefix("https://"))
+            });
             if host.is_none() || origin_host != host {
                 return HttpError::new(
                     StatusCode::FORBIDDEN,
