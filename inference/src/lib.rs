@@ -5,7 +5,7 @@
 //! - [`server`] is the axum HTTP layer: Responses and Chat Completions,
 //!   streamed with keep-alives, API keys, `/metrics`.
 //! - [`engine`] is what generates: [`engine::upstream`] proxies any
-//!   OpenAI-compatible server.
+//!   OpenAI-compatible server, [`engine::local`] runs GGUF models itself.
 //! - [`generation`] turns an engine's raw output into clean text,
 //!   reasoning and checked tool calls, using [`parse`].
 //! - [`parse`] turns raw model output into text, reasoning and tool calls,
@@ -55,6 +55,11 @@ pub struct InferenceConfig {
     /// The model used when a request names none (and offered in
     /// `/v1/models` even if the upstream does not list it).
     pub model: Option<String>,
+    /// GGUF files the local (candle) engine loads and serves, each under
+    /// its file name without `.gguf` (`--model PATH.gguf`, repeatable).
+    /// Non-empty: the local engine serves requests (`upstream` must then
+    /// be `None`). A file that fails to load is logged and left out.
+    pub local_models: Vec<PathBuf>,
     /// The model family whose tool-call / reasoning syntax the upstream's
     /// text is repaired with; `None`: guessed from the model name.
     pub tool_format: Option<Family>,
@@ -88,6 +93,7 @@ impl Default for InferenceConfig {
             models_cache_ttl: Duration::from_secs(5),
             upstream: None,
             model: None,
+            local_models: Vec::new(),
             tool_format: None,
             upstream_api_key: None,
             api_keys: HashMap::new(),
@@ -122,14 +128,30 @@ pub struct Inference {
 
 impl Inference {
     /// Checks the configuration and opens what it names (the store file,
-    /// the upstream client). Nothing is contacted yet.
+    /// the upstream client). Nothing is contacted yet; local models start
+    /// loading in the background (requests wait for them).
     pub fn new(config: InferenceConfig) -> Result<Self, InferenceError> {
         if config.keepalive_interval.is_zero() {
             return Err(InferenceError::Config(
                 "keepalive_interval must be more than zero".into(),
             ));
         }
+        if !config.local_models.is_empty() && config.upstream.is_some() {
+            return Err(InferenceError::Config(
+                "local models and an upstream cannot be served together: give either --model or --upstream".into(),
+            ));
+        }
         let engine: Option<Arc<dyn engine::Engine>> = match &config.upstream {
+            None if !config.local_models.is_empty() => {
+                Some(Arc::new(engine::local::LocalEngine::start(
+                    &config.local_models,
+                    engine::local::LocalOptions {
+                        default_model: config.model.clone(),
+                        tool_format: config.tool_format,
+                        on_load: None,
+                    },
+                )))
+            }
             None => None,
             Some(url) => Some(Arc::new(engine::upstream::UpstreamEngine::new(
                 engine::upstream::UpstreamSettings {

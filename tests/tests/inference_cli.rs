@@ -148,3 +148,25 @@ async fn next_chunk(resp: &mut reqwest::Response) -> Option<String> {
         .flatten()
         .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
+
+#[test]
+fn local_models_and_an_upstream_together_are_refused() {
+    let home = temp_home();
+    let out = Command::new(clawpen_bin())
+        .args([
+            "inference",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "/nowhere/m.gguf",
+        ])
+        .env("CLAWPEN_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("either --model or --upstream"), "{stderr}");
+}

@@ -8,9 +8,9 @@
 //!   server. It streams Chat Completions chunks, already split into content,
 //!   reasoning and native tool calls; its `content` may still carry raw
 //!   tool-call or `<think>` markup, which the generation pipeline repairs.
-//! - `local` (later, candle): renders the chat template itself and streams
-//!   the token pieces it generated as [`EngineEvent::Text`]; the family's
-//!   parser does all the splitting.
+//! - `local` ([`local::LocalEngine`], candle): renders the chat template
+//!   itself and streams the token pieces it generated as
+//!   [`EngineEvent::Text`]; the family's parser does all the splitting.
 //!
 //! The HTTP layer never knows which engine it talks to.
 
@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use crate::parse::Family;
 
 pub mod chunk;
+pub mod local;
 pub mod sse;
 pub mod upstream;
 
@@ -268,6 +269,11 @@ pub enum EngineError {
     /// The engine answered something that is not the protocol.
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// A local engine refused the request (bad for this model: a prompt
+    /// longer than its context, a template that rejects the conversation).
+    /// `status` is the HTTP status it deserves (400, 404).
+    #[error("{message}")]
+    Rejected { status: u16, message: String },
     /// The engine failed while generating.
     #[error("generation failed: {0}")]
     Failed(String),

@@ -148,6 +148,10 @@ impl ApiError {
                 Self::new(status, "invalid_request_error", e.to_string())
                     .with_code("upstream_refused")
             }
+            EngineError::Rejected { status, message } => {
+                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
+                Self::new(status, "invalid_request_error", message.clone())
+            }
             _ => Self::bad_gateway(e.to_string()),
         }
     }

@@ -33,9 +33,11 @@ pub struct EngineArgs {
     /// `http://127.0.0.1:8080/v1`.
     #[arg(long, env = "CLAWPEN_UPSTREAM")]
     upstream: Option<String>,
-    /// Model used when a request names none.
-    #[arg(long)]
-    model: Option<String>,
+    /// A GGUF file to serve with the local engine (repeatable: the request's
+    /// `model` picks one), or, with `--upstream`, the model name used when a
+    /// request names none.
+    #[arg(long = "model")]
+    models: Vec<String>,
     /// Tool-call syntax of the upstream's model (default: guessed from the
     /// model name): hermes, qwen3-coder, glm, harmony, kimi, mistral, llama3,
     /// deepseek, plain.
@@ -63,10 +65,19 @@ impl EngineArgs {
     /// The service's configuration; stored responses go to `state`'s
     /// `inference.db` so `previous_response_id` survives a restart.
     pub fn config(self, state: &StateDir) -> InferenceConfig {
+        // `*.gguf` values are files for the local engine; another value is a
+        // model name (for an upstream, or the default among local models).
+        let (files, names): (Vec<String>, Vec<String>) = self
+            .models
+            .into_iter()
+            .partition(|m| m.to_ascii_lowercase().ends_with(".gguf"));
+        let local_models = files.into_iter().map(PathBuf::from).collect();
+        let model = names.into_iter().last();
         InferenceConfig {
             model_dirs: self.model_dirs,
             upstream: self.upstream,
-            model: self.model,
+            model,
+            local_models,
             tool_format: self.tool_format,
             upstream_api_key: self.upstream_api_key,
             store_path: Some(state.root().join("inference.db")),

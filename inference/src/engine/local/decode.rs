@@ -1,0 +1,296 @@
+//! The decode loop: prefill the prompt, sample token by token, stream the
+//! text. Runs on its own OS thread (candle is synchronous and CPU-bound);
+//! every event goes through `emit`, which answers `false` once the client
+//! has gone, and the loop then stops at the next token.
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+
+use super::gguf::Weights;
+use super::tokenizer::{TextTokenizer, Utf8Stream};
+use crate::engine::{EngineEvent, FinishReason, Usage};
+
+/// Prompt tokens fed per forward pass: bounds the attention mask's size
+/// and lets a cancelled request stop between chunks of a long prefill.
+const PREFILL_CHUNK: usize = 256;
+
+/// How one generation samples and when it stops.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 (or less): greedy.
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub top_k: Option<usize>,
+    /// Same seed, same prompt, same model: same tokens.
+    pub seed: u64,
+    pub max_tokens: usize,
+    /// Output ends before the first of these texts (which is not sent).
+    pub stop: Vec<String>,
+}
+
+impl SamplingParams {
+    fn sampling(&self) -> Sampling {
+        let temperature = self.temperature;
+        if temperature <= 0.0 {
+            return Sampling::ArgMax;
+        }
+        let top_p = self.top_p.filter(|p| *p > 0.0 && *p < 1.0);
+        let top_k = self.top_k.filter(|k| *k > 0);
+        match (top_k, top_p) {
+            (None, None) => Sampling::All { temperature },
+            (Some(k), None) => Sampling::TopK { k, temperature },
+            (None, Some(p)) => Sampling::TopP { p, temperature },
+            (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
+        }
+    }
+}
+
+/// What the model's KV cache holds after the last generation, so the next
+/// turn of the same conversation prefills only its new tokens.
+///
+/// candle's KV cache can be extended but not cut, so it is reused only when
+/// every cached token starts the new prompt (an agent replaying its whole
+/// conversation: previous prompt + the answer + new messages), and only
+/// for the same `prompt_cache_key`: a hit is measurably faster, and one
+/// client must not learn another's prompt by timing.
+#[derive(Debug, Default)]
+pub struct KvState {
+    /// The tokens whose keys and values are in the cache, in order.
+    pub tokens: Vec<u32>,
+    /// The `prompt_cache_key` they belong to.
+    pub key: Option<String>,
+}
+
+impl KvState {
+    /// How many leading tokens of `prompt` can be skipped for `key`.
+    pub fn reusable(&self, key: Option<&str>, prompt: &[u32]) -> usize {
+        let same_key = key.is_some() && self.key.as_deref() == key;
+        if same_key && prompt.len() > self.tokens.len() && prompt.starts_with(&self.tokens) {
+            self.tokens.len()
+        } else {
+            0
+        }
+    }
+}
+
+/// What the loop needs of the model.
+pub struct DecodeModel<'a> {
+    pub weights: &'a mut Weights,
+    pub kv: &'a mut KvState,
+    /// The request's `prompt_cache_key`.
+    pub cache_key: Option<&'a str>,
+    pub tokenizer: &'a TextTokenizer,
+    pub device: &'a Device,
+    /// Prompt plus output may not pass this.
+    pub context_length: usize,
+}
+
+/// Generates after `prompt`. Returns `Ok(None)` when the client went away
+/// (`emit` answered `false` or `cancelled` turned true), otherwise the finish reason and usage (also emitted as
+/// [`EngineEvent::Finished`]).
+pub fn run(
+    model: DecodeModel<'_>,
+    prompt: &[u32],
+    params: &SamplingParams,
+    emit: &mut dyn FnMut(EngineEvent) -> bool,
+    cancelled: &dyn Fn() -> bool,
+) -> candle_core::Result<Option<(FinishReason, Usage)>> {
+    let DecodeModel {
+        weights,
+        kv,
+        cache_key,
+        tokenizer,
+        device,
+        context_length,
+    } = model;
+    let mut sampler = LogitsProcessor::from_sampling(params.seed, params.sampling());
+    let cached = kv.reusable(cache_key, prompt);
+    // Until a forward pass succeeds the cache is in doubt: mark it empty, and
+    // record each token once its pass is done (a failed pass leaves it so).
+    kv.tokens.truncate(cached);
+    kv.key = cache_key.map(str::to_owned);
+    let mut pos = cached;
+    let mut logits = None;
+    for chunk in prompt[cached..].chunks(PREFILL_CHUNK) {
+        if cancelled() {
+            return Ok(None);
+        }
+        let input = Tensor::new(chunk, device)?.unsqueeze(0)?;
+        let done = std::mem::take(&mut kv.tokens);
+        logits = Some(weights.forward(&input, pos)?);
+        kv.tokens = done;
+        kv.tokens.extend_from_slice(chunk);
+        pos += chunk.len();
+    }
+    let Some(mut logits) = logits else {
+        candle_core::bail!("empty prompt");
+    };
+    let mut utf8 = Utf8Stream::default();
+    let mut stops = StopScanner::new(&params.stop);
+    let mut completion = 0u64;
+    let finish = loop {
+        let l = logits.squeeze(0)?.to_dtype(DType::F32)?;
+        let next = sampler.sample(&l)?;
+        completion += 1;
+        if tokenizer.ends_generation(next) {
+            break FinishReason::Stop;
+        }
+        let text = utf8.push(tokenizer.piece(next));
+        let (out, hit) = stops.push(&text);
+        if !out.is_empty() && !emit(EngineEvent::Text(out)) {
+            return Ok(None);
+        }
+        if hit {
+            break FinishReason::Stop;
+        }
+        if completion as usize >= params.max_tokens || pos + 1 >= context_length {
+            break FinishReason::Length;
+        }
+        let input = Tensor::new(&[next], device)?.unsqueeze(0)?;
+        let done = std::mem::take(&mut kv.tokens);
+        logits = weights.forward(&input, pos)?;
+        kv.tokens = done;
+        kv.tokens.push(next);
+        pos += 1;
+        if cancelled() {
+            return Ok(None);
+        }
+    };
+    if !stops.hit {
+        let (tail, _) = stops.push(&utf8.finish());
+        let rest = tail + &stops.flush();
+        if !rest.is_empty() && !emit(EngineEvent::Text(rest)) {
+            return Ok(None);
+        }
+    }
+    let usage = Usage {
+        prompt_tokens: prompt.len() as u64,
+        cached_tokens: cached as u64,
+        completion_tokens: completion,
+        reasoning_tokens: 0,
+    };
+    if !emit(EngineEvent::Finished {
+        reason: finish,
+        usage: Some(usage),
+    }) {
+        return Ok(None);
+    }
+    Ok(Some((finish, usage)))
+}
+
+/// Holds back text that may be the start of a stop sequence.
+#[derive(Debug)]
+pub struct StopScanner {
+    stops: Vec<String>,
+    held: String,
+    /// A stop sequence was seen; nothing more is let through.
+    pub hit: bool,
+}
+
+impl StopScanner {
+    pub fn new(stops: &[String]) -> Self {
+        Self {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            held: String::new(),
+            hit: false,
+        }
+    }
+
+    /// Adds `text`; returns what can be sent now and whether a stop
+    /// sequence ended the output.
+    pub fn push(&mut self, text: &str) -> (String, bool) {
+        if self.hit {
+            return (String::new(), true);
+        }
+        self.held.push_str(text);
+        if self.stops.is_empty() {
+            return (std::mem::take(&mut self.held), false);
+        }
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
+            self.hit = true;
+            let out = self.held[..at].to_owned();
+            self.held.clear();
+            return (out, true);
+        }
+        // Keep the longest tail that begins some stop sequence.
+        let keep = self
+            .held
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| {
+                let tail = &self.held[i..];
+                self.stops.iter().any(|s| s.starts_with(tail))
+            })
+            .unwrap_or(self.held.len());
+        let out = self.held[..keep].to_owned();
+        self.held.drain(..keep);
+        (out, false)
+    }
+
+    /// The held text at the end of output (no stop sequence completed).
+    pub fn flush(&mut self) -> String {
+        if self.hit {
+            return String::new();
+        }
+        std::mem::take(&mut self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_sequences_hold_back_and_cut() {
+        let mut s = StopScanner::new(&["END".into()]);
+        assert_eq!(s.push("abc E"), ("abc ".into(), false));
+        assert_eq!(s.push("N"), (String::new(), false));
+        assert_eq!(s.push("Dxyz"), (String::new(), true));
+        assert_eq!(s.flush(), "");
+
+        let mut s = StopScanner::new(&["END".into()]);
+        assert_eq!(s.push("abc EN"), ("abc ".into(), false));
+        assert_eq!(s.push("q"), ("ENq".into(), false));
+        assert_eq!(s.push("E"), (String::new(), false));
+        assert_eq!(s.flush(), "E");
+    }
+
+    #[test]
+    fn kv_reuse_needs_the_same_key_and_a_whole_prefix() {
+        let kv = KvState {
+            tokens: vec![1, 2, 3],
+            key: Some("s1".into()),
+        };
+        assert_eq!(kv.reusable(Some("s1"), &[1, 2, 3, 4]), 3);
+        assert_eq!(kv.reusable(Some("s2"), &[1, 2, 3, 4]), 0);
+        assert_eq!(kv.reusable(None, &[1, 2, 3, 4]), 0);
+        assert_eq!(
+            kv.reusable(Some("s1"), &[1, 2, 3]),
+            0,
+            "one token must be left to feed"
+        );
+        assert_eq!(kv.reusable(Some("s1"), &[1, 2, 9, 4]), 0);
+    }
+
+    #[test]
+    fn sampling_choice() {
+        let mut p = SamplingParams {
+            temperature: 0.0,
+            top_p: Some(0.9),
+            top_k: Some(5),
+            seed: 1,
+            max_tokens: 1,
+            stop: vec![],
+        };
+        assert!(matches!(p.sampling(), Sampling::ArgMax));
+        p.temperature = 0.7;
+        assert!(matches!(p.sampling(), Sampling::TopKThenTopP { k: 5, .. }));
+        p.top_p = Some(1.0);
+        assert!(matches!(p.sampling(), Sampling::TopK { k: 5, .. }));
+    }
+}

@@ -1,0 +1,538 @@
+//! The local engine: GGUF models run in-process on candle (CPU by default,
+//! Metal / CUDA with the crate's `metal` / `cuda` features).
+//!
+//! Models load in the background, one after another, on a loader thread,
+//! so the service answers at once; a request waits for loading to end.
+//! A file that fails to load is logged with its reason and left out of the
+//! model list; the other models keep serving. Each generation runs on its
+//! own OS thread holding the model's lock (one generation per model at a
+//! time: the KV cache lives inside the weights) and streams through a
+//! bounded channel; when the client goes away the receiver is dropped and
+//! the thread stops at the next token. The KV cache is kept after a
+//! generation: the next request with the same `prompt_cache_key` whose
+//! prompt continues the cached tokens prefills only its new tokens
+//! ([`decode::KvState`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use candle_core::Device;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use crate::engine::{Engine, EngineError, EngineEvent, EngineStream, GenerateRequest};
+use crate::parse::Family;
+
+pub mod decode;
+pub mod gguf;
+pub mod template;
+pub mod tokenizer;
+
+pub use decode::SamplingParams;
+pub use gguf::{LoadError, LoadedModel, SUPPORTED_ARCHITECTURES};
+
+/// Temperature when a request sets none (llama.cpp's default: the OpenAI
+/// default of 1.0 makes small local models ramble).
+pub const DEFAULT_TEMPERATURE: f64 = 0.8;
+
+/// Events while models load, for a progress display.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoadEvent {
+    Started { model: String, path: PathBuf },
+    Ready { model: String, seconds: f64 },
+    Failed { model: String, error: String },
+}
+
+/// Called with every [`LoadEvent`].
+pub type LoadCallback = Arc<dyn Fn(&LoadEvent) + Send + Sync>;
+
+/// How a [`LocalEngine`] is set up.
+#[derive(Clone, Default)]
+pub struct LocalOptions {
+    /// The model used when a request names none (default: the first).
+    pub default_model: Option<String>,
+    /// Overrides the tool-call family found from each chat template.
+    pub tool_format: Option<Family>,
+    pub on_load: Option<LoadCallback>,
+}
+
+impl std::fmt::Debug for LocalOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalOptions")
+            .field("default_model", &self.default_model)
+            .field("tool_format", &self.tool_format)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+enum SlotState {
+    Loading,
+    Ready(Arc<Model>),
+    Failed(Arc<str>),
+}
+
+/// A loaded model and what generating with it needs.
+struct Model {
+    /// The transformer and what its KV cache holds; one generation at a time.
+    session: Mutex<Session>,
+    tokenizer: tokenizer::TextTokenizer,
+    template: template::ChatTemplate,
+    context_length: usize,
+    family: Family,
+    device: Device,
+}
+
+struct Session {
+    weights: gguf::Weights,
+    kv: decode::KvState,
+}
+
+/// One configured file.
+struct Slot {
+    id: String,
+    path: PathBuf,
+    state: watch::Receiver<SlotState>,
+}
+
+/// See the module documentation.
+pub struct LocalEngine {
+    slots: Vec<Slot>,
+    default_model: Option<String>,
+    counters: Arc<Counters>,
+}
+
+/// Generation counts since start, for tests and logs.
+#[derive(Debug, Default)]
+struct Counters {
+    running: AtomicU64,
+    finished: AtomicU64,
+    cancelled: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A snapshot of [`LocalEngine::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalStats {
+    /// Generation threads running now.
+    pub running: u64,
+    /// Generations that ran to their end (stop, length).
+    pub finished: u64,
+    /// Generations stopped because the client went away.
+    pub cancelled: u64,
+    pub failed: u64,
+}
+
+impl std::fmt::Debug for LocalEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalEngine")
+            .field(
+                "models",
+                &self
+                    .slots
+                    .iter()
+                    .map(|s| (&s.id, &s.path))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// A model's id: its file name without `.gguf`.
+pub fn model_id(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+impl LocalEngine {
+    /// Starts loading `paths` in the background and returns at once.
+    /// Ids are file stems; a repeated stem gets `-2`, `-3`, ...
+    pub fn start(paths: &[PathBuf], options: LocalOptions) -> Self {
+        let device = pick_device();
+        let mut slots = Vec::new();
+        let mut senders = Vec::new();
+        for path in paths {
+            let stem = model_id(path);
+            let mut id = stem.clone();
+            let mut n = 1;
+            while slots.iter().any(|s: &Slot| s.id == id) {
+                n += 1;
+                id = format!("{stem}-{n}");
+            }
+            let (tx, rx) = watch::channel(SlotState::Loading);
+            senders.push((id.clone(), path.clone(), tx));
+            slots.push(Slot {
+                id,
+                path: path.clone(),
+                state: rx,
+            });
+        }
+        let default_model = options
+            .default_model
+            .clone()
+            .or_else(|| slots.first().map(|s| s.id.clone()));
+        let spawned = std::thread::Builder::new()
+            .name("clawpen-model-loader".into())
+            .spawn(move || {
+                for (id, path, tx) in senders {
+                    let state = load_one(&id, &path, &device, &options);
+                    tx.send_replace(state);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the model loader thread: {e}");
+        }
+        Self {
+            slots,
+            default_model,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Generation counts since start.
+    pub fn stats(&self) -> LocalStats {
+        let c = &self.counters;
+        LocalStats {
+            running: c.running.load(Ordering::SeqCst),
+            finished: c.finished.load(Ordering::SeqCst),
+            cancelled: c.cancelled.load(Ordering::SeqCst),
+            failed: c.failed.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Waits until every model has loaded or failed; returns the failures
+    /// as (model, error).
+    pub async fn wait_loaded(&self) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        for slot in &self.slots {
+            if let SlotState::Failed(e) = wait_slot(slot).await {
+                failed.push((slot.id.clone(), e.to_string()));
+            }
+        }
+        failed
+    }
+
+    fn slot(&self, id: &str) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.id == id)
+    }
+}
+
+async fn wait_slot(slot: &Slot) -> SlotState {
+    let mut rx = slot.state.clone();
+    let state = match rx.wait_for(|s| !matches!(s, SlotState::Loading)).await {
+        Ok(s) => s.clone(),
+        // The loader thread is gone without an answer (it could not start).
+        Err(_) => SlotState::Failed("the model loader stopped".into()),
+    };
+    state
+}
+
+fn load_one(id: &str, path: &Path, device: &Device, options: &LocalOptions) -> SlotState {
+    let report = |e: LoadEvent| {
+        if let Some(cb) = &options.on_load {
+            cb(&e);
+        }
+    };
+    tracing::info!(model = id, path = %path.display(), "loading model");
+    report(LoadEvent::Started {
+        model: id.to_owned(),
+        path: path.to_owned(),
+    });
+    let started = Instant::now();
+    match gguf::load(path, device) {
+        Ok(m) => {
+            let family = options
+                .tool_format
+                .unwrap_or_else(|| Family::detect(id, Some(m.template.source())));
+            let seconds = started.elapsed().as_secs_f64();
+            tracing::info!(
+                model = id,
+                architecture = m.architecture.as_str(),
+                family = family.name(),
+                seconds,
+                "model ready"
+            );
+            report(LoadEvent::Ready {
+                model: id.to_owned(),
+                seconds,
+            });
+            SlotState::Ready(Arc::new(Model {
+                session: Mutex::new(Session {
+                    weights: m.weights,
+                    kv: decode::KvState::default(),
+                }),
+                tokenizer: m.tokenizer,
+                template: m.template,
+                context_length: m.context_length,
+                family,
+                device: device.clone(),
+            }))
+        }
+        Err(e) => {
+            let error = e.to_string();
+            tracing::error!(model = id, "model failed to load: {error}");
+            report(LoadEvent::Failed {
+                model: id.to_owned(),
+                error: error.clone(),
+            });
+            SlotState::Failed(error.into())
+        }
+    }
+}
+
+/// The accelerator the crate was built for, else the CPU.
+fn pick_device() -> Device {
+    #[cfg(feature = "cuda")]
+    match Device::new_cuda(0) {
+        Ok(d) => return d,
+        Err(e) => tracing::warn!("CUDA unavailable, using the CPU: {e}"),
+    }
+    #[cfg(feature = "metal")]
+    match Device::new_metal(0) {
+        Ok(d) => return d,
+        Err(e) => tracing::warn!("Metal unavailable, using the CPU: {e}"),
+    }
+    Device::Cpu
+}
+
+/// The families' reasoning-tag check wants the rendered prompt; a model
+/// whose prompt opens `<think>` starts its output inside reasoning.
+fn opening_tag(family: Family, prompt: &str) -> Option<&'static str> {
+    if family.prompt_opens_reasoning(prompt) {
+        family.reasoning_tags().map(|(open, _)| open)
+    } else {
+        None
+    }
+}
+
+/// Reads the sampling settings of `r` for a model with `room` tokens left.
+fn sampling_params(r: &GenerateRequest, room: usize) -> Result<SamplingParams, EngineError> {
+    let bad = |m: String| EngineError::Rejected {
+        status: 400,
+        message: m,
+    };
+    let seed = match r.extra.get("seed") {
+        None | Some(Value::Null) => rand::random(),
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_i64().map(|i| i as u64))
+            .ok_or_else(|| bad(format!("'seed' must be an integer, got {v}")))?,
+    };
+    let top_k = match r.extra.get("top_k") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| bad(format!("'top_k' must be a non-negative integer, got {v}")))?
+                as usize,
+        ),
+    };
+    let stop = match &r.stop {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|s| {
+                s.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad("'stop' must be a string or an array of strings".into()))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad("'stop' must be a string or an array of strings".into())),
+    };
+    let max_tokens = r
+        .max_tokens
+        .map(|m| (m.min(usize::MAX as u64) as usize).min(room))
+        .unwrap_or(room);
+    Ok(SamplingParams {
+        temperature: r.temperature.unwrap_or(DEFAULT_TEMPERATURE),
+        top_p: r.top_p,
+        top_k,
+        seed,
+        max_tokens,
+        stop,
+    })
+}
+
+#[async_trait]
+impl Engine for LocalEngine {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn default_model(&self) -> Option<String> {
+        self.default_model.clone()
+    }
+
+    /// The models that loaded. Waits for loading to end, so a request
+    /// during start-up waits rather than being told the model is unknown.
+    async fn models(&self) -> Option<Vec<String>> {
+        let mut ids = Vec::new();
+        for slot in &self.slots {
+            if let SlotState::Ready(_) = wait_slot(slot).await {
+                ids.push(slot.id.clone());
+            }
+        }
+        Some(ids)
+    }
+
+    fn family(&self, model: &str) -> Family {
+        match self.slot(model).map(|s| s.state.borrow().clone()) {
+            Some(SlotState::Ready(m)) => m.family,
+            _ => Family::detect(model, None),
+        }
+    }
+
+    async fn generate(&self, mut request: GenerateRequest) -> Result<EngineStream, EngineError> {
+        let slot = self
+            .slot(&request.model)
+            .ok_or_else(|| EngineError::Rejected {
+                status: 404,
+                message: format!("The model '{}' does not exist.", request.model),
+            })?;
+        let model = match wait_slot(slot).await {
+            SlotState::Ready(m) => m,
+            SlotState::Failed(e) => {
+                return Err(EngineError::Failed(format!(
+                    "model '{}' failed to load: {e}",
+                    slot.id
+                )))
+            }
+            SlotState::Loading => return Err(EngineError::Failed("model still loading".into())),
+        };
+        let rejected = |message: String| EngineError::Rejected {
+            status: 400,
+            message,
+        };
+        // Rendering and tokenizing a long conversation takes milliseconds:
+        // off the async workers.
+        let (prompt_text, prompt) = {
+            let model = Arc::clone(&model);
+            let messages = std::mem::take(&mut request.messages);
+            let tools = std::mem::take(&mut request.tools);
+            tokio::task::spawn_blocking(move || {
+                let text = model
+                    .template
+                    .render(&messages, &tools, true)
+                    .map_err(|e| e.to_string())?;
+                let ids = model.tokenizer.encode(&text).map_err(|e| e.to_string())?;
+                Ok::<_, String>((text, ids))
+            })
+            .await
+            .map_err(|e| EngineError::Failed(format!("prompt preparation: {e}")))?
+            .map_err(rejected)?
+        };
+        if prompt.is_empty() {
+            return Err(rejected("the rendered prompt is empty".into()));
+        }
+        if prompt.len() >= model.context_length {
+            return Err(rejected(format!(
+                "This model's maximum context length is {} tokens; the prompt is {} tokens.",
+                model.context_length,
+                prompt.len()
+            )));
+        }
+        let params = sampling_params(&request, model.context_length - prompt.len())?;
+        tracing::debug!(
+            model = %request.model,
+            prompt_tokens = prompt.len(),
+            max_tokens = params.max_tokens,
+            seed = params.seed,
+            "local generation"
+        );
+        let open = opening_tag(model.family, &prompt_text);
+        let key = request.prompt_cache_key.clone();
+        let (tx, mut rx) = mpsc::channel::<Result<EngineEvent, EngineError>>(CHANNEL_DEPTH);
+        let counters = Arc::clone(&self.counters);
+        counters.running.fetch_add(1, Ordering::SeqCst);
+        let spawned = std::thread::Builder::new()
+            .name("clawpen-generate".into())
+            .spawn(move || {
+                let end = generate_blocking(&model, &prompt, &params, open, key, tx);
+                let counter = match end {
+                    End::Finished => &counters.finished,
+                    End::Cancelled => &counters.cancelled,
+                    End::Failed => &counters.failed,
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                counters.running.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            self.counters.running.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::Failed(format!(
+                "cannot start a generation thread: {e}"
+            )));
+        }
+        Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    }
+}
+
+/// Events buffered between the decode thread and the client: a client that
+/// stops reading stops the decoding within this many tokens.
+pub const CHANNEL_DEPTH: usize = 64;
+
+/// How a generation thread ended.
+enum End {
+    Finished,
+    Cancelled,
+    Failed,
+}
+
+/// One generation on the calling (non-async) thread.
+fn generate_blocking(
+    model: &Model,
+    prompt: &[u32],
+    params: &SamplingParams,
+    open: Option<&'static str>,
+    request_key: Option<String>,
+    tx: mpsc::Sender<Result<EngineEvent, EngineError>>,
+) -> End {
+    // A panic inside candle (a malformed tensor shape) must end this
+    // request with an error, not poison the service; the KV cache is reset
+    // by the next generation's prefill at position 0.
+    let cache_key = request_key.as_deref();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut session = model.session.lock().unwrap_or_else(|p| p.into_inner());
+        let Session { weights, kv } = &mut *session;
+        if tx.is_closed() {
+            return Ok(None);
+        }
+        if let Some(tag) = open {
+            if tx.blocking_send(Ok(EngineEvent::Text(tag.into()))).is_err() {
+                return Ok(None);
+            }
+        }
+        let mut emit = |e: EngineEvent| tx.blocking_send(Ok(e)).is_ok();
+        decode::run(
+            decode::DecodeModel {
+                weights,
+                kv,
+                cache_key,
+                tokenizer: &model.tokenizer,
+                device: &model.device,
+                context_length: model.context_length,
+            },
+            prompt,
+            params,
+            &mut emit,
+            &|| tx.is_closed(),
+        )
+    }));
+    let error = match outcome {
+        Ok(Ok(Some(_))) => return End::Finished,
+        Ok(Ok(None)) => {
+            tracing::debug!("generation cancelled: the client went away");
+            return End::Cancelled;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "the model panicked while generating".to_owned(),
+    };
+    tracing::warn!("local generation failed: {error}");
+    let _ = tx.blocking_send(Err(EngineError::Failed(error)));
+    End::Failed
+}

@@ -1,0 +1,353 @@
+//! Tiny but real GGUF models for the local engine's tests: random weights,
+//! real llama / qwen2 metadata, a byte-level BPE vocabulary trained here on
+//! a few sentences, and a ChatML chat template with tools (Hermes style).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use clawpen_inference::engine::local::tokenizer::byte_char;
+
+pub const HIDDEN: usize = 32;
+pub const HEADS: usize = 4;
+pub const KV_HEADS: usize = 2;
+pub const LAYERS: usize = 2;
+pub const FFN: usize = 64;
+pub const CONTEXT: u32 = 512;
+
+/// A Qwen2.5-style ChatML template with tools: the family it implies is
+/// Hermes (`<tool_call>`).
+pub const CHAT_TEMPLATE: &str = r#"{%- if tools %}<|im_start|>system
+You may call functions.
+<tools>
+{%- for tool in tools %}
+{{ tool | tojson }}
+{%- endfor %}
+</tools>
+For each call, return JSON within <tool_call></tool_call> XML tags.<|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message.role == "assistant" and message.tool_calls %}<|im_start|>assistant
+{%- for tc in message.tool_calls %}
+<tool_call>
+{"name": "{{ tc.function.name }}", "arguments": {{ tc.function.arguments | tojson }}}
+</tool_call>
+{%- endfor %}<|im_end|>
+{% elif message.role == "tool" %}<|im_start|>user
+<tool_response>
+{{ message.content.strip() }}
+</tool_response><|im_end|>
+{% else %}<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"#;
+
+const CORPUS: &str = "the quick brown fox jumps over the lazy dog. the weather in paris is \
+    sunny, the weather in london is rainy. call the weather tool with the city name. \
+    hello world, hello there, the answer is there in the world.";
+
+/// Special tokens after the BPE vocabulary: (text, GGUF token type).
+pub const SPECIALS: &[(&str, i32)] = &[
+    ("<|endoftext|>", 3),
+    ("<|im_start|>", 3),
+    ("<|im_end|>", 3),
+    ("<tool_call>", 4),
+    ("</tool_call>", 4),
+];
+
+/// A byte-level BPE trained on [`CORPUS`]: (tokens, merges).
+pub fn train_bpe(merges_wanted: usize) -> (Vec<String>, Vec<String>) {
+    let mut tokens: Vec<String> = (0u8..=255).map(|b| byte_char(b).to_string()).collect();
+    let mut words: Vec<Vec<String>> = CORPUS
+        .split(' ')
+        .enumerate()
+        .map(|(i, w)| {
+            let w = if i == 0 {
+                w.to_owned()
+            } else {
+                format!(" {w}")
+            };
+            w.bytes().map(|b| byte_char(b).to_string()).collect()
+        })
+        .collect();
+    let mut merges = Vec::new();
+    for _ in 0..merges_wanted {
+        let mut counts: HashMap<(String, String), usize> = HashMap::new();
+        for w in &words {
+            for p in w.windows(2) {
+                *counts.entry((p[0].clone(), p[1].clone())).or_default() += 1;
+            }
+        }
+        let Some((best, n)) = counts
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+        else {
+            break;
+        };
+        if n < 2 {
+            break;
+        }
+        let joined = format!("{}{}", best.0, best.1);
+        for w in &mut words {
+            let mut i = 0;
+            while i + 1 < w.len() {
+                if w[i] == best.0 && w[i + 1] == best.1 {
+                    w[i] = joined.clone();
+                    w.remove(i + 1);
+                }
+                i += 1;
+            }
+        }
+        merges.push(format!("{} {}", best.0, best.1));
+        tokens.push(joined);
+    }
+    (tokens, merges)
+}
+
+/// The metadata and tensors of a tiny model of `arch` (`llama`/`qwen2`).
+pub struct TinyModel {
+    pub metadata: Vec<(String, Value)>,
+    pub tensors: Vec<(String, QTensor)>,
+}
+
+impl TinyModel {
+    pub fn new(arch: &str) -> Self {
+        Self::with_dtype(arch, GgmlDType::F32)
+    }
+
+    /// Matrices stored as `dtype` (`Q8_0`, `Q4_0`: what real GGUFs hold);
+    /// norms and biases stay F32, as llama.cpp writes them.
+    pub fn with_dtype(arch: &str, dtype: GgmlDType) -> Self {
+        let (mut tokens, merges) = train_bpe(60);
+        let mut types = vec![1i32; tokens.len()];
+        for (t, ty) in SPECIALS {
+            tokens.push((*t).to_owned());
+            types.push(*ty);
+        }
+        let vocab = tokens.len();
+        let id_of = |t: &str| tokens.iter().position(|x| x == t).unwrap() as u32;
+        let a = |k: &str| format!("{arch}.{k}");
+        let metadata = vec![
+            ("general.architecture".into(), Value::String(arch.into())),
+            ("general.name".into(), Value::String(format!("tiny-{arch}"))),
+            (a("context_length"), Value::U32(CONTEXT)),
+            (a("embedding_length"), Value::U32(HIDDEN as u32)),
+            (a("feed_forward_length"), Value::U32(FFN as u32)),
+            (a("block_count"), Value::U32(LAYERS as u32)),
+            (a("attention.head_count"), Value::U32(HEADS as u32)),
+            (a("attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
+            (a("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
+            (
+                a("rope.dimension_count"),
+                Value::U32((HIDDEN / HEADS) as u32),
+            ),
+            (a("rope.freq_base"), Value::F32(10000.0)),
+            ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre".into(), Value::String("qwen2".into())),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(tokens.iter().cloned().map(Value::String).collect()),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(types.into_iter().map(Value::I32).collect()),
+            ),
+            (
+                "tokenizer.ggml.merges".into(),
+                Value::Array(merges.into_iter().map(Value::String).collect()),
+            ),
+            (
+                "tokenizer.ggml.bos_token_id".into(),
+                Value::U32(id_of("<|endoftext|>")),
+            ),
+            (
+                "tokenizer.ggml.eos_token_id".into(),
+                Value::U32(id_of("<|im_end|>")),
+            ),
+            (
+                "tokenizer.chat_template".into(),
+                Value::String(CHAT_TEMPLATE.into()),
+            ),
+        ];
+        let kv = KV_HEADS * (HIDDEN / HEADS);
+        let mut shapes: Vec<(String, Vec<usize>, bool)> = vec![
+            ("token_embd.weight".into(), vec![vocab, HIDDEN], false),
+            ("output_norm.weight".into(), vec![HIDDEN], true),
+            ("output.weight".into(), vec![vocab, HIDDEN], false),
+        ];
+        for l in 0..LAYERS {
+            let p = |n: &str| format!("blk.{l}.{n}");
+            shapes.extend([
+                (p("attn_q.weight"), vec![HIDDEN, HIDDEN], false),
+                (p("attn_k.weight"), vec![kv, HIDDEN], false),
+                (p("attn_v.weight"), vec![kv, HIDDEN], false),
+                (p("attn_output.weight"), vec![HIDDEN, HIDDEN], false),
+                (p("ffn_gate.weight"), vec![FFN, HIDDEN], false),
+                (p("ffn_up.weight"), vec![FFN, HIDDEN], false),
+                (p("ffn_down.weight"), vec![HIDDEN, FFN], false),
+                (p("attn_norm.weight"), vec![HIDDEN], true),
+                (p("ffn_norm.weight"), vec![HIDDEN], true),
+            ]);
+            if arch == "qwen2" {
+                shapes.extend([
+                    (p("attn_q.bias"), vec![HIDDEN], false),
+                    (p("attn_k.bias"), vec![kv], false),
+                    (p("attn_v.bias"), vec![kv], false),
+                ]);
+            }
+        }
+        let tensors = shapes
+            .into_iter()
+            .map(|(name, shape, ones)| {
+                let matrix = shape.len() == 2;
+                let t = if ones {
+                    Tensor::ones(shape, candle_core::DType::F32, &Device::Cpu).unwrap()
+                } else {
+                    Tensor::randn(0f32, 0.5, shape, &Device::Cpu).unwrap()
+                };
+                let dtype = if matrix { dtype } else { GgmlDType::F32 };
+                (name, QTensor::quantize(&t, dtype).unwrap())
+            })
+            .collect();
+        Self { metadata, tensors }
+    }
+
+    /// The same model that can never end its turn by itself: the output
+    /// rows of its end-of-turn tokens are zero, so their logit is 0 while
+    /// the largest of the other random logits is positive (greedy never
+    /// picks them). For tests that need a generation to run on.
+    pub fn never_ending(mut self) -> Self {
+        let ends: Vec<usize> = ["<|im_end|>", "<|endoftext|>"]
+            .iter()
+            .map(|t| {
+                let Some((_, Value::Array(tokens))) = self
+                    .metadata
+                    .iter()
+                    .find(|(k, _)| k == "tokenizer.ggml.tokens")
+                else {
+                    panic!("no tokens")
+                };
+                tokens
+                    .iter()
+                    .position(|v| v.to_string().unwrap() == t)
+                    .unwrap()
+            })
+            .collect();
+        for (name, q) in &mut self.tensors {
+            if name == "output.weight" {
+                let mut rows: Vec<Vec<f32>> =
+                    q.dequantize(&Device::Cpu).unwrap().to_vec2().unwrap();
+                for e in &ends {
+                    rows[*e].iter_mut().for_each(|x| *x = 0.0);
+                }
+                let t = Tensor::new(rows, &Device::Cpu).unwrap();
+                *q = QTensor::quantize(&t, GgmlDType::F32).unwrap();
+            }
+        }
+        self
+    }
+
+    /// A model that writes `script` (token texts; one that is not in the
+    /// vocabulary is added as a user-defined token) after a prompt ending
+    /// in a newline, greedily: no layers, one-hot embeddings, and an output
+    /// matrix whose column for each token points at the next one, so the
+    /// next token depends only on the last. Pieces must be distinct.
+    pub fn scripted(arch: &str, script: &[&str]) -> Self {
+        let base = Self::new(arch);
+        let get = |key: &str| {
+            base.metadata
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.to_vec().unwrap().clone())
+                .unwrap()
+        };
+        let mut tokens: Vec<String> = get("tokenizer.ggml.tokens")
+            .iter()
+            .map(|v| v.to_string().unwrap().clone())
+            .collect();
+        let mut types: Vec<i32> = get("tokenizer.ggml.token_type")
+            .iter()
+            .map(|v| v.to_i32().unwrap())
+            .collect();
+        for piece in script {
+            if !tokens.iter().any(|t| t == piece) {
+                tokens.push((*piece).to_owned());
+                types.push(4);
+            }
+        }
+        let vocab = tokens.len();
+        let hidden = vocab.div_ceil(32) * 32;
+        let id = |t: &str| tokens.iter().position(|x| x == t).unwrap();
+        let mut embd = vec![vec![0f32; hidden]; vocab];
+        for (i, row) in embd.iter_mut().enumerate() {
+            row[i] = 1.0;
+        }
+        let mut output = vec![vec![0f32; hidden]; vocab];
+        let mut prev = id(&byte_char(b'\n').to_string());
+        for piece in script {
+            let next = id(piece);
+            output[next][prev] = 10.0;
+            prev = next;
+        }
+        let q = |rows: Vec<Vec<f32>>| {
+            QTensor::quantize(&Tensor::new(rows, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()
+        };
+        let norm = QTensor::quantize(
+            &Tensor::ones(hidden, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap();
+        let a = |k: &str| format!("{arch}.{k}");
+        let mut model = base
+            .set(&a("embedding_length"), Value::U32(hidden as u32))
+            .set(&a("block_count"), Value::U32(0))
+            .set(
+                &a("rope.dimension_count"),
+                Value::U32((hidden / HEADS) as u32),
+            )
+            .set(
+                "tokenizer.ggml.tokens",
+                Value::Array(tokens.iter().cloned().map(Value::String).collect()),
+            )
+            .set(
+                "tokenizer.ggml.token_type",
+                Value::Array(types.into_iter().map(Value::I32).collect()),
+            );
+        model.tensors = vec![
+            ("token_embd.weight".into(), q(embd)),
+            ("output_norm.weight".into(), norm),
+            ("output.weight".into(), q(output)),
+        ];
+        model
+    }
+
+    /// Replaces (or adds) one metadata value.
+    pub fn set(mut self, key: &str, value: Value) -> Self {
+        self.metadata.retain(|(k, _)| k != key);
+        self.metadata.push((key.to_owned(), value));
+        self
+    }
+
+    /// Writes the GGUF to `dir/name.gguf`.
+    pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(format!("{name}.gguf"));
+        let mut f = std::fs::File::create(&path).unwrap();
+        let md: Vec<(&str, &Value)> = self.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let ts: Vec<(&str, &QTensor)> = self.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut f, &md, &ts).unwrap();
+        path
+    }
+}
+
+/// Keeps candle from oversubscribing the shared cores.
+pub fn limit_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "2");
+    }
+}

@@ -1,0 +1,543 @@
+//! The local (candle) engine end to end: tiny GGUF files written here are
+//! loaded by the real loader and generate through the real HTTP API.
+
+mod common;
+mod local_common;
+
+use std::time::Duration;
+
+use candle_core::quantized::gguf_file::{Content as Gguf, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::Device;
+use clawpen_inference::engine::local::tokenizer::TextTokenizer;
+use clawpen_inference::engine::local::{gguf, LocalEngine, LocalOptions, CHANNEL_DEPTH};
+use clawpen_inference::engine::{
+    ChatMessage, Content, Engine, EngineEvent, FinishReason, GenerateRequest, Role,
+};
+use clawpen_inference::{Family, InferenceConfig, ModelLocations};
+use futures::StreamExt;
+use local_common::{limit_threads, TinyModel};
+use serde_json::{json, Value as Json};
+
+fn config(models: Vec<std::path::PathBuf>) -> InferenceConfig {
+    InferenceConfig {
+        locations: ModelLocations::none(),
+        local_models: models,
+        keepalive_interval: Duration::from_millis(500),
+        ..InferenceConfig::default()
+    }
+}
+
+/// Bad files next to good ones: corrupt header, truncated weights, an
+/// unsupported architecture, and `general.alignment = 0` (which would
+/// make a naive reader divide by zero).
+fn bad_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let good = TinyModel::new("qwen2").write(dir, "tmp-good");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::remove_file(&good).unwrap();
+
+    let corrupt = dir.join("corrupt.gguf");
+    let mut c = bytes.clone();
+    c[..4].copy_from_slice(b"NOPE");
+    std::fs::write(&corrupt, c).unwrap();
+
+    let truncated = dir.join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 1000]).unwrap();
+
+    let wrong_arch = TinyModel::new("qwen2")
+        .set("general.architecture", Value::String("mamba".into()))
+        .write(dir, "wrong-arch");
+    let zero_align = TinyModel::new("llama")
+        .set("general.alignment", Value::U32(0))
+        .write(dir, "zero-align");
+    vec![corrupt, truncated, wrong_arch, zero_align]
+}
+
+#[test]
+fn tokenizer_from_gguf_metadata_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("qwen2").write(dir.path(), "tiny");
+    let mut f = std::fs::File::open(&path).unwrap();
+    let content = Gguf::read(&mut f).unwrap();
+    let tok = TextTokenizer::from_metadata(&content.metadata).unwrap();
+
+    let text = "the weather in paris, héllo wörld 42!\n";
+    let ids = tok.encode(text).unwrap();
+    // Merges were learnt: fewer tokens than bytes.
+    assert!(ids.len() < text.len(), "{ids:?}");
+    let bytes: Vec<u8> = ids.iter().flat_map(|i| tok.piece(*i).to_vec()).collect();
+    assert_eq!(String::from_utf8(bytes).unwrap(), text);
+
+    // Special tokens in a rendered prompt are single tokens.
+    let ids = tok.encode("<|im_start|>user\nhi<|im_end|>").unwrap();
+    assert_eq!(tok.piece(ids[0]), b"<|im_start|>");
+    assert!(tok.ends_generation(*ids.last().unwrap()));
+    assert_eq!(tok.eos_token(), "<|im_end|>");
+}
+
+#[test]
+fn bad_files_are_clear_errors() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let files = bad_files(dir.path());
+    let errors: Vec<String> = files
+        .iter()
+        .map(|p| gguf::load(p, &Device::Cpu).unwrap_err().to_string())
+        .collect();
+    for (p, e) in files.iter().zip(&errors) {
+        assert!(e.contains(&p.display().to_string()), "names the file: {e}");
+    }
+    assert!(errors[0].contains("not a readable GGUF"), "{}", errors[0]);
+    assert!(errors[1].contains("not a readable GGUF"), "{}", errors[1]);
+    assert!(
+        errors[2].contains("'mamba' is not supported (supported: llama, qwen2)"),
+        "{}",
+        errors[2]
+    );
+    assert!(errors[3].contains("not a readable GGUF"), "{}", errors[3]);
+    let missing = gguf::load(&dir.path().join("absent.gguf"), &Device::Cpu).unwrap_err();
+    assert!(missing.to_string().contains("cannot open"), "{missing}");
+}
+
+#[tokio::test]
+async fn engine_loads_both_architectures_and_reports_failures() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = vec![
+        TinyModel::new("qwen2").write(dir.path(), "tiny-qwen2"),
+        TinyModel::new("llama").write(dir.path(), "tiny-llama"),
+        TinyModel::with_dtype("qwen2", GgmlDType::Q8_0).write(dir.path(), "tiny-q8"),
+        TinyModel::with_dtype("llama", GgmlDType::Q4_0).write(dir.path(), "tiny-q4"),
+    ];
+    paths.extend(bad_files(dir.path()));
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let engine = LocalEngine::start(
+        &paths,
+        LocalOptions {
+            on_load: Some(std::sync::Arc::new(move |e| {
+                seen.lock().unwrap().push(e.clone())
+            })),
+            ..Default::default()
+        },
+    );
+    let failed = engine.wait_loaded().await;
+    let names: Vec<&str> = failed.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(
+        names,
+        ["corrupt", "truncated", "wrong-arch", "zero-align"],
+        "{failed:?}"
+    );
+    assert_eq!(
+        engine.models().await.unwrap(),
+        ["tiny-qwen2", "tiny-llama", "tiny-q8", "tiny-q4"]
+    );
+    // Quantized weights generate too.
+    for model in ["tiny-q8", "tiny-q4"] {
+        let mut r = greedy("hello", 5);
+        r.model = model.into();
+        let events: Vec<EngineEvent> = engine
+            .generate(r)
+            .await
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect()
+            .await;
+        assert!(
+            matches!(events.last(), Some(EngineEvent::Finished { usage: Some(u), .. }) if u.completion_tokens >= 1),
+            "{events:?}"
+        );
+    }
+    assert_eq!(engine.default_model().as_deref(), Some("tiny-qwen2"));
+    // The family comes from the chat template (`<tool_call>`), not the name.
+    assert_eq!(engine.family("tiny-llama"), Family::Hermes);
+    assert_eq!(events.lock().unwrap().len(), 2 * paths.len());
+}
+
+async fn chat(base: &str, body: Json) -> Json {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let v: Json = resp.json().await.unwrap();
+    assert!(status.is_success(), "{status}: {v}");
+    v
+}
+
+#[tokio::test]
+async fn generates_through_the_http_api_deterministically() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = vec![
+        TinyModel::new("qwen2").write(dir.path(), "tiny-qwen2"),
+        TinyModel::new("llama").write(dir.path(), "tiny-llama"),
+    ];
+    paths.extend(bad_files(dir.path()));
+    let svc = common::start(config(paths)).await;
+    let http = reqwest::Client::new();
+
+    // Only the models that loaded are listed; the broken ones are not.
+    let models: Json = http
+        .get(format!("{}/v1/models", svc.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["tiny-qwen2", "tiny-llama"]);
+    assert_eq!(models["data"][0]["owned_by"], "local");
+
+    for model in ["tiny-qwen2", "tiny-llama"] {
+        let body = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "what is the weather in paris?"}],
+            "max_tokens": 12, "temperature": 1.0, "seed": 7,
+        });
+        let a = chat(&svc.base, body.clone()).await;
+        let b = chat(&svc.base, body.clone()).await;
+        let text = |v: &Json| v["choices"][0]["message"]["content"].clone();
+        assert_eq!(text(&a), text(&b), "same seed, same output ({model})");
+        let usage = &a["usage"];
+        assert!(usage["prompt_tokens"].as_u64().unwrap() > 5, "{usage}");
+        let completion = usage["completion_tokens"].as_u64().unwrap();
+        assert!((1..=12).contains(&completion), "{usage}");
+        if a["choices"][0]["finish_reason"] == "length" {
+            assert_eq!(completion, 12, "{a}");
+        }
+
+        // The stream carries the same text, piece by piece.
+        let mut stream_body = body.clone();
+        stream_body["stream"] = json!(true);
+        let resp = http
+            .post(format!("{}/v1/chat/completions", svc.base))
+            .json(&stream_body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        let events = common::events(&common::read_all(resp).await);
+        let streamed: String = events
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(
+            Json::String(streamed),
+            text(&a).as_str().map_or(json!(""), |s| json!(s))
+        );
+
+        // Another seed, another sample (checked on greedy vs. sampled too).
+        let mut other = body.clone();
+        other["temperature"] = json!(0);
+        let g1 = chat(&svc.base, other.clone()).await;
+        other["seed"] = json!(99);
+        let g2 = chat(&svc.base, other).await;
+        assert_eq!(text(&g1), text(&g2), "greedy ignores the seed");
+    }
+
+    // Responses API on the same engine (greedy: deterministic without a seed).
+    let body = json!({
+        "model": "tiny-llama",
+        "input": "hello there",
+        "max_output_tokens": 16,
+        "temperature": 0,
+    });
+    let mut outputs = Vec::new();
+    for _ in 0..2 {
+        let resp = http
+            .post(format!("{}/v1/responses", svc.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let v: Json = resp.json().await.unwrap();
+        assert!(status.is_success(), "{status}: {v}");
+        assert!(v["usage"]["output_tokens"].as_u64().unwrap() >= 1, "{v}");
+        // 16 tokens of random weights: cut short, or ended by <|im_end|>.
+        if v["status"] != "completed" {
+            assert_eq!(
+                v["incomplete_details"]["reason"], "max_output_tokens",
+                "{v}"
+            );
+        }
+        outputs.push(v["output"][0]["content"][0]["text"].clone());
+    }
+    assert_eq!(outputs[0], outputs[1]);
+
+    // A broken file is not a model; the others keep serving.
+    let resp = http
+        .post(format!("{}/v1/chat/completions", svc.base))
+        .json(&json!({"model": "corrupt", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+
+    // A prompt longer than the context is refused with a clear 400.
+    let long = "the weather ".repeat(600);
+    let resp = http
+        .post(format!("{}/v1/chat/completions", svc.base))
+        .json(&json!({"model": "tiny-qwen2", "messages": [{"role": "user", "content": long}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Json = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length"),
+        "{v}"
+    );
+    svc.idle().await;
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_stops_the_generation() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("qwen2").write(dir.path(), "tiny-qwen2");
+    let svc = common::start(config(vec![path])).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", svc.base))
+        .json(&json!({
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 400, "stream": true, "seed": 1,
+            // Greedy on random weights could end at once; stop sequences
+            // that never match keep it going.
+            "temperature": 1.0,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    drop(resp);
+    // The generation ends (gauge back to 0) well before 400 tokens would.
+    svc.idle().await;
+    svc.shutdown().await;
+}
+
+fn greedy(prompt: &str, max_tokens: u64) -> GenerateRequest {
+    GenerateRequest {
+        model: "tiny-qwen2".into(),
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content: Some(Content::Text(prompt.into())),
+            ..Default::default()
+        }],
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ..Default::default()
+    }
+}
+
+/// Waits (up to 10 s) until no generation thread runs (a thread counts
+/// itself out just after its stream has ended).
+async fn settle(engine: &LocalEngine) {
+    for _ in 0..1000 {
+        if engine.stats().running == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("generations still running: {:?}", engine.stats());
+}
+
+#[tokio::test]
+async fn dropping_the_stream_stops_decoding() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("qwen2")
+        .never_ending()
+        .write(dir.path(), "tiny-qwen2");
+    let engine = LocalEngine::start(&[path], LocalOptions::default());
+    assert!(engine.wait_loaded().await.is_empty());
+
+    // Greedy on this model never ends the turn: it would fill the channel
+    // and go on to the token limit.
+    let prompt = "hello";
+    let events: Vec<EngineEvent> = engine
+        .generate(greedy(prompt, 300))
+        .await
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    let texts = events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::Text(t) if !t.is_empty()))
+        .count();
+    assert!(texts > CHANNEL_DEPTH + 2, "{texts} pieces");
+    assert!(matches!(
+        events.last(),
+        Some(EngineEvent::Finished {
+            reason: FinishReason::Length,
+            ..
+        })
+    ));
+    settle(&engine).await;
+    let before = engine.stats();
+
+    let mut stream = engine.generate(greedy(prompt, 300)).await.unwrap();
+    assert!(matches!(
+        stream.next().await,
+        Some(Ok(EngineEvent::Text(_)))
+    ));
+    drop(stream);
+    settle(&engine).await;
+    let after = engine.stats();
+    assert_eq!(after.running, 0, "{after:?}");
+    assert_eq!(after.cancelled, before.cancelled + 1, "{after:?}");
+    assert_eq!(after.finished, before.finished, "{after:?}");
+}
+
+#[tokio::test]
+async fn the_next_turn_prefills_only_its_new_tokens() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("qwen2").write(dir.path(), "tiny-qwen2");
+    let svc = common::start(config(vec![path])).await;
+    let cached = |v: &Json| {
+        v["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    let prompt = |v: &Json| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let text = |v: &Json| v["choices"][0]["message"]["content"].clone();
+
+    let first = json!([{"role": "user", "content": "what is the weather in paris?"}]);
+    let a = chat(
+        &svc.base,
+        json!({
+            "messages": first, "max_tokens": 1, "seed": 1, "prompt_cache_key": "s1",
+        }),
+    )
+    .await;
+    assert_eq!(cached(&a), 0);
+
+    // The agent replays the conversation plus its answer and a new message.
+    let second = json!([
+        {"role": "user", "content": "what is the weather in paris?"},
+        {"role": "assistant", "content": "sunny"},
+        {"role": "user", "content": "and in london?"},
+    ]);
+    let turn = |key: &str| {
+        json!({
+            "messages": second, "max_tokens": 8, "temperature": 0, "prompt_cache_key": key,
+        })
+    };
+    let b = chat(&svc.base, turn("s1")).await;
+    assert_eq!(cached(&b), prompt(&a), "{b}");
+    assert!(prompt(&b) > prompt(&a));
+
+    // Another cache key does not share the KV; the output is the same as
+    // with the reused prefix.
+    let c = chat(&svc.base, turn("s2")).await;
+    assert_eq!(cached(&c), 0, "{c}");
+    assert_eq!(text(&c), text(&b));
+    svc.idle().await;
+    svc.shutdown().await;
+}
+
+/// What the scripted model says after the prompt: a Hermes tool call.
+const TOOL_CALL_SCRIPT: &[&str] = &[
+    "<tool_call>",
+    "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": \"2\"}}",
+    "</tool_call>",
+    "<|im_end|>",
+];
+
+#[tokio::test]
+async fn tool_calls_parse_with_the_family_of_the_chat_template() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    // The file name says nothing of the family: the template decides.
+    let path = TinyModel::scripted("llama", TOOL_CALL_SCRIPT).write(dir.path(), "scripted");
+    let svc = common::start(config(vec![path])).await;
+    let tools = json!([{"type": "function", "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string"}, "days": {"type": "integer"}}}}}]);
+    let v = chat(
+        &svc.base,
+        json!({
+            "messages": [{"role": "user", "content": "weather in paris?"}],
+            "tools": tools, "temperature": 0, "max_tokens": 20,
+        }),
+    )
+    .await;
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather", "{v}");
+    let args: Json = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    // Coerced to the schema: "2" → 2.
+    assert_eq!(args, json!({"city": "Paris", "days": 2}));
+
+    // The same through Responses: a function_call item.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/responses", svc.base))
+        .json(&json!({
+            "input": "weather in paris?", "temperature": 0,
+            "tools": [{"type": "function", "name": "get_weather",
+                       "parameters": tools[0]["function"]["parameters"]}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    let r: Json = resp.json().await.unwrap();
+    let item = &r["output"][0];
+    assert_eq!(item["type"], "function_call", "{r}");
+    assert_eq!(item["name"], "get_weather");
+    svc.shutdown().await;
+}
+
+/// Damaged copies of a good file (bytes overwritten all over the header
+/// and metadata, the file cut at many lengths) load or fail with an error;
+/// none takes the process down.
+#[test]
+fn damaged_files_never_take_the_process_down() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let good = TinyModel::new("llama").write(dir.path(), "good");
+    let bytes = std::fs::read(&good).unwrap();
+    let header_end = bytes.len() / 8;
+    let path = dir.path().join("damaged.gguf");
+    let mut failures = 0;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..200 {
+        let mut b = bytes.clone();
+        if round % 4 == 3 {
+            b.truncate(next() as usize % bytes.len());
+        } else {
+            for _ in 0..(1 + round % 3) {
+                let at = next() as usize % header_end;
+                b[at] = [0x00, 0xff, 0x7f, 0x80][round % 4] ^ (next() as u8 & 0x0f);
+            }
+        }
+        std::fs::write(&path, &b).unwrap();
+        if let Err(e) = gguf::load(&path, &Device::Cpu) {
+            failures += 1;
+            assert!(e.to_string().contains("damaged.gguf"), "{e}");
+        }
+    }
+    assert!(failures > 50, "only {failures} of 200 damaged files failed");
+}
