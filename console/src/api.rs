@@ -3,7 +3,7 @@
 //! feature the functions exist but answer an error, so the components compile
 //! the same way on the server (where they are never called).
 
-use clawpen_api::VmInfo;
+use clawpen_api::{EgressLogEntry, EgressRule, SnapshotInfo, VmInfo, API_PREFIX};
 
 /// What a VM list load answers. Serialised from server to browser with the page.
 pub type VmList = Result<Vec<VmInfo>, String>;
@@ -16,7 +16,10 @@ pub type LoadFuture = std::pin::Pin<Box<dyn std::future::Future<Output = VmList>
 pub enum Action {
     Start,
     Stop,
+    /// Warm when the VM has a memory state (no boot).
     Reset,
+    /// The snapshot's disk and a full boot.
+    ColdReset,
 }
 
 impl Action {
@@ -24,15 +27,32 @@ impl Action {
         match self {
             Action::Start => "start",
             Action::Stop => "stop",
-            Action::Reset => "reset",
+            Action::Reset | Action::ColdReset => "reset",
+        }
+    }
+
+    /// The JSON body the route takes, if any.
+    pub fn body(self) -> Option<&'static str> {
+        match self {
+            Action::Start | Action::Stop => None,
+            Action::Reset => Some("{}"),
+            Action::ColdReset => Some(r#"{"cold":true}"#),
+        }
+    }
+
+    /// Words for an error line.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::ColdReset => "cold reset",
+            other => other.path(),
         }
     }
 }
 
-/// The message shown when the API answers a non-2xx status.
+/// The message shown when the API answers a non-2xx status: `"{what} failed: ..."`.
 #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
-fn failure_message(action: Action, name: &str, status: u16, body: &str) -> String {
-    let what = match serde_json::from_str::<clawpen_api::ErrorBody>(body) {
+fn failure_message(what: &str, status: u16, body: &str) -> String {
+    let why = match serde_json::from_str::<clawpen_api::ErrorBody>(body) {
         Ok(err) => match err.error.field {
             Some(field) => format!("{} ({field})", err.error.message),
             None => err.error.message,
@@ -40,7 +60,100 @@ fn failure_message(action: Action, name: &str, status: u16, body: &str) -> Strin
         Err(_) if body.trim().is_empty() => format!("HTTP {status}"),
         Err(_) => format!("HTTP {status}: {}", body.trim()),
     };
-    format!("{} {name} failed: {what}", action.path())
+    format!("{what} failed: {why}")
+}
+
+/// `POST /api/v1/vms/{name}/{start|stop|reset}`; `Err` carries the line to show.
+pub async fn vm_action(name: &str, action: Action) -> Result<(), String> {
+    let path = format!("{API_PREFIX}/vms/{name}/{}", action.path());
+    let what = format!("{} {name}", action.verb());
+    send(&what, "POST", &path, action.body().map(str::to_string))
+        .await
+        .map(drop)
+}
+
+/// `GET /api/v1/vms/{name}/snapshots`.
+pub async fn snapshots(name: &str) -> Result<Vec<SnapshotInfo>, String> {
+    get_json(
+        &format!("loading the snapshots of {name}"),
+        &format!("{API_PREFIX}/vms/{name}/snapshots"),
+    )
+    .await
+}
+
+/// `POST /api/v1/vms/{name}/snapshots` with a fresh `console-<unix ms>` name.
+pub async fn take_snapshot(name: &str) -> Result<(), String> {
+    let snapshot = format!("console-{}", now_ms());
+    let body = serde_json::json!({ "name": snapshot }).to_string();
+    send(
+        &format!("snapshot {name}"),
+        "POST",
+        &format!("{API_PREFIX}/vms/{name}/snapshots"),
+        Some(body),
+    )
+    .await
+    .map(drop)
+}
+
+/// `GET /api/v1/vms/{name}/egress/rules`.
+pub async fn egress_rules(name: &str) -> Result<Vec<EgressRule>, String> {
+    get_json(
+        &format!("loading the egress rules of {name}"),
+        &format!("{API_PREFIX}/vms/{name}/egress/rules"),
+    )
+    .await
+}
+
+/// `GET /api/v1/vms/{name}/egress/log?limit=N` (the newest entries).
+pub async fn egress_log(name: &str, limit: u32) -> Result<Vec<EgressLogEntry>, String> {
+    get_json(
+        &format!("loading the egress log of {name}"),
+        &format!("{API_PREFIX}/vms/{name}/egress/log?limit={limit}"),
+    )
+    .await
+}
+
+/// `POST /api/v1/vms/{name}/egress/rules`. The fields go to the server as
+/// typed, so its 422 (naming the field) is what the form shows.
+pub async fn add_egress_rule(
+    name: &str,
+    action: &str,
+    target: &str,
+    ports: &str,
+    proto: &str,
+) -> Result<(), String> {
+    let mut body = serde_json::json!({ "action": action, "target": target.trim() });
+    if !ports.trim().is_empty() {
+        body["ports"] = ports.trim().into();
+    }
+    if !proto.is_empty() {
+        body["proto"] = proto.into();
+    }
+    send(
+        &format!("adding the rule for {name}"),
+        "POST",
+        &format!("{API_PREFIX}/vms/{name}/egress/rules"),
+        Some(body.to_string()),
+    )
+    .await
+    .map(drop)
+}
+
+/// `DELETE /api/v1/vms/{name}/egress/rules/{id}`.
+pub async fn delete_egress_rule(name: &str, id: u64) -> Result<(), String> {
+    send(
+        &format!("deleting rule #{id} of {name}"),
+        "DELETE",
+        &format!("{API_PREFIX}/vms/{name}/egress/rules/{id}"),
+        None,
+    )
+    .await
+    .map(drop)
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(what: &str, path: &str) -> Result<T, String> {
+    let body = send(what, "GET", path, None).await?;
+    serde_json::from_str(&body).map_err(|e| format!("{what} failed: not valid JSON: {e}"))
 }
 
 #[cfg(feature = "hydrate")]
@@ -54,13 +167,18 @@ mod browser {
     use wasm_bindgen_futures::JsFuture;
     use web_sys::{EventSource, MessageEvent, Request, RequestCredentials, RequestInit, Response};
 
-    use super::{failure_message, Action, VmList};
+    use super::{failure_message, VmList};
 
     fn js_error(value: JsValue) -> String {
         if let Some(err) = value.dyn_ref::<js_sys::Error>() {
             return String::from(err.message());
         }
         value.as_string().unwrap_or_else(|| format!("{value:?}"))
+    }
+
+    /// Milliseconds since the epoch, by the browser's clock.
+    pub fn now_ms() -> u64 {
+        js_sys::Date::now() as u64
     }
 
     /// One same-origin request (the session cookie goes along); answers the
@@ -96,6 +214,24 @@ mod browser {
         Ok((resp.status(), text))
     }
 
+    /// A request whose non-2xx answer becomes the line `"{what} failed: ..."`;
+    /// answers the body.
+    pub async fn send(
+        what: &str,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<String, String> {
+        let (status, text) = request(method, path, body.as_deref())
+            .await
+            .map_err(|e| format!("{what} failed: {e}"))?;
+        if (200..300).contains(&status) {
+            Ok(text)
+        } else {
+            Err(failure_message(what, status, &text))
+        }
+    }
+
     /// `GET /api/v1/vms`.
     pub async fn fetch_vms() -> VmList {
         let (status, body) = request("GET", &format!("{API_PREFIX}/vms"), None)
@@ -113,21 +249,6 @@ mod browser {
         Box::pin(send_wrapper::SendWrapper::new(fetch_vms()))
     }
 
-    /// `POST /api/v1/vms/{name}/{start|stop|reset}`; `Err` carries the line to show.
-    pub async fn vm_action(name: &str, action: Action) -> Result<(), String> {
-        let path = format!("{API_PREFIX}/vms/{name}/{}", action.path());
-        // reset takes a (possibly empty) ResetRequest; start and stop take no body
-        let body = (action == Action::Reset).then_some("{}");
-        let (status, text) = request("POST", &path, body)
-            .await
-            .map_err(|e| format!("{} {name} failed: {e}", action.path()))?;
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(failure_message(action, name, status, &text))
-        }
-    }
-
     /// Sets an attribute on `<body>` (`data-hydrated`, `data-live`).
     pub fn set_body_attr(name: &str, value: &str) {
         if let Some(body) = web_sys::window()
@@ -138,11 +259,14 @@ mod browser {
         }
     }
 
+    /// The SSE `event:` names the console follows.
+    const KINDS: [&str; 5] = ["vm_state", "vm_deleted", "progress", "inference", "egress"];
+
     /// An open `EventSource("/api/v1/events")`; closed when dropped. The
     /// browser reconnects on its own after an error.
     pub struct EventStream {
         source: EventSource,
-        _on_vm_state: Closure<dyn FnMut(MessageEvent)>,
+        _on_message: Closure<dyn FnMut(MessageEvent)>,
         _on_open: Closure<dyn FnMut(web_sys::Event)>,
         _on_error: Closure<dyn FnMut(web_sys::Event)>,
     }
@@ -161,7 +285,7 @@ mod browser {
         mut on_error: impl FnMut() + 'static,
     ) -> Result<EventStream, String> {
         let source = EventSource::new(&format!("{API_PREFIX}/events")).map_err(js_error)?;
-        let on_vm_state = Closure::<dyn FnMut(MessageEvent)>::new(move |msg: MessageEvent| {
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |msg: MessageEvent| {
             let Some(data) = msg.data().as_string() else {
                 return;
             };
@@ -172,14 +296,16 @@ mod browser {
         });
         let on_open_cb = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| on_open());
         let on_error_cb = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| on_error());
-        source
-            .add_event_listener_with_callback("vm_state", on_vm_state.as_ref().unchecked_ref())
-            .map_err(js_error)?;
+        for kind in KINDS {
+            source
+                .add_event_listener_with_callback(kind, on_message.as_ref().unchecked_ref())
+                .map_err(js_error)?;
+        }
         source.set_onopen(Some(on_open_cb.as_ref().unchecked_ref()));
         source.set_onerror(Some(on_error_cb.as_ref().unchecked_ref()));
         Ok(EventStream {
             source,
-            _on_vm_state: on_vm_state,
+            _on_message: on_message,
             _on_open: on_open_cb,
             _on_error: on_error_cb,
         })
@@ -191,8 +317,6 @@ pub use outside_browser::*;
 
 #[cfg(not(feature = "hydrate"))]
 mod outside_browser {
-    use super::Action;
-
     const NOT_HERE: &str = "the console's API calls only run in the browser";
 
     // used only when built with neither `ssr` nor `hydrate`
@@ -201,8 +325,17 @@ mod outside_browser {
         Box::pin(async { Err(NOT_HERE.into()) })
     }
 
-    pub async fn vm_action(_name: &str, _action: Action) -> Result<(), String> {
+    pub async fn send(
+        _what: &str,
+        _method: &str,
+        _path: &str,
+        _body: Option<String>,
+    ) -> Result<String, String> {
         Err(NOT_HERE.into())
+    }
+
+    pub fn now_ms() -> u64 {
+        0
     }
 
     pub fn set_body_attr(_name: &str, _value: &str) {}
@@ -216,16 +349,29 @@ mod tests {
     fn api_errors_become_one_readable_line() {
         let body = r#"{"error":{"code":"conflict","message":"demo is busy resetting"}}"#;
         assert_eq!(
-            failure_message(Action::Reset, "demo", 409, body),
+            failure_message("reset demo", 409, body),
             "reset demo failed: demo is busy resetting"
         );
         assert_eq!(
-            failure_message(Action::Start, "demo", 502, "bad gateway\n"),
+            failure_message("start demo", 502, "bad gateway\n"),
             "start demo failed: HTTP 502: bad gateway"
         );
         assert_eq!(
-            failure_message(Action::Stop, "demo", 500, ""),
+            failure_message("stop demo", 500, ""),
             "stop demo failed: HTTP 500"
         );
+        let body = r#"{"error":{"code":"invalid","message":"\"x y\" is not a domain name","field":"body.target"}}"#;
+        assert_eq!(
+            failure_message("adding the rule for demo", 422, body),
+            "adding the rule for demo failed: \"x y\" is not a domain name (body.target)"
+        );
+    }
+
+    #[test]
+    fn cold_reset_asks_for_cold() {
+        assert_eq!(Action::ColdReset.path(), "reset");
+        assert_eq!(Action::ColdReset.body(), Some(r#"{"cold":true}"#));
+        assert_eq!(Action::Reset.body(), Some("{}"));
+        assert_eq!(Action::Start.body(), None);
     }
 }

@@ -1,8 +1,11 @@
 //! The pages and components. Rendered on the server, then hydrated.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use clawpen_api::{VmInfo, VmState};
+use clawpen_api::{
+    EgressAction, EgressLogEntry, EgressLogProto, EgressRule, InferenceRecord, SnapshotInfo,
+    VmInfo, VmState,
+};
 use leptos::either::Either;
 use leptos::prelude::*;
 use leptos_router::components::{Route, Router, Routes};
@@ -17,20 +20,53 @@ const CSS: &str = r#"
 body { margin: 0; padding: 1.5rem 2rem; }
 h1 { margin: 0 0 1rem; font-size: 1.4rem; letter-spacing: .02em; }
 h2 { font-size: 1.05rem; margin: 1.5rem 0 .5rem; }
-table { border-collapse: collapse; min-width: 40rem; }
-th, td { text-align: left; padding: .4rem .8rem; border-bottom: 1px solid #8884; }
+h3 { font-size: .95rem; margin: 1.2rem 0 .4rem; }
+.panels > * { min-width: 0; }
+@media (min-width: 1500px) {
+  .panels { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 0 2.5rem; }
+}
+.scroll { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .4rem .8rem; border-bottom: 1px solid #8884; white-space: nowrap; }
 th { font-weight: 600; font-size: .85rem; text-transform: uppercase; opacity: .7; }
-td.vm-name { font-family: ui-monospace, monospace; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.vm-name, td.mono { font-family: ui-monospace, monospace; }
 td.vm-state { font-weight: 600; }
 td.vm-state[data-state=Running] { color: #2a9d4b; }
 td.vm-state[data-state=Failed] { color: #d03838; }
 td.vm-state[data-state=Starting], td.vm-state[data-state=Stopping],
 td.vm-state[data-state=Resetting] { color: #c98a00; }
-td.vm-reason { color: #d03838; font-size: .9rem; }
-td.actions button { margin-right: .3rem; }
+td.vm-reason { color: #d03838; font-size: .9rem; white-space: normal; }
+.vm-progress { color: #c98a00; font-size: .85rem; }
+td.vm-snapshots { font-size: .9rem; }
+td.actions { white-space: normal; min-width: 13rem; }
+td.actions button { margin: .15rem .3rem .15rem 0; }
+tr.request[data-status=failed] td.status, tr.entry[data-decision=deny] td.decision { color: #d03838; font-weight: 600; }
+tr.entry[data-decision=allow] td.decision, tr.request[data-status=completed] td.status { color: #2a9d4b; }
+p.totals { display: flex; flex-wrap: wrap; gap: .4rem 1.2rem; margin: .3rem 0 .8rem; }
+p.totals b { font-variant-numeric: tabular-nums; }
+form.egress-add { display: flex; flex-wrap: wrap; gap: .4rem; margin: .6rem 0; }
+form.egress-add input.target { min-width: 12rem; }
+form.egress-add input.ports { width: 7rem; }
+input, select { font: inherit; padding: .2rem .4rem; }
 button { font: inherit; padding: .2rem .7rem; border-radius: .3rem; border: 1px solid #8888; cursor: pointer; }
 button:disabled { opacity: .45; cursor: default; }
 p.error { color: #d03838; font-weight: 600; }
+p.empty, td.empty, span.allowed { opacity: .6; }
+@media (max-width: 700px) {
+  body { padding: .75rem; }
+  /* the VM table becomes one card per VM, buttons in reach */
+  table.vms thead { display: none; }
+  table.vms tr, table.vms td { display: block; }
+  table.vms tr { border-bottom: 1px solid #8884; padding: .4rem 0; }
+  table.vms td { border: none; padding: .15rem .3rem; white-space: normal; min-width: 0; }
+  table.vms td:empty { display: none; }
+  table.vms td.vm-name { font-weight: 600; }
+  td.vm-image::before { content: "image "; opacity: .6; }
+  td.vm-snapshots::before { content: "snapshots "; opacity: .6; }
+  th, td { padding: .35rem .5rem; }
+  button { padding: .35rem .7rem; }
+}
 "#;
 
 /// The HTML document around [`App`]; the server renders it, the browser
@@ -99,15 +135,115 @@ fn names_of(list: &[VmInfo]) -> Vec<String> {
     names
 }
 
-/// Latest state per VM name, from the event stream; wins over the loaded list.
-type LiveStates = RwSignal<HashMap<String, VmState>>;
+/// Most inference requests kept in the table.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+const INFERENCE_ROWS: usize = 50;
+/// Most egress log entries kept (all VMs together).
+const EGRESS_ENTRIES: usize = 500;
+/// Egress log lines shown per VM.
+const EGRESS_ROWS: usize = 50;
 
-/// `/`: the VM table.
+/// What the event stream feeds; shared by every panel of the page.
+#[derive(Clone, Copy)]
+struct Live {
+    /// Latest state per VM name; wins over the loaded list.
+    states: RwSignal<HashMap<String, VmState>>,
+    /// Latest progress line per VM name, while it is busy.
+    progress: RwSignal<HashMap<String, String>>,
+    inference: RwSignal<InferenceLog>,
+    /// Egress decisions of every VM, oldest first, one per id.
+    egress: RwSignal<Vec<EgressLogEntry>>,
+    /// The one error line of the VM table.
+    error: RwSignal<Option<String>>,
+}
+
+impl Live {
+    fn new() -> Self {
+        Self {
+            states: RwSignal::new(HashMap::new()),
+            progress: RwSignal::new(HashMap::new()),
+            inference: RwSignal::new(InferenceLog::default()),
+            egress: RwSignal::new(Vec::new()),
+            error: RwSignal::new(None),
+        }
+    }
+
+    /// Adds (or, for a flow that ended, replaces) egress entries.
+    fn merge_egress(&self, entries: Vec<EgressLogEntry>) {
+        self.egress.update(|log| merge_egress(log, entries));
+    }
+}
+
+fn merge_egress(log: &mut Vec<EgressLogEntry>, entries: Vec<EgressLogEntry>) {
+    for entry in entries {
+        match log
+            .iter_mut()
+            .find(|e| e.id == entry.id && e.vm == entry.vm)
+        {
+            Some(old) => *old = entry,
+            None => log.push(entry),
+        }
+    }
+    log.sort_by_key(|e| (e.time_unix_ms, e.id));
+    if log.len() > EGRESS_ENTRIES {
+        log.drain(..log.len() - EGRESS_ENTRIES);
+    }
+}
+
+/// The inference requests seen since the page was opened.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct InferenceLog {
+    /// Newest first, at most [`INFERENCE_ROWS`].
+    recent: Vec<InferenceRecord>,
+    requests: u64,
+    tokens: u64,
+    ttft_sum_ms: f64,
+    ttft_count: u64,
+    /// Turns per (client, session); requests without a session count under "".
+    turns: BTreeMap<(String, String), u64>,
+}
+
+impl InferenceLog {
+    // fed by the event stream, which only the browser follows
+    #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+    fn push(&mut self, record: InferenceRecord) {
+        self.requests += 1;
+        self.tokens += record.prompt_tokens + record.output_tokens;
+        if let Some(ttft) = record.time_to_first_token_ms {
+            self.ttft_sum_ms += ttft;
+            self.ttft_count += 1;
+        }
+        *self
+            .turns
+            .entry((
+                record.client.clone(),
+                record.session.clone().unwrap_or_default(),
+            ))
+            .or_default() += 1;
+        self.recent.insert(0, record);
+        self.recent.truncate(INFERENCE_ROWS);
+    }
+
+    fn mean_ttft_ms(&self) -> Option<f64> {
+        (self.ttft_count > 0).then(|| self.ttft_sum_ms / self.ttft_count as f64)
+    }
+}
+
+/// `HH:MM:SS` (UTC) of a time in ms since the epoch.
+fn clock(ms: u64) -> String {
+    let s = (ms / 1000) % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+fn decimals(value: Option<f64>, places: usize) -> String {
+    value.map_or_else(|| "–".to_string(), |v| format!("{v:.places$}"))
+}
+
+/// `/`: the VM table with each VM's egress, and the inference requests.
 #[component]
 fn VmsPage() -> impl IntoView {
     let vms = Resource::new(|| (), vm_loader());
-    let live: LiveStates = RwSignal::new(HashMap::new());
-    let error = RwSignal::new(None::<String>);
+    let live = Live::new();
     // names of the rows on the page, sorted (reading `vms` outside the
     // Transition would make Leptos warn about hydration)
     let shown = StoredValue::new(None::<Vec<String>>);
@@ -119,92 +255,178 @@ fn VmsPage() -> impl IntoView {
 
     view! {
         <h1>"clawpen"</h1>
-        <section class="vms">
-            <h2>"Virtual machines"</h2>
-            {move || error.get().map(|message| view! { <p class="error" role="alert">{message}</p> })}
-            <Transition fallback=|| view! { <p class="loading">"Loading VMs…"</p> }>
-                {move || Suspend::new(async move {
-                    let list = vms.await;
-                    shown.set_value(list.as_deref().ok().map(names_of));
-                    // runs once this part of the page is hydrated (and never on the server)
-                    Effect::new(|_| api::set_body_attr("data-hydrated", "true"));
-                    match list {
-                        Ok(list) => Either::Left(view! { <VmTable list live error/> }),
-                        Err(message) => Either::Right(view! {
-                            <p class="error load-error" role="alert">
-                                "Could not load the VMs: " {message}
-                            </p>
-                        }),
-                    }
-                })}
-            </Transition>
-        </section>
+        <div class="panels">
+            <section class="vms">
+                <h2>"Virtual machines"</h2>
+                {move || live.error.get().map(|message| view! { <p class="error" role="alert">{message}</p> })}
+                <Transition fallback=|| view! { <p class="loading">"Loading VMs…"</p> }>
+                    {move || Suspend::new(async move {
+                        let list = vms.await;
+                        shown.set_value(list.as_deref().ok().map(names_of));
+                        // runs once this part of the page is hydrated (and never on the server)
+                        Effect::new(|_| api::set_body_attr("data-hydrated", "true"));
+                        match list {
+                            Ok(list) => {
+                                let names = names_of(&list);
+                                Either::Left(view! {
+                                    <VmTable list live/>
+                                    {names.into_iter().map(|name| view! { <EgressPanel name live/> }).collect_view()}
+                                })
+                            }
+                            Err(message) => Either::Right(view! {
+                                <p class="error load-error" role="alert">
+                                    "Could not load the VMs: " {message}
+                                </p>
+                            }),
+                        }
+                    })}
+                </Transition>
+            </section>
+            <InferencePanel live/>
+        </div>
     }
 }
 
 #[component]
-fn VmTable(list: Vec<VmInfo>, live: LiveStates, error: RwSignal<Option<String>>) -> impl IntoView {
+fn VmTable(list: Vec<VmInfo>, live: Live) -> impl IntoView {
     let rows = if list.is_empty() {
         Either::Left(view! {
             <tr class="empty">
-                <td colspan="5">"No VMs yet."</td>
+                <td colspan="6">"No VMs yet."</td>
             </tr>
         })
     } else {
         Either::Right(
             list.into_iter()
-                .map(|info| view! { <VmRow info live error/> })
+                .map(|info| view! { <VmRow info live/> })
                 .collect_view(),
         )
     };
     view! {
-        <table class="vms">
-            <thead>
-                <tr>
-                    <th>"Name"</th>
-                    <th>"State"</th>
-                    <th>"Detail"</th>
-                    <th>"Image"</th>
-                    <th>"Actions"</th>
-                </tr>
-            </thead>
-            <tbody>{rows}</tbody>
-        </table>
+        <div class="scroll">
+            <table class="vms">
+                <thead>
+                    <tr>
+                        <th>"Name"</th>
+                        <th>"State"</th>
+                        <th>"Detail"</th>
+                        <th class="vm-image">"Image"</th>
+                        <th>"Snapshots"</th>
+                        <th>"Actions"</th>
+                    </tr>
+                </thead>
+                <tbody>{rows}</tbody>
+            </table>
+        </div>
     }
 }
 
 #[component]
-fn VmRow(info: VmInfo, live: LiveStates, error: RwSignal<Option<String>>) -> impl IntoView {
+fn VmRow(info: VmInfo, live: Live) -> impl IntoView {
     let name = info.spec.name.to_string();
     let loaded = info.state;
+    let error = live.error;
     let state = Memo::new({
         let name = name.clone();
         move |_| {
-            live.with(|m| m.get(&name).cloned())
+            live.states
+                .with(|m| m.get(&name).cloned())
                 .unwrap_or_else(|| loaded.clone())
         }
     });
     // a command of ours is on its way: no second click until it is answered
     let pending = RwSignal::new(false);
     let busy = move || pending.get() || state.with(VmState::is_busy);
+    // None until loaded (in the browser, after hydration)
+    let snapshots = RwSignal::new(None::<Vec<SnapshotInfo>>);
+
+    let refresh_snapshots = {
+        let name = name.clone();
+        move || {
+            let name = name.clone();
+            leptos::task::spawn_local(async move {
+                match api::snapshots(&name).await {
+                    Ok(mut list) => {
+                        list.sort_by_key(|s| s.created_unix);
+                        snapshots.try_set(Some(list));
+                    }
+                    Err(message) => {
+                        error.try_set(Some(message));
+                    }
+                }
+            });
+        }
+    };
+    Effect::new({
+        let refresh = refresh_snapshots.clone();
+        move |_| refresh()
+    });
 
     let send = {
         let name = name.clone();
-        move |action: Action| {
+        move |action: Option<Action>| {
             let name = name.clone();
+            let refresh = refresh_snapshots.clone();
             pending.set(true);
             error.set(None);
             leptos::task::spawn_local(async move {
-                let answer = api::vm_action(&name, action).await;
+                let answer = match action {
+                    Some(action) => api::vm_action(&name, action).await,
+                    None => api::take_snapshot(&name).await,
+                };
                 // the row may have been re-rendered meanwhile: try_ ignores disposed signals
                 if let Err(message) = answer {
                     error.try_set(Some(message));
                 }
                 pending.try_set(false);
+                refresh();
             });
         }
     };
-    let (start, stop, reset) = (send.clone(), send.clone(), send);
+    let (start, stop, reset, cold, snap) =
+        (send.clone(), send.clone(), send.clone(), send.clone(), send);
+    let progress = {
+        let name = name.clone();
+        move || {
+            if !state.with(VmState::is_busy) {
+                return None;
+            }
+            live.progress
+                .with(|m| m.get(&name).cloned())
+                .map(|line| view! { <span class="vm-progress">{line}</span> })
+        }
+    };
+    let snapshot_count = move || {
+        snapshots.with(|s| {
+            s.as_ref()
+                .map(|list| list.len().to_string())
+                .unwrap_or_default()
+        })
+    };
+    let snapshot_text = move || {
+        snapshots.with(|s| match s {
+            None => "…".to_string(),
+            Some(list) => match list.last() {
+                None => "0".to_string(),
+                Some(last) => format!("{} · last {}", list.len(), clock(last.created_unix * 1000)),
+            },
+        })
+    };
+    let snapshot_title = move || {
+        snapshots.with(|s| {
+            s.as_ref()
+                .and_then(|list| list.last())
+                .map(|last| {
+                    let memory = if last.has_memory {
+                        "disk + memory"
+                    } else {
+                        "disk"
+                    };
+                    format!("last: {} ({memory})", last.name)
+                })
+                .unwrap_or_default()
+        })
+    };
 
     view! {
         <tr data-vm=name.clone()>
@@ -217,13 +439,15 @@ fn VmRow(info: VmInfo, live: LiveStates, error: RwSignal<Option<String>>) -> imp
                     VmState::Failed { reason } => Some(reason),
                     _ => None,
                 }}
+                {progress}
             </td>
             <td class="vm-image">{info.spec.image}</td>
+            <td class="vm-snapshots" data-count=snapshot_count title=snapshot_title>{snapshot_text}</td>
             <td class="actions">
                 <button
                     class="start"
                     disabled=move || busy() || state.with(|s| *s == VmState::Running)
-                    on:click=move |_| start(Action::Start)
+                    on:click=move |_| start(Some(Action::Start))
                 >
                     "Start"
                 </button>
@@ -232,26 +456,468 @@ fn VmRow(info: VmInfo, live: LiveStates, error: RwSignal<Option<String>>) -> imp
                     disabled=move || {
                         busy() || state.with(|s| matches!(s, VmState::Stopped | VmState::Created))
                     }
-                    on:click=move |_| stop(Action::Stop)
+                    on:click=move |_| stop(Some(Action::Stop))
                 >
                     "Stop"
                 </button>
-                <button class="reset" disabled=busy on:click=move |_| reset(Action::Reset)>
+                <button
+                    class="reset"
+                    title="Back to the clean snapshot, from memory when it has one"
+                    disabled=busy
+                    on:click=move |_| reset(Some(Action::Reset))
+                >
                     "Reset"
+                </button>
+                <button
+                    class="reset-cold"
+                    title="Back to the clean snapshot's disk, with a full boot"
+                    disabled=busy
+                    on:click=move |_| cold(Some(Action::ColdReset))
+                >
+                    "Cold reset"
+                </button>
+                <button class="snapshot" disabled=busy on:click=move |_| snap(None)>
+                    "Snapshot"
                 </button>
             </td>
         </tr>
     }
 }
 
-/// Opens the event stream and applies `vm_state` events to `live`. On each
+/// One VM's egress: its rules (add, delete) and its live log, where a denied
+/// line can be allowed in one click.
+#[component]
+fn EgressPanel(name: String, live: Live) -> impl IntoView {
+    let rules = RwSignal::new(None::<Vec<EgressRule>>);
+    let error = RwSignal::new(None::<String>);
+    let pending = RwSignal::new(false);
+    let action = RwSignal::new("allow".to_string());
+    let target = RwSignal::new(String::new());
+    let ports = RwSignal::new(String::new());
+    let proto = RwSignal::new(String::new());
+
+    let refresh = {
+        let name = name.clone();
+        move || {
+            let name = name.clone();
+            leptos::task::spawn_local(async move {
+                match api::egress_rules(&name).await {
+                    Ok(list) => {
+                        rules.try_set(Some(list));
+                    }
+                    Err(message) => {
+                        error.try_set(Some(message));
+                    }
+                }
+            });
+        }
+    };
+    // in the browser: the rules, and the log's newest lines to start from
+    Effect::new({
+        let refresh = refresh.clone();
+        let name = name.clone();
+        move |_| {
+            refresh();
+            let name = name.clone();
+            leptos::task::spawn_local(async move {
+                match api::egress_log(&name, EGRESS_ROWS as u32).await {
+                    Ok(entries) => live.merge_egress(entries),
+                    Err(message) => {
+                        error.try_set(Some(message));
+                    }
+                }
+            });
+        }
+    });
+
+    // Runs a change (add, delete), then reloads the rules; `Ok` clears the form.
+    let change = {
+        let refresh = refresh.clone();
+        move |work: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>,
+              clear_form: bool| {
+            let refresh = refresh.clone();
+            pending.set(true);
+            error.set(None);
+            leptos::task::spawn_local(async move {
+                match work.await {
+                    Ok(()) if clear_form => {
+                        target.try_set(String::new());
+                        ports.try_set(String::new());
+                    }
+                    Ok(()) => {}
+                    Err(message) => {
+                        error.try_set(Some(message));
+                    }
+                }
+                pending.try_set(false);
+                refresh();
+            });
+        }
+    };
+
+    let on_submit = {
+        let change = change.clone();
+        let name = name.clone();
+        move |ev: leptos::ev::SubmitEvent| {
+            ev.prevent_default();
+            let name = name.clone();
+            let (a, t, p, pr) = (
+                action.get_untracked(),
+                target.get_untracked(),
+                ports.get_untracked(),
+                proto.get_untracked(),
+            );
+            change(
+                Box::pin(async move { api::add_egress_rule(&name, &a, &t, &p, &pr).await }),
+                true,
+            );
+        }
+    };
+
+    let rule_rows = {
+        let change = change.clone();
+        let name = name.clone();
+        move || {
+            let Some(list) = rules.get() else {
+                return Either::Left(view! { <tr><td class="empty" colspan="5">"…"</td></tr> });
+            };
+            if list.is_empty() {
+                return Either::Left(view! {
+                    <tr><td class="empty" colspan="5">"No rules: everything is denied."</td></tr>
+                });
+            }
+            Either::Right(
+                list.into_iter()
+                    .map(|rule| {
+                        let change = change.clone();
+                        let name = name.clone();
+                        let id = rule.id;
+                        view! {
+                            <tr class="rule" data-id=id.to_string() data-action=rule.action.as_str()>
+                                <td class="action">{rule.action.as_str()}</td>
+                                <td class="target mono">{rule.target.to_string()}</td>
+                                <td class="ports">{rule.ports.map_or_else(|| "any".to_string(), |p| p.to_string())}</td>
+                                <td class="proto">{rule.proto.map_or("any", |p| p.as_str())}</td>
+                                <td>
+                                    <button
+                                        class="delete-rule"
+                                        disabled=move || pending.get()
+                                        on:click=move |_| {
+                                            let name = name.clone();
+                                            change(
+                                                Box::pin(async move { api::delete_egress_rule(&name, id).await }),
+                                                false,
+                                            )
+                                        }
+                                    >
+                                        "Delete"
+                                    </button>
+                                </td>
+                            </tr>
+                        }
+                    })
+                    .collect_view(),
+            )
+        }
+    };
+
+    let log_rows = {
+        let name = name.clone();
+        move || {
+            let entries: Vec<EgressLogEntry> = live.egress.with(|log| {
+                log.iter()
+                    .rev()
+                    .filter(|e| e.vm.as_str() == name)
+                    .take(EGRESS_ROWS)
+                    .cloned()
+                    .collect()
+            });
+            if entries.is_empty() {
+                return Either::Left(view! {
+                    <tr><td class="empty" colspan="7">"No connections yet."</td></tr>
+                });
+            }
+            Either::Right(
+                entries
+                    .into_iter()
+                    .map(|entry| {
+                        // what an allow rule for this line would name
+                        let allow_target = entry.name.clone().or_else(|| {
+                            entry.addr.clone().filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+                        });
+                        // IPv6 and ICMP are never forwarded: no rule can allow them
+                        let allowable = matches!(
+                            entry.proto,
+                            EgressLogProto::Tcp | EgressLogProto::Udp | EgressLogProto::Dns
+                        );
+                        let allow = (entry.decision == EgressAction::Deny && allowable)
+                            .then_some(allow_target)
+                            .flatten()
+                            .map(|t| {
+                                let change = change.clone();
+                                let name = name.clone();
+                                let wanted = clawpen_api::EgressTarget::parse(&t).ok();
+                                let already = rules.with(|r| {
+                                    r.as_ref().is_some_and(|list| {
+                                        list.iter().any(|rule| {
+                                            rule.action == EgressAction::Allow
+                                                && rule.covers_everything()
+                                                && wanted.as_ref() == Some(&rule.target)
+                                        })
+                                    })
+                                });
+                                if already {
+                                    return Either::Left(view! { <span class="allowed">"allowed now"</span> });
+                                }
+                                Either::Right(view! {
+                                    <button
+                                        class="allow"
+                                        title=format!("Add a rule allowing {t}")
+                                        disabled=move || pending.get()
+                                        on:click=move |_| {
+                                            let (name, t) = (name.clone(), t.clone());
+                                            change(
+                                                Box::pin(async move {
+                                                    api::add_egress_rule(&name, "allow", &t, "", "").await
+                                                }),
+                                                false,
+                                            )
+                                        }
+                                    >
+                                        "Allow"
+                                    </button>
+                                })
+                            });
+                        let bytes = match (entry.bytes_up, entry.bytes_down) {
+                            (Some(up), Some(down)) => format!("↑{up} ↓{down}"),
+                            _ => String::new(),
+                        };
+                        view! {
+                            <tr
+                                class="entry"
+                                data-id=entry.id.to_string()
+                                data-decision=entry.decision.as_str()
+                                data-name=entry.name.clone()
+                            >
+                                <td class="time">{clock(entry.time_unix_ms)}</td>
+                                <td class="proto">{entry.proto.as_str()}</td>
+                                <td class="dest mono">
+                                    {entry.name.clone().or(entry.addr.clone()).unwrap_or_default()}
+                                    {entry.port.map(|p| format!(":{p}"))}
+                                </td>
+                                <td class="decision">{entry.decision.as_str()}</td>
+                                <td class="reason">{entry.reason}</td>
+                                <td class="bytes num">{bytes}</td>
+                                <td>{allow}</td>
+                            </tr>
+                        }
+                    })
+                    .collect_view(),
+            )
+        }
+    };
+
+    view! {
+        <section class="egress" data-vm=name.clone()>
+            <h3>"Egress of " {name.clone()}</h3>
+            <div class="scroll">
+                <table class="egress-rules">
+                    <thead>
+                        <tr>
+                            <th>"Action"</th>
+                            <th>"Target"</th>
+                            <th>"Ports"</th>
+                            <th>"Proto"</th>
+                            <th></th>
+                        </tr>
+                    </thead>
+                    <tbody>{rule_rows}</tbody>
+                </table>
+            </div>
+            <form class="egress-add" on:submit=on_submit>
+                <select
+                    class="action"
+                    aria-label="action"
+                    on:change=move |ev| action.set(event_target_value(&ev))
+                >
+                    <option value="allow">"allow"</option>
+                    <option value="deny">"deny"</option>
+                </select>
+                <input
+                    class="target"
+                    aria-label="target"
+                    placeholder="api.example.com, *.github.com, 10.0.0.0/8"
+                    prop:value=move || target.get()
+                    on:input=move |ev| target.set(event_target_value(&ev))
+                />
+                <input
+                    class="ports"
+                    aria-label="ports"
+                    placeholder="ports: 443, 8000-9000"
+                    prop:value=move || ports.get()
+                    on:input=move |ev| ports.set(event_target_value(&ev))
+                />
+                <select
+                    class="proto"
+                    aria-label="protocol"
+                    on:change=move |ev| proto.set(event_target_value(&ev))
+                >
+                    <option value="">"tcp+udp"</option>
+                    <option value="tcp">"tcp"</option>
+                    <option value="udp">"udp"</option>
+                </select>
+                <button class="add-rule" type="submit" disabled=move || pending.get()>
+                    "Add rule"
+                </button>
+            </form>
+            {move || error.get().map(|message| view! { <p class="error egress-error" role="alert">{message}</p> })}
+            <div class="scroll">
+                <table class="egress-log">
+                    <thead>
+                        <tr>
+                            <th>"Time"</th>
+                            <th>"Proto"</th>
+                            <th>"Destination"</th>
+                            <th>"Decision"</th>
+                            <th>"Why"</th>
+                            <th class="num">"Bytes"</th>
+                            <th></th>
+                        </tr>
+                    </thead>
+                    <tbody>{log_rows}</tbody>
+                </table>
+            </div>
+        </section>
+    }
+}
+
+/// Inference requests as they finish (newest first), totals, and turns per
+/// agent session.
+#[component]
+fn InferencePanel(live: Live) -> impl IntoView {
+    let log = live.inference;
+    let rows = move || {
+        let recent = log.with(|l| l.recent.clone());
+        if recent.is_empty() {
+            return Either::Left(view! {
+                <tr><td class="empty" colspan="11">"No requests yet."</td></tr>
+            });
+        }
+        Either::Right(
+            recent
+                .into_iter()
+                .map(|r| {
+                    let session = r.session.clone().unwrap_or_default();
+                    let status_title = r.error.clone().unwrap_or_default();
+                    let (data_session, data_status) = (session.clone(), r.status.clone());
+                    view! {
+                        <tr class="request" data-session=data_session data-status=data_status>
+                            <td class="time">{clock(r.started_at_ms)}</td>
+                            <td class="client">{r.client}</td>
+                            <td class="model mono">{r.model}</td>
+                            <td class="session mono">{session}</td>
+                            <td class="status" title=status_title>{r.status}</td>
+                            <td class="num prompt">{r.prompt_tokens}</td>
+                            <td class="num cached">{r.cached_tokens}</td>
+                            <td class="num output">{r.output_tokens}</td>
+                            <td class="num ttft">{decimals(r.time_to_first_token_ms, 0)}</td>
+                            <td class="num decode">{decimals(r.decode_tokens_per_s, 1)}</td>
+                            <td class="tools mono">{r.tool_calls.join(", ")}</td>
+                        </tr>
+                    }
+                })
+                .collect_view(),
+        )
+    };
+    let sessions = move || {
+        let turns = log.with(|l| l.turns.clone());
+        if turns.is_empty() {
+            return Either::Left(view! {
+                <tr><td class="empty" colspan="3">"No sessions yet."</td></tr>
+            });
+        }
+        Either::Right(
+            turns
+                .into_iter()
+                .map(|((client, session), n)| {
+                    let (data_client, data_session) = (client.clone(), session.clone());
+                    view! {
+                        <tr class="session" data-client=data_client data-session=data_session>
+                            <td class="client">{client}</td>
+                            <td class="session mono">
+                                {if session.is_empty() { "(none)".to_string() } else { session }}
+                            </td>
+                            <td class="num turns">{n}</td>
+                        </tr>
+                    }
+                })
+                .collect_view(),
+        )
+    };
+    view! {
+        <section class="inference">
+            <h2>"Inference"</h2>
+            <p class="totals">
+                <span>
+                    <b class="requests" data-count=move || log.with(|l| l.requests.to_string())>
+                        {move || log.with(|l| l.requests)}
+                    </b>
+                    " requests"
+                </span>
+                <span><b class="tokens">{move || log.with(|l| l.tokens)}</b>" tokens"</span>
+                <span>
+                    "mean TTFT "
+                    <b class="ttft">
+                        {move || log.with(|l| l.mean_ttft_ms().map_or_else(|| "–".to_string(), |t| format!("{t:.0} ms")))}
+                    </b>
+                </span>
+            </p>
+            <h3>"Sessions"</h3>
+            <div class="scroll">
+                <table class="sessions">
+                    <thead>
+                        <tr>
+                            <th>"Client"</th>
+                            <th>"Session"</th>
+                            <th class="num">"Turns"</th>
+                        </tr>
+                    </thead>
+                    <tbody>{sessions}</tbody>
+                </table>
+            </div>
+            <h3>"Requests"</h3>
+            <div class="scroll">
+                <table class="inference">
+                    <thead>
+                        <tr>
+                            <th>"Time"</th>
+                            <th>"Client"</th>
+                            <th>"Model"</th>
+                            <th>"Session"</th>
+                            <th>"Status"</th>
+                            <th class="num">"Prompt"</th>
+                            <th class="num">"Cached"</th>
+                            <th class="num">"Output"</th>
+                            <th class="num">"TTFT ms"</th>
+                            <th class="num">"Decode tok/s"</th>
+                            <th>"Tools"</th>
+                        </tr>
+                    </thead>
+                    <tbody>{rows}</tbody>
+                </table>
+            </div>
+        </section>
+    }
+}
+
+/// Opens the event stream and applies its events to `live`. On each
 /// (re)connection the list is fetched again, so nothing that changed while the
 /// stream was closed (before hydration, during a reconnect) is missed.
 #[cfg(feature = "hydrate")]
 fn follow_events(
     vms: Resource<api::VmList>,
     shown: StoredValue<Option<Vec<String>>>,
-    live: LiveStates,
+    live: Live,
 ) -> Option<api::EventStream> {
     use std::cell::RefCell;
     use std::collections::HashSet;
@@ -265,19 +931,45 @@ fn follow_events(
 
     let on_event = {
         let fresh = Rc::clone(&fresh);
-        move |event: Event| {
-            let Event::VmState { name, state } = event else {
-                return;
-            };
-            let name = name.to_string();
-            let known = shown_names().is_some_and(|names| names.contains(&name));
-            fresh.borrow_mut().insert(name.clone());
-            live.update(|m| {
-                m.insert(name, state);
-            });
-            if !known {
-                vms.refetch();
+        move |event: Event| match event {
+            Event::VmState { name, state } => {
+                let name = name.to_string();
+                let known = shown_names().is_some_and(|names| names.contains(&name));
+                fresh.borrow_mut().insert(name.clone());
+                if !state.is_busy() {
+                    live.progress.update(|m| {
+                        m.remove(&name);
+                    });
+                }
+                live.states.update(|m| {
+                    m.insert(name, state);
+                });
+                if !known {
+                    vms.refetch();
+                }
             }
+            Event::VmDeleted { .. } => vms.refetch(),
+            Event::Progress {
+                task,
+                step,
+                done,
+                total,
+            } => {
+                // VM tasks are named "VM: what"
+                let Some((name, what)) = task.split_once(": ") else {
+                    return;
+                };
+                let count = match total {
+                    Some(total) if total > 1 => format!(" ({done}/{total})"),
+                    _ => String::new(),
+                };
+                let line = format!("{what}: {step}{count}");
+                live.progress.update(|m| {
+                    m.insert(name.to_string(), line);
+                });
+            }
+            Event::Inference(record) => live.inference.update(|log| log.push(record)),
+            Event::Egress { entry } => live.merge_egress(vec![entry]),
         }
     };
     let on_open = move || {
@@ -289,7 +981,7 @@ fn follow_events(
                 return;
             };
             let fresh = fresh.borrow();
-            live.update(|m| {
+            live.states.update(|m| {
                 for vm in &list {
                     let name = vm.spec.name.to_string();
                     if !fresh.contains(&name) {
@@ -310,5 +1002,55 @@ fn follow_events(
             leptos::logging::error!("cannot open the event stream: {e}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(session: Option<&str>, ttft: Option<f64>) -> InferenceRecord {
+        InferenceRecord {
+            request_id: "r".into(),
+            client: "anonymous".into(),
+            endpoint: "chat_completions".into(),
+            model: "m".into(),
+            session: session.map(str::to_string),
+            previous_response_id: None,
+            status: "completed".into(),
+            error: None,
+            prompt_tokens: 10,
+            cached_tokens: 0,
+            output_tokens: 5,
+            time_to_first_token_ms: ttft,
+            prefill_tokens_per_s: None,
+            decode_tokens_per_s: None,
+            duration_ms: 1.0,
+            tool_calls: vec![],
+            started_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn inference_log_keeps_the_newest_and_counts_everything() {
+        let mut log = InferenceLog::default();
+        for i in 0..(INFERENCE_ROWS + 5) {
+            let ttft = (i % 2 == 0).then_some(100.0);
+            log.push(record(Some(if i < 3 { "a" } else { "b" }), ttft));
+        }
+        assert_eq!(log.recent.len(), INFERENCE_ROWS);
+        assert_eq!(log.requests, INFERENCE_ROWS as u64 + 5);
+        assert_eq!(log.tokens, 15 * (INFERENCE_ROWS as u64 + 5));
+        assert_eq!(log.mean_ttft_ms(), Some(100.0));
+        assert_eq!(log.turns[&("anonymous".into(), "a".into())], 3);
+        log.push(record(None, None));
+        assert_eq!(log.recent[0].session, None);
+        assert_eq!(log.turns[&("anonymous".into(), String::new())], 1);
+    }
+
+    #[test]
+    fn clock_is_utc_hours_minutes_seconds() {
+        assert_eq!(clock(0), "00:00:00");
+        assert_eq!(clock((13 * 3600 + 5 * 60 + 9) * 1000 + 999), "13:05:09");
     }
 }

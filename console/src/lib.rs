@@ -11,6 +11,9 @@
 //! With neither feature the crate still compiles (for `cargo test --workspace`),
 //! but the page cannot load any data.
 
+// the page's view types nest deeply
+#![recursion_limit = "256"]
+
 mod api;
 mod app;
 #[cfg(feature = "ssr")]

@@ -126,16 +126,32 @@ mod tests {
         assert!(html.contains("disk full"), "{html}");
         assert!(html.contains("/pkg/clawpen_console.js"), "{html}");
         assert!(html.contains("/pkg/clawpen_console_bg.wasm"), "{html}");
-        // the busy VM's reset button is disabled, the running one's is not
-        let busy_row = html.split(r#"<tr data-vm="busy">"#).nth(1).unwrap();
-        let busy_row = busy_row.split("</tr>").next().unwrap();
+        // the busy VM's reset buttons are disabled, the running one's are not
+        let row = |name: &str| {
+            let start = format!(r#"<tr data-vm="{name}">"#);
+            let rest = html.split(start.as_str()).nth(1).unwrap();
+            rest.split("</tr>").next().unwrap().to_string()
+        };
+        // the opening tag of the button with class `class` in `row`
+        let button = |row: &str, class: &str| {
+            let end = format!(r#"class="{class}">"#);
+            let head = row.split(end.as_str()).next().unwrap();
+            head.rsplit("<button").next().unwrap().to_string()
+        };
+        let (busy, demo) = (row("busy"), row("demo"));
+        for class in ["reset", "reset-cold", "snapshot"] {
+            assert!(busy.contains(&format!(r#"class="{class}">"#)), "{busy}");
+            assert!(button(&busy, class).contains("disabled"), "{busy}");
+            assert!(demo.contains(&format!(r#"class="{class}">"#)), "{demo}");
+            assert!(!button(&demo, class).contains("disabled"), "{demo}");
+        }
+        // the other panels are there, empty until the browser fills them
         assert!(
-            busy_row.contains(r#"<button disabled class="reset">"#),
-            "{busy_row}"
+            html.contains(r#"<section data-vm="demo" class="egress">"#),
+            "{html}"
         );
-        let demo_row = html.split(r#"<tr data-vm="demo">"#).nth(1).unwrap();
-        let demo_row = demo_row.split("</tr>").next().unwrap();
-        assert!(demo_row.contains(r#"<button class="reset">"#), "{demo_row}");
+        assert!(html.contains(r#"<table class="inference">"#), "{html}");
+        assert!(html.contains("No requests yet."), "{html}");
     }
 
     #[tokio::test]

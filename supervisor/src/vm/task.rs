@@ -592,10 +592,12 @@ impl VmTask {
     }
 
     async fn restore_cold(&mut self, snapshot: Option<SnapshotName>) -> Result<VmInfo, VmError> {
+        self.progress("cold reset", "stopping the VMM", 0, 3);
         self.stop_instance().await;
         self.record(VmState::Resetting)?;
         crash::point("reset:after-stop");
         let image = self.image()?;
+        self.progress("cold reset", "restoring the disk", 1, 3);
         match &snapshot {
             Some(name) => self
                 .ctx
@@ -606,6 +608,7 @@ impl VmTask {
             None => self.fresh_disk(&image).await?,
         }
         crash::point("reset:after-disk");
+        self.progress("cold reset", "booting", 2, 3);
         self.boot_inner(VmState::Resetting).await
     }
 
