@@ -115,6 +115,9 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     supervisor
         .write_endpoint(&url)
         .context("recording the endpoint")?;
+    // Until here a Ctrl-C simply ends the process (nothing runs yet, and the
+    // image build is crash-safe); from here on it stops the VMs first.
+    let shutdown = shutdown_signal()?;
     println!("clawpen is up");
     println!(
         "  console:   {url}/login?token={}",
@@ -136,7 +139,7 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
         }
     });
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("stopping: VMs first");
     starter.abort();
     let _ = stop_tx.send(true);
@@ -146,11 +149,18 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// Installs the SIGINT/SIGTERM handlers now and returns a future that ends
+/// at the first of them. Installed before the login URL is printed, so a
+/// signal that follows it at once still stops the VMs cleanly instead of
+/// killing the process with its default action.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
