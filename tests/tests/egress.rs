@@ -276,7 +276,7 @@ async fn allowed_names_connect_everything_else_is_denied_and_logged() {
         ),
         (
             json!({"action": "allow", "target": "a.test", "extra": 1}),
-            "body",
+            "body.extra",
         ),
     ] {
         let (status, answer) = up
@@ -323,9 +323,9 @@ async fn allowed_names_connect_everything_else_is_denied_and_logged() {
     let mut streamed = String::new();
     let deadline = Instant::now() + Duration::from_secs(15);
     while !streamed.contains("unlisted.test") && Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(1), events.chunk()).await {
-            Ok(Ok(Some(chunk))) => streamed.push_str(&String::from_utf8_lossy(&chunk)),
-            _ => {}
+        let chunk = tokio::time::timeout(Duration::from_secs(1), events.chunk()).await;
+        if let Ok(Ok(Some(chunk))) = chunk {
+            streamed.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
     assert!(
@@ -606,7 +606,12 @@ async fn sni_host_ipv6_and_dns_over_tcp_are_no_way_around_and_inference_is_reach
         )
         .unwrap();
     assert!(out.contains("six=1"), "{out}");
-    let six = wait_log(&up, "IPv6", |e| e.proto.as_str() == "ipv6").await;
+    // The neighbour solicitation for the "router", or the SYN itself.
+    let six = wait_log(&up, "IPv6 towards 2001:db8::1", |e| {
+        e.proto.as_str() == "ipv6"
+            && matches!(e.addr.as_deref(), Some("2001:db8::1" | "ff02::1:ff00:1"))
+    })
+    .await;
     assert_eq!(six.decision.as_str(), "deny");
 
     // The inference service, at the gateway's fixed address and name.

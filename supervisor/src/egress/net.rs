@@ -34,8 +34,11 @@ pub const INFERENCE_NAME: &str = "inference.clawpen.internal";
 /// which no real service uses.
 pub const FAKE_POOL_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 pub const FAKE_POOL_PREFIX: u8 = 15;
-/// Link MTU handed out by DHCP.
-pub const MTU: u16 = 1500;
+/// Link MTU handed out by DHCP. The link is virtual and every TCP flow ends
+/// at the gateway, so nothing outside sees it; large frames cut the guest's
+/// per-packet work, which dominates under TCG (32 MiB download: ~2x faster
+/// than at 1500).
+pub const MTU: u16 = 65520;
 
 /// True if `ip` is in the synthetic address pool.
 pub fn in_fake_pool(ip: Ipv4Addr) -> bool {

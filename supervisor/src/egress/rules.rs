@@ -96,6 +96,20 @@ impl RuleSet {
         )
     }
 
+    /// The inference service at the gateway (`name` or `gateway`, `port`):
+    /// allowed by default, unless a deny rule names it or holds the gateway's
+    /// address.
+    pub fn inference(&self, name: &str, gateway: IpAddr, port: u16) -> Verdict {
+        let denied = self.first(EgressAction::Deny, |r| {
+            (r.target.matches_name(name) || cidr_matches(r, gateway))
+                && r.covers(EgressProto::Tcp, port)
+        });
+        match denied {
+            Some(rule) => Verdict::by(rule),
+            None => Verdict::allow(None, "built-in: the inference service"),
+        }
+    }
+
     /// A connection to a literal address: CIDR rules only, and special ranges
     /// only through a rule that names them.
     pub fn connect_ip(&self, ip: IpAddr, proto: EgressProto, port: u16) -> Verdict {
@@ -207,6 +221,17 @@ mod tests {
         let v = rules.connect_name("api.telegram.org", Tcp, 8443);
         assert!(!v.allow && v.rule.is_none());
         assert!(!rules.resolve("github.com").allow);
+    }
+
+    #[test]
+    fn inference_is_allowed_unless_denied() {
+        let gw: IpAddr = "10.200.0.1".parse().unwrap();
+        let name = "inference.clawpen.internal";
+        assert!(RuleSet::default().inference(name, gw, 80).allow);
+        let by_name = RuleSet::new(vec![rule(4, Deny, name, None)]);
+        assert_eq!(by_name.inference(name, gw, 80).rule, Some(4));
+        let by_cidr = RuleSet::new(vec![rule(5, Deny, "10.200.0.0/24", Some("80"))]);
+        assert!(!by_cidr.inference(name, gw, 80).allow);
     }
 
     #[test]

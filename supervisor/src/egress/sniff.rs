@@ -76,10 +76,7 @@ pub fn tls_sni(bytes: &[u8]) -> Sniffed {
     // Reassemble the handshake layer from the records seen so far.
     let mut handshake = Vec::new();
     let mut records = Reader::new(bytes);
-    loop {
-        let Some(header) = records.take(5) else {
-            break;
-        };
+    while let Some(header) = records.take(5) {
         if header[0] != 22 {
             return refused("not a TLS handshake");
         }

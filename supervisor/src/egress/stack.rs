@@ -34,9 +34,10 @@ use super::rules::{RuleSet, Verdict};
 use super::sniff::{self, Sniffed, MAX_SNIFF};
 use super::wire::{self, GuestFrame, Ipv4Frame, L4};
 
-/// Per-connection socket buffers (guest side). 128 KiB each way keeps a TCG
-/// guest busy; [`MAX_FLOWS`] bounds the memory a guest can make us hold.
-const SOCKET_BUFFER: usize = 128 * 1024;
+/// Per-connection socket buffers (guest side): four 64 KiB segments in
+/// flight each way; [`MAX_FLOWS`] bounds what a guest can make us hold
+/// (256 x 512 KiB).
+const SOCKET_BUFFER: usize = 256 * 1024;
 /// Connections open at once per VM; more are refused (and logged).
 pub const MAX_FLOWS: usize = 256;
 /// Largest chunk handed to a host connection at a time.
@@ -223,7 +224,9 @@ struct Policy<'a> {
 impl DnsPolicy for Policy<'_> {
     fn resolve(&mut self, name: &str) -> Verdict {
         if name == INFERENCE_NAME {
-            return Verdict::allow(None, "built-in: the inference service");
+            return self
+                .rules
+                .inference(name, IpAddr::V4(GATEWAY_IP), INFERENCE_PORT);
         }
         self.rules.resolve(name)
     }
@@ -359,9 +362,9 @@ impl Stack {
         &mut self,
         now: Now,
         proto: EgressLogProto,
-        addr: IpAddr,
-        port: Option<u16>,
-        reason: &str,
+        name: Option<String>,
+        (addr, port): (IpAddr, Option<u16>),
+        verdict: &Verdict,
     ) {
         let key = (proto, addr, port);
         if self
@@ -375,14 +378,7 @@ impl Stack {
             self.noted.clear();
         }
         self.noted.insert(key, now.mono);
-        let entry = self.new_entry(
-            now,
-            proto,
-            None,
-            Some(addr),
-            port,
-            &Verdict::deny(None, reason),
-        );
+        let entry = self.new_entry(now, proto, name, Some(addr), port, verdict);
         self.actions.push(Action::Log(entry));
     }
 
@@ -401,7 +397,14 @@ impl Stack {
                 let reason = format!(
                     "IPv6 is not offered (next header {next_header}); every IPv6 frame is dropped"
                 );
-                self.note(now, EgressLogProto::Ipv6, IpAddr::V6(dst), port, &reason);
+                let verdict = Verdict::deny(None, reason);
+                self.note(
+                    now,
+                    EgressLogProto::Ipv6,
+                    None,
+                    (IpAddr::V6(dst), port),
+                    &verdict,
+                );
             }
             GuestFrame::Ipv4(v4) => self.receive_v4(frame, v4, now),
             GuestFrame::Other => {}
@@ -426,12 +429,14 @@ impl Stack {
             L4::IcmpEcho if v4.dst == GATEWAY_IP => self.ingest(frame, now),
             L4::IcmpEcho | L4::Icmp => {
                 if !v4.dst.is_broadcast() && !v4.dst.is_multicast() {
+                    let verdict =
+                        Verdict::deny(None, "ICMP is answered only by the gateway itself");
                     self.note(
                         now,
                         EgressLogProto::Icmp,
-                        IpAddr::V4(v4.dst),
                         None,
-                        "ICMP is answered only by the gateway itself",
+                        (IpAddr::V4(v4.dst), None),
+                        &verdict,
                     );
                 }
             }
@@ -492,30 +497,18 @@ impl Stack {
                 Verdict::deny(None, "the gateway answers UDP only for DHCP and DNS"),
             ),
         };
-        let reason = if verdict.allow {
-            format!("{}; but UDP other than DNS is not relayed", verdict.reason)
+        // Allowed or not, only DNS is carried over UDP: the rules said yes,
+        // the gateway says no, and the log says both.
+        let verdict = if verdict.allow {
+            Verdict::deny(
+                None,
+                format!("{}; but UDP other than DNS is not relayed", verdict.reason),
+            )
         } else {
-            verdict.reason
+            verdict
         };
-        let key = (EgressLogProto::Udp, IpAddr::V4(v4.dst), Some(dst_port));
-        if self
-            .noted
-            .get(&key)
-            .is_some_and(|at| now.mono < *at + NOTE_EVERY)
-        {
-            return;
-        }
-        self.noted.insert(key, now.mono);
-        let mut entry = self.new_entry(
-            now,
-            EgressLogProto::Udp,
-            name,
-            Some(IpAddr::V4(v4.dst)),
-            Some(dst_port),
-            &Verdict::deny(verdict.rule, reason),
-        );
-        entry.decision = EgressAction::Deny;
-        self.actions.push(Action::Log(entry));
+        let place = (IpAddr::V4(v4.dst), Some(dst_port));
+        self.note(now, EgressLogProto::Udp, name, place, &verdict);
     }
 
     /// Answers one DNS message, logging the decision.
@@ -602,7 +595,7 @@ impl Stack {
             ),
             Destination::Gateway if dst_port == INFERENCE_PORT => (
                 Some(INFERENCE_NAME.to_string()),
-                Verdict::allow(None, "built-in: the inference service"),
+                rules.inference(INFERENCE_NAME, dst_ip, dst_port),
                 Phase::Dialing,
                 Some(DialTarget::Inference),
             ),
