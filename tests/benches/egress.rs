@@ -364,7 +364,7 @@ async fn main() {
             true,
         ),
         (
-            "connect + close, ms each",
+            "request on a new connection, ms",
             median(&mut gateway.connect_ms),
             median(&mut slirp.connect_ms),
             false,

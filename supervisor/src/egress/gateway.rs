@@ -14,9 +14,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use clawpen_api::VmName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
@@ -32,8 +32,8 @@ use super::stack::{Action, DialError, FlowId, FlowIo, Now, Stack, MAX_FRAME};
 const RECONNECT: Duration = Duration::from_millis(100);
 /// Longest sleep when smoltcp has no timer pending.
 const IDLE: Duration = Duration::from_secs(1);
-/// Frames read ahead from the link.
-const FRAME_QUEUE: usize = 512;
+/// Bytes read from the link at a time (at least one largest frame).
+const READ_BUFFER: usize = 256 * 1024;
 
 /// What every gateway shares with the supervisor.
 pub struct GatewayContext {
@@ -103,21 +103,27 @@ async fn run(ctx: GatewayContext) {
         };
         tracing::debug!(vm = %ctx.vm, reconnect = attached_once, "egress gateway attached");
         attached_once = true;
-        let (rd, wr) = stream.into_split();
-        let (frame_tx, mut frames) = mpsc::channel::<Vec<u8>>(FRAME_QUEUE);
-        let reader = tokio::spawn(read_frames(rd, frame_tx));
+        let (mut rd, wr) = stream.into_split();
+        let mut inbox = BytesMut::with_capacity(READ_BUFFER);
         let mut writer = BufWriter::with_capacity(256 * 1024, wr);
         loop {
             let delay = stack.poll_delay(clock.now()).unwrap_or(IDLE).min(IDLE);
+            inbox.reserve(READ_BUFFER);
+            // Frames are read here, not in a task of their own: one hop less
+            // per frame (`read_buf` is cancel-safe).
             tokio::select! {
-                frame = frames.recv() => match frame {
-                    Some(frame) => {
-                        stack.receive(&frame, clock.now());
-                        while let Ok(frame) = frames.try_recv() {
-                            stack.receive(&frame, clock.now());
+                read = rd.read_buf(&mut inbox) => match read {
+                    Ok(n) if n > 0 => {
+                        let now = clock.now();
+                        match take_frames(&mut inbox, |frame| stack.receive(frame, now)) {
+                            Ok(()) => {}
+                            Err(len) => {
+                                tracing::warn!(vm = %ctx.vm, len, "egress link: frame length out of range; dropping the link");
+                                break;
+                            }
                         }
                     }
-                    None => break,
+                    _ => break,
                 },
                 Some((id, result)) = dial_rx.recv() => stack.dialed(id, result, clock.now()),
                 () = wake.notified() => {}
@@ -131,7 +137,6 @@ async fn run(ctx: GatewayContext) {
                 break;
             }
         }
-        reader.abort();
         tracing::debug!(vm = %ctx.vm, "egress gateway link closed; reconnecting");
         tokio::time::sleep(RECONNECT).await;
     }
@@ -184,28 +189,40 @@ async fn write_frames(
     Ok(())
 }
 
-/// Reads length-prefixed frames until the link ends or sends an impossible length.
-async fn read_frames(rd: OwnedReadHalf, frames: mpsc::Sender<Vec<u8>>) {
-    let mut rd = tokio::io::BufReader::with_capacity(256 * 1024, rd);
-    loop {
-        let mut len = [0u8; 4];
-        if rd.read_exact(&mut len).await.is_err() {
-            return;
-        }
-        let len = u32::from_be_bytes(len) as usize;
+/// Hands every complete length-prefixed frame in `inbox` to `each` and keeps
+/// the incomplete rest; `Err(len)` for an impossible length.
+fn take_frames(inbox: &mut BytesMut, mut each: impl FnMut(&[u8])) -> Result<(), usize> {
+    while let Some(header) = inbox.get(..4) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         if len > MAX_FRAME {
-            tracing::warn!(
-                len,
-                "egress link: frame length out of range; dropping the link"
-            );
-            return;
+            return Err(len);
         }
-        let mut frame = vec![0u8; len];
-        if rd.read_exact(&mut frame).await.is_err() {
-            return;
+        if inbox.len() < 4 + len {
+            break;
         }
-        if frames.send(frame).await.is_err() {
-            return;
-        }
+        let frame = inbox.split_to(4 + len);
+        each(&frame[4..]);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_cut_at_their_length_prefix() {
+        let mut inbox = BytesMut::new();
+        inbox.extend_from_slice(&[0, 0, 0, 2, b'a', b'b', 0, 0, 0, 3, b'c']);
+        let mut seen = Vec::new();
+        take_frames(&mut inbox, |f| seen.push(f.to_vec())).unwrap();
+        assert_eq!(seen, vec![b"ab".to_vec()]);
+        assert_eq!(&inbox[..], &[0, 0, 0, 3, b'c']);
+        inbox.extend_from_slice(b"de");
+        take_frames(&mut inbox, |f| seen.push(f.to_vec())).unwrap();
+        assert_eq!(seen[1], b"cde".to_vec());
+        assert!(inbox.is_empty());
+        inbox.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(take_frames(&mut inbox, |_| {}).is_err());
     }
 }

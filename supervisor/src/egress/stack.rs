@@ -791,9 +791,14 @@ impl Stack {
             if matches!(state, tcp::State::Closed | tcp::State::TimeWait) && !flow.ended {
                 finish(flow, now, &mut self.actions);
             }
-            // An aborted socket stays until its RST is out (its tuple is cleared then).
+            // An aborted socket stays until its RST is out (its tuple is
+            // cleared then). TIME-WAIT is not kept: on this lossless link a
+            // late FIN gets an RST at worst, and a guest making many short
+            // connections must not fill the flow table (and memory) with
+            // sockets that only wait.
             let socket = self.sockets.get::<tcp::Socket>(flow.handle);
-            if state == tcp::State::Closed && socket.remote_endpoint().is_none() {
+            let rst_out = state == tcp::State::Closed && socket.remote_endpoint().is_none();
+            if rst_out || state == tcp::State::TimeWait {
                 gone.push(*id);
             }
         }

@@ -352,6 +352,9 @@ fn allowed_flow_moves_bytes_both_ways() {
         .collect();
     assert_eq!(ended.len(), 1, "{actions:?} {more:?}");
     assert_eq!((ended[0].bytes_up, ended[0].bytes_down), (Some(4), Some(4)));
+    // Nothing lingers (no TIME-WAIT sockets filling the flow table).
+    h.poll();
+    assert_eq!(h.stack.flow_count(), 0);
 }
 
 /// On 443 the ClientHello must name the synthetic address's name.
