@@ -53,6 +53,43 @@ pub struct RequestMetrics {
     pub started_at_ms: u64,
 }
 
+impl RequestMetrics {
+    /// A request's record as it starts: counters at zero, status
+    /// `Cancelled` until the generation says otherwise.
+    pub fn begin(
+        request_id: String,
+        client: String,
+        endpoint: Endpoint,
+        model: String,
+        session: Option<String>,
+        previous_response_id: Option<String>,
+        stream: bool,
+    ) -> Self {
+        Self {
+            request_id,
+            client,
+            endpoint,
+            model,
+            session,
+            previous_response_id,
+            stream,
+            status: RequestStatus::Cancelled,
+            error: None,
+            prompt_tokens: 0,
+            cached_tokens: 0,
+            output_tokens: 0,
+            usage_estimated: false,
+            time_to_first_token_ms: None,
+            prefill_tokens_per_s: None,
+            decode_tokens_per_s: None,
+            duration_ms: 0.0,
+            tool_calls: Vec::new(),
+            repaired_tool_calls: 0,
+            started_at_ms: unix_ms(),
+        }
+    }
+}
+
 /// Which API a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

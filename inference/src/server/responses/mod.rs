@@ -27,7 +27,7 @@ use super::{ApiError, AppState};
 use crate::engine::{Engine, EngineError, GenerateRequest, Role};
 use crate::generation::{GenEvent, Outcome, OutputOptions};
 use crate::ids::{new_id, unix_secs};
-use crate::metrics::{unix_ms, Endpoint, RequestMetrics, RequestStatus};
+use crate::metrics::{Endpoint, RequestMetrics};
 use crate::parse::ToolSpec;
 use crate::store::{ResponseStore, StoredResponse};
 
@@ -197,28 +197,15 @@ fn parse_all(items: &[Value], at: &str) -> Result<Vec<Item>, ApiError> {
 async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> Response {
     let id = new_id("resp_");
     let model = p.generate.model.clone();
-    let recorder = state.metrics.recorder(RequestMetrics {
-        request_id: id.clone(),
-        client: client.0.clone(),
-        endpoint: Endpoint::Responses,
-        model: model.clone(),
-        session: p.echo.prompt_cache_key.clone(),
-        previous_response_id: p.echo.previous_response_id.clone(),
-        stream: p.stream,
-        status: RequestStatus::Cancelled,
-        error: None,
-        prompt_tokens: 0,
-        cached_tokens: 0,
-        output_tokens: 0,
-        usage_estimated: false,
-        time_to_first_token_ms: None,
-        prefill_tokens_per_s: None,
-        decode_tokens_per_s: None,
-        duration_ms: 0.0,
-        tool_calls: Vec::new(),
-        repaired_tool_calls: 0,
-        started_at_ms: unix_ms(),
-    });
+    let recorder = state.metrics.recorder(RequestMetrics::begin(
+        id.clone(),
+        client.0.clone(),
+        Endpoint::Responses,
+        model.clone(),
+        p.echo.prompt_cache_key.clone(),
+        p.echo.previous_response_id.clone(),
+        p.stream,
+    ));
     let output = OutputOptions {
         family: p.engine.family(&model),
         tools: p.tools,
