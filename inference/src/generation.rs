@@ -59,6 +59,9 @@ pub struct Outcome {
 /// When things happened, relative to the request's start.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timing {
+    /// Time spent in the engine's queue before generating (part of the
+    /// time to first token); `None` when the engine does not tell.
+    pub queue_wait: Option<Duration>,
     pub time_to_first_token: Option<Duration>,
     /// From the first output token to the end.
     pub decode: Duration,
@@ -104,6 +107,7 @@ pub struct Generation {
     queue: VecDeque<Step>,
     started: Instant,
     first_token: Option<Instant>,
+    queue_wait: Option<Duration>,
     output_pieces: u64,
     calls_made: usize,
     tool_names: Vec<String>,
@@ -145,6 +149,7 @@ impl Generation {
             queue: VecDeque::new(),
             started,
             first_token: None,
+            queue_wait: None,
             output_pieces: 0,
             calls_made: 0,
             tool_names: Vec::new(),
@@ -215,6 +220,7 @@ impl Generation {
                 call.arguments.push_str(&arguments);
             }
             EngineEvent::Finished { reason, usage } => self.finish(reason, usage),
+            EngineEvent::Admitted { queue_wait } => self.queue_wait = Some(queue_wait),
         }
     }
 
@@ -324,6 +330,7 @@ impl Generation {
         });
         let now = Instant::now();
         let timing = Timing {
+            queue_wait: self.queue_wait,
             time_to_first_token: self.first_token.map(|t| t - self.started),
             decode: self.first_token.map_or(Duration::ZERO, |t| now - t),
             total: now - self.started,

@@ -141,6 +141,7 @@ impl Inference {
                 "local models and an upstream cannot be served together: give either --model or --upstream".into(),
             ));
         }
+        let metrics = Arc::new(Metrics::new());
         let engine: Option<Arc<dyn engine::Engine>> = match &config.upstream {
             None if !config.local_models.is_empty() => {
                 Some(Arc::new(engine::local::LocalEngine::start(
@@ -149,6 +150,7 @@ impl Inference {
                         default_model: config.model.clone(),
                         tool_format: config.tool_format,
                         on_load: None,
+                        queue_observer: Some(metrics.clone()),
                     },
                 )))
             }
@@ -170,7 +172,7 @@ impl Inference {
             config: Arc::new(config),
             engine,
             store,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
         };
         Ok(Self { state })
     }

@@ -39,6 +39,11 @@ pub struct RequestMetrics {
     pub output_tokens: u64,
     /// The engine reported no usage; token counts are estimates.
     pub usage_estimated: bool,
+    /// Time the request waited in the engine's queue behind other requests
+    /// before generating (included in the time to first token); `None`
+    /// when the engine does not queue (an upstream).
+    #[serde(default)]
+    pub queue_wait_ms: Option<f64>,
     pub time_to_first_token_ms: Option<f64>,
     /// Uncached prompt tokens per second of time to first token.
     pub prefill_tokens_per_s: Option<f64>,
@@ -79,6 +84,7 @@ impl RequestMetrics {
             cached_tokens: 0,
             output_tokens: 0,
             usage_estimated: false,
+            queue_wait_ms: None,
             time_to_first_token_ms: None,
             prefill_tokens_per_s: None,
             decode_tokens_per_s: None,
@@ -144,6 +150,8 @@ struct ClientTotals {
     repaired_tool_calls: u64,
     ttft_seconds: f64,
     ttft_count: u64,
+    queue_wait_seconds: f64,
+    queue_wait_count: u64,
 }
 
 /// The service's metrics. Cheap to share (`Arc`).
@@ -152,6 +160,8 @@ pub struct Metrics {
     feed: broadcast::Sender<RequestMetrics>,
     live: AtomicI64,
     totals: Mutex<BTreeMap<String, ClientTotals>>,
+    /// Requests waiting in an engine's queue, by (model, client).
+    queued: Mutex<BTreeMap<(String, String), usize>>,
 }
 
 impl Default for Metrics {
@@ -166,6 +176,7 @@ impl Metrics {
             feed: broadcast::channel(1024).0,
             live: AtomicI64::new(0),
             totals: Mutex::new(BTreeMap::new()),
+            queued: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -178,6 +189,11 @@ impl Metrics {
     /// Generations running now.
     pub fn live_generations(&self) -> i64 {
         self.live.load(Ordering::SeqCst)
+    }
+
+    /// Requests waiting in an engine's queue now, all models and clients.
+    pub fn queued_requests(&self) -> usize {
+        self.queued.lock().map_or(0, |q| q.values().sum())
     }
 
     /// Starts recording one generation.
@@ -212,6 +228,7 @@ impl Metrics {
             prompt_tokens = m.prompt_tokens,
             cached_tokens = m.cached_tokens,
             output_tokens = m.output_tokens,
+            queue_wait_ms = m.queue_wait_ms.unwrap_or(-1.0),
             ttft_ms = m.time_to_first_token_ms.unwrap_or(-1.0),
             prefill_tps = m.prefill_tokens_per_s.unwrap_or(-1.0),
             decode_tps = m.decode_tokens_per_s.unwrap_or(-1.0),
@@ -231,6 +248,10 @@ impl Metrics {
                 t.ttft_seconds += ms / 1000.0;
                 t.ttft_count += 1;
             }
+            if let Some(ms) = m.queue_wait_ms {
+                t.queue_wait_seconds += ms / 1000.0;
+                t.queue_wait_count += 1;
+            }
         }
         // No receiver is fine: nobody is watching.
         let _ = self.feed.send(m);
@@ -246,6 +267,21 @@ impl Metrics {
              clawpen_inference_live_generations {}",
             self.live_generations()
         );
+        if let Ok(queued) = self.queued.lock() {
+            let _ = writeln!(
+                out,
+                "# HELP clawpen_inference_queued_requests Requests waiting for their turn on a model, by client.\n\
+                 # TYPE clawpen_inference_queued_requests gauge"
+            );
+            for ((model, client), n) in queued.iter() {
+                let _ = writeln!(
+                    out,
+                    "clawpen_inference_queued_requests{{model=\"{}\",client=\"{}\"}} {n}",
+                    escape(model),
+                    escape(client)
+                );
+            }
+        }
         let Ok(totals) = self.totals.lock() else {
             return out;
         };
@@ -265,7 +301,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [Counter; 7] = [
+        let counters: [Counter; 9] = [
             ("prompt_tokens_total", "Prompt tokens.", |t| {
                 t.prompt_tokens.to_string()
             }),
@@ -295,6 +331,16 @@ impl Metrics {
                 "Requests with a first token.",
                 |t| t.ttft_count.to_string(),
             ),
+            (
+                "queue_wait_seconds_sum",
+                "Sum of times requests waited in an engine's queue.",
+                |t| t.queue_wait_seconds.to_string(),
+            ),
+            (
+                "queue_wait_seconds_count",
+                "Requests that went through an engine's queue.",
+                |t| t.queue_wait_count.to_string(),
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -311,6 +357,21 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+impl crate::engine::local::queue::QueueObserver for Metrics {
+    fn queue_depth(&self, model: &str, client: &str, waiting: usize) {
+        if let Ok(mut q) = self.queued.lock() {
+            let key = (model.to_owned(), client.to_owned());
+            if waiting == 0 {
+                // A client that waits for nothing leaves the gauge (the
+                // label set would otherwise grow with every client seen).
+                q.remove(&key);
+            } else {
+                q.insert(key, waiting);
+            }
+        }
     }
 }
 
@@ -383,9 +444,14 @@ fn fill(m: &mut RequestMetrics, o: &Outcome) {
     m.tool_calls = o.tool_calls.clone();
     m.repaired_tool_calls = o.repaired_calls;
     m.duration_ms = o.timing.total.as_secs_f64() * 1000.0;
+    m.queue_wait_ms = o.timing.queue_wait.map(|w| w.as_secs_f64() * 1000.0);
     if let Some(ttft) = o.timing.time_to_first_token {
-        let secs = ttft.as_secs_f64();
-        m.time_to_first_token_ms = Some(secs * 1000.0);
+        m.time_to_first_token_ms = Some(ttft.as_secs_f64() * 1000.0);
+        // Prefill speed is the engine's, not the queue's: time in line
+        // does not count.
+        let secs = ttft
+            .saturating_sub(o.timing.queue_wait.unwrap_or_default())
+            .as_secs_f64();
         let uncached = u.prompt_tokens.saturating_sub(u.cached_tokens);
         if secs > 0.0 && uncached > 0 {
             m.prefill_tokens_per_s = Some(uncached as f64 / secs);
@@ -419,6 +485,7 @@ mod tests {
             cached_tokens: 0,
             output_tokens: 0,
             usage_estimated: false,
+            queue_wait_ms: None,
             time_to_first_token_ms: None,
             prefill_tokens_per_s: None,
             decode_tokens_per_s: None,
@@ -447,7 +514,8 @@ mod tests {
             },
             usage_estimated: false,
             timing: Timing {
-                time_to_first_token: Some(Duration::from_millis(400)),
+                queue_wait: Some(Duration::from_millis(200)),
+                time_to_first_token: Some(Duration::from_millis(600)),
                 decode: Duration::from_secs(1),
                 total: Duration::from_millis(1400),
             },
@@ -459,12 +527,27 @@ mod tests {
         let first = rx.try_recv().unwrap();
         assert_eq!(first.status, RequestStatus::Cancelled);
         let second = rx.try_recv().unwrap();
-        assert_eq!(second.prefill_tokens_per_s, Some(100.0));
+        assert_eq!(
+            second.prefill_tokens_per_s,
+            Some(100.0),
+            "queue wait excluded"
+        );
+        assert_eq!(second.queue_wait_ms, Some(200.0));
         assert_eq!(second.decode_tokens_per_s, Some(10.0));
         let text = m.prometheus();
         assert!(text.contains("clawpen_inference_live_generations 0"));
         assert!(text.contains(r#"client="vm \"a\"",endpoint="responses",status="cancelled"} 1"#));
         assert!(text.contains(r#"clawpen_inference_cached_tokens_total{client="b"} 60"#));
         assert!(text.contains(r#"clawpen_inference_tool_calls_total{client="b"} 1"#));
+        assert!(text.contains(r#"clawpen_inference_queue_wait_seconds_sum{client="b"} 0.2"#));
+        use crate::engine::local::queue::QueueObserver;
+        m.queue_depth("m", "b", 3);
+        m.queue_depth("m", "a", 1);
+        assert_eq!(m.queued_requests(), 4);
+        assert!(m
+            .prometheus()
+            .contains(r#"clawpen_inference_queued_requests{model="m",client="b"} 3"#));
+        m.queue_depth("m", "b", 0);
+        assert!(!m.prometheus().contains(r#"client="b"} 3"#));
     }
 }

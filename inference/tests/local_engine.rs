@@ -15,7 +15,7 @@ use clawpen_inference::engine::{
     ChatMessage, Content, Engine, EngineEvent, FinishReason, GenerateRequest, Role,
 };
 use clawpen_inference::{Family, InferenceConfig, ModelLocations};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use local_common::{limit_threads, TinyModel};
 use serde_json::{json, Value as Json};
 
@@ -393,6 +393,10 @@ async fn dropping_the_stream_stops_decoding() {
     let mut stream = engine.generate(greedy(prompt, 300)).await.unwrap();
     assert!(matches!(
         stream.next().await,
+        Some(Ok(EngineEvent::Admitted { .. }))
+    ));
+    assert!(matches!(
+        stream.next().await,
         Some(Ok(EngineEvent::Text(_)))
     ));
     drop(stream);
@@ -401,6 +405,182 @@ async fn dropping_the_stream_stops_decoding() {
     assert_eq!(after.running, 0, "{after:?}");
     assert_eq!(after.cancelled, before.cancelled + 1, "{after:?}");
     assert_eq!(after.finished, before.finished, "{after:?}");
+}
+
+fn from(client: &str, mut r: GenerateRequest) -> GenerateRequest {
+    r.client = Some(client.into());
+    r
+}
+
+/// One VM floods the model; another VM's single request is served next,
+/// not after the flood. Order is checked, not time: the first generation
+/// holds the model (nobody reads its stream, so its decode thread blocks on
+/// the full channel) until everything else is queued.
+#[tokio::test]
+async fn clients_take_turns_when_one_floods_the_model() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("qwen2")
+        .never_ending()
+        .write(dir.path(), "tiny-qwen2");
+    let engine = LocalEngine::start(&[path], LocalOptions::default());
+    assert!(engine.wait_loaded().await.is_empty());
+
+    let mut hold = engine
+        .generate(from("flood", greedy("hello", 400)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        hold.next().await,
+        Some(Ok(EngineEvent::Admitted { queue_wait })) if queue_wait.is_zero()
+    ));
+    assert!(matches!(hold.next().await, Some(Ok(EngineEvent::Text(_)))));
+    let mut waiting = Vec::new();
+    for i in 0..6 {
+        let r = from("flood", greedy(&format!("flood {i}"), 2));
+        waiting.push((format!("flood{i}"), engine.generate(r).await.unwrap()));
+    }
+    let r = from("other", greedy("other", 2));
+    waiting.push(("other".to_owned(), engine.generate(r).await.unwrap()));
+    assert_eq!(engine.stats().queued, 7);
+
+    drop(hold);
+    let mut order = Vec::new();
+    for _ in 0..2000 {
+        if waiting.is_empty() {
+            break;
+        }
+        // Only the request whose turn it is has an event ready.
+        let admitted = waiting
+            .iter_mut()
+            .position(|(_, s)| matches!(s.next().now_or_never(), Some(Some(_))));
+        match admitted {
+            Some(i) => {
+                let (name, stream) = waiting.remove(i);
+                let rest: Vec<_> = stream.collect().await;
+                assert!(
+                    matches!(rest.last(), Some(Ok(EngineEvent::Finished { .. }))),
+                    "{name}: {rest:?}"
+                );
+                order.push(name);
+            }
+            None => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    assert_eq!(order.len(), 7, "{order:?}");
+    assert_eq!(
+        order[0], "other",
+        "the other VM goes first after the flood's running request: {order:?}"
+    );
+    let flood: Vec<&str> = order[1..].iter().map(String::as_str).collect();
+    assert_eq!(
+        flood,
+        ["flood0", "flood1", "flood2", "flood3", "flood4", "flood5"],
+        "a client's own requests keep their order"
+    );
+    assert_eq!(engine.stats().queued, 0);
+    settle(&engine).await;
+}
+
+/// Through the HTTP API: each VM's key names its client, a request that
+/// waits behind another VM's shows in the queue gauge and reports its
+/// wait in the per-request record.
+#[tokio::test]
+async fn queue_wait_and_depth_are_in_the_metrics() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("qwen2")
+        .never_ending()
+        .write(dir.path(), "tiny-qwen2");
+    let mut cfg = config(vec![path]);
+    cfg.api_keys = [("key-a", "vm-a"), ("key-b", "vm-b")]
+        .into_iter()
+        .map(|(k, c)| (k.to_owned(), c.to_owned()))
+        .collect();
+    let svc = common::start(cfg).await;
+    let mut feed = svc.metrics.subscribe();
+    let http = reqwest::Client::new();
+    let body = |max: u64, stream: bool| {
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": max,
+               "temperature": 0, "stream": stream})
+    };
+    // vm-a's long generation runs (its first token arrived) ...
+    let resp = http
+        .post(format!("{}/v1/chat/completions", svc.base))
+        .bearer_auth("key-a")
+        .json(&body(480, true))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let mut a = resp.bytes_stream();
+    a.next().await.unwrap().unwrap();
+    // ... so vm-b's request waits for its turn.
+    let b = tokio::spawn({
+        let url = format!("{}/v1/chat/completions", svc.base);
+        let b = body(2, false);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth("key-b")
+                .json(&b)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Json>().await.unwrap()
+        }
+    });
+    let mut seen = false;
+    for _ in 0..500 {
+        if svc.metrics.queued_requests() == 1 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(seen, "vm-b never showed as queued");
+    let text = http
+        .get(format!("{}/metrics", svc.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"clawpen_inference_queued_requests{model="tiny-qwen2",client="vm-b"} 1"#),
+        "{text}"
+    );
+    drop(a);
+    let answer = b.await.unwrap();
+    assert!(answer["choices"][0]["message"].is_object(), "{answer}");
+    let mut records = Vec::new();
+    while records.len() < 2 {
+        records.push(feed.recv().await.unwrap());
+    }
+    let rec = |c: &str| records.iter().find(|r| r.client == c).unwrap().clone();
+    // vm-a was cut off (cancelled: its record has no timings); vm-b waited.
+    let rb = rec("vm-b");
+    assert!(rb.queue_wait_ms.unwrap() > 0.0, "{rb:?}");
+    assert!(
+        rb.time_to_first_token_ms.unwrap() >= rb.queue_wait_ms.unwrap(),
+        "{rb:?}"
+    );
+    assert_eq!(svc.metrics.queued_requests(), 0);
+    let text = http
+        .get(format!("{}/metrics", svc.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"clawpen_inference_queue_wait_seconds_count{client="vm-b"} 1"#),
+        "{text}"
+    );
+    svc.idle().await;
+    svc.shutdown().await;
 }
 
 #[tokio::test]

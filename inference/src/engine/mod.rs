@@ -74,6 +74,9 @@ pub struct GenerateRequest {
     pub reasoning_effort: Option<String>,
     pub prompt_cache_key: Option<String>,
     pub stop: Option<Value>,
+    /// The client (one per VM, from its API key) the request comes from:
+    /// the local engine queues clients fairly by it. Not sent upstream.
+    pub client: Option<String>,
     /// Fields the client sent that clawpen does not interpret (`seed`,
     /// `top_k`, `chat_template_kwargs`, ...): passed on to an upstream as-is.
     pub extra: Map<String, Value>,
@@ -193,6 +196,10 @@ fn function_type() -> String {
 /// One piece of an engine's output.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineEvent {
+    /// The request left the engine's queue and starts generating, after
+    /// waiting `queue_wait` behind other requests (local engine; an
+    /// upstream's queue is invisible). Sent before any output.
+    Admitted { queue_wait: std::time::Duration },
     /// Generated text, possibly with tool-call or reasoning markup the
     /// family's parser recognises.
     Text(String),

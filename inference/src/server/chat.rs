@@ -179,6 +179,7 @@ async fn prepare(
             reasoning_effort: r.reasoning_effort,
             prompt_cache_key: r.prompt_cache_key,
             stop: r.stop,
+            client: None,
             extra: r.extra,
         },
         tools: callable,
@@ -193,6 +194,7 @@ async fn prepare(
 
 async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> Response {
     let id = new_id("chatcmpl-");
+    let client_name = client.0.clone();
     let model = p.generate.model.clone();
     let recorder = state.metrics.recorder(RequestMetrics::begin(
         id.clone(),
@@ -210,7 +212,10 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
         prompt_estimate: (p.prompt_chars / 4) as u64,
     };
     let engine = Arc::clone(&p.engine);
-    let generate = p.generate;
+    let generate = GenerateRequest {
+        client: Some(client_name),
+        ..p.generate
+    };
     let start = async move { engine.generate(generate).await }.boxed();
     let chat = Chat {
         id,

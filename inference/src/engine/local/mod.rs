@@ -8,7 +8,9 @@
 //! own OS thread holding the model's lock (one generation per model at a
 //! time: the KV cache lives inside the weights) and streams through a
 //! bounded channel; when the client goes away the receiver is dropped and
-//! the thread stops at the next token. The KV cache is kept after a
+//! the thread stops at the next token. Requests wait for their turn in a
+//! [`queue::FairQueue`] per model: clients (one per VM) take turns, so one
+//! VM's backlog cannot starve another; a queued request holds no thread. The KV cache is kept after a
 //! generation: the next request with the same `prompt_cache_key` whose
 //! prompt continues the cached tokens prefills only its new tokens
 //! ([`decode::KvState`]).
@@ -20,6 +22,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use candle_core::Device;
+use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
@@ -28,6 +31,7 @@ use crate::parse::Family;
 
 pub mod decode;
 pub mod gguf;
+pub mod queue;
 pub mod template;
 pub mod tokenizer;
 
@@ -57,6 +61,8 @@ pub struct LocalOptions {
     /// Overrides the tool-call family found from each chat template.
     pub tool_format: Option<Family>,
     pub on_load: Option<LoadCallback>,
+    /// Told of every change in queue depth (the `/metrics` gauge).
+    pub queue_observer: Option<Arc<dyn queue::QueueObserver>>,
 }
 
 impl std::fmt::Debug for LocalOptions {
@@ -84,6 +90,8 @@ struct Model {
     context_length: usize,
     family: Family,
     device: Device,
+    /// Whose turn it is to generate.
+    queue: Arc<queue::FairQueue>,
 }
 
 struct Session {
@@ -124,6 +132,8 @@ pub struct LocalStats {
     /// Generations stopped because the client went away.
     pub cancelled: u64,
     pub failed: u64,
+    /// Requests waiting for their turn, all models.
+    pub queued: u64,
 }
 
 impl std::fmt::Debug for LocalEngine {
@@ -201,6 +211,14 @@ impl LocalEngine {
             finished: c.finished.load(Ordering::SeqCst),
             cancelled: c.cancelled.load(Ordering::SeqCst),
             failed: c.failed.load(Ordering::SeqCst),
+            queued: self
+                .slots
+                .iter()
+                .map(|s| match &*s.state.borrow() {
+                    SlotState::Ready(m) => m.queue.waiting() as u64,
+                    _ => 0,
+                })
+                .sum(),
         }
     }
 
@@ -270,6 +288,7 @@ fn load_one(id: &str, path: &Path, device: &Device, options: &LocalOptions) -> S
                 context_length: m.context_length,
                 family,
                 device: device.clone(),
+                queue: queue::FairQueue::new(id, options.queue_observer.clone()),
             }))
         }
         Err(e) => {
@@ -445,32 +464,50 @@ impl Engine for LocalEngine {
         );
         let open = opening_tag(model.family, &prompt_text);
         let key = request.prompt_cache_key.clone();
-        let (tx, mut rx) = mpsc::channel::<Result<EngineEvent, EngineError>>(CHANNEL_DEPTH);
+        let client = request.client.as_deref().unwrap_or(ANONYMOUS);
+        // The place in line is taken now, in arrival order; the stream
+        // waits for the turn (keep-alives flow meanwhile), and dropping it
+        // leaves the line.
+        let waiter = model.queue.acquire(client);
         let counters = Arc::clone(&self.counters);
-        counters.running.fetch_add(1, Ordering::SeqCst);
-        let spawned = std::thread::Builder::new()
-            .name("clawpen-generate".into())
-            .spawn(move || {
-                let end = generate_blocking(&model, &prompt, &params, open, key, tx);
-                let counter = match end {
-                    End::Finished => &counters.finished,
-                    End::Cancelled => &counters.cancelled,
-                    End::Failed => &counters.failed,
-                };
-                counter.fetch_add(1, Ordering::SeqCst);
+        let started = async move {
+            let turn = waiter.await;
+            let queue_wait = turn.waited();
+            let (tx, mut rx) = mpsc::channel::<Result<EngineEvent, EngineError>>(CHANNEL_DEPTH);
+            counters.running.fetch_add(1, Ordering::SeqCst);
+            let thread_counters = Arc::clone(&counters);
+            let spawned = std::thread::Builder::new()
+                .name("clawpen-generate".into())
+                .spawn(move || {
+                    let end = generate_blocking(&model, &prompt, &params, open, key, tx);
+                    // The next in line may start only once the model's lock
+                    // is free: `generate_blocking` has released it.
+                    drop(turn);
+                    let c = &thread_counters;
+                    let counter = match end {
+                        End::Finished => &c.finished,
+                        End::Cancelled => &c.cancelled,
+                        End::Failed => &c.failed,
+                    };
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    c.running.fetch_sub(1, Ordering::SeqCst);
+                });
+            if let Err(e) = spawned {
                 counters.running.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            self.counters.running.fetch_sub(1, Ordering::SeqCst);
-            return Err(EngineError::Failed(format!(
-                "cannot start a generation thread: {e}"
-            )));
-        }
-        Ok(Box::pin(futures::stream::poll_fn(move |cx| {
-            rx.poll_recv(cx)
-        })))
+                let error = EngineError::Failed(format!("cannot start a generation thread: {e}"));
+                return futures::stream::iter([Err(error)]).boxed();
+            }
+            let admitted = Ok(EngineEvent::Admitted { queue_wait });
+            futures::stream::once(async move { admitted })
+                .chain(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+                .boxed()
+        };
+        Ok(Box::pin(futures::stream::once(started).flatten()))
     }
 }
+
+/// The client of a request that names none (no API keys configured).
+const ANONYMOUS: &str = "anonymous";
 
 /// Events buffered between the decode thread and the client: a client that
 /// stops reading stops the decoding within this many tokens.

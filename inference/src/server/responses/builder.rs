@@ -372,6 +372,7 @@ mod tests {
             },
             usage_estimated: false,
             timing: Timing {
+                queue_wait: None,
                 time_to_first_token: None,
                 decode: Duration::ZERO,
                 total: Duration::ZERO,

@@ -173,6 +173,7 @@ async fn prepare(
         reasoning_effort: echo.reasoning_effort.clone(),
         prompt_cache_key: r.prompt_cache_key.clone(),
         stop: None,
+        client: Some(client.0.clone()),
         extra: Default::default(),
     };
     Ok(Prepared {
