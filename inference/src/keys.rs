@@ -1,7 +1,16 @@
 //! API keys: `Authorization: Bearer KEY` → the client name the key maps to
 //! (one key per VM, so every request is attributed to its VM).
+//!
+//! Two kinds of keys share one table: *static* keys from the configuration
+//! (`clawpen inference serve --api-key`), which switch authentication on for
+//! every listener, and *dynamic* keys the supervisor adds and removes as VMs
+//! come and go. A listener that guests reach (through the egress gateway)
+//! always requires a key; the host's own listener takes a known key to
+//! attribute a request but, without static keys, lets a keyless (or
+//! placeholder-keyed) host client through as [`ANONYMOUS`].
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 /// The client name used when authentication is off.
 pub const ANONYMOUS: &str = "anonymous";
@@ -15,45 +24,122 @@ pub enum KeyError {
     Invalid,
 }
 
-/// The configured keys. Empty: authentication is off.
+/// Whether a listener insists on a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPolicy {
+    /// Keys are checked only when static keys are configured.
+    IfConfigured,
+    /// Every request needs a key in the table (guests' listener).
+    Required,
+}
+
+#[derive(Debug, Default)]
+struct KeyTable {
+    /// From the configuration; non-empty switches checking on everywhere.
+    fixed: Vec<(String, String)>,
+    /// Added at run time (per-VM keys), key → client.
+    dynamic: HashMap<String, String>,
+}
+
+/// The key table, shared by every listener of one service; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct ApiKeys {
-    keys: Vec<(String, String)>,
+    table: Arc<RwLock<KeyTable>>,
 }
 
 impl ApiKeys {
     /// From the configuration's key → client map.
     pub fn new(keys: &HashMap<String, String>) -> Self {
-        let mut keys: Vec<(String, String)> =
+        let mut fixed: Vec<(String, String)> =
             keys.iter().map(|(k, c)| (k.clone(), c.clone())).collect();
-        keys.sort();
-        Self { keys }
+        fixed.sort();
+        Self {
+            table: Arc::new(RwLock::new(KeyTable {
+                fixed,
+                dynamic: HashMap::new(),
+            })),
+        }
     }
 
+    /// Whether configured keys make every listener check keys.
     pub fn enabled(&self) -> bool {
-        !self.keys.is_empty()
+        !self.read().fixed.is_empty()
     }
 
-    /// The client an `Authorization` header value names. Every key is
-    /// compared in constant time, so timing does not reveal a key's prefix.
-    pub fn client(&self, authorization: Option<&str>) -> Result<String, KeyError> {
-        if !self.enabled() {
-            return Ok(ANONYMOUS.to_owned());
-        }
-        let header = authorization.ok_or(KeyError::Missing)?.trim();
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or(KeyError::Missing)?
-            .trim();
-        let mut found = None;
-        for (key, client) in &self.keys {
-            if constant_time_eq(key.as_bytes(), token.as_bytes()) {
-                found = Some(client);
-            }
-        }
-        found.cloned().ok_or(KeyError::Invalid)
+    /// Adds (or re-points) a run-time key for `client`, replacing any
+    /// earlier run-time key of that client.
+    pub fn insert(&self, key: &str, client: &str) {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        table.dynamic.retain(|_, c| c != client);
+        table.dynamic.insert(key.to_owned(), client.to_owned());
     }
+
+    /// Removes the run-time key of `client` (a deleted VM's key stops
+    /// working at once).
+    pub fn remove_client(&self, client: &str) {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        table.dynamic.retain(|_, c| c != client);
+    }
+
+    /// Copies `other`'s configured keys into this table (when a service
+    /// adopts a table its owner keeps filling).
+    pub fn adopt_configured(&self, other: &ApiKeys) {
+        if Arc::ptr_eq(&self.table, &other.table) {
+            return;
+        }
+        let fixed = other.read().fixed.clone();
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        table.fixed.extend(fixed);
+        table.fixed.sort();
+        table.fixed.dedup();
+    }
+
+    /// The client an `Authorization` header value names under `policy`.
+    /// Every key is compared in constant time, so timing does not reveal a
+    /// key's prefix.
+    pub fn client(
+        &self,
+        authorization: Option<&str>,
+        policy: KeyPolicy,
+    ) -> Result<String, KeyError> {
+        let table = self.read();
+        let enforce = policy == KeyPolicy::Required || !table.fixed.is_empty();
+        let token = authorization.and_then(bearer_token);
+        let found = token.and_then(|token| {
+            let mut found = None;
+            let all = table
+                .fixed
+                .iter()
+                .map(|(k, c)| (k.as_str(), c.as_str()))
+                .chain(table.dynamic.iter().map(|(k, c)| (k.as_str(), c.as_str())));
+            for (key, client) in all {
+                if constant_time_eq(key.as_bytes(), token.as_bytes()) {
+                    found = Some(client.to_owned());
+                }
+            }
+            found
+        });
+        match (found, token) {
+            (Some(client), _) => Ok(client),
+            (None, _) if !enforce => Ok(ANONYMOUS.to_owned()),
+            (None, None) => Err(KeyError::Missing),
+            (None, Some(_)) => Err(KeyError::Invalid),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KeyTable> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The token of a `Bearer TOKEN` header value; `None` for another scheme.
+fn bearer_token(header: &str) -> Option<&str> {
+    let header = header.trim();
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))?
+        .trim();
+    (!token.is_empty()).then_some(token)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -66,18 +152,72 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use KeyPolicy::{IfConfigured, Required};
 
     #[test]
-    fn keys_map_to_clients() {
-        assert_eq!(ApiKeys::default().client(None).unwrap(), ANONYMOUS);
+    fn configured_keys_map_to_clients_everywhere() {
+        assert_eq!(
+            ApiKeys::default().client(None, IfConfigured).unwrap(),
+            ANONYMOUS
+        );
         let keys = ApiKeys::new(&HashMap::from([
             ("sk-a".to_owned(), "vm-a".to_owned()),
             ("sk-b".to_owned(), "vm-b".to_owned()),
         ]));
-        assert_eq!(keys.client(Some("Bearer sk-b")).unwrap(), "vm-b");
-        assert_eq!(keys.client(None), Err(KeyError::Missing));
-        assert_eq!(keys.client(Some("Basic x")), Err(KeyError::Missing));
-        assert_eq!(keys.client(Some("Bearer sk-")), Err(KeyError::Invalid));
-        assert_eq!(keys.client(Some("Bearer sk-c")), Err(KeyError::Invalid));
+        assert_eq!(
+            keys.client(Some("Bearer sk-b"), IfConfigured).unwrap(),
+            "vm-b"
+        );
+        assert_eq!(keys.client(None, IfConfigured), Err(KeyError::Missing));
+        assert_eq!(
+            keys.client(Some("Basic x"), IfConfigured),
+            Err(KeyError::Missing)
+        );
+        assert_eq!(
+            keys.client(Some("Bearer sk-"), IfConfigured),
+            Err(KeyError::Invalid)
+        );
+        assert_eq!(
+            keys.client(Some("Bearer sk-c"), Required),
+            Err(KeyError::Invalid)
+        );
+    }
+
+    #[test]
+    fn run_time_keys_attribute_and_guests_need_one() {
+        let keys = ApiKeys::default();
+        keys.insert("sk-vm1", "vm1");
+        // Host listener: a known key attributes, a placeholder is let through.
+        assert_eq!(
+            keys.client(Some("Bearer sk-vm1"), IfConfigured).unwrap(),
+            "vm1"
+        );
+        assert_eq!(
+            keys.client(Some("Bearer x"), IfConfigured).unwrap(),
+            ANONYMOUS
+        );
+        assert_eq!(keys.client(None, IfConfigured).unwrap(), ANONYMOUS);
+        // Guest listener: only a key in the table.
+        assert_eq!(keys.client(Some("Bearer sk-vm1"), Required).unwrap(), "vm1");
+        assert_eq!(keys.client(None, Required), Err(KeyError::Missing));
+        assert_eq!(
+            keys.client(Some("Bearer x"), Required),
+            Err(KeyError::Invalid)
+        );
+        // A new key replaces the old one; removal revokes at once.
+        keys.insert("sk-vm1-new", "vm1");
+        assert_eq!(
+            keys.client(Some("Bearer sk-vm1"), Required),
+            Err(KeyError::Invalid)
+        );
+        assert_eq!(
+            keys.client(Some("Bearer sk-vm1-new"), Required).unwrap(),
+            "vm1"
+        );
+        keys.remove_client("vm1");
+        assert_eq!(
+            keys.client(Some("Bearer sk-vm1-new"), Required),
+            Err(KeyError::Invalid)
+        );
     }
 }

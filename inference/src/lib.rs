@@ -60,6 +60,9 @@ pub struct InferenceConfig {
     /// Non-empty: the local engine serves requests (`upstream` must then
     /// be `None`). A file that fails to load is logged and left out.
     pub local_models: Vec<PathBuf>,
+    /// Memory for each local model's KV prefix cache, in bytes; `None`:
+    /// [`engine::local::DEFAULT_PREFIX_CACHE_BYTES`], 0: off.
+    pub prefix_cache_bytes: Option<u64>,
     /// The model family whose tool-call / reasoning syntax the upstream's
     /// text is repaired with; `None`: guessed from the model name.
     pub tool_format: Option<Family>,
@@ -94,6 +97,7 @@ impl Default for InferenceConfig {
             upstream: None,
             model: None,
             local_models: Vec::new(),
+            prefix_cache_bytes: None,
             tool_format: None,
             upstream_api_key: None,
             api_keys: HashMap::new(),
@@ -150,7 +154,8 @@ impl Inference {
                         default_model: config.model.clone(),
                         tool_format: config.tool_format,
                         on_load: None,
-                        queue_observer: Some(metrics.clone()),
+                        observer: Some(metrics.clone()),
+                        prefix_cache_bytes: config.prefix_cache_bytes,
                     },
                 )))
             }
@@ -169,6 +174,7 @@ impl Inference {
         let state = server::AppState {
             models: models::ModelCatalog::from_config(&config),
             keys: keys::ApiKeys::new(&config.api_keys),
+            key_policy: keys::KeyPolicy::IfConfigured,
             config: Arc::new(config),
             engine,
             store,
@@ -180,6 +186,28 @@ impl Inference {
     /// The service's metrics (totals, live-generations gauge).
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.state.metrics)
+    }
+
+    /// The key table, to add and remove per-VM keys while serving.
+    pub fn keys(&self) -> keys::ApiKeys {
+        self.state.keys.clone()
+    }
+
+    /// Checks keys against `keys`, a table the caller keeps adding to (the
+    /// supervisor's per-VM keys); configured keys are carried over.
+    pub fn with_keys(mut self, keys: keys::ApiKeys) -> Self {
+        keys.adopt_configured(&self.state.keys);
+        self.state.keys = keys;
+        self
+    }
+
+    /// The same service for a listener that only guests reach: every
+    /// request must carry a key from [`Inference::keys`], so each one is
+    /// attributed to the VM that sent it.
+    pub fn for_guests(&self) -> Self {
+        let mut state = self.state.clone();
+        state.key_policy = keys::KeyPolicy::Required;
+        Self { state }
     }
 
     /// The live feed of finished requests, for the supervisor to relay.

@@ -19,7 +19,7 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match state.keys.client(header) {
+    match state.keys.client(header, state.key_policy) {
         Ok(client) => {
             req.extensions_mut().insert(Client(client));
             next.run(req).await

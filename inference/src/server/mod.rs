@@ -17,7 +17,7 @@ use axum::{middleware, Json, Router};
 use serde::Serialize;
 
 use crate::engine::Engine;
-use crate::keys::ApiKeys;
+use crate::keys::{ApiKeys, KeyPolicy};
 use crate::metrics::Metrics;
 use crate::models::ModelCatalog;
 use crate::store::ResponseStore;
@@ -42,6 +42,8 @@ pub struct AppState {
     pub store: ResponseStore,
     pub metrics: Arc<Metrics>,
     pub keys: ApiKeys,
+    /// Whether this listener's requests must carry a key in `keys`.
+    pub key_policy: KeyPolicy,
 }
 
 impl AppState {
