@@ -15,7 +15,6 @@ use crate::jail::Jail;
 use crate::paths::StateDir;
 use crate::store::Store;
 use crate::vm::backend::accel::{self, Accel};
-use crate::vm::backend::qemu::QemuBackend;
 use crate::vm::{VmContext, VmError, VmManager};
 
 /// The VM `clawpen up` makes on first run.
@@ -102,7 +101,7 @@ impl Supervisor {
         let ctx = Arc::new(VmContext {
             store,
             events: events.clone(),
-            hypervisor: Arc::new(QemuBackend::new(accel, jail)),
+            hypervisor: crate::vm::backend::for_host(accel, jail),
             images: images.clone(),
             state_dir: config.state_dir.clone(),
             egress: egress.clone(),

@@ -8,6 +8,8 @@
 //!   bytes the guest sends (frames, DHCP, DNS, TLS ClientHello, HTTP).
 //! - `fakeip` — synthetic addresses that carry a name into a connection.
 //! - `stack` — the synchronous frame handler on smoltcp (fuzzed).
+//! - `link` — guest frames over the VMM's link: QEMU's length-prefixed
+//!   stream or VZ's datagram socketpair.
 //! - `gateway`, `host`, `resolve` — the async shell: the VMM's socket, host
 //!   connections, name resolution (with the `CLAWPEN_EGRESS_HOSTS` test seam).
 //! - `log` — the batched log writer.
@@ -21,6 +23,7 @@ mod dns;
 mod fakeip;
 mod gateway;
 mod host;
+mod link;
 mod log;
 pub mod net;
 mod resolve;
@@ -33,7 +36,6 @@ mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -43,6 +45,9 @@ use tokio::sync::watch;
 use crate::events::EventBus;
 use crate::store::{Store, StoreError};
 pub use gateway::GatewayHandle;
+#[cfg(target_os = "macos")]
+pub use link::datagram_pair;
+pub use link::LinkSource;
 pub use resolve::HostsError;
 use rules::RuleSet;
 
@@ -138,9 +143,10 @@ impl Egress {
         Ok(())
     }
 
-    /// Starts the gateway for a VM whose VMM serves its network on `socket`
-    /// (a fresh VMM or a re-adopted one). Dropping the handle stops it.
-    pub fn attach(&self, vm: &VmName, socket: PathBuf) -> Result<GatewayHandle, EgressError> {
+    /// Starts the gateway for a VM's link: QEMU's `net.sock` (a fresh VMM or
+    /// a re-adopted one) or the gateway's end of VZ's datagram socketpair.
+    /// Dropping the handle stops it.
+    pub fn attach_link(&self, vm: &VmName, link: LinkSource) -> Result<GatewayHandle, EgressError> {
         let rules = Arc::new(RuleSet::new(self.store.egress_rules(vm)?));
         let receiver = {
             let mut live = self.live();
@@ -153,7 +159,7 @@ impl Egress {
         let fake = fakeip::FakeIps::from_pairs(self.store.egress_names(vm)?);
         Ok(gateway::spawn(gateway::GatewayContext {
             vm: vm.clone(),
-            socket,
+            link,
             rules: receiver,
             fake,
             ids: self.ids.clone(),

@@ -265,7 +265,12 @@ impl VmTask {
     /// failure is logged, not fatal.
     fn attach_gateway(&mut self) {
         let name = self.name();
-        match self.ctx.egress.attach(&name, self.dir.net_socket()) {
+        let link = self
+            .instance
+            .as_ref()
+            .and_then(|i| i.network())
+            .unwrap_or_else(|| crate::egress::LinkSource::Stream(self.dir.net_socket()));
+        match self.ctx.egress.attach_link(&name, link) {
             Ok(gateway) => self.gateway = Some(gateway),
             Err(e) => tracing::error!(vm = %name, error = %e, "no egress gateway"),
         }

@@ -10,6 +10,7 @@ pub mod accel;
 mod process;
 pub mod qemu;
 mod qmp;
+pub mod vz;
 
 use async_trait::async_trait;
 use clawpen_api::{SharedFolder, SnapshotName, VmSpec};
@@ -39,6 +40,26 @@ pub enum BackendError {
     Jail(#[from] crate::jail::JailError),
     #[error("cannot signal VMM process {pid}: {source}")]
     Signal { pid: u32, source: nix::Error },
+    #[error("Virtualization.framework: {0}")]
+    Vz(String),
+    #[error(transparent)]
+    VzSpec(#[from] vz::spec::VzSpecError),
+    #[error(transparent)]
+    VzDisk(#[from] vz::disk::VzDiskError),
+}
+
+/// The host's hypervisor: Virtualization.framework on macOS (QEMU there
+/// would need HVF and has no `/proc` to find its VMMs by), QEMU elsewhere.
+pub fn for_host(accel: accel::Accel, jail: crate::jail::Jail) -> std::sync::Arc<dyn Hypervisor> {
+    #[cfg(target_os = "macos")]
+    {
+        let _ = (accel, jail);
+        std::sync::Arc::new(vz::VzBackend::new())
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        std::sync::Arc::new(qemu::QemuBackend::new(accel, jail))
+    }
 }
 
 /// A hypervisor that can run VMs described by a [`VmSpec`] on an [`Image`].
@@ -116,6 +137,12 @@ pub trait Instance: Send {
 
     /// The accelerator in use (`kvm`, `tcg`, `hvf`, `vz`).
     fn accel(&self) -> &str;
+
+    /// The VM's network link when the instance holds it itself (VZ: the
+    /// gateway's end of a socketpair); `None` means QEMU's `net.sock`.
+    fn network(&self) -> Option<crate::egress::LinkSource> {
+        None
+    }
 
     /// Resolves when the VM has stopped by itself (guest power-off, VMM crash).
     /// Cancel-safe: may be polled in `select!` repeatedly.

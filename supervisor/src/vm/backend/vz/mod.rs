@@ -1,0 +1,35 @@
+//! The macOS backend: Virtualization.framework through `objc2-virtualization`.
+//!
+//! Split so that everything that decides something runs and is tested on
+//! Linux, and only the thin layer that talks to the framework is macOS-only:
+//!
+//! - `spec` (portable) — a pure function from the VM spec, image and shares
+//!   to [`spec::VzConfig`], a plain description (CPUs, memory, boot loader,
+//!   disks, NIC, shares, console).
+//! - `disk` (portable) — the VM folder's VZ files and APFS `clonefile`
+//!   disks: fresh disk = clone of the raw base, snapshot = clone of the disk,
+//!   reset = clone again; only the [`disk::Cloner`] needs APFS.
+//! - `objc` (macOS) — `VzConfig` → `VZVirtualMachineConfiguration`.
+//! - `machine` (macOS) — one `VZVirtualMachine` on its serial dispatch queue,
+//!   completion handlers turned into futures.
+//! - `backend` (macOS) — `VzBackend: Hypervisor`, `VzInstance: Instance`.
+//! - `macos_guest` (macOS) — installing a macOS guest from an IPSW restore
+//!   image (`clawpen image create --macos IPSW`), with progress.
+//!
+//! The macOS-only parts are compile-checked in CI (`cargo xtask lint` checks
+//! and lints the workspace for `aarch64-apple-darwin`); no Mac runs them here.
+
+// The portable halves are only called by the macOS-only ones (and tests).
+#![cfg_attr(not(target_os = "macos"), allow(dead_code))]
+
+#[cfg(target_os = "macos")]
+mod backend;
+pub mod disk;
+#[cfg(target_os = "macos")]
+mod machine;
+#[cfg(target_os = "macos")]
+mod objc;
+pub mod spec;
+
+#[cfg(target_os = "macos")]
+pub use backend::VzBackend;
