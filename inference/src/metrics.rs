@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::engine::local::cache::CacheStats;
 use crate::generation::Outcome;
 
 /// One finished (or abandoned) request, as the console shows it.
@@ -152,6 +153,8 @@ struct ClientTotals {
     ttft_count: u64,
     queue_wait_seconds: f64,
     queue_wait_count: u64,
+    /// Requests that reused at least one cached prompt token.
+    cache_hits: u64,
 }
 
 /// The service's metrics. Cheap to share (`Arc`).
@@ -162,6 +165,8 @@ pub struct Metrics {
     totals: Mutex<BTreeMap<String, ClientTotals>>,
     /// Requests waiting in an engine's queue, by (model, client).
     queued: Mutex<BTreeMap<(String, String), usize>>,
+    /// Each local model's prefix cache: counters and bytes held.
+    prefix_caches: Mutex<BTreeMap<String, (CacheStats, u64)>>,
 }
 
 impl Default for Metrics {
@@ -177,6 +182,7 @@ impl Metrics {
             live: AtomicI64::new(0),
             totals: Mutex::new(BTreeMap::new()),
             queued: Mutex::new(BTreeMap::new()),
+            prefix_caches: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -241,6 +247,9 @@ impl Metrics {
             *t.requests.entry((m.endpoint, m.status)).or_default() += 1;
             t.prompt_tokens += m.prompt_tokens;
             t.cached_tokens += m.cached_tokens;
+            if m.cached_tokens > 0 {
+                t.cache_hits += 1;
+            }
             t.output_tokens += m.output_tokens;
             t.tool_calls += m.tool_calls.len() as u64;
             t.repaired_tool_calls += m.repaired_tool_calls as u64;
@@ -282,6 +291,67 @@ impl Metrics {
                 );
             }
         }
+        if let Ok(caches) = self.prefix_caches.lock() {
+            let series: [PrefixSeries; 8] = [
+                (
+                    "tokens",
+                    "gauge",
+                    "Tokens held in the model's KV prefix cache.",
+                    |s, _| s.tokens,
+                ),
+                (
+                    "bytes",
+                    "gauge",
+                    "Memory the held tokens' keys and values take.",
+                    |_, b| b,
+                ),
+                (
+                    "max_tokens",
+                    "gauge",
+                    "The bound on held tokens.",
+                    |s, _| s.max_tokens,
+                ),
+                ("entries", "gauge", "Token sequences held.", |s, _| {
+                    s.entries
+                }),
+                ("lookups_total", "counter", "Prompts looked up.", |s, _| {
+                    s.lookups
+                }),
+                (
+                    "hits_total",
+                    "counter",
+                    "Lookups that reused at least one token (hit rate: hits / lookups).",
+                    |s, _| s.hits,
+                ),
+                (
+                    "reused_tokens_total",
+                    "counter",
+                    "Prompt tokens not recomputed.",
+                    |s, _| s.reused_tokens,
+                ),
+                (
+                    "evictions_total",
+                    "counter",
+                    "Sequences dropped to stay under the bound.",
+                    |s, _| s.evictions,
+                ),
+            ];
+            for (name, kind, help, value) in series {
+                let _ = writeln!(
+                    out,
+                    "# HELP clawpen_inference_prefix_cache_{name} {help}\n\
+                     # TYPE clawpen_inference_prefix_cache_{name} {kind}"
+                );
+                for (model, (stats, bytes)) in caches.iter() {
+                    let _ = writeln!(
+                        out,
+                        "clawpen_inference_prefix_cache_{name}{{model=\"{}\"}} {}",
+                        escape(model),
+                        value(stats, *bytes)
+                    );
+                }
+            }
+        }
         let Ok(totals) = self.totals.lock() else {
             return out;
         };
@@ -301,7 +371,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [Counter; 9] = [
+        let counters: [Counter; 10] = [
             ("prompt_tokens_total", "Prompt tokens.", |t| {
                 t.prompt_tokens.to_string()
             }),
@@ -309,6 +379,11 @@ impl Metrics {
                 "cached_tokens_total",
                 "Prompt tokens served from a prefix cache.",
                 |t| t.cached_tokens.to_string(),
+            ),
+            (
+                "cache_hit_requests_total",
+                "Requests that reused prompt tokens from a prefix cache.",
+                |t| t.cache_hits.to_string(),
             ),
             ("output_tokens_total", "Generated tokens.", |t| {
                 t.output_tokens.to_string()
@@ -360,7 +435,13 @@ impl Metrics {
     }
 }
 
-impl crate::engine::local::queue::QueueObserver for Metrics {
+impl crate::engine::local::Observer for Metrics {
+    fn prefix_cache(&self, model: &str, stats: CacheStats, bytes: u64) {
+        if let Ok(mut p) = self.prefix_caches.lock() {
+            p.insert(model.to_owned(), (stats, bytes));
+        }
+    }
+
     fn queue_depth(&self, model: &str, client: &str, waiting: usize) {
         if let Ok(mut q) = self.queued.lock() {
             let key = (model.to_owned(), client.to_owned());
@@ -374,6 +455,14 @@ impl crate::engine::local::queue::QueueObserver for Metrics {
         }
     }
 }
+
+/// A per-model prefix cache series: name, type, help text, value.
+type PrefixSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&CacheStats, u64) -> u64,
+);
 
 /// A per-client counter: name, help text, value.
 type Counter = (&'static str, &'static str, fn(&ClientTotals) -> String);
@@ -540,7 +629,7 @@ mod tests {
         assert!(text.contains(r#"clawpen_inference_cached_tokens_total{client="b"} 60"#));
         assert!(text.contains(r#"clawpen_inference_tool_calls_total{client="b"} 1"#));
         assert!(text.contains(r#"clawpen_inference_queue_wait_seconds_sum{client="b"} 0.2"#));
-        use crate::engine::local::queue::QueueObserver;
+        use crate::engine::local::Observer;
         m.queue_depth("m", "b", 3);
         m.queue_depth("m", "a", 1);
         assert_eq!(m.queued_requests(), 4);
@@ -548,6 +637,19 @@ mod tests {
             .prometheus()
             .contains(r#"clawpen_inference_queued_requests{model="m",client="b"} 3"#));
         m.queue_depth("m", "b", 0);
+        m.prefix_cache(
+            "m",
+            CacheStats {
+                lookups: 4,
+                hits: 3,
+                ..CacheStats::default()
+            },
+            1024,
+        );
+        let text = m.prometheus();
+        assert!(text.contains(r#"clawpen_inference_prefix_cache_hits_total{model="m"} 3"#));
+        assert!(text.contains(r#"clawpen_inference_prefix_cache_bytes{model="m"} 1024"#));
+        assert!(text.contains(r#"clawpen_inference_cache_hit_requests_total{client="b"} 1"#));
         assert!(!m.prometheus().contains(r#"client="b"} 3"#));
     }
 }

@@ -90,7 +90,7 @@ fn bad_files_are_clear_errors() {
     assert!(errors[0].contains("not a readable GGUF"), "{}", errors[0]);
     assert!(errors[1].contains("not a readable GGUF"), "{}", errors[1]);
     assert!(
-        errors[2].contains("'mamba' is not supported (supported: llama, qwen2)"),
+        errors[2].contains("'mamba' is not supported (supported: llama, qwen2, qwen3, qwen3moe)"),
         "{}",
         errors[2]
     );
@@ -583,12 +583,36 @@ async fn queue_wait_and_depth_are_in_the_metrics() {
     svc.shutdown().await;
 }
 
+async fn chat_as(base: &str, key: &str, body: Json) -> Json {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let v: Json = resp.json().await.unwrap();
+    assert!(status.is_success(), "{status}: {v}");
+    v
+}
+
 #[tokio::test]
 async fn the_next_turn_prefills_only_its_new_tokens() {
     limit_threads();
     let dir = tempfile::tempdir().unwrap();
     let path = TinyModel::new("qwen2").write(dir.path(), "tiny-qwen2");
-    let svc = common::start(config(vec![path])).await;
+    let keys = |mut c: InferenceConfig| {
+        c.api_keys = [("key-a", "vm-a"), ("key-b", "vm-b")]
+            .into_iter()
+            .map(|(k, c)| (k.to_owned(), c.to_owned()))
+            .collect();
+        c
+    };
+    let svc = common::start(keys(config(vec![path.clone()]))).await;
+    let mut uncached = keys(config(vec![path]));
+    uncached.prefix_cache_bytes = Some(0);
+    let plain = common::start(uncached).await;
     let cached = |v: &Json| {
         v["usage"]["prompt_tokens_details"]["cached_tokens"]
             .as_u64()
@@ -598,37 +622,161 @@ async fn the_next_turn_prefills_only_its_new_tokens() {
     let text = |v: &Json| v["choices"][0]["message"]["content"].clone();
 
     let first = json!([{"role": "user", "content": "what is the weather in paris?"}]);
-    let a = chat(
+    let a = chat_as(
         &svc.base,
-        json!({
-            "messages": first, "max_tokens": 1, "seed": 1, "prompt_cache_key": "s1",
-        }),
+        "key-a",
+        json!({"messages": first, "max_tokens": 1, "seed": 1, "prompt_cache_key": "s1"}),
     )
     .await;
     assert_eq!(cached(&a), 0);
 
-    // The agent replays the conversation plus its answer and a new message.
+    // The agent replays the conversation plus its answer and a new message:
+    // only the tokens after the first turn's prompt are prefilled.
     let second = json!([
         {"role": "user", "content": "what is the weather in paris?"},
         {"role": "assistant", "content": "sunny"},
         {"role": "user", "content": "and in london?"},
     ]);
-    let turn = |key: &str| {
-        json!({
-            "messages": second, "max_tokens": 8, "temperature": 0, "prompt_cache_key": key,
-        })
-    };
-    let b = chat(&svc.base, turn("s1")).await;
+    let turn = |key: &str| json!({"messages": second, "max_tokens": 8, "temperature": 0, "prompt_cache_key": key});
+    let b = chat_as(&svc.base, "key-a", turn("s1")).await;
     assert_eq!(cached(&b), prompt(&a), "{b}");
     assert!(prompt(&b) > prompt(&a));
 
-    // Another cache key does not share the KV; the output is the same as
-    // with the reused prefix.
-    let c = chat(&svc.base, turn("s2")).await;
-    assert_eq!(cached(&c), 0, "{c}");
+    // Same output as a service without the cache, which prefills it all.
+    let fresh = chat_as(&plain.base, "key-a", turn("s1")).await;
+    assert_eq!(cached(&fresh), 0, "{fresh}");
+    assert_eq!(text(&fresh), text(&b));
+
+    // Another session of the same VM reuses the longest shared prefix
+    // (here all but the last token, which must be fed) ...
+    let c = chat_as(&svc.base, "key-a", turn("s2")).await;
+    assert_eq!(cached(&c), prompt(&b) - 1, "{c}");
     assert_eq!(text(&c), text(&b));
+    // ... another VM reuses nothing: a hit would tell it by timing what
+    // vm-a sent.
+    let d = chat_as(&svc.base, "key-b", turn("s1")).await;
+    assert_eq!(cached(&d), 0, "{d}");
+    assert_eq!(text(&d), text(&b));
+
+    // Responses reports it too.
+    let resp: Json = reqwest::Client::new()
+        .post(format!("{}/v1/responses", svc.base))
+        .bearer_auth("key-b")
+        .json(&json!({"input": second, "max_output_tokens": 2, "temperature": 0}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp["usage"]["input_tokens_details"]["cached_tokens"],
+        json!(prompt(&b) - 1),
+        "{resp}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", svc.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"clawpen_inference_prefix_cache_hits_total{model="tiny-qwen2"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"clawpen_inference_prefix_cache_lookups_total{model="tiny-qwen2"} 5"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"clawpen_inference_cache_hit_requests_total{client="vm-a"} 2"#),
+        "{metrics}"
+    );
     svc.idle().await;
     svc.shutdown().await;
+    plain.shutdown().await;
+}
+
+/// The cache holds at most its bound; the least recently used sequence
+/// goes first.
+#[tokio::test]
+async fn the_prefix_cache_evicts_least_recently_used_at_its_bound() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("qwen2").write(dir.path(), "tiny-qwen2");
+    let tokenizer = {
+        let mut f = std::fs::File::open(&path).unwrap();
+        TextTokenizer::from_metadata(&Gguf::read(&mut f).unwrap().metadata).unwrap()
+    };
+    const BOUND: usize = 120;
+    // 2 layers x (keys + values) x 2 KV heads x 8 dims x 4 bytes.
+    let per_token =
+        2 * 2 * local_common::KV_HEADS * (local_common::HIDDEN / local_common::HEADS) * 4;
+    let engine = LocalEngine::start(
+        &[path],
+        LocalOptions {
+            prefix_cache_bytes: Some((BOUND * per_token) as u64),
+            ..Default::default()
+        },
+    );
+    assert!(engine.wait_loaded().await.is_empty());
+    let usage = |events: Vec<EngineEvent>| match events.last() {
+        Some(EngineEvent::Finished { usage: Some(u), .. }) => *u,
+        other => panic!("{other:?}"),
+    };
+    let run = |text: &'static str| {
+        let engine = &engine;
+        async move {
+            let events: Vec<EngineEvent> = engine
+                .generate(greedy(text, 1))
+                .await
+                .unwrap()
+                .map(|e| e.unwrap())
+                .collect()
+                .await;
+            usage(events)
+        }
+    };
+    // Each conversation's sequence: its prompt (max_tokens 1 feeds nothing
+    // back). The template's opening is shared by all of them.
+    let head = tokenizer.encode("<|im_start|>user\n").unwrap().len() as u64;
+    let a = run("the quick brown fox jumps over the lazy dog").await;
+    let b = run("hello world, hello there, the answer").await;
+    assert_eq!(b.cached_tokens, head);
+    assert!(
+        a.prompt_tokens + b.prompt_tokens <= BOUND as u64,
+        "{a:?} {b:?}"
+    );
+    assert_eq!(
+        run("the quick brown fox jumps over the lazy dog")
+            .await
+            .cached_tokens,
+        a.prompt_tokens - 1
+    );
+    let stats = engine.prefix_cache_stats("tiny-qwen2").unwrap();
+    assert_eq!(
+        (stats.entries, stats.evictions, stats.max_tokens),
+        (2, 0, BOUND as u64)
+    );
+    // A third pushes it over the bound: b, the least recently used, goes.
+    let c = run("call the weather tool with the city name in paris").await;
+    assert!(a.prompt_tokens + b.prompt_tokens + c.prompt_tokens > BOUND as u64);
+    let stats = engine.prefix_cache_stats("tiny-qwen2").unwrap();
+    assert_eq!(stats.evictions, 1, "{stats:?}");
+    assert!(stats.tokens <= BOUND as u64, "{stats:?}");
+    assert_eq!(
+        run("the quick brown fox jumps over the lazy dog")
+            .await
+            .cached_tokens,
+        a.prompt_tokens - 1
+    );
+    assert_eq!(
+        run("hello world, hello there, the answer")
+            .await
+            .cached_tokens,
+        head,
+        "b was evicted"
+    );
 }
 
 /// What the scripted model says after the prompt: a Hermes tool call.

@@ -6,7 +6,8 @@
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 
-use super::gguf::Weights;
+use super::cache::PrefixCache;
+use super::model::{KvCache, Transformer};
 use super::tokenizer::{TextTokenizer, Utf8Stream};
 use crate::engine::{EngineEvent, FinishReason, Usage};
 
@@ -45,40 +46,15 @@ impl SamplingParams {
     }
 }
 
-/// What the model's KV cache holds after the last generation, so the next
-/// turn of the same conversation prefills only its new tokens.
-///
-/// candle's KV cache can be extended but not cut, so it is reused only when
-/// every cached token starts the new prompt (an agent replaying its whole
-/// conversation: previous prompt + the answer + new messages), and only
-/// for the same `prompt_cache_key`: a hit is measurably faster, and one
-/// client must not learn another's prompt by timing.
-#[derive(Debug, Default)]
-pub struct KvState {
-    /// The tokens whose keys and values are in the cache, in order.
-    pub tokens: Vec<u32>,
-    /// The `prompt_cache_key` they belong to.
-    pub key: Option<String>,
-}
-
-impl KvState {
-    /// How many leading tokens of `prompt` can be skipped for `key`.
-    pub fn reusable(&self, key: Option<&str>, prompt: &[u32]) -> usize {
-        let same_key = key.is_some() && self.key.as_deref() == key;
-        if same_key && prompt.len() > self.tokens.len() && prompt.starts_with(&self.tokens) {
-            self.tokens.len()
-        } else {
-            0
-        }
-    }
-}
-
 /// What the loop needs of the model.
 pub struct DecodeModel<'a> {
-    pub weights: &'a mut Weights,
-    pub kv: &'a mut KvState,
-    /// The request's `prompt_cache_key`.
-    pub cache_key: Option<&'a str>,
+    pub weights: &'a Transformer,
+    /// Where the prompt's prefix may already be, and where the sequence
+    /// goes afterwards.
+    pub cache: &'a mut PrefixCache,
+    /// The client the request comes from: cache entries are shared only
+    /// within it.
+    pub scope: &'a str,
     pub tokenizer: &'a TextTokenizer,
     pub device: &'a Device,
     /// Prompt plus output may not pass this.
@@ -86,8 +62,10 @@ pub struct DecodeModel<'a> {
 }
 
 /// Generates after `prompt`. Returns `Ok(None)` when the client went away
-/// (`emit` answered `false` or `cancelled` turned true), otherwise the finish reason and usage (also emitted as
-/// [`EngineEvent::Finished`]).
+/// (`emit` answered `false` or `cancelled` turned true), otherwise the
+/// finish reason and usage (also emitted as [`EngineEvent::Finished`]).
+/// Either way the tokens the model went through are left in the prefix
+/// cache; after an error they are not (the KV cache is in doubt).
 pub fn run(
     model: DecodeModel<'_>,
     prompt: &[u32],
@@ -97,30 +75,72 @@ pub fn run(
 ) -> candle_core::Result<Option<(FinishReason, Usage)>> {
     let DecodeModel {
         weights,
-        kv,
-        cache_key,
+        cache,
+        scope,
         tokenizer,
         device,
         context_length,
     } = model;
+    let (cached, mut kv) = cache.lookup(scope, prompt)?;
+    let mut fed = prompt[..cached].to_vec();
+    let outcome = generate(
+        Step {
+            weights,
+            tokenizer,
+            device,
+            context_length,
+        },
+        &mut kv,
+        &mut fed,
+        prompt,
+        params,
+        emit,
+        cancelled,
+    )?;
+    cache.insert(scope, fed, kv);
+    Ok(outcome)
+}
+
+/// The model and what feeding it needs.
+struct Step<'a> {
+    weights: &'a Transformer,
+    tokenizer: &'a TextTokenizer,
+    device: &'a Device,
+    context_length: usize,
+}
+
+impl Step<'_> {
+    /// Feeds `tokens` after `fed` (which then includes them).
+    fn feed(
+        &self,
+        kv: &mut KvCache,
+        fed: &mut Vec<u32>,
+        tokens: &[u32],
+    ) -> candle_core::Result<Tensor> {
+        let input = Tensor::new(tokens, self.device)?.unsqueeze(0)?;
+        let logits = self.weights.forward(&input, kv)?;
+        fed.extend_from_slice(tokens);
+        Ok(logits)
+    }
+}
+
+fn generate(
+    step: Step<'_>,
+    kv: &mut KvCache,
+    fed: &mut Vec<u32>,
+    prompt: &[u32],
+    params: &SamplingParams,
+    emit: &mut dyn FnMut(EngineEvent) -> bool,
+    cancelled: &dyn Fn() -> bool,
+) -> candle_core::Result<Option<(FinishReason, Usage)>> {
+    let cached = fed.len();
     let mut sampler = LogitsProcessor::from_sampling(params.seed, params.sampling());
-    let cached = kv.reusable(cache_key, prompt);
-    // Until a forward pass succeeds the cache is in doubt: mark it empty, and
-    // record each token once its pass is done (a failed pass leaves it so).
-    kv.tokens.truncate(cached);
-    kv.key = cache_key.map(str::to_owned);
-    let mut pos = cached;
     let mut logits = None;
     for chunk in prompt[cached..].chunks(PREFILL_CHUNK) {
         if cancelled() {
             return Ok(None);
         }
-        let input = Tensor::new(chunk, device)?.unsqueeze(0)?;
-        let done = std::mem::take(&mut kv.tokens);
-        logits = Some(weights.forward(&input, pos)?);
-        kv.tokens = done;
-        kv.tokens.extend_from_slice(chunk);
-        pos += chunk.len();
+        logits = Some(step.feed(kv, fed, chunk)?);
     }
     let Some(mut logits) = logits else {
         candle_core::bail!("empty prompt");
@@ -132,10 +152,10 @@ pub fn run(
         let l = logits.squeeze(0)?.to_dtype(DType::F32)?;
         let next = sampler.sample(&l)?;
         completion += 1;
-        if tokenizer.ends_generation(next) {
+        if step.tokenizer.ends_generation(next) {
             break FinishReason::Stop;
         }
-        let text = utf8.push(tokenizer.piece(next));
+        let text = utf8.push(step.tokenizer.piece(next));
         let (out, hit) = stops.push(&text);
         if !out.is_empty() && !emit(EngineEvent::Text(out)) {
             return Ok(None);
@@ -143,15 +163,10 @@ pub fn run(
         if hit {
             break FinishReason::Stop;
         }
-        if completion as usize >= params.max_tokens || pos + 1 >= context_length {
+        if completion as usize >= params.max_tokens || fed.len() + 1 >= step.context_length {
             break FinishReason::Length;
         }
-        let input = Tensor::new(&[next], device)?.unsqueeze(0)?;
-        let done = std::mem::take(&mut kv.tokens);
-        logits = weights.forward(&input, pos)?;
-        kv.tokens = done;
-        kv.tokens.push(next);
-        pos += 1;
+        logits = step.feed(kv, fed, &[next])?;
         if cancelled() {
             return Ok(None);
         }
@@ -258,23 +273,6 @@ mod tests {
         assert_eq!(s.push("q"), ("ENq".into(), false));
         assert_eq!(s.push("E"), (String::new(), false));
         assert_eq!(s.flush(), "E");
-    }
-
-    #[test]
-    fn kv_reuse_needs_the_same_key_and_a_whole_prefix() {
-        let kv = KvState {
-            tokens: vec![1, 2, 3],
-            key: Some("s1".into()),
-        };
-        assert_eq!(kv.reusable(Some("s1"), &[1, 2, 3, 4]), 3);
-        assert_eq!(kv.reusable(Some("s2"), &[1, 2, 3, 4]), 0);
-        assert_eq!(kv.reusable(None, &[1, 2, 3, 4]), 0);
-        assert_eq!(
-            kv.reusable(Some("s1"), &[1, 2, 3]),
-            0,
-            "one token must be left to feed"
-        );
-        assert_eq!(kv.reusable(Some("s1"), &[1, 2, 9, 4]), 0);
     }
 
     #[test]

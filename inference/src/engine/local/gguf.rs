@@ -15,14 +15,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_llama, quantized_qwen2};
+use candle_core::Device;
+
+use super::model::{Config, Transformer};
 
 use super::template::{ChatTemplate, TemplateError};
 use super::tokenizer::{TextTokenizer, TokenizerError};
 
 /// The `general.architecture` values the local engine runs.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "qwen3moe"];
 
 /// Largest context length accepted (rotary tables are precomputed for it).
 const MAX_CONTEXT: u64 = 1 << 20;
@@ -33,6 +34,8 @@ const MAX_LAYERS: u64 = 4096;
 /// read, so a corrupt value must not reach the allocator.
 const MAX_EMBEDDING: u64 = 1 << 16;
 const MAX_HEADS: u64 = 1 << 12;
+/// Largest expert count accepted (today's largest MoE models use 384).
+const MAX_EXPERTS: u64 = 1 << 12;
 
 /// Used when a GGUF carries no chat template: ChatML, the most common.
 pub const DEFAULT_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
@@ -67,11 +70,17 @@ pub enum LoadError {
     },
 }
 
-/// The architectures [`SUPPORTED_ARCHITECTURES`] names.
+/// The architectures [`SUPPORTED_ARCHITECTURES`] names. All run on one
+/// transformer ([`Transformer`]); they differ in data: llama (interleaved
+/// RoPE; with `llama.expert_count` a Mixtral-style MoE), qwen2 (NeoX RoPE,
+/// q/k/v biases), qwen3 (NeoX RoPE, per-head q/k norms, its own head size),
+/// qwen3moe (qwen3 with a mixture of experts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
     Llama,
     Qwen2,
+    Qwen3,
+    Qwen3Moe,
 }
 
 impl Architecture {
@@ -79,34 +88,20 @@ impl Architecture {
         match self {
             Architecture::Llama => "llama",
             Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
+            Architecture::Qwen3Moe => "qwen3moe",
         }
     }
-}
 
-/// The transformer, whichever architecture it is. Holds its own KV cache.
-pub enum Weights {
-    Llama(quantized_llama::ModelWeights),
-    Qwen2(quantized_qwen2::ModelWeights),
-}
-
-impl std::fmt::Debug for Weights {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Weights::Llama(_) => "Weights::Llama",
-            Weights::Qwen2(_) => "Weights::Qwen2",
-        })
-    }
-}
-
-impl Weights {
-    /// Logits of the last position after feeding `tokens` (shape
-    /// `[1, n]`) at positions `pos..pos+n`. `pos == 0` starts a fresh KV
-    /// cache; otherwise the tokens extend the cached ones.
-    pub fn forward(&mut self, tokens: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
-        match self {
-            Weights::Llama(m) => m.forward(tokens, pos),
-            Weights::Qwen2(m) => m.forward(tokens, pos),
-        }
+    fn from_name(name: &str) -> Option<Self> {
+        [
+            Architecture::Llama,
+            Architecture::Qwen2,
+            Architecture::Qwen3,
+            Architecture::Qwen3Moe,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == name)
     }
 }
 
@@ -115,7 +110,7 @@ impl Weights {
 pub struct LoadedModel {
     pub path: PathBuf,
     pub architecture: Architecture,
-    pub weights: Weights,
+    pub weights: Transformer,
     pub tokenizer: TextTokenizer,
     pub template: ChatTemplate,
     /// Prompt plus output may not exceed this many tokens.
@@ -152,21 +147,17 @@ fn load_unguarded(path: &Path, device: &Device) -> Result<LoadedModel, LoadError
     let mut reader = BufReader::new(file);
     let content = Content::read(&mut reader).map_err(|e| corrupt(e.to_string()))?;
     let md = &content.metadata;
-    let arch = match md
+    let name = md
         .get("general.architecture")
         .and_then(|v| v.to_string().ok())
-        .map(String::as_str)
-    {
-        Some("llama") => Architecture::Llama,
-        Some("qwen2") => Architecture::Qwen2,
-        other => {
-            return Err(LoadError::Architecture {
-                path: path.to_owned(),
-                found: other.unwrap_or("(none)").to_owned(),
-            })
-        }
+        .map(String::as_str);
+    let Some(arch) = name.and_then(Architecture::from_name) else {
+        return Err(LoadError::Architecture {
+            path: path.to_owned(),
+            found: name.unwrap_or("(none)").to_owned(),
+        });
     };
-    let context_length = check_shape(path, arch, md)?;
+    let (config, context_length) = check_shape(path, arch, md)?;
     let tokenizer = TextTokenizer::from_metadata(md).map_err(|source| LoadError::Tokenizer {
         path: path.to_owned(),
         source,
@@ -189,17 +180,8 @@ fn load_unguarded(path: &Path, device: &Device) -> Result<LoadedModel, LoadError
         context_length,
         "loading model weights"
     );
-    let weights = match arch {
-        Architecture::Llama => {
-            quantized_llama::ModelWeights::from_gguf(content, &mut reader, device)
-                .map(Weights::Llama)
-        }
-        Architecture::Qwen2 => {
-            quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, device)
-                .map(Weights::Qwen2)
-        }
-    }
-    .map_err(|e| corrupt(format!("loading weights: {e}")))?;
+    let weights = Transformer::from_gguf(config, &content, &mut reader, device)
+        .map_err(|e| corrupt(format!("loading weights: {e}")))?;
     Ok(LoadedModel {
         path: path.to_owned(),
         architecture: arch,
@@ -210,32 +192,38 @@ fn load_unguarded(path: &Path, device: &Device) -> Result<LoadedModel, LoadError
     })
 }
 
-/// Checks the hyper-parameters the model builders divide by or allocate
-/// for; returns the context length.
+/// Checks the hyper-parameters the model divides by or allocates for;
+/// returns the model's shape and its context length.
 fn check_shape(
     path: &Path,
     arch: Architecture,
     md: &HashMap<String, Value>,
-) -> Result<usize, LoadError> {
+) -> Result<(Config, usize), LoadError> {
     let a = arch.as_str();
-    let bad = |key: &str, reason: String| LoadError::Metadata {
+    let key = |name: &str| format!("{a}.{name}");
+    let bad = |name: &str, reason: String| LoadError::Metadata {
         path: path.to_owned(),
-        key: key.to_owned(),
+        key: key(name),
         reason,
     };
     let get = |name: &str| -> Result<Option<u64>, LoadError> {
-        let key = format!("{a}.{name}");
-        match md.get(&key) {
+        match md.get(&key(name)) {
             None => Ok(None),
             Some(v) => v
                 .to_u64()
                 .or_else(|_| v.to_u32().map(u64::from))
                 .map(Some)
-                .map_err(|e| bad(&key, e.to_string())),
+                .map_err(|e| bad(name, e.to_string())),
+        }
+    };
+    let get_f32 = |name: &str| -> Result<Option<f32>, LoadError> {
+        match md.get(&key(name)) {
+            None => Ok(None),
+            Some(v) => v.to_f32().map(Some).map_err(|e| bad(name, e.to_string())),
         }
     };
     let need = |name: &str| -> Result<u64, LoadError> {
-        get(name)?.ok_or_else(|| bad(&format!("{a}.{name}"), "missing".into()))
+        get(name)?.ok_or_else(|| bad(name, "missing".into()))
     };
     let heads = need("attention.head_count")?;
     let kv_heads = need("attention.head_count_kv")?;
@@ -243,59 +231,118 @@ fn check_shape(
     let layers = need("block_count")?;
     if heads > MAX_HEADS {
         return Err(bad(
-            &format!("{a}.attention.head_count"),
+            "attention.head_count",
             format!("{heads} heads (at most {MAX_HEADS})"),
         ));
     }
-    if embd > MAX_EMBEDDING {
+    if embd == 0 || embd > MAX_EMBEDDING {
         return Err(bad(
-            &format!("{a}.embedding_length"),
-            format!("{embd} (at most {MAX_EMBEDDING})"),
+            "embedding_length",
+            format!("{embd} (must be 1..={MAX_EMBEDDING})"),
         ));
     }
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
         return Err(bad(
-            &format!("{a}.attention.head_count_kv"),
+            "attention.head_count_kv",
             format!("{kv_heads} KV heads for {heads} heads"),
         ));
     }
-    if embd == 0 || embd % heads != 0 || (embd / heads) % 2 != 0 {
+    if layers > MAX_LAYERS {
+        return Err(bad("block_count", format!("{layers} layers")));
+    }
+    // Qwen3 states its head size; the others split the hidden size.
+    let head_dim = match get("attention.key_length")? {
+        Some(k) => k,
+        None if embd % heads == 0 => embd / heads,
+        None => {
+            return Err(bad(
+                "embedding_length",
+                format!("{embd} does not split into {heads} heads"),
+            ))
+        }
+    };
+    if head_dim == 0 || head_dim % 2 != 0 || head_dim > MAX_EMBEDDING {
         return Err(bad(
-            &format!("{a}.embedding_length"),
-            format!("{embd} does not split into {heads} heads of even size"),
+            "attention.key_length",
+            format!("heads of size {head_dim} (must be even, 2..={MAX_EMBEDDING})"),
         ));
     }
-    if layers > MAX_LAYERS {
-        return Err(bad(&format!("{a}.block_count"), format!("{layers} layers")));
-    }
-    if let Some(rope) = get("rope.dimension_count")? {
-        if rope == 0 || rope % 2 != 0 || rope > embd / heads {
+    if let Some(v) = get("attention.value_length")? {
+        if v != head_dim {
             return Err(bad(
-                &format!("{a}.rope.dimension_count"),
-                format!("{rope} for heads of size {}", embd / heads),
+                "attention.value_length",
+                format!("{v}, unlike the key length {head_dim} (not supported)"),
             ));
         }
-    } else if arch == Architecture::Llama {
-        return Err(bad(&format!("{a}.rope.dimension_count"), "missing".into()));
     }
+    match get("rope.dimension_count")? {
+        // Partial rotary embeddings (a part of each head rotated) are not
+        // implemented: refuse rather than generate garbage.
+        Some(rope) if rope != head_dim => {
+            return Err(bad(
+                "rope.dimension_count",
+                format!("{rope} for heads of size {head_dim} (only whole-head RoPE is supported)"),
+            ))
+        }
+        Some(_) => {}
+        None if arch == Architecture::Llama => {
+            return Err(bad("rope.dimension_count", "missing".into()))
+        }
+        None => {}
+    }
+    let rms_eps = get_f32("attention.layer_norm_rms_epsilon")?
+        .ok_or_else(|| bad("attention.layer_norm_rms_epsilon", "missing".into()))?;
+    if !(rms_eps > 0.0 && rms_eps < 1.0) {
+        return Err(bad(
+            "attention.layer_norm_rms_epsilon",
+            format!("{rms_eps} (must be in (0, 1))"),
+        ));
+    }
+    let rope_base = get_f32("rope.freq_base")?.unwrap_or(10_000.0);
+    if !(rope_base.is_finite() && rope_base > 1.0) {
+        return Err(bad("rope.freq_base", format!("{rope_base} (must be > 1)")));
+    }
+    let experts = match (get("expert_count")?.unwrap_or(0), arch) {
+        (0, Architecture::Qwen3Moe) => {
+            return Err(bad(
+                "expert_count",
+                "missing (a qwen3moe model has experts)".into(),
+            ))
+        }
+        (0 | 1, _) => None,
+        (n, _) if n > MAX_EXPERTS => {
+            return Err(bad("expert_count", format!("{n} (at most {MAX_EXPERTS})")))
+        }
+        (n, _) => {
+            let used = need("expert_used_count")?;
+            if used == 0 || used > n {
+                return Err(bad("expert_used_count", format!("{used} of {n} experts")));
+            }
+            Some((n as usize, used as usize))
+        }
+    };
     let context = match (arch, get("context_length")?) {
         (_, Some(c)) if c == 0 || c > MAX_CONTEXT => {
             return Err(bad(
-                &format!("{a}.context_length"),
+                "context_length",
                 format!("{c} (must be 1..={MAX_CONTEXT})"),
             ))
         }
         (_, Some(c)) => c,
-        (Architecture::Qwen2, None) => {
-            return Err(bad(&format!("{a}.context_length"), "missing".into()))
-        }
-        // quantized_llama builds its rotary table for 4096 positions.
+        // Old llama files: llama.cpp's default.
         (Architecture::Llama, None) => 4096,
+        (_, None) => return Err(bad("context_length", "missing".into())),
     };
-    // quantized_llama's rotary table is fixed at 4096 positions.
-    let context = match arch {
-        Architecture::Llama => context.min(4096),
-        Architecture::Qwen2 => context,
+    let config = Config {
+        heads: heads as usize,
+        kv_heads: kv_heads as usize,
+        head_dim: head_dim as usize,
+        layers: layers as usize,
+        embedding: embd as usize,
+        rms_eps: f64::from(rms_eps),
+        rope_base,
+        rope_neox: arch != Architecture::Llama,
+        experts,
     };
-    Ok(context as usize)
+    Ok((config, context as usize))
 }

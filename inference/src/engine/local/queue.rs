@@ -25,17 +25,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-/// Told whenever a client's line grows or shrinks (the `/metrics` gauge).
-pub trait QueueObserver: Send + Sync {
-    /// `client` now has `waiting` requests in line for `model`.
-    fn queue_depth(&self, model: &str, client: &str, waiting: usize);
-}
+use super::Observer;
 
 /// See the module documentation.
 pub struct FairQueue {
     model: String,
     state: Mutex<State>,
-    observer: Option<Arc<dyn QueueObserver>>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl std::fmt::Debug for FairQueue {
@@ -72,7 +68,7 @@ struct Waiting {
 }
 
 impl FairQueue {
-    pub fn new(model: &str, observer: Option<Arc<dyn QueueObserver>>) -> Arc<Self> {
+    pub fn new(model: &str, observer: Option<Arc<dyn Observer>>) -> Arc<Self> {
         Arc::new(Self {
             model: model.to_owned(),
             state: Mutex::default(),

@@ -1,0 +1,114 @@
+//! The local engine's own transformer against candle-transformers' models
+//! of each architecture, on the same tiny GGUF: the same logits, token
+//! after token, whether the prompt is fed at once or continued from a KV
+//! cache cut back to a prefix (what the prefix cache does).
+
+mod local_common;
+
+use std::io::BufReader;
+
+use candle_core::quantized::gguf_file::Content as Gguf;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::{quantized_llama, quantized_qwen2};
+use clawpen_inference::engine::local::gguf;
+use clawpen_inference::engine::local::model::KvCache;
+use local_common::{limit_threads, TinyModel};
+
+/// candle's model of one architecture, fed like ours.
+trait Reference {
+    fn forward(&mut self, tokens: &Tensor, pos: usize) -> Tensor;
+}
+
+impl Reference for quantized_llama::ModelWeights {
+    fn forward(&mut self, tokens: &Tensor, pos: usize) -> Tensor {
+        quantized_llama::ModelWeights::forward(self, tokens, pos).unwrap()
+    }
+}
+
+impl Reference for quantized_qwen2::ModelWeights {
+    fn forward(&mut self, tokens: &Tensor, pos: usize) -> Tensor {
+        quantized_qwen2::ModelWeights::forward(self, tokens, pos).unwrap()
+    }
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a.flatten_all().unwrap() - b.flatten_all().unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn input(tokens: &[u32]) -> Tensor {
+    Tensor::new(tokens, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+}
+
+/// Feeds 12 prompt tokens then 4 single tokens to both models and
+/// compares every step's logits; then continues from our cache cut back to
+/// 7 tokens and compares with feeding those 7 afresh.
+pub fn agree(path: &std::path::Path, reference: &mut dyn Reference) {
+    let ours = gguf::load(path, &Device::Cpu).unwrap();
+    let tokens: Vec<u32> = (0..16).map(|i| (i * 37 + 11) % 300).collect();
+    let mut kv = KvCache::default();
+    let a = ours
+        .weights
+        .forward(&input(&tokens[..12]), &mut kv)
+        .unwrap();
+    let b = reference.forward(&input(&tokens[..12]), 0);
+    assert!(max_diff(&a, &b) < 1e-3, "prefill: {}", max_diff(&a, &b));
+    for pos in 12..16 {
+        let a = ours
+            .weights
+            .forward(&input(&tokens[pos..=pos]), &mut kv)
+            .unwrap();
+        let b = reference.forward(&input(&tokens[pos..=pos]), pos);
+        assert!(max_diff(&a, &b) < 1e-3, "step {pos}: {}", max_diff(&a, &b));
+    }
+    assert_eq!(kv.len(), 16);
+    let mut cut = kv.truncated(7).unwrap();
+    let from_cut = ours
+        .weights
+        .forward(&input(&tokens[7..10]), &mut cut)
+        .unwrap();
+    let mut fresh = KvCache::default();
+    let whole = ours
+        .weights
+        .forward(&input(&tokens[..10]), &mut fresh)
+        .unwrap();
+    assert!(
+        max_diff(&from_cut, &whole) < 1e-4,
+        "continued from a cut cache: {}",
+        max_diff(&from_cut, &whole)
+    );
+}
+
+fn read(path: &std::path::Path) -> (Gguf, BufReader<std::fs::File>) {
+    let mut r = BufReader::new(std::fs::File::open(path).unwrap());
+    (Gguf::read(&mut r).unwrap(), r)
+}
+
+#[test]
+fn llama_matches_candle() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("llama").write(dir.path(), "tiny-llama");
+    let (c, mut r) = read(&path);
+    let mut reference = quantized_llama::ModelWeights::from_gguf(c, &mut r, &Device::Cpu).unwrap();
+    agree(&path, &mut reference);
+}
+
+#[test]
+fn qwen2_matches_candle() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("qwen2").write(dir.path(), "tiny-qwen2");
+    let (c, mut r) = read(&path);
+    let mut reference = quantized_qwen2::ModelWeights::from_gguf(c, &mut r, &Device::Cpu).unwrap();
+    agree(&path, &mut reference);
+}
