@@ -30,3 +30,14 @@ pub struct InferenceRecord {
     pub tool_calls: Vec<String>,
     pub started_at_ms: u64,
 }
+
+/// How a VM's guest reaches the inference service
+/// (`GET /api/v1/vms/{name}/inference`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InferenceAccess {
+    pub vm: String,
+    /// The fixed address guests use, e.g. `http://10.200.0.1/v1`.
+    pub base_url: String,
+    /// This VM's own key: requests with it are attributed to the VM.
+    pub api_key: String,
+}

@@ -17,7 +17,7 @@ pub use egress::{
 };
 pub use error::{ApiError, ErrorBody};
 pub use event::Event;
-pub use inference::InferenceRecord;
+pub use inference::{InferenceAccess, InferenceRecord};
 pub use vm::{
     AddShareRequest, CreateVmRequest, NameError, ResetRequest, RestoreRequest, ShareTag,
     SharedFolder, SnapshotInfo, SnapshotName, TakeSnapshotRequest, VmInfo, VmName, VmSpec, VmState,

@@ -61,6 +61,9 @@ pub struct Supervisor {
     pub events: EventBus,
     pub vms: Arc<VmManager>,
     pub egress: Arc<Egress>,
+    /// Every VM's inference key → VM name; the inference service that
+    /// `up` runs checks keys against this table.
+    pub inference_keys: clawpen_inference::keys::ApiKeys,
     site_dir: PathBuf,
 }
 
@@ -98,6 +101,7 @@ impl Supervisor {
         };
         tracing::info!(accel = accel.qemu_name(), "accelerator");
         let egress = Egress::new(store.clone(), events.clone())?;
+        let inference_keys = clawpen_inference::keys::ApiKeys::default();
         let ctx = Arc::new(VmContext {
             store,
             events: events.clone(),
@@ -106,9 +110,12 @@ impl Supervisor {
             state_dir: config.state_dir.clone(),
             egress: egress.clone(),
             share_scope: crate::share::ShareScope::new(&config.share_roots, dirs::home_dir()),
+            inference_keys: inference_keys.clone(),
+            served_model: Default::default(),
         });
         let vms = VmManager::recover(ctx).await?;
         Ok(Self {
+            inference_keys,
             state_dir: config.state_dir,
             token,
             events,

@@ -7,6 +7,7 @@
 //! locks while building).
 
 pub mod browser;
+pub mod events;
 pub mod serial;
 
 use std::io::{BufRead, BufReader};

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clawpen_api::{EgressLogEntry, EgressRule};
+use clawpen_api::{EgressLogEntry, EgressRule, Event, InferenceAccess};
+use clawpen_tests::events::EventStream;
 use clawpen_tests::serial::Serial;
 use clawpen_tests::{clawpen_bin, temp_home, Up};
 use serde_json::{json, Value};
@@ -71,6 +72,22 @@ impl Server {
                             format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
                         let _ = stream.write_all(header.as_bytes()).await;
                         let _ = stream.write_all(body.as_bytes()).await;
+                        if head
+                            .windows(10)
+                            .any(|w| w.eq_ignore_ascii_case(b"keep-alive"))
+                        {
+                            // Hold the connection open for the client's next
+                            // request, recording whatever arrives.
+                            while let Ok(Ok(n)) =
+                                tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+                                    .await
+                            {
+                                if n == 0 {
+                                    break;
+                                }
+                                record.lock().unwrap().push(buf[..n].to_vec());
+                            }
+                        }
                     }
                     let _ = stream.shutdown().await;
                 });
@@ -304,12 +321,30 @@ async fn allowed_names_connect_everything_else_is_denied_and_logged() {
         .unwrap();
     assert!(rules.is_empty(), "{rules:?}");
 
-    // The events stream carries every decision.
-    let mut events = up
-        .request(reqwest::Method::GET, "/events")
-        .send()
-        .await
+    // The events stream and `egress log --follow` carry every decision.
+    let mut events = EventStream::open(&up).await.unwrap();
+    let mut follow = std::process::Command::new(clawpen_bin())
+        .args(["egress", "log", "demo", "--follow"])
+        .env("CLAWPEN_HOME", home.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let followed = {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stdout = follow.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    // Give the follower time to subscribe before anything happens.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Default deny: an unlisted name does not even resolve.
     let mut serial = Serial::connect(&up.vm_dir("demo")).unwrap();
@@ -320,18 +355,29 @@ async fn allowed_names_connect_everything_else_is_denied_and_logged() {
     })
     .await;
     assert_eq!(denied.decision.as_str(), "deny");
-    let mut streamed = String::new();
+    events
+        .wait_for("the denial", Duration::from_secs(15), |e| {
+            matches!(e, Event::Egress { entry } if entry.name.as_deref() == Some("unlisted.test"))
+        })
+        .await
+        .unwrap();
+    // Its backlog first (DHCP and the like), then the live denial.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !streamed.contains("unlisted.test") && Instant::now() < deadline {
-        let chunk = tokio::time::timeout(Duration::from_secs(1), events.chunk()).await;
-        if let Ok(Ok(Some(chunk))) = chunk {
-            streamed.push_str(&String::from_utf8_lossy(&chunk));
+    let mut printed = Vec::new();
+    while !printed.iter().any(|l: &String| l.contains("unlisted.test")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match followed.recv_timeout(left) {
+            Ok(line) => printed.push(line),
+            Err(e) => panic!("egress log --follow: {e}; printed {printed:#?}"),
         }
     }
-    assert!(
-        streamed.contains("event: egress") && streamed.contains("unlisted.test"),
-        "{streamed}"
-    );
+    let line = printed
+        .iter()
+        .find(|l| l.contains("unlisted.test"))
+        .unwrap();
+    assert!(line.contains("deny"), "{line}");
+    let _ = follow.kill();
+    let _ = follow.wait();
 
     // An allowed name: 10 MiB through the gateway, intact. The test server is
     // on the host's loopback, which a name may only reach through a rule
@@ -492,7 +538,14 @@ async fn sni_host_ipv6_and_dns_over_tcp_are_no_way_around_and_inference_is_reach
     let home = temp_home();
     // Ports 443 and 80 of these names go to the test server.
     let hosts = format!("tls.test=127.0.0.1:{port},web.test=127.0.0.1:{port}");
-    let up = boot(home.path(), &hosts);
+    // An upstream that is down: generations fail, and are still recorded
+    // with the client that asked.
+    let up = Up::start_with_env(
+        home.path(),
+        &["--upstream", "http://127.0.0.1:9/v1", "--model", "m"],
+        &[("CLAWPEN_EGRESS_HOSTS", &hosts)],
+    )
+    .unwrap();
     up.wait_state("demo", "Running", BOOT).await.unwrap();
     for rule in [
         json!({"action": "allow", "target": "tls.test"}),
@@ -553,6 +606,33 @@ async fn sni_host_ipv6_and_dns_over_tcp_are_no_way_around_and_inference_is_reach
         .run("timeout 20 wget -q -O - http://web.test/x", ANSWER)
         .unwrap();
     assert!(out.contains(GREETING), "{out}");
+    // Keep-alive: a later request on an allowed connection is checked too.
+    let out = serial
+        .run(
+            "(printf 'GET /x HTTP/1.1\\r\\nHost: web.test\\r\\nConnection: keep-alive\\r\\n\\r\\n'; sleep 2; \
+              printf 'GET /y HTTP/1.1\\r\\nHost: second.test\\r\\n\\r\\n'; sleep 2) \
+             | timeout 20 nc web.test 80",
+            ANSWER,
+        )
+        .unwrap();
+    assert!(
+        out.contains(GREETING),
+        "the first request is answered: {out}"
+    );
+    let cut = wait_log(&up, "second request on a keep-alive connection", |e| {
+        e.name.as_deref() == Some("web.test") && e.reason.contains("second.test")
+    })
+    .await;
+    assert_eq!(cut.decision.as_str(), "deny", "{cut:?}");
+    assert!(
+        !server
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.windows(11).any(|w| w == b"second.test")),
+        "the second request reached the server"
+    );
 
     // DNS over TCP: the same answers as over UDP (same synthetic address,
     // NXDOMAIN for what is not allowed).
@@ -629,6 +709,66 @@ async fn sni_host_ipv6_and_dns_over_tcp_are_no_way_around_and_inference_is_reach
     })
     .await;
     assert_eq!(inference.decision.as_str(), "allow");
+
+    // The API needs this VM's own key, and what it asks is attributed to it.
+    let access: InferenceAccess = up
+        .request(reqwest::Method::GET, "/vms/demo/inference")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(access.base_url, "http://10.200.0.1/v1");
+    let base = &access.base_url;
+    let out = serial
+        .run(
+            &format!("timeout 20 wget -q -O - {base}/models; echo keyless=$?"),
+            ANSWER,
+        )
+        .unwrap();
+    assert!(out.contains("keyless=1"), "{out}");
+    let out = serial
+        .run(
+            &format!(
+                "timeout 20 wget -q -O - --header 'Authorization: Bearer sk-clawpen-wrong' \
+                 {base}/models; echo wrong=$?"
+            ),
+            ANSWER,
+        )
+        .unwrap();
+    assert!(out.contains("wrong=1"), "{out}");
+    let auth = format!("--header 'Authorization: Bearer {}'", access.api_key);
+    let out = serial
+        .run(
+            &format!("timeout 20 wget -q -O - {auth} {base}/models"),
+            ANSWER,
+        )
+        .unwrap();
+    assert!(out.contains("\"object\":\"list\""), "{out}");
+    let mut events = EventStream::open(&up).await.unwrap();
+    let body = r#"{"model":"m","prompt_cache_key":"guest-session","messages":[{"role":"user","content":"hi"}]}"#;
+    serial
+        .run(
+            &format!(
+                "timeout 30 wget -q -O - {auth} --header 'Content-Type: application/json' \
+                 --post-data '{body}' {base}/chat/completions; echo posted=$?"
+            ),
+            ANSWER,
+        )
+        .unwrap();
+    let event = events
+        .wait_for(
+            "the guest's request",
+            ANSWER,
+            |e| matches!(e, Event::Inference(r) if r.session.as_deref() == Some("guest-session")),
+        )
+        .await
+        .unwrap();
+    let Event::Inference(record) = event else {
+        unreachable!()
+    };
+    assert_eq!(record.client, "demo");
 }
 
 #[tokio::test(flavor = "multi_thread")]

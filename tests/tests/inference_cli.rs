@@ -4,6 +4,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use clawpen_api::Event;
+use clawpen_tests::events::EventStream;
 use clawpen_tests::{clawpen_bin, temp_home};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,12 +96,7 @@ async fn finished_requests_appear_on_the_supervisor_event_stream() {
         ],
     )
     .unwrap();
-    let mut events = up
-        .request(reqwest::Method::GET, "/events")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(events.status(), 200);
+    let mut events = EventStream::open(&up).await.unwrap();
     // The upstream is down: the request fails, and is still recorded.
     let resp = reqwest::Client::new()
         .post(format!("{}/chat/completions", up.inference_url))
@@ -113,40 +110,19 @@ async fn finished_requests_appear_on_the_supervisor_event_stream() {
         .await
         .unwrap();
     assert!(resp.status().is_server_error());
-    let mut seen = String::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !seen.contains("event: inference") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no inference event: {seen}"
-        );
-        match tokio::time::timeout(Duration::from_secs(5), next_chunk(&mut events)).await {
-            Ok(Some(chunk)) => seen.push_str(&chunk),
-            _ => continue,
-        }
-    }
-    let data = seen
-        .split("event: inference")
-        .nth(1)
-        .and_then(|rest| rest.lines().find_map(|l| l.strip_prefix("data:")))
+    let event = events
+        .wait_for("the inference record", Duration::from_secs(30), |e| {
+            matches!(e, Event::Inference(_))
+        })
+        .await
         .unwrap();
-    let event: clawpen_api::Event = serde_json::from_str(data.trim()).unwrap();
-    let clawpen_api::Event::Inference(record) = event else {
-        panic!("{data}")
+    let Event::Inference(record) = event else {
+        unreachable!()
     };
     assert_eq!(record.model, "relay-model");
     assert_eq!(record.session.as_deref(), Some("session-1"));
     assert_eq!(record.status, "failed");
     assert_eq!(record.client, "anonymous");
-}
-
-/// The next chunk of a streamed body as text.
-async fn next_chunk(resp: &mut reqwest::Response) -> Option<String> {
-    resp.chunk()
-        .await
-        .ok()
-        .flatten()
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 #[test]

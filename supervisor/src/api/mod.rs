@@ -45,6 +45,7 @@ pub fn router(state: AppState, console: Router) -> Router {
         .route("/vms", get(vms::list).post(vms::create))
         .route("/vms/{name}", get(vms::get).delete(vms::delete))
         .route("/vms/{name}/logs", get(vms::logs))
+        .route("/vms/{name}/inference", get(vms::inference))
         .route("/vms/{name}/shares", get(shares::list).post(shares::add))
         .route("/vms/{name}/shares/{tag}", delete(shares::remove))
         .route(

@@ -134,6 +134,20 @@ pub async fn logs(State(vms): State<Vms>, Path(name): Path<String>) -> Result<St
     }
 }
 
+/// `GET /vms/{name}/inference`: the base URL and key the VM's guest uses.
+pub async fn inference(
+    State(vms): State<Vms>,
+    Path(name): Path<String>,
+) -> Result<Json<clawpen_api::InferenceAccess>, HttpError> {
+    let name = parse_name(&name)?;
+    let api_key = vms.inference_key(&name)?;
+    Ok(Json(clawpen_api::InferenceAccess {
+        vm: name.to_string(),
+        base_url: crate::egress::guest_inference_url(),
+        api_key,
+    }))
+}
+
 pub async fn snapshots(
     State(vms): State<Vms>,
     Path(name): Path<String>,

@@ -92,19 +92,39 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     let inference_listener = tokio::net::TcpListener::bind(args.inference_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.inference_listen))?;
+    // Guests reach the inference service at their gateway's fixed address,
+    // which the gateway relays to a loopback listener of their own: there
+    // every request needs a VM's key, so each one is attributed to its VM.
+    let guest_listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .context("cannot listen for guests' inference requests")?;
     let api_addr = api_listener.local_addr().context("local address")?;
     let inference_addr = inference_listener.local_addr().context("local address")?;
-    // Guests reach the inference service at their gateway's fixed address.
-    supervisor.egress.set_inference_addr(inference_addr);
+    supervisor
+        .egress
+        .set_inference_addr(guest_listener.local_addr().context("local address")?);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut inference_stop = stop_rx.clone();
-    let service = clawpen_inference::Inference::new(args.engine.config(&supervisor.state_dir))
-        .context("inference service")?;
+    let engine_config = args.engine.config(&supervisor.state_dir);
+    supervisor
+        .vms
+        .set_served_model(crate::vm::guest_config::ServedModel {
+            model: served_model_name(&engine_config),
+            ..Default::default()
+        });
+    let service = clawpen_inference::Inference::new(engine_config)
+        .context("inference service")?
+        .with_keys(supervisor.inference_keys.clone());
     crate::inference_relay::spawn(&service, supervisor.events.clone());
-    let inference = tokio::spawn(service.serve(inference_listener, async move {
-        let _ = inference_stop.wait_for(|s| *s).await;
-    }));
+    let until_stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let guests = tokio::spawn(
+        service
+            .for_guests()
+            .serve(guest_listener, until_stopped(stop_rx.clone())),
+    );
+    let inference = tokio::spawn(service.serve(inference_listener, until_stopped(stop_rx.clone())));
     let app = supervisor.router();
     let server = tokio::spawn(async move { axum::serve(api_listener, app).await });
 
@@ -145,7 +165,7 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     let _ = stop_tx.send(true);
     supervisor.vms.shutdown().await;
     server.abort();
-    let _ = inference.await;
+    let _ = tokio::join!(inference, guests);
     Ok(())
 }
 
@@ -163,4 +183,17 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => {}
         }
     })
+}
+
+/// The model name guests are configured with: the one `--model` names, else
+/// the only local model's, else `default` (what an upstream maps to its own).
+fn served_model_name(config: &clawpen_inference::InferenceConfig) -> String {
+    config
+        .model
+        .clone()
+        .or_else(|| match config.local_models.as_slice() {
+            [only] => only.file_stem().map(|s| s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "default".into())
 }

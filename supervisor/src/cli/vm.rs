@@ -52,6 +52,8 @@ pub enum VmCommand {
     Delete(NameArgs),
     /// Print the VM's serial console log.
     Logs(NameArgs),
+    /// Print the base URL and API key the VM's guest uses for inference.
+    Inference(NameArgs),
     /// Snapshots of a VM.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -175,6 +177,13 @@ pub async fn run(home: Option<PathBuf>, command: VmCommand) -> Result<(), CliErr
         VmCommand::Logs(vm) => {
             let (name, client) = vm.client(home)?;
             print!("{}", client.get_text(&format!("/vms/{name}/logs")).await?);
+        }
+        VmCommand::Inference(vm) => {
+            let (name, client) = vm.client(home)?;
+            let access: clawpen_api::InferenceAccess =
+                client.get(&format!("/vms/{name}/inference")).await?;
+            println!("base_url: {}", access.base_url);
+            println!("api_key:  {}", access.api_key);
         }
         VmCommand::Snapshot(command) => snapshot(home, command).await?,
     }

@@ -23,6 +23,7 @@ mod dns;
 mod fakeip;
 mod gateway;
 mod host;
+mod http_stream;
 mod link;
 mod log;
 pub mod net;
@@ -48,6 +49,7 @@ pub use gateway::GatewayHandle;
 #[cfg(target_os = "macos")]
 pub use link::datagram_pair;
 pub use link::LinkSource;
+pub use net::guest_inference_url;
 pub use resolve::HostsError;
 use rules::RuleSet;
 

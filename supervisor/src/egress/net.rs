@@ -28,6 +28,12 @@ pub const GUEST_MAC: &str = "52:54:00:c1:a5:02";
 pub const DNS_PORT: u16 = 53;
 /// The inference service, at `http://10.200.0.1/`.
 pub const INFERENCE_PORT: u16 = 80;
+/// The OpenAI base URL guests use for the inference service.
+pub fn guest_inference_url() -> String {
+    // HTTP's default port, so the URL carries none.
+    const _: () = assert!(INFERENCE_PORT == 80);
+    format!("http://{GATEWAY_IP}/v1")
+}
 /// A name for the inference service that resolves without any rule.
 pub const INFERENCE_NAME: &str = "inference.clawpen.internal";
 /// The pool of synthetic (fake-IP) addresses: RFC 2544's benchmarking range,

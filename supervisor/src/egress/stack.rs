@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, watch};
 use super::dhcp;
 use super::dns::{self, DnsPolicy};
 use super::fakeip::FakeIps;
+use super::http_stream::HttpRequests;
 use super::net::{
     in_fake_pool, DNS_PORT, GATEWAY_IP, GATEWAY_MAC, INFERENCE_NAME, INFERENCE_PORT, PREFIX_LEN,
 };
@@ -196,6 +197,8 @@ struct Flow {
     pending_down: Option<Bytes>,
     host_eof: bool,
     fin_sent: bool,
+    /// Port 80 flows: every later request's Host is checked too.
+    http: Option<HttpRequests>,
 }
 
 /// One VM's gateway state.
@@ -719,6 +722,7 @@ impl Stack {
                 pending_down: None,
                 host_eof: false,
                 fin_sent: false,
+                http: None,
             },
         );
     }
@@ -821,7 +825,7 @@ impl Stack {
                     return;
                 }
                 Phase::Open => {
-                    open_step(flow, socket);
+                    open_step(flow, socket, now, &mut self.actions);
                     return;
                 }
                 Phase::Dns { .. } => dns_step(flow, socket),
@@ -927,6 +931,15 @@ fn sniff_step(
     let port = flow.entry.port.unwrap_or_default();
     match sniffed {
         Sniffed::Name(asked) if asked == name => {
+            if *kind == SniffKind::Http {
+                let mut requests = HttpRequests::new(&name);
+                if let Err(why) = requests.feed(buf) {
+                    let reason = format!("port {port}: {why}");
+                    refuse(flow, socket, reason, actions);
+                    return;
+                }
+                flow.http = Some(requests);
+            }
             let first = Bytes::from(std::mem::take(buf));
             flow.up += first.len() as u64;
             flow.pending_up = Some(first);
@@ -965,7 +978,7 @@ fn sniff_step(
     }
 }
 
-fn open_step(flow: &mut Flow, socket: &mut tcp::Socket<'_>) {
+fn open_step(flow: &mut Flow, socket: &mut tcp::Socket<'_>, now: Now, actions: &mut Vec<Action>) {
     // Guest → host, stopping when the host connection is full: the guest's
     // window then closes (backpressure), nothing is buffered without bound.
     loop {
@@ -994,6 +1007,16 @@ fn open_step(flow: &mut Flow, socket: &mut tcp::Socket<'_>) {
             (n, Bytes::copy_from_slice(&data[..n]))
         }) {
             Ok(chunk) if !chunk.is_empty() => {
+                if let Some(Err(why)) = flow.http.as_mut().map(|h| h.feed(&chunk)) {
+                    // Allowed at first, cut now: the entry says both.
+                    socket.abort();
+                    flow.phase = Phase::Closing;
+                    flow.entry.decision = EgressAction::Deny;
+                    flow.entry.rule = None;
+                    flow.entry.reason = format!("{}; then {why}", flow.entry.reason);
+                    finish(flow, now, actions);
+                    return;
+                }
                 flow.up += chunk.len() as u64;
                 flow.pending_up = Some(chunk);
             }

@@ -74,6 +74,11 @@ const MIGRATIONS: &[&str] = &[
         read_only INTEGER NOT NULL,
         PRIMARY KEY (vm, tag)
     );",
+    // 5: each VM's own inference API key (attributes its requests).
+    "CREATE TABLE inference_keys (
+        vm TEXT PRIMARY KEY NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
+        key TEXT NOT NULL UNIQUE
+    );",
 ];
 
 pub(super) fn apply(conn: &mut Connection) -> Result<(), StoreError> {

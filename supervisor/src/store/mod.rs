@@ -5,6 +5,7 @@
 //! `PRAGMA user_version` so an old state directory upgrades in place.
 
 mod egress;
+mod inference_keys;
 mod migrations;
 mod shares;
 
@@ -349,10 +350,10 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn spec(name: &str) -> VmSpec {
+    pub(crate) fn spec(name: &str) -> VmSpec {
         VmSpec {
             name: VmName::parse(name).unwrap(),
             image: "test-guest".into(),

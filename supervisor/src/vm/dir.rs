@@ -139,6 +139,11 @@ impl VmDir {
     pub fn agent_socket(&self) -> PathBuf {
         self.root.join("agent.sock")
     }
+    /// The guest's first-boot configuration ([`super::guest_config`]).
+    pub fn guest_config(&self) -> PathBuf {
+        self.root.join("guest-config.json")
+    }
+
     pub fn pid_file(&self) -> PathBuf {
         self.root.join("vmm.pid")
     }

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod backend;
 pub mod dir;
+pub mod guest_config;
 pub mod serial;
 mod task;
 
@@ -52,6 +53,8 @@ pub enum VmError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Dir(#[from] VmDirError),
+    #[error(transparent)]
+    GuestConfig(#[from] guest_config::GuestConfigError),
     #[error("VM {0}'s task has stopped (supervisor shutting down)")]
     TaskGone(VmName),
     #[error("VM {name} has no snapshot named {snapshot}")]
@@ -114,6 +117,11 @@ pub struct VmContext {
     pub egress: Arc<crate::egress::Egress>,
     /// Which host folders may be shared.
     pub share_scope: crate::share::ShareScope,
+    /// The inference service's key table: each VM's key maps to its name
+    /// while the VM exists.
+    pub inference_keys: clawpen_inference::keys::ApiKeys,
+    /// The model guests are told to use (set once inference is configured).
+    pub served_model: RwLock<guest_config::ServedModel>,
 }
 
 #[derive(Clone)]
@@ -140,6 +148,8 @@ impl VmManager {
         });
         for record in ctx.store.vms()? {
             let name = record.spec.name.clone();
+            let key = ctx.store.ensure_inference_key(&name)?;
+            ctx.inference_keys.insert(&key, name.as_str());
             let dir = VmDir::new(ctx.state_dir.vm(&name));
             // A live VMM is the truth for every state but `Stopping` (the user
             // asked for it to go): re-adopt it. A crash mid-reset thus leaves
@@ -306,11 +316,19 @@ impl VmManager {
             StoreError::Exists(name) => VmError::Exists(name),
             other => other.into(),
         })?;
-        if let Err(e) = dir.create(&spec) {
-            // Keep "bad input changes nothing": undo the row.
-            let _ = self.ctx.store.delete_vm(&spec.name);
-            return Err(e.into());
-        }
+        let made = dir
+            .create(&spec)
+            .map_err(VmError::from)
+            .and_then(|()| Ok(self.ctx.store.ensure_inference_key(&spec.name)?));
+        let key = match made {
+            Ok(key) => key,
+            Err(e) => {
+                // Keep "bad input changes nothing": undo the row.
+                let _ = self.ctx.store.delete_vm(&spec.name);
+                return Err(e);
+            }
+        };
+        self.ctx.inference_keys.insert(&key, spec.name.as_str());
         let info = record.info();
         self.spawn_task(info.clone(), dir, None);
         Ok(info)
@@ -319,6 +337,7 @@ impl VmManager {
     /// Stops and removes a VM with its folder and snapshots.
     pub async fn delete(&self, name: &VmName) -> Result<(), VmError> {
         self.send(name, VmCommand::Delete).await?;
+        self.ctx.inference_keys.remove_client(name.as_str());
         self.vms
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -385,6 +404,21 @@ impl VmManager {
     pub async fn remove_share(&self, name: &VmName, tag: ShareTag) -> Result<(), VmError> {
         self.send(name, |reply| VmCommand::RemoveShare(tag, reply))
             .await
+    }
+
+    /// Tells guests booted from now on which model to use.
+    pub fn set_served_model(&self, served: guest_config::ServedModel) {
+        *self
+            .ctx
+            .served_model
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = served;
+    }
+
+    /// The VM's inference API key (what its guest sends to the service).
+    pub fn inference_key(&self, name: &VmName) -> Result<String, VmError> {
+        self.handle(name)?;
+        Ok(self.ctx.store.ensure_inference_key(name)?)
     }
 
     pub fn shares(&self, name: &VmName) -> Result<Vec<SharedFolder>, VmError> {

@@ -326,6 +326,7 @@ impl VmTask {
         if !self.dir.disk().exists() || self.base_changed(&image) {
             self.fresh_disk(&image).await?;
         }
+        self.write_guest_config()?;
         let instance = self
             .ctx
             .hypervisor
@@ -363,6 +364,21 @@ impl VmTask {
             self.take_clean_snapshot().await;
         }
         self.record(VmState::Running)
+    }
+
+    /// Hands the guest its VM's inference key and model for this boot.
+    fn write_guest_config(&self) -> Result<(), VmError> {
+        let name = self.name();
+        let key = self.ctx.store.ensure_inference_key(&name)?;
+        let served = self
+            .ctx
+            .served_model
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        super::guest_config::GuestConfig::new(name.as_str(), &key, &served)
+            .write(&self.dir.guest_config())?;
+        Ok(())
     }
 
     /// The base disk's checksum the VM's disk was made on.

@@ -140,6 +140,17 @@ impl QemuBackend {
             }
             args.extend(["-virtfs".into(), fs]);
         }
+        // The guest's first-boot configuration, read-only through fw_cfg.
+        if dir.guest_config().exists() {
+            args.extend([
+                "-fw_cfg".into(),
+                format!(
+                    "name={},file={}",
+                    crate::vm::guest_config::FW_CFG_NAME,
+                    escape_opt(&p(&dir.guest_config()))
+                ),
+            ]);
+        }
         if let Some(snapshot) = restore {
             args.extend(["-loadvm".into(), snapshot.to_string()]);
         }
