@@ -19,9 +19,9 @@ pub use error::{ApiError, ErrorBody};
 pub use event::Event;
 pub use inference::{InferenceAccess, InferenceRecord};
 pub use vm::{
-    AddShareRequest, CreateVmRequest, NameError, ResetRequest, RestoreRequest, ShareTag,
-    SharedFolder, SnapshotInfo, SnapshotName, TakeSnapshotRequest, VmInfo, VmName, VmSpec, VmState,
-    CLEAN_SNAPSHOT,
+    AddShareRequest, CreateVmRequest, ForwardInfo, ForwardRequest, NameError, ResetRequest,
+    RestoreRequest, ShareTag, SharedFolder, SnapshotInfo, SnapshotName, TakeSnapshotRequest,
+    VmInfo, VmName, VmSpec, VmState, CLEAN_SNAPSHOT,
 };
 
 /// Path prefix of every supervisor API route.

@@ -302,3 +302,19 @@ mod tests {
         assert!(err.to_string().contains("must start"), "{err}");
     }
 }
+
+/// A host port that reaches a guest port (`/api/v1/vms/{name}/forwards`):
+/// the only way into a guest from the host, loopback only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardInfo {
+    pub guest_port: u16,
+    /// `127.0.0.1:PORT` on the supervisor's host.
+    pub host_addr: String,
+}
+
+/// Body of `POST /api/v1/vms/{name}/forwards`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardRequest {
+    pub guest_port: u16,
+}

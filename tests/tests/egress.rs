@@ -529,6 +529,53 @@ async fn literal_addresses_private_ranges_and_rebinding_need_a_rule_that_names_t
     .await;
     let out = serial.run(&get("rebind.test"), ANSWER).unwrap();
     assert!(out.contains(GREETING), "{out}");
+
+    // Into the guest: only through a forward the supervisor opens, on the
+    // host's loopback.
+    serial
+        .run(
+            "mkdir -p /tmp/www && echo served-from-the-guest > /tmp/www/index.html \
+             && httpd -p 8080 -h /tmp/www && echo httpd-up",
+            ANSWER,
+        )
+        .unwrap();
+    let (status, forward) = up
+        .post("/vms/demo/forwards", json!({"guest_port": 8080}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{forward}");
+    let forward: clawpen_api::ForwardInfo = serde_json::from_value(forward).unwrap();
+    assert!(forward.host_addr.starts_with("127.0.0.1:"), "{forward:?}");
+    let body = reqwest::get(format!("http://{}/index.html", forward.host_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body.trim(), "served-from-the-guest");
+    // The same forward again, and the CLI prints it.
+    let out = cli(home.path(), &["vm", "forward", "demo", "8080"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&forward.host_addr),
+        "{out:?}"
+    );
+    // A port nothing listens on: the connection ends without an answer.
+    let (_, closed) = up
+        .post("/vms/demo/forwards", json!({"guest_port": 8081}))
+        .await
+        .unwrap();
+    let closed: clawpen_api::ForwardInfo = serde_json::from_value(closed).unwrap();
+    let refused = reqwest::Client::new()
+        .get(format!("http://{}/", closed.host_addr))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let (status, _) = up
+        .post("/vms/demo/forwards", json!({"guest_port": 0}))
+        .await
+        .unwrap();
+    assert_eq!(status, 422);
 }
 
 #[tokio::test(flavor = "multi_thread")]

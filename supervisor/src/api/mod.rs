@@ -6,6 +6,7 @@ mod auth;
 mod egress;
 mod error;
 mod events;
+mod forwards;
 mod shares;
 mod vms;
 
@@ -46,6 +47,10 @@ pub fn router(state: AppState, console: Router) -> Router {
         .route("/vms/{name}", get(vms::get).delete(vms::delete))
         .route("/vms/{name}/logs", get(vms::logs))
         .route("/vms/{name}/inference", get(vms::inference))
+        .route(
+            "/vms/{name}/forwards",
+            get(forwards::list).post(forwards::open),
+        )
         .route("/vms/{name}/shares", get(shares::list).post(shares::add))
         .route("/vms/{name}/shares/{tag}", delete(shares::remove))
         .route(

@@ -54,6 +54,14 @@ pub enum VmCommand {
     Logs(NameArgs),
     /// Print the base URL and API key the VM's guest uses for inference.
     Inference(NameArgs),
+    /// Open (or show) a loopback port on this host that reaches a port of
+    /// the guest, e.g. its agent gateway's web UI.
+    Forward {
+        #[command(flatten)]
+        vm: NameArgs,
+        /// The guest's port.
+        guest_port: u16,
+    },
     /// Snapshots of a VM.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -184,6 +192,16 @@ pub async fn run(home: Option<PathBuf>, command: VmCommand) -> Result<(), CliErr
                 client.get(&format!("/vms/{name}/inference")).await?;
             println!("base_url: {}", access.base_url);
             println!("api_key:  {}", access.api_key);
+        }
+        VmCommand::Forward { vm, guest_port } => {
+            let (name, client) = vm.client(home)?;
+            let forward: clawpen_api::ForwardInfo = client
+                .post(
+                    &format!("/vms/{name}/forwards"),
+                    &json!({ "guest_port": guest_port }),
+                )
+                .await?;
+            println!("http://{}/", forward.host_addr);
         }
         VmCommand::Snapshot(command) => snapshot(home, command).await?,
     }

@@ -40,7 +40,12 @@ pub struct GatewayContext {
     pub resolver: Arc<Resolver>,
     pub inference: watch::Receiver<Option<SocketAddr>>,
     pub log: LogSender,
+    /// Host connections to carry into the guest (supervisor forwards).
+    pub forwards: mpsc::UnboundedReceiver<Forwarded>,
 }
+
+/// A host client's connection for a guest port.
+pub type Forwarded = (tokio::net::TcpStream, u16);
 
 /// A running gateway; dropping it stops it (the VMM went away).
 pub struct GatewayHandle {
@@ -76,7 +81,7 @@ impl Clock {
 
 type DialResult = (FlowId, Result<(FlowIo, SocketAddr), DialError>);
 
-async fn run(ctx: GatewayContext) {
+async fn run(mut ctx: GatewayContext) {
     let clock = Clock(std::time::Instant::now());
     let mut stack = Stack::new(
         ctx.vm.clone(),
@@ -121,6 +126,13 @@ async fn run(ctx: GatewayContext) {
                     }
                 },
                 Some((id, result)) = dial_rx.recv() => stack.dialed(id, result, clock.now()),
+                Some((stream, port)) = ctx.forwards.recv() => {
+                    let _ = stream.set_nodelay(true);
+                    let io = host::spawn_io(stream, wake.clone());
+                    if !stack.forward(io, port, clock.now()) {
+                        tracing::warn!(vm = %ctx.vm, port, "forward refused: too many connections");
+                    }
+                }
                 () = wake.notified() => {}
                 () = tokio::time::sleep(delay) => {}
             }

@@ -41,7 +41,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use clawpen_api::{EgressLogEntry, EgressRule, NewEgressRule, VmName};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::events::EventBus;
 use crate::store::{Store, StoreError};
@@ -66,6 +66,8 @@ pub enum EgressError {
     NoRule { vm: VmName, id: u64 },
     #[error(transparent)]
     Hosts(#[from] HostsError),
+    #[error("cannot open a loopback port for a forward: {0}")]
+    Forward(std::io::Error),
 }
 
 /// The egress subsystem: rules (in the store, pushed live to gateways), the
@@ -79,6 +81,22 @@ pub struct Egress {
     /// Live rule sets of VMs that have had a gateway; a change is sent here
     /// after it is stored, so it applies to the next connection.
     live: Mutex<HashMap<VmName, watch::Sender<Arc<RuleSet>>>>,
+    /// Where each attached VM's gateway takes forwarded host connections.
+    forward_to: Arc<Mutex<HashMap<VmName, mpsc::UnboundedSender<gateway::Forwarded>>>>,
+    /// Open forwards: (VM, guest port) → host address.
+    forwards: Mutex<HashMap<(VmName, u16), Forward>>,
+}
+
+/// A loopback listener whose connections go to a guest port.
+struct Forward {
+    addr: SocketAddr,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
 }
 
 impl Egress {
@@ -93,6 +111,8 @@ impl Egress {
             resolver: Arc::new(resolver),
             inference: watch::channel(None).0,
             live: Mutex::new(HashMap::new()),
+            forward_to: Arc::default(),
+            forwards: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -159,6 +179,11 @@ impl Egress {
             tx.subscribe()
         };
         let fake = fakeip::FakeIps::from_pairs(self.store.egress_names(vm)?);
+        let (forward_tx, forwards) = mpsc::unbounded_channel();
+        self.forward_to
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(vm.clone(), forward_tx);
         Ok(gateway::spawn(gateway::GatewayContext {
             vm: vm.clone(),
             link,
@@ -168,6 +193,68 @@ impl Egress {
             resolver: self.resolver.clone(),
             inference: self.inference.subscribe(),
             log: self.log.clone(),
+            forwards,
         }))
+    }
+
+    /// A loopback address whose connections reach the VM's `guest_port`
+    /// through its gateway (the same one on a second call). The guest is
+    /// reachable from the host this way only, never from the LAN; while
+    /// the VM has no gateway, connections are closed at once.
+    pub async fn forward(&self, vm: &VmName, guest_port: u16) -> Result<SocketAddr, EgressError> {
+        let key = (vm.clone(), guest_port);
+        if let Some(existing) = self.lock_forwards().get(&key) {
+            return Ok(existing.addr);
+        }
+        let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .map_err(EgressError::Forward)?;
+        let addr = listener.local_addr().map_err(EgressError::Forward)?;
+        let routes = self.forward_to.clone();
+        let name = vm.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let route = routes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&name)
+                    .cloned();
+                match route {
+                    Some(tx) if tx.send((stream, guest_port)).is_ok() => {}
+                    _ => {
+                        tracing::debug!(vm = %name, guest_port, "forward: the VM has no network now")
+                    }
+                }
+            }
+        });
+        let mut forwards = self.lock_forwards();
+        // A racing call may have opened one meanwhile: keep the first.
+        let forward = forwards.entry(key).or_insert(Forward { addr, accept });
+        Ok(forward.addr)
+    }
+
+    /// The VM's open forwards: (guest port, host address), by port.
+    pub fn forwards(&self, vm: &VmName) -> Vec<(u16, SocketAddr)> {
+        let mut list: Vec<(u16, SocketAddr)> = self
+            .lock_forwards()
+            .iter()
+            .filter(|((name, _), _)| name == vm)
+            .map(|((_, port), f)| (*port, f.addr))
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// Closes the VM's forwards (it was deleted).
+    pub fn forget(&self, vm: &VmName) {
+        self.lock_forwards().retain(|(name, _), _| name != vm);
+        self.forward_to
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(vm);
+    }
+
+    fn lock_forwards(&self) -> std::sync::MutexGuard<'_, HashMap<(VmName, u16), Forward>> {
+        self.forwards.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -29,7 +29,8 @@ use super::dns::{self, DnsPolicy};
 use super::fakeip::FakeIps;
 use super::http_stream::HttpRequests;
 use super::net::{
-    in_fake_pool, DNS_PORT, GATEWAY_IP, GATEWAY_MAC, INFERENCE_NAME, INFERENCE_PORT, PREFIX_LEN,
+    in_fake_pool, DNS_PORT, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, INFERENCE_NAME, INFERENCE_PORT,
+    PREFIX_LEN,
 };
 use super::rules::{RuleSet, Verdict};
 use super::sniff::{self, Sniffed, MAX_SNIFF};
@@ -39,6 +40,8 @@ use super::wire::{self, GuestFrame, Ipv4Frame, L4};
 /// flight each way; [`MAX_FLOWS`] bounds what a guest can make us hold
 /// (256 x 512 KiB).
 const SOCKET_BUFFER: usize = 256 * 1024;
+/// Gateway-side ports of forwarded connections into the guest.
+const FORWARD_PORTS: std::ops::Range<u16> = 40_000..60_000;
 /// Connections open at once per VM; more are refused (and logged).
 pub const MAX_FLOWS: usize = 256;
 /// Largest chunk handed to a host connection at a time.
@@ -774,6 +777,64 @@ impl Stack {
         }
     }
 
+    /// Opens a connection from the gateway into the guest's `guest_port`
+    /// for a host client (a supervisor forward): the gateway is the only
+    /// way into the guest, and only to the ports the supervisor forwards.
+    /// Its bytes move like an outbound flow's; it is not egress, so it is
+    /// not logged. `false`: no socket could be made (table full).
+    pub fn forward(&mut self, io: FlowIo, guest_port: u16, now: Now) -> bool {
+        if self.flows.len() >= MAX_FLOWS {
+            return false;
+        }
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]),
+            tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]),
+        );
+        socket.set_nagle_enabled(false);
+        let local_port = FORWARD_PORTS.start
+            + (self.next_flow % u64::from(FORWARD_PORTS.end - FORWARD_PORTS.start)) as u16;
+        let remote = (IpAddress::Ipv4(GUEST_IP), guest_port);
+        let local = (IpAddress::Ipv4(GATEWAY_IP), local_port);
+        if socket.connect(self.iface.context(), remote, local).is_err() {
+            return false;
+        }
+        let handle = self.sockets.add(socket);
+        let id = self.next_flow;
+        self.next_flow += 1;
+        let verdict = Verdict::allow(
+            None,
+            format!("forward from the host to guest port {guest_port}"),
+        );
+        let entry = self.new_entry(
+            now,
+            EgressLogProto::Tcp,
+            None,
+            Some(IpAddr::V4(GUEST_IP)),
+            Some(guest_port),
+            &verdict,
+        );
+        self.flows.insert(
+            id,
+            Flow {
+                handle,
+                phase: Phase::Open,
+                entry,
+                logged: true,
+                ended: true,
+                up: 0,
+                down: 0,
+                to_host: Some(io.to_host),
+                pending_up: None,
+                from_host: Some(io.from_host),
+                pending_down: None,
+                host_eof: false,
+                fin_sent: false,
+                http: None,
+            },
+        );
+        true
+    }
+
     /// Runs smoltcp and moves data between sockets and host connections.
     pub fn poll(&mut self, now: Now) {
         self.reap(now);
@@ -1052,8 +1113,11 @@ fn open_step(flow: &mut Flow, socket: &mut tcp::Socket<'_>, now: Now, actions: &
             }
         };
         if !socket.may_send() {
-            if socket.state() == tcp::State::SynReceived {
-                // The guest has not finished its handshake yet.
+            if matches!(
+                socket.state(),
+                tcp::State::SynReceived | tcp::State::SynSent
+            ) {
+                // The handshake with the guest is not done yet.
                 flow.pending_down = Some(chunk);
             }
             break;

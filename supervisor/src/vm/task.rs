@@ -685,6 +685,7 @@ impl VmTask {
         self.dir.remove()?;
         let name = self.name();
         self.ctx.store.delete_vm(&name)?;
+        self.ctx.egress.forget(&name);
         self.ctx.events.publish(Event::VmDeleted { name });
         Ok(())
     }
