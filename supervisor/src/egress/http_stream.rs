@@ -137,11 +137,13 @@ impl HttpRequests {
     fn head(&mut self, head: &[u8]) -> Result<At, String> {
         match sniff::http_host(head) {
             Sniffed::Name(asked) if asked == self.name => {}
-            Sniffed::Name(asked) => return Err(format!(
+            Sniffed::Name(asked) => {
+                return Err(format!(
                 "request {} on a connection to {} asks for {asked}: refused (no domain fronting)",
                 self.requests + 1,
                 self.name
-            )),
+            ))
+            }
             Sniffed::Refused(why) => return Err(format!("request {}: {why}", self.requests + 1)),
             Sniffed::NeedMore => return Err("incomplete HTTP request head".into()),
         }
