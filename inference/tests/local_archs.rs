@@ -9,7 +9,7 @@ use std::io::BufReader;
 
 use candle_core::quantized::gguf_file::Content as Gguf;
 use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_llama, quantized_qwen2};
+use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
 use clawpen_inference::engine::local::gguf;
 use clawpen_inference::engine::local::model::KvCache;
 use local_common::{limit_threads, TinyModel};
@@ -28,6 +28,12 @@ impl Reference for quantized_llama::ModelWeights {
 impl Reference for quantized_qwen2::ModelWeights {
     fn forward(&mut self, tokens: &Tensor, pos: usize) -> Tensor {
         quantized_qwen2::ModelWeights::forward(self, tokens, pos).unwrap()
+    }
+}
+
+impl Reference for quantized_qwen3::ModelWeights {
+    fn forward(&mut self, tokens: &Tensor, pos: usize) -> Tensor {
+        quantized_qwen3::ModelWeights::forward(self, tokens, pos).unwrap()
     }
 }
 
@@ -52,7 +58,7 @@ fn input(tokens: &[u32]) -> Tensor {
 /// Feeds 12 prompt tokens then 4 single tokens to both models and
 /// compares every step's logits; then continues from our cache cut back to
 /// 7 tokens and compares with feeding those 7 afresh.
-pub fn agree(path: &std::path::Path, reference: &mut dyn Reference) {
+fn agree(path: &std::path::Path, reference: &mut dyn Reference) {
     let ours = gguf::load(path, &Device::Cpu).unwrap();
     let tokens: Vec<u32> = (0..16).map(|i| (i * 37 + 11) % 300).collect();
     let mut kv = KvCache::default();
@@ -111,4 +117,38 @@ fn qwen2_matches_candle() {
     let (c, mut r) = read(&path);
     let mut reference = quantized_qwen2::ModelWeights::from_gguf(c, &mut r, &Device::Cpu).unwrap();
     agree(&path, &mut reference);
+}
+
+#[test]
+fn qwen3_matches_candle() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("qwen3").write(dir.path(), "tiny-qwen3");
+    let (c, mut r) = read(&path);
+    let mut reference = quantized_qwen3::ModelWeights::from_gguf(c, &mut r, &Device::Cpu).unwrap();
+    agree(&path, &mut reference);
+}
+
+/// candle's Qwen3-MoE runs on CUDA only, so the mixture of experts is
+/// checked by equivalence: every expert a copy of a dense qwen3's
+/// feed-forward gives that dense model's logits, whatever the router picks
+/// (the chosen experts' weights sum to one). Routing itself is unit-tested
+/// in `model.rs` and compared with llama.cpp in `local_llama_cpp.rs`.
+#[test]
+fn qwen3moe_with_identical_experts_is_its_dense_model() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let dense = TinyModel::new("qwen3");
+    let dense_path = dense.write(dir.path(), "dense");
+    let moe_path = local_common::experts_of(&dense).write(dir.path(), "moe");
+    let a = gguf::load(&dense_path, &Device::Cpu).unwrap();
+    let b = gguf::load(&moe_path, &Device::Cpu).unwrap();
+    assert_eq!(b.architecture.as_str(), "qwen3moe");
+    let tokens: Vec<u32> = (0..9).map(|i| (i * 53 + 7) % 300).collect();
+    let (mut ka, mut kb) = (KvCache::default(), KvCache::default());
+    for chunk in [&tokens[..6], &tokens[6..7], &tokens[7..9]] {
+        let la = a.weights.forward(&input(chunk), &mut ka).unwrap();
+        let lb = b.weights.forward(&input(chunk), &mut kb).unwrap();
+        assert!(max_diff(&la, &lb) < 1e-4, "{}", max_diff(&la, &lb));
+    }
 }

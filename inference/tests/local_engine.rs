@@ -304,6 +304,90 @@ async fn generates_through_the_http_api_deterministically() {
     svc.shutdown().await;
 }
 
+/// qwen3 (own head size, q/k norms) and qwen3moe (a mixture of experts)
+/// from the GGUF metadata, through the real server: both APIs, same seed
+/// same text; an architecture the engine does not run is refused with the
+/// list of those it does.
+#[tokio::test]
+async fn qwen3_and_its_mixture_of_experts_generate_through_the_server() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = vec![
+        TinyModel::new("qwen3").write(dir.path(), "tiny-qwen3"),
+        TinyModel::new("qwen3moe").write(dir.path(), "tiny-qwen3moe"),
+        TinyModel::with_dtype("qwen3moe", GgmlDType::Q8_0).write(dir.path(), "tiny-qwen3moe-q8"),
+        TinyModel::new("qwen2")
+            .set("general.architecture", Value::String("deepseek2".into()))
+            .write(dir.path(), "unsupported"),
+    ];
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = failures.clone();
+    let engine = LocalEngine::start(
+        &paths,
+        LocalOptions {
+            on_load: Some(std::sync::Arc::new(move |e| {
+                if let clawpen_inference::engine::local::LoadEvent::Failed { error, .. } = e {
+                    seen.lock().unwrap().push(error.clone());
+                }
+            })),
+            ..Default::default()
+        },
+    );
+    engine.wait_loaded().await;
+    let failures = failures.lock().unwrap().clone();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].contains(
+            "architecture 'deepseek2' is not supported (supported: llama, qwen2, qwen3, qwen3moe)"
+        ),
+        "{failures:?}"
+    );
+    drop(engine);
+
+    let svc = common::start(config(paths)).await;
+    let models: Json = reqwest::get(format!("{}/v1/models", svc.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["tiny-qwen3", "tiny-qwen3moe", "tiny-qwen3moe-q8"]);
+    for model in ids {
+        let body = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "what is the weather in paris?"}],
+            "max_tokens": 10, "temperature": 1.0, "seed": 3,
+        });
+        let a = chat(&svc.base, body.clone()).await;
+        let b = chat(&svc.base, body).await;
+        let text = |v: &Json| v["choices"][0]["message"]["content"].clone();
+        assert_eq!(text(&a), text(&b), "{model}: same seed, same text");
+        let completion = a["usage"]["completion_tokens"].as_u64().unwrap();
+        assert!((1..=10).contains(&completion), "{model}: {a}");
+
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/responses", svc.base))
+            .json(&json!({"model": model, "input": "hello there", "max_output_tokens": 6, "temperature": 0}))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{model}");
+        let v: Json = resp.json().await.unwrap();
+        assert!(
+            v["usage"]["output_tokens"].as_u64().unwrap() >= 1,
+            "{model}: {v}"
+        );
+    }
+    svc.idle().await;
+    svc.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_client_that_goes_away_stops_the_generation() {
     limit_threads();

@@ -18,6 +18,12 @@ pub const KV_HEADS: usize = 2;
 pub const LAYERS: usize = 2;
 pub const FFN: usize = 64;
 pub const CONTEXT: u32 = 512;
+/// qwen3's own head size (not `HIDDEN / HEADS`, as in the real models).
+pub const QWEN3_HEAD_DIM: usize = 16;
+/// qwen3moe: experts per layer, used per token, and their hidden size.
+pub const EXPERTS: usize = 4;
+pub const EXPERTS_USED: usize = 2;
+pub const EXPERT_FFN: usize = 32;
 
 /// A Qwen2.5-style ChatML template with tools: the family it implies is
 /// Hermes (`<tool_call>`).
@@ -110,7 +116,8 @@ pub fn train_bpe(merges_wanted: usize) -> (Vec<String>, Vec<String>) {
     (tokens, merges)
 }
 
-/// The metadata and tensors of a tiny model of `arch` (`llama`/`qwen2`).
+/// The metadata and tensors of a tiny model of `arch` (`llama`, `qwen2`,
+/// `qwen3`, `qwen3moe`), shaped as llama.cpp writes each.
 pub struct TinyModel {
     pub metadata: Vec<(String, Value)>,
     pub tensors: Vec<(String, QTensor)>,
@@ -175,7 +182,36 @@ impl TinyModel {
                 Value::String(CHAT_TEMPLATE.into()),
             ),
         ];
-        let kv = KV_HEADS * (HIDDEN / HEADS);
+        let qwen3 = arch == "qwen3" || arch == "qwen3moe";
+        let moe = arch == "qwen3moe";
+        let head_dim = if qwen3 {
+            QWEN3_HEAD_DIM
+        } else {
+            HIDDEN / HEADS
+        };
+        let mut metadata = metadata;
+        if qwen3 {
+            metadata.retain(|(k, _)| k != &a("rope.dimension_count"));
+            metadata.extend([
+                (a("attention.key_length"), Value::U32(head_dim as u32)),
+                (a("attention.value_length"), Value::U32(head_dim as u32)),
+                (a("rope.dimension_count"), Value::U32(head_dim as u32)),
+                // candle's reference qwen3 computes in f16 unless told.
+                ("general.dtype".into(), Value::U32(0)),
+            ]);
+        }
+        if moe {
+            metadata.extend([
+                (a("expert_count"), Value::U32(EXPERTS as u32)),
+                (a("expert_used_count"), Value::U32(EXPERTS_USED as u32)),
+                (
+                    a("expert_feed_forward_length"),
+                    Value::U32(EXPERT_FFN as u32),
+                ),
+            ]);
+        }
+        let q = HEADS * head_dim;
+        let kv = KV_HEADS * head_dim;
         let mut shapes: Vec<(String, Vec<usize>, bool)> = vec![
             ("token_embd.weight".into(), vec![vocab, HIDDEN], false),
             ("output_norm.weight".into(), vec![HIDDEN], true),
@@ -184,16 +220,47 @@ impl TinyModel {
         for l in 0..LAYERS {
             let p = |n: &str| format!("blk.{l}.{n}");
             shapes.extend([
-                (p("attn_q.weight"), vec![HIDDEN, HIDDEN], false),
+                (p("attn_q.weight"), vec![q, HIDDEN], false),
                 (p("attn_k.weight"), vec![kv, HIDDEN], false),
                 (p("attn_v.weight"), vec![kv, HIDDEN], false),
-                (p("attn_output.weight"), vec![HIDDEN, HIDDEN], false),
-                (p("ffn_gate.weight"), vec![FFN, HIDDEN], false),
-                (p("ffn_up.weight"), vec![FFN, HIDDEN], false),
-                (p("ffn_down.weight"), vec![HIDDEN, FFN], false),
+                (p("attn_output.weight"), vec![HIDDEN, q], false),
                 (p("attn_norm.weight"), vec![HIDDEN], true),
                 (p("ffn_norm.weight"), vec![HIDDEN], true),
             ]);
+            if moe {
+                shapes.extend([
+                    (p("ffn_gate_inp.weight"), vec![EXPERTS, HIDDEN], false),
+                    (
+                        p("ffn_gate_exps.weight"),
+                        vec![EXPERTS, EXPERT_FFN, HIDDEN],
+                        false,
+                    ),
+                    (
+                        p("ffn_up_exps.weight"),
+                        vec![EXPERTS, EXPERT_FFN, HIDDEN],
+                        false,
+                    ),
+                    (
+                        p("ffn_down_exps.weight"),
+                        vec![EXPERTS, HIDDEN, EXPERT_FFN],
+                        false,
+                    ),
+                ]);
+            } else {
+                shapes.extend([
+                    (p("ffn_gate.weight"), vec![FFN, HIDDEN], false),
+                    (p("ffn_up.weight"), vec![FFN, HIDDEN], false),
+                    (p("ffn_down.weight"), vec![HIDDEN, FFN], false),
+                ]);
+            }
+            if qwen3 {
+                shapes.extend([
+                    // Random, not ones: a model that mixed up the two
+                    // norms would differ from the reference.
+                    (p("attn_q_norm.weight"), vec![head_dim], false),
+                    (p("attn_k_norm.weight"), vec![head_dim], false),
+                ]);
+            }
             if arch == "qwen2" {
                 shapes.extend([
                     (p("attn_q.bias"), vec![HIDDEN], false),
@@ -205,7 +272,7 @@ impl TinyModel {
         let tensors = shapes
             .into_iter()
             .map(|(name, shape, ones)| {
-                let matrix = shape.len() == 2;
+                let matrix = shape.len() >= 2;
                 let t = if ones {
                     Tensor::ones(shape, candle_core::DType::F32, &Device::Cpu).unwrap()
                 } else {
@@ -343,6 +410,70 @@ impl TinyModel {
         gguf_file::write(&mut f, &md, &ts).unwrap();
         path
     }
+}
+
+/// A `qwen3moe` model made of a dense `qwen3` one: every layer's
+/// feed-forward copied into each of [`EXPERTS`] experts (stacked as
+/// llama.cpp writes them), plus a random router.
+pub fn experts_of(dense: &TinyModel) -> TinyModel {
+    let metadata = dense
+        .metadata
+        .iter()
+        .map(|(k, v)| {
+            let k = match k.strip_prefix("qwen3.") {
+                Some(rest) => format!("qwen3moe.{rest}"),
+                None => k.clone(),
+            };
+            let v = match (k.as_str(), v) {
+                ("general.architecture", _) => Value::String("qwen3moe".into()),
+                _ => v.clone(),
+            };
+            (k, v)
+        })
+        .chain([
+            (
+                "qwen3moe.expert_count".to_owned(),
+                Value::U32(EXPERTS as u32),
+            ),
+            (
+                "qwen3moe.expert_used_count".to_owned(),
+                Value::U32(EXPERTS_USED as u32),
+            ),
+            (
+                "qwen3moe.expert_feed_forward_length".to_owned(),
+                Value::U32(FFN as u32),
+            ),
+        ])
+        .collect();
+    let mut tensors = Vec::new();
+    for (name, q) in &dense.tensors {
+        let stacked = ["ffn_gate", "ffn_up", "ffn_down"]
+            .into_iter()
+            .find(|f| name.ends_with(&format!(".{f}.weight")));
+        match stacked {
+            Some(f) => {
+                let w = q.dequantize(&Device::Cpu).unwrap();
+                let copies = Tensor::stack(&vec![w; EXPERTS], 0).unwrap();
+                let layer = name.trim_end_matches(&format!(".{f}.weight"));
+                tensors.push((
+                    format!("{layer}.{f}_exps.weight"),
+                    QTensor::quantize(&copies, GgmlDType::F32).unwrap(),
+                ));
+                if f == "ffn_gate" {
+                    let router = Tensor::randn(0f32, 1.0, (EXPERTS, HIDDEN), &Device::Cpu).unwrap();
+                    tensors.push((
+                        format!("{layer}.ffn_gate_inp.weight"),
+                        QTensor::quantize(&router, GgmlDType::F32).unwrap(),
+                    ));
+                }
+            }
+            None => {
+                let t = q.dequantize(&Device::Cpu).unwrap();
+                tensors.push((name.clone(), QTensor::quantize(&t, q.dtype()).unwrap()));
+            }
+        }
+    }
+    TinyModel { metadata, tensors }
 }
 
 /// Keeps candle from oversubscribing the shared cores.

@@ -11,19 +11,21 @@
 //! is cheap and cutting is a view). The maths follows candle's
 //! `quantized_llama` / `quantized_qwen3` (and llama.cpp): RMS norm, RoPE
 //! (interleaved for llama, NeoX for the Qwen family), grouped-query
-//! attention, SwiGLU feed-forward or a mixture of experts routed by
-//! candle's `FusedMoeGGUF`; the architecture differences are data
+//! attention, SwiGLU feed-forward or a mixture of experts (softmax router,
+//! top-k experts with renormalised weights, as Qwen3-MoE and Mixtral do;
+//! computed here per expert because candle's fused MoE kernel is
+//! CUDA-only); the architecture differences are data
 //! (biases, q/k norms, head size, rope layout, experts), read from the
 //! GGUF metadata by [`super::gguf`].
 
 use std::io::{Read, Seek};
-use std::sync::Arc;
+
+use std::borrow::Cow;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear};
-use candle_transformers::fused_moe::FusedMoeGGUF;
+use candle_nn::Embedding;
 use candle_transformers::quantized_nn::RmsNorm;
 
 /// The shape and layout of a model, from its GGUF metadata.
@@ -111,7 +113,93 @@ enum Ffn {
         up: QMatMul,
         down: QMatMul,
     },
-    Experts(Box<FusedMoeGGUF>),
+    Experts(Experts),
+}
+
+/// A mixture of experts: a router and SwiGLU experts.
+struct Experts {
+    /// `[experts, hidden]`, f32.
+    router: Tensor,
+    /// Experts used per token.
+    used: usize,
+    experts: Vec<Expert>,
+}
+
+struct Expert {
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+impl Experts {
+    /// `x`: `[1, n, hidden]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, hidden) = x.dims3()?;
+        let xs = x.reshape((b * n, hidden))?;
+        let logits = xs.to_dtype(DType::F32)?.matmul(&self.router.t()?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+        // Per expert: the rows routed to it and their weights.
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
+        let mut weights: Vec<Vec<f32>> = vec![Vec::new(); self.experts.len()];
+        for (row, p) in probs.iter().enumerate() {
+            for (e, w) in route(p, self.used) {
+                rows[e].push(row as u32);
+                weights[e].push(w);
+            }
+        }
+        let mut out = xs.zeros_like()?;
+        for (e, expert) in self.experts.iter().enumerate() {
+            if rows[e].is_empty() {
+                continue;
+            }
+            let idx = Tensor::new(rows[e].as_slice(), x.device())?;
+            let xe = xs.index_select(&idx, 0)?;
+            let g = candle_nn::ops::silu(&expert.gate.forward(&xe)?)?;
+            let ye = expert.down.forward(&(g * expert.up.forward(&xe)?)?)?;
+            let w = Tensor::new(weights[e].as_slice(), x.device())?
+                .to_dtype(ye.dtype())?
+                .unsqueeze(1)?;
+            out = out.index_add(&idx, &ye.broadcast_mul(&w)?, 0)?;
+        }
+        out.reshape((b, n, hidden))
+    }
+}
+
+/// The `k` most probable experts of one token and their weights,
+/// renormalised to sum to one.
+fn route(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]).then(a.cmp(b)));
+    order.truncate(k);
+    let sum: f32 = order.iter().map(|e| probs[*e]).sum();
+    order
+        .into_iter()
+        .map(|e| (e, if sum > 0.0 { probs[e] / sum } else { 0.0 }))
+        .collect()
+}
+
+/// Splits a stacked `[experts, rows, cols]` quantized tensor into one
+/// matrix per expert (each expert's blocks are contiguous in GGUF).
+fn split_experts(t: &QTensor, count: usize, device: &Device) -> Result<Vec<QMatMul>> {
+    let (e, rows, cols) = t.shape().dims3()?;
+    if e != count {
+        candle_core::bail!("{e} experts stacked, {count} in the metadata");
+    }
+    let data = t.data()?;
+    if data.len() % e != 0 {
+        candle_core::bail!(
+            "stacked experts of {} bytes do not split in {e}",
+            data.len()
+        );
+    }
+    let per = data.len() / e;
+    (0..e)
+        .map(|i| {
+            let bytes = Cow::Borrowed(&data[i * per..(i + 1) * per]);
+            let storage = QStorage::from_data(bytes, device, t.dtype())?;
+            QMatMul::from_qtensor(QTensor::new(storage, (rows, cols))?)
+        })
+        .collect()
 }
 
 /// The weights; see the module documentation.
@@ -191,24 +279,25 @@ impl Transformer {
                         down: mm("ffn_down.weight")?,
                     }
                 }
-                Some((_, used)) => {
+                Some((count, used)) => {
                     let router = get(&name("ffn_gate_inp.weight"))?
                         .dequantize(device)?
                         .to_dtype(DType::F32)?;
-                    let mut experts =
-                        |n: &str| -> Result<Arc<QTensor>> { Ok(Arc::new(get(&name(n))?)) };
-                    Ffn::Experts(Box::new(FusedMoeGGUF {
-                        gate: Linear::new(router, None),
-                        gate_experts: experts("ffn_gate_exps.weight")?,
-                        up_experts: experts("ffn_up_exps.weight")?,
-                        down_experts: experts("ffn_down_exps.weight")?,
-                        act: candle_nn::Activation::Silu,
-                        // Qwen3-MoE and Mixtral renormalise the chosen
-                        // experts' weights to sum to one.
-                        norm_topk_prob: true,
-                        num_experts_per_tok: used,
-                        dtype: DType::F32,
-                    }))
+                    let mut stacked = |n: &str| split_experts(&get(&name(n))?, count, device);
+                    let gates = stacked("ffn_gate_exps.weight")?;
+                    let ups = stacked("ffn_up_exps.weight")?;
+                    let downs = stacked("ffn_down_exps.weight")?;
+                    let experts = gates
+                        .into_iter()
+                        .zip(ups)
+                        .zip(downs)
+                        .map(|((gate, up), down)| Expert { gate, up, down })
+                        .collect();
+                    Ffn::Experts(Experts {
+                        router,
+                        used,
+                        experts,
+                    })
                 }
             };
             layers.push(Layer {
@@ -278,7 +367,7 @@ impl Transformer {
                     let g = candle_nn::ops::silu(&gate.forward(&h)?)?;
                     down.forward(&(g * up.forward(&h)?)?)?
                 }
-                Ffn::Experts(moe) => moe.forward(&h, n > 1)?,
+                Ffn::Experts(moe) => moe.forward(&h)?,
             };
             x = (x + h)?;
         }
@@ -370,4 +459,19 @@ fn causal_mask(n: usize, pos: usize, device: &Device) -> Result<Tensor> {
         .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Tensor::from_vec(mask, (n, total), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_takes_the_top_k_and_renormalises() {
+        let r = route(&[0.1, 0.4, 0.2, 0.3], 2);
+        assert_eq!(r.iter().map(|(e, _)| *e).collect::<Vec<_>>(), [1, 3]);
+        assert!((r[0].1 - 4.0 / 7.0).abs() < 1e-6);
+        assert!((r[1].1 - 3.0 / 7.0).abs() < 1e-6);
+        // Ties go to the lower index, as a stable sort would.
+        assert_eq!(route(&[0.25; 4], 1), [(0, 1.0)]);
+    }
 }
