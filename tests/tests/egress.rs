@@ -109,6 +109,27 @@ impl Server {
     }
 }
 
+const TFTP_CONTENT: &str = "sent-over-udp-by-tftp";
+
+/// A one-file TFTP server (RFC 1350, read requests only) on the host's
+/// loopback that answers from its own port; returns the port.
+async fn tftp_server() -> u16 {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = socket.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            // RRQ: opcode 1, file name, 0, mode, 0 (options ignored).
+            if n > 2 && buf[..2] == [0, 1] {
+                let mut data = vec![0, 3, 0, 1];
+                data.extend_from_slice(format!("{TFTP_CONTENT}\n").as_bytes());
+                let _ = socket.send_to(&data, peer).await;
+            }
+        }
+    });
+    port
+}
+
 fn rand_byte() -> u8 {
     thread_local! {
         static STATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0x9e37_79b9_7f4a_7c15) };
@@ -462,8 +483,12 @@ async fn allowed_names_connect_everything_else_is_denied_and_logged() {
 async fn literal_addresses_private_ranges_and_rebinding_need_a_rule_that_names_them() {
     let server = Server::start(IpAddr::V4(Ipv4Addr::UNSPECIFIED)).await;
     let port = server.port();
+    let tftp = tftp_server().await;
     let home = temp_home();
-    let up = boot(home.path(), "rebind.test=127.0.0.1,private.test=10.1.2.3");
+    let up = boot(
+        home.path(),
+        &format!("rebind.test=127.0.0.1,private.test=10.1.2.3,tftp.test=127.0.0.1:{tftp}"),
+    );
     up.wait_state("demo", "Running", BOOT).await.unwrap();
     let mut serial = Serial::connect(&up.vm_dir("demo")).unwrap();
     let get = |host: &str| format!("timeout 20 wget -q -O - http://{host}:{port}/x");
@@ -529,6 +554,36 @@ async fn literal_addresses_private_ranges_and_rebinding_need_a_rule_that_names_t
     .await;
     let out = serial.run(&get("rebind.test"), ANSWER).unwrap();
     assert!(out.contains(GREETING), "{out}");
+
+    // UDP: relayed for a name a UDP rule allows (a TFTP download, answers
+    // and all), and logged with its bytes; without the rule, denied.
+    let fetch = "rm -f /tmp/t; timeout 20 tftp -g -r hello.txt -l /tmp/t tftp.test 69; cat /tmp/t";
+    let out = serial.run(fetch, ANSWER).unwrap();
+    assert!(!out.contains(TFTP_CONTENT), "{out}");
+    add_rule(
+        &up,
+        json!({"action": "allow", "target": "tftp.test", "proto": "udp"}),
+    )
+    .await;
+    let out = serial.run(fetch, ANSWER).unwrap();
+    assert!(
+        !out.contains(TFTP_CONTENT),
+        "a name that resolves to loopback needs its range: {out}"
+    );
+    add_rule(
+        &up,
+        json!({"action": "allow", "target": "127.0.0.0/8", "proto": "udp"}),
+    )
+    .await;
+    let out = serial.run(fetch, ANSWER).unwrap();
+    assert!(out.contains(TFTP_CONTENT), "{out}");
+    let relayed = wait_log(&up, "the UDP flow", |e| {
+        e.name.as_deref() == Some("tftp.test")
+            && e.proto.as_str() == "udp"
+            && e.decision.as_str() == "allow"
+    })
+    .await;
+    assert_eq!(relayed.port, Some(69), "{relayed:?}");
 
     // Into the guest: only through a forward the supervisor opens, on the
     // host's loopback.

@@ -24,6 +24,7 @@ use super::log::{LogOp, LogSender};
 use super::resolve::Resolver;
 use super::rules::RuleSet;
 use super::stack::{Action, DialError, FlowId, FlowIo, Now, Stack};
+use super::udp::{UdpEvent, UdpRelays};
 
 /// Pause between attempts to reach the VMM's socket.
 const RECONNECT: Duration = Duration::from_millis(100);
@@ -92,6 +93,8 @@ async fn run(mut ctx: GatewayContext) {
     );
     let wake = Arc::new(Notify::new());
     let (dial_tx, mut dial_rx) = mpsc::unbounded_channel::<DialResult>();
+    let (udp_tx, mut udp_rx) = mpsc::unbounded_channel::<UdpEvent>();
+    let mut udp = UdpRelays::new(udp_tx);
     let mut attached_once = false;
     loop {
         let mut link = match ctx.link.open().await {
@@ -126,6 +129,14 @@ async fn run(mut ctx: GatewayContext) {
                     }
                 },
                 Some((id, result)) = dial_rx.recv() => stack.dialed(id, result, clock.now()),
+                Some(event) = udp_rx.recv() => match event {
+                    UdpEvent::Opened(key, socket) => udp.opened(key, socket),
+                    UdpEvent::Failed(key, error) => {
+                        udp.close(key);
+                        stack.udp_failed(key, error, clock.now());
+                    }
+                    UdpEvent::Reply(key, payload) => stack.udp_reply(key, &payload, clock.now()),
+                },
                 Some((stream, port)) = ctx.forwards.recv() => {
                     let _ = stream.set_nodelay(true);
                     let io = host::spawn_io(stream, wake.clone());
@@ -138,7 +149,18 @@ async fn run(mut ctx: GatewayContext) {
             }
             stack.poll(clock.now());
             for action in stack.take_actions() {
-                act(&ctx, action, &dial_tx, &wake);
+                match action {
+                    Action::UdpOpen { key, target, first } => udp.open(
+                        key,
+                        target,
+                        first,
+                        ctx.rules.borrow().clone(),
+                        ctx.resolver.clone(),
+                    ),
+                    Action::UdpSend { key, payload } => udp.send(key, payload),
+                    Action::UdpClose { key } => udp.close(key),
+                    other => act(&ctx, other, &dial_tx, &wake),
+                }
             }
             if link.send(stack.take_frames()).await.is_err() {
                 break;
@@ -161,6 +183,8 @@ fn act(
 ) {
     match action {
         Action::Log(entry) => ctx.log.send(LogOp::Entry(entry)),
+        // UDP relays live in the loop (they hold per-flow state).
+        Action::UdpOpen { .. } | Action::UdpSend { .. } | Action::UdpClose { .. } => {}
         Action::Remember { addr, name } => ctx.log.send(LogOp::Name {
             vm: ctx.vm.clone(),
             addr,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use clawpen_api::EgressProto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Notify};
 
 use super::resolve::Resolver;
@@ -22,14 +22,16 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 const QUEUE: usize = 8;
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Opens the host connection for a flow.
-pub async fn dial(
+/// The host addresses a flow may go to: every address a name resolves to
+/// that the rules allow for `proto` (anti-rebinding), or the literal one.
+async fn candidates(
     target: DialTarget,
+    proto: EgressProto,
     rules: &RuleSet,
     resolver: &Resolver,
     inference: Option<SocketAddr>,
-) -> Result<(TcpStream, SocketAddr), DialError> {
-    let candidates = match target {
+) -> Result<Vec<SocketAddr>, DialError> {
+    Ok(match target {
         DialTarget::Addr(addr) => vec![addr],
         DialTarget::Inference => vec![inference
             .ok_or_else(|| DialError::Failed("no inference service is configured".into()))?],
@@ -41,7 +43,7 @@ pub async fn dial(
             let mut allowed = Vec::new();
             let mut refused: Option<Verdict> = None;
             for addr in resolved {
-                match rules.check_resolved(addr.ip(), EgressProto::Tcp, port) {
+                match rules.check_resolved(addr.ip(), proto, port) {
                     Ok(()) => allowed.push(addr),
                     Err(v) => {
                         refused.get_or_insert(v);
@@ -59,7 +61,40 @@ pub async fn dial(
             }
             allowed
         }
+    })
+}
+
+/// A host UDP socket connected to the flow's target (so only the target's
+/// answers come back), after the same checks as a TCP dial.
+pub async fn open_udp(
+    target: DialTarget,
+    rules: &RuleSet,
+    resolver: &Resolver,
+) -> Result<(UdpSocket, SocketAddr), DialError> {
+    let addr = candidates(target, EgressProto::Udp, rules, resolver, None)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| DialError::Failed("no address to send to".into()))?;
+    let local: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
+    let failed = |e: std::io::Error| DialError::Failed(format!("UDP to {addr}: {e}"));
+    let socket = UdpSocket::bind(local).await.map_err(failed)?;
+    socket.connect(addr).await.map_err(failed)?;
+    Ok((socket, addr))
+}
+
+/// Opens the host connection for a flow.
+pub async fn dial(
+    target: DialTarget,
+    rules: &RuleSet,
+    resolver: &Resolver,
+    inference: Option<SocketAddr>,
+) -> Result<(TcpStream, SocketAddr), DialError> {
+    let candidates = candidates(target, EgressProto::Tcp, rules, resolver, inference).await?;
     let mut last = String::from("no address to try");
     for addr in candidates {
         match tokio::time::timeout(CONNECT_LIMIT, TcpStream::connect(addr)).await {

@@ -30,6 +30,7 @@ pub mod net;
 mod resolve;
 mod rules;
 mod sniff;
+mod udp;
 mod stack;
 #[cfg(test)]
 mod tests;

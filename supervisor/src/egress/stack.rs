@@ -42,6 +42,10 @@ use super::wire::{self, GuestFrame, Ipv4Frame, L4};
 const SOCKET_BUFFER: usize = 256 * 1024;
 /// Gateway-side ports of forwarded connections into the guest.
 const FORWARD_PORTS: std::ops::Range<u16> = 40_000..60_000;
+/// A UDP flow with no datagram either way for this long is closed.
+const UDP_IDLE: Duration = Duration::from_secs(60);
+/// UDP flows open at once per VM.
+const MAX_UDP_FLOWS: usize = 256;
 /// Connections open at once per VM; more are refused (and logged).
 pub const MAX_FLOWS: usize = 256;
 /// Largest chunk handed to a host connection at a time.
@@ -105,6 +109,36 @@ pub enum Action {
         addr: Ipv4Addr,
         name: String,
     },
+    /// An allowed UDP flow's first datagram: open a host socket to `target`
+    /// (its checks done at that time), send `first`, relay answers back
+    /// with [`Stack::udp_reply`].
+    UdpOpen {
+        key: UdpKey,
+        target: DialTarget,
+        first: Bytes,
+    },
+    /// A further datagram of an open UDP flow.
+    UdpSend {
+        key: UdpKey,
+        payload: Bytes,
+    },
+    /// The UDP flow went idle: drop its host socket.
+    UdpClose {
+        key: UdpKey,
+    },
+}
+
+/// A UDP flow as the guest sees it: its source port, the destination
+/// address it sent to (synthetic or literal) and port.
+pub type UdpKey = (u16, Ipv4Addr, u16);
+
+/// An allowed UDP flow (datagrams relayed both ways until idle).
+struct UdpFlow {
+    entry: EgressLogEntry,
+    guest: (EthernetAddress, Ipv4Addr),
+    up: u64,
+    down: u64,
+    last: Instant,
 }
 
 /// The stack's clocks: smoltcp's monotonic one and the wall clock for logs.
@@ -217,6 +251,7 @@ pub struct Stack {
     next_flow: FlowId,
     /// When a dropped-frame kind was last logged, per (proto, address, port).
     noted: HashMap<(EgressLogProto, IpAddr, Option<u16>), Instant>,
+    udp: HashMap<UdpKey, UdpFlow>,
     actions: Vec<Action>,
 }
 
@@ -289,6 +324,7 @@ impl Stack {
             flows: HashMap::new(),
             next_flow: 1,
             noted: HashMap::new(),
+            udp: HashMap::new(),
             actions: Vec::new(),
         }
     }
@@ -503,18 +539,118 @@ impl Stack {
                 Verdict::deny(None, "the gateway answers UDP only for DHCP and DNS"),
             ),
         };
-        // Allowed or not, only DNS is carried over UDP: the rules said yes,
-        // the gateway says no, and the log says both.
-        let verdict = if verdict.allow {
-            Verdict::deny(
-                None,
-                format!("{}; but UDP other than DNS is not relayed", verdict.reason),
-            )
-        } else {
-            verdict
-        };
         let place = (IpAddr::V4(v4.dst), Some(dst_port));
-        self.note(now, EgressLogProto::Udp, name, place, &verdict);
+        let key: UdpKey = (src_port, v4.dst, dst_port);
+        if !verdict.allow {
+            self.udp.remove(&key);
+            self.note(now, EgressLogProto::Udp, name, place, &verdict);
+            return;
+        }
+        let payload = Bytes::copy_from_slice(payload);
+        if let Some(flow) = self.udp.get_mut(&key) {
+            flow.up += payload.len() as u64;
+            flow.last = now.mono;
+            self.actions.push(Action::UdpSend { key, payload });
+            return;
+        }
+        if self.udp.len() >= MAX_UDP_FLOWS {
+            let verdict =
+                Verdict::deny(None, format!("too many UDP flows (limit {MAX_UDP_FLOWS})"));
+            self.note(now, EgressLogProto::Udp, name, place, &verdict);
+            return;
+        }
+        let target = match &name {
+            Some(name) => DialTarget::Name {
+                name: name.clone(),
+                port: dst_port,
+            },
+            None => DialTarget::Addr(SocketAddr::new(IpAddr::V4(v4.dst), dst_port)),
+        };
+        let entry = self.new_entry(
+            now,
+            EgressLogProto::Udp,
+            name,
+            Some(IpAddr::V4(v4.dst)),
+            Some(dst_port),
+            &verdict,
+        );
+        self.actions.push(Action::Log(entry.clone()));
+        self.udp.insert(
+            key,
+            UdpFlow {
+                entry,
+                guest: (v4.src_mac, v4.src),
+                up: payload.len() as u64,
+                down: 0,
+                last: now.mono,
+            },
+        );
+        self.actions.push(Action::UdpOpen {
+            key,
+            target,
+            first: payload,
+        });
+    }
+
+    /// An answer from a UDP flow's host side, for the guest.
+    pub fn udp_reply(&mut self, key: UdpKey, payload: &[u8], now: Now) {
+        let Some(flow) = self.udp.get_mut(&key) else {
+            return;
+        };
+        let (src_port, dst, dst_port) = key;
+        let Some(frame) = wire::udp_frame(
+            flow.guest.0,
+            (dst, dst_port),
+            (flow.guest.1, src_port),
+            payload,
+        ) else {
+            return;
+        };
+        flow.down += payload.len() as u64;
+        flow.last = now.mono;
+        self.device.tx.push_back(frame);
+    }
+
+    /// A UDP flow's host side could not be opened (a check at that time
+    /// refused it, or the host could not send): the flow ends, logged so.
+    pub fn udp_failed(&mut self, key: UdpKey, error: DialError, now: Now) {
+        let Some(mut flow) = self.udp.remove(&key) else {
+            return;
+        };
+        match error {
+            DialError::Denied(verdict) => {
+                flow.entry.decision = EgressAction::Deny;
+                flow.entry.rule = verdict.rule;
+                flow.entry.reason = verdict.reason;
+            }
+            DialError::Failed(why) => {
+                flow.entry.reason = format!("{}; UDP failed: {why}", flow.entry.reason);
+            }
+        }
+        self.end_udp(flow, now);
+    }
+
+    /// Closes UDP flows that went idle, logging their byte counts.
+    fn expire_udp(&mut self, now: Now) {
+        let idle: Vec<UdpKey> = self
+            .udp
+            .iter()
+            .filter(|(_, f)| now.mono >= f.last + UDP_IDLE)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            if let Some(flow) = self.udp.remove(&key) {
+                self.actions.push(Action::UdpClose { key });
+                self.end_udp(flow, now);
+            }
+        }
+    }
+
+    fn end_udp(&mut self, mut flow: UdpFlow, now: Now) {
+        flow.entry.bytes_up = Some(flow.up);
+        flow.entry.bytes_down = Some(flow.down);
+        flow.entry.ended_unix_ms = Some(now.unix_ms);
+        self.actions.push(Action::Log(flow.entry));
     }
 
     /// Answers one DNS message, logging the decision.
@@ -838,6 +974,7 @@ impl Stack {
     /// Runs smoltcp and moves data between sockets and host connections.
     pub fn poll(&mut self, now: Now) {
         self.reap(now);
+        self.expire_udp(now);
         self.iface
             .poll(now.mono, &mut self.device, &mut self.sockets);
         let ids: Vec<FlowId> = self.flows.keys().copied().collect();

@@ -423,6 +423,78 @@ fn a_rule_change_applies_to_the_next_connection() {
 }
 
 #[test]
+fn allowed_udp_is_relayed_both_ways_and_ends_when_idle() {
+    let mut udp_rule = rule(1, EgressAction::Allow, "udp.test");
+    udp_rule.proto = Some(clawpen_api::EgressProto::Udp);
+    let mut h = Harness::new(vec![udp_rule]);
+    let synthetic = h.resolve("udp.test").expect("an allowed name resolves");
+    let datagram = |dst: Ipv4Addr, payload: &[u8]| {
+        from_guest(
+            udp_frame(
+                EthernetAddress(GATEWAY_MAC),
+                (GUEST_IP, 41000),
+                (dst, 5000),
+                payload,
+            )
+            .unwrap(),
+        )
+    };
+    // First datagram: logged allowed, the host side asked to open.
+    let (_, actions) = h.send(&datagram(synthetic, b"ping"));
+    let key = (41000, synthetic, 5000);
+    assert!(actions.contains(&Action::UdpOpen {
+        key,
+        target: DialTarget::Name {
+            name: "udp.test".into(),
+            port: 5000
+        },
+        first: bytes::Bytes::from_static(b"ping"),
+    }));
+    let allowed = logs(&actions);
+    assert_eq!(allowed.len(), 1);
+    assert_eq!(allowed[0].decision, EgressAction::Allow);
+    assert_eq!(allowed[0].proto, EgressLogProto::Udp);
+    // Next datagram: sent on the same flow.
+    let (_, actions) = h.send(&datagram(synthetic, b"again"));
+    assert_eq!(
+        actions,
+        vec![Action::UdpSend {
+            key,
+            payload: bytes::Bytes::from_static(b"again")
+        }]
+    );
+    // An answer reaches the guest from the address it sent to.
+    let now = h.now();
+    h.stack.udp_reply(key, b"pong", now);
+    let (frames, _) = h.poll();
+    let GuestFrame::Ipv4(v4) = classify(&frames[0]) else {
+        panic!("no frame for the guest");
+    };
+    assert_eq!((v4.src, v4.dst), (synthetic, GUEST_IP));
+    let L4::Udp {
+        src_port,
+        dst_port,
+        payload,
+    } = v4.l4
+    else {
+        panic!("not UDP")
+    };
+    assert_eq!((src_port, dst_port, payload), (5000, 41000, &b"pong"[..]));
+    // A literal address no rule names: denied, nothing opened.
+    let (_, actions) = h.send(&datagram(Ipv4Addr::new(192, 0, 2, 9), b"x"));
+    assert!(!actions.iter().any(|a| matches!(a, Action::UdpOpen { .. })));
+    assert_eq!(logs(&actions)[0].decision, EgressAction::Deny);
+    // Idle for a minute: closed, logged with its bytes.
+    h.ms += 61_000;
+    let (_, actions) = h.poll();
+    assert!(actions.contains(&Action::UdpClose { key }));
+    let ended = logs(&actions);
+    assert_eq!(ended[0].bytes_up, Some(9));
+    assert_eq!(ended[0].bytes_down, Some(4));
+    assert!(ended[0].ended_unix_ms.is_some());
+}
+
+#[test]
 fn ipv6_frames_are_dropped_and_logged_once() {
     let mut h = Harness::new(vec![rule(1, EgressAction::Allow, "0.0.0.0/0")]);
     let mut frame = vec![0u8; 14 + 40 + 20];
