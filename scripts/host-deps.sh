@@ -12,6 +12,9 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
+# curl and openssl: the --tls test's real TLS client and fingerprint check.
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
 [ "${CLAWPEN_SKIP_BROWSER:-}" = 1 ] && need=("${need[@]/chromium*}")
 
 sudo=""

@@ -16,6 +16,7 @@ mod paths;
 mod share;
 mod store;
 mod supervisor;
+mod tls;
 mod vm;
 
 use std::process::ExitCode;

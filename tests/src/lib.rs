@@ -73,6 +73,8 @@ pub struct Up {
     pub url: String,
     pub token: String,
     pub inference_url: String,
+    /// What `clawpen up` printed up to its URLs.
+    pub startup: Vec<String>,
     child: Option<Child>,
     http: reqwest::Client,
     /// After a simulated crash the VMMs are meant to outlive this process.
@@ -118,6 +120,7 @@ impl Up {
         });
         let mut url = None;
         let mut inference_url = None;
+        let mut startup = Vec::new();
         // The first run builds the test guest image: allow for it.
         let deadline = Instant::now() + Duration::from_secs(600);
         while url.is_none() || inference_url.is_none() {
@@ -125,6 +128,7 @@ impl Up {
             let line = rx
                 .recv_timeout(left)
                 .context("clawpen up printed no login URL")?;
+            startup.push(line.clone());
             if let Some(rest) = line.trim().strip_prefix("console:") {
                 url = Some(rest.trim().to_string());
             }
@@ -141,6 +145,7 @@ impl Up {
             url: base.to_string(),
             token: token.to_string(),
             inference_url: inference_url.expect("loop ends with it"),
+            startup,
             child: Some(child),
             http: reqwest::Client::new(),
             keep_vmms: false,

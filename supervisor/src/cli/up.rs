@@ -49,6 +49,11 @@ pub struct UpArgs {
     /// Do not boot any VM (they keep their recorded state).
     #[arg(long)]
     no_start: bool,
+    /// Serve the console and API over HTTPS with a self-signed certificate
+    /// (kept in STATE_DIR/tls; its fingerprint is printed). Needed for any
+    /// `--listen` address other than loopback.
+    #[arg(long)]
+    tls: bool,
 }
 
 fn progress_bar() -> ProgressBar {
@@ -61,6 +66,12 @@ fn progress_bar() -> ProgressBar {
 }
 
 pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
+    if !args.listen.ip().is_loopback() && !args.tls {
+        return Err(CliError::BadInput(format!(
+            "--listen {}: serving the console beyond this machine needs --tls",
+            args.listen
+        )));
+    }
     let state_dir = StateDir::resolve(home).context("state directory")?;
     if !args.site_dir.join("pkg").is_dir() {
         tracing::warn!(
@@ -126,14 +137,41 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     );
     let inference = tokio::spawn(service.serve(inference_listener, until_stopped(stop_rx.clone())));
     let app = supervisor.router();
-    let server = tokio::spawn(async move { axum::serve(api_listener, app).await });
+    let (url, local_url, server) = if args.tls {
+        let identity =
+            crate::tls::identity(&supervisor.state_dir.root().join("tls"), api_addr.ip())
+                .context("TLS certificate")?;
+        let listener = crate::tls::TlsListener::new(api_listener, identity.acceptor)
+            .context("TLS listener")?;
+        // The CLI talks plain HTTP on loopback, as without --tls.
+        let local = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .context("loopback listener for the CLI")?;
+        let local_url = format!("http://{}", local.local_addr().context("local address")?);
+        let local_app = app.clone();
+        let server = tokio::spawn(async move {
+            let plain = tokio::spawn(async move { axum::serve(local, local_app).await });
+            let served = axum::serve(listener, app).await;
+            plain.abort();
+            served
+        });
+        println!(
+            "TLS certificate {} (SHA-256 {})",
+            identity.cert_path.display(),
+            identity.fingerprint
+        );
+        (format!("https://{api_addr}"), local_url, server)
+    } else {
+        let server = tokio::spawn(async move { axum::serve(api_listener, app).await });
+        let url = format!("http://{api_addr}");
+        (url.clone(), url, server)
+    };
 
     if !args.no_demo {
         supervisor.ensure_demo().context("creating the demo VM")?;
     }
-    let url = format!("http://{api_addr}");
     supervisor
-        .write_endpoint(&url)
+        .write_endpoint(&local_url)
         .context("recording the endpoint")?;
     // Until here a Ctrl-C simply ends the process (nothing runs yet, and the
     // image build is crash-safe); from here on it stops the VMs first.
