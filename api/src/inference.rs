@@ -29,6 +29,32 @@ pub struct InferenceRecord {
     /// Names of the tools the model called, in order.
     pub tool_calls: Vec<String>,
     pub started_at_ms: u64,
+    /// The model's visible output text, cut at 2 KiB.
+    #[serde(default)]
+    pub output_text: String,
+    /// The tool calls the model made, arguments cut at 2 KiB.
+    #[serde(default)]
+    pub calls: Vec<ToolCallRecord>,
+    /// The tool results this request brought (new since the last assistant
+    /// turn), each cut at 2 KiB.
+    #[serde(default)]
+    pub tool_results: Vec<ToolResultRecord>,
+}
+
+/// A tool call the model made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallRecord {
+    pub id: String,
+    pub name: String,
+    /// JSON arguments, as text.
+    pub arguments: String,
+}
+
+/// A tool's answer sent back to the model, with the call it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolResultRecord {
+    pub call_id: String,
+    pub output: String,
 }
 
 /// How a VM's guest reaches the inference service
@@ -40,4 +66,20 @@ pub struct InferenceAccess {
     pub base_url: String,
     /// This VM's own key: requests with it are attributed to the VM.
     pub api_key: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_without_the_session_fields_still_parses() {
+        let old = r#"{"request_id":"resp_1","client":"demo","endpoint":"responses","model":"m",
+            "session":null,"previous_response_id":null,"status":"completed","error":null,
+            "prompt_tokens":1,"cached_tokens":0,"output_tokens":2,"time_to_first_token_ms":null,
+            "prefill_tokens_per_s":null,"decode_tokens_per_s":null,"duration_ms":3.0,
+            "tool_calls":[],"started_at_ms":4}"#;
+        let r: InferenceRecord = serde_json::from_str(old).unwrap();
+        assert!(r.output_text.is_empty() && r.calls.is_empty() && r.tool_results.is_empty());
+    }
 }

@@ -17,7 +17,7 @@ pub use egress::{
 };
 pub use error::{ApiError, ErrorBody};
 pub use event::Event;
-pub use inference::{InferenceAccess, InferenceRecord};
+pub use inference::{InferenceAccess, InferenceRecord, ToolCallRecord, ToolResultRecord};
 pub use vm::{
     AddShareRequest, CreateVmRequest, ForwardInfo, ForwardRequest, NameError, ResetRequest,
     RestoreRequest, ShareTag, SharedFolder, SnapshotInfo, SnapshotName, TakeSnapshotRequest,

@@ -11,6 +11,12 @@ pub type VmList = Result<Vec<VmInfo>, String>;
 /// A VM list load as a Leptos resource runs it.
 pub type LoadFuture = std::pin::Pin<Box<dyn std::future::Future<Output = VmList> + Send>>;
 
+/// What the inference backlog load answers (serialised with the page).
+pub type Backlog = Result<Vec<clawpen_api::InferenceRecord>, String>;
+
+/// A backlog load as a Leptos resource runs it.
+pub type BacklogFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Backlog> + Send>>;
+
 /// A command the VM table sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -249,6 +255,17 @@ mod browser {
         Box::pin(send_wrapper::SendWrapper::new(fetch_vms()))
     }
 
+    /// `GET /api/v1/inference/recent`, as a resource's `Send` future.
+    pub fn load_backlog() -> super::BacklogFuture {
+        Box::pin(send_wrapper::SendWrapper::new(async {
+            super::get_json::<Vec<clawpen_api::InferenceRecord>>(
+                "loading the recent inference requests",
+                &format!("{API_PREFIX}/inference/recent"),
+            )
+            .await
+        }))
+    }
+
     /// Sets an attribute on `<body>` (`data-hydrated`, `data-live`).
     pub fn set_body_attr(name: &str, value: &str) {
         if let Some(body) = web_sys::window()
@@ -322,6 +339,11 @@ mod outside_browser {
     // used only when built with neither `ssr` nor `hydrate`
     #[cfg_attr(feature = "ssr", allow(dead_code))]
     pub fn load_vms() -> super::LoadFuture {
+        Box::pin(async { Err(NOT_HERE.into()) })
+    }
+
+    #[cfg_attr(feature = "ssr", allow(dead_code))]
+    pub fn load_backlog() -> super::BacklogFuture {
         Box::pin(async { Err(NOT_HERE.into()) })
     }
 

@@ -12,6 +12,7 @@ use leptos_router::components::{Route, Router, Routes};
 use leptos_router::{path, SsrMode};
 
 use crate::api::{self, Action, LoadFuture};
+use crate::sessions::SessionsPanel;
 
 /// The whole stylesheet. Kept free of `<`, `>` and `&`: the text of `<style>`
 /// is HTML-escaped when rendered.
@@ -52,6 +53,22 @@ input, select { font: inherit; padding: .2rem .4rem; }
 button { font: inherit; padding: .2rem .7rem; border-radius: .3rem; border: 1px solid #8888; cursor: pointer; }
 button:disabled { opacity: .45; cursor: default; }
 p.error { color: #d03838; font-weight: 600; }
+section.sessions .session { border: 1px solid #8884; border-radius: .4rem; padding: .3rem .7rem; margin: .5rem 0; }
+section.sessions h4 { margin: .2rem 0 .4rem; font-size: .9rem; font-weight: 600; overflow-wrap: anywhere; }
+ol.timeline { list-style: none; margin: 0; padding: 0 0 0 .6rem; border-left: 2px solid #8886; }
+ol.timeline li { margin: .35rem 0; }
+li.turn .turn-head { font-size: .82rem; opacity: .8; font-variant-numeric: tabular-nums; }
+li.turn pre { margin: .2rem 0; padding: .3rem .5rem; white-space: pre-wrap; overflow-wrap: anywhere; font-size: .82rem; max-height: 12rem; overflow-y: auto; border-radius: .3rem; }
+li.turn pre.model-text { background: #8881; }
+li.turn pre.model-text.empty { display: none; }
+.tool-call pre { background: #3a7bd51a; }
+.tool-result pre { background: #2a9d4b1a; }
+.tool-call .label, .tool-result .label { font-size: .8rem; opacity: .75; }
+li.egress-line { font-size: .8rem; opacity: .75; }
+li.egress-line[data-decision=deny] .decision { color: #d03838; }
+p.charts { display: flex; flex-wrap: wrap; gap: .3rem 1.2rem; font-size: .82rem; margin: .2rem 0 .5rem; }
+p.charts svg { vertical-align: middle; margin-left: .3rem; opacity: .8; }
+.mono { font-family: ui-monospace, monospace; }
 p.empty, td.empty, span.allowed { opacity: .6; }
 @media (max-width: 700px) {
   body { padding: .75rem; }
@@ -123,6 +140,25 @@ fn vm_loader() -> impl Fn(()) -> LoadFuture + Send + Sync + 'static {
     }
 }
 
+/// Loads the supervisor's recent inference records (the sessions before the
+/// page was opened), like [`vm_loader`].
+#[cfg(feature = "ssr")]
+fn backlog_loader() -> impl Fn(()) -> api::BacklogFuture + Send + Sync + 'static {
+    let source = use_context::<crate::server::SourceCtx>();
+    move |()| {
+        let records = source
+            .as_ref()
+            .map(|s| s.0.recent_inference())
+            .unwrap_or_default();
+        Box::pin(async move { Ok(records) })
+    }
+}
+
+#[cfg(not(feature = "ssr"))]
+fn backlog_loader() -> impl Fn(()) -> api::BacklogFuture + Send + Sync + 'static {
+    |()| api::load_backlog()
+}
+
 #[cfg(not(feature = "ssr"))]
 fn vm_loader() -> impl Fn(()) -> LoadFuture + Send + Sync + 'static {
     |()| api::load_vms()
@@ -140,6 +176,9 @@ fn names_of(list: &[VmInfo]) -> Vec<String> {
 const INFERENCE_ROWS: usize = 50;
 /// Most egress log entries kept (all VMs together).
 const EGRESS_ENTRIES: usize = 500;
+/// Most live inference records kept for the sessions panels.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+const SESSION_RECORDS: usize = 500;
 /// Egress log lines shown per VM.
 const EGRESS_ROWS: usize = 50;
 
@@ -151,6 +190,9 @@ struct Live {
     /// Latest progress line per VM name, while it is busy.
     progress: RwSignal<HashMap<String, String>>,
     inference: RwSignal<InferenceLog>,
+    /// Every inference record that came live, oldest first, at most
+    /// [`SESSION_RECORDS`] (the sessions panels add the page's backlog).
+    records: RwSignal<Vec<InferenceRecord>>,
     /// Egress decisions of every VM, oldest first, one per id.
     egress: RwSignal<Vec<EgressLogEntry>>,
     /// The one error line of the VM table.
@@ -163,6 +205,7 @@ impl Live {
             states: RwSignal::new(HashMap::new()),
             progress: RwSignal::new(HashMap::new()),
             inference: RwSignal::new(InferenceLog::default()),
+            records: RwSignal::new(Vec::new()),
             egress: RwSignal::new(Vec::new()),
             error: RwSignal::new(None),
         }
@@ -230,12 +273,12 @@ impl InferenceLog {
 }
 
 /// `HH:MM:SS` (UTC) of a time in ms since the epoch.
-fn clock(ms: u64) -> String {
+pub(crate) fn clock(ms: u64) -> String {
     let s = (ms / 1000) % 86_400;
     format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
 }
 
-fn decimals(value: Option<f64>, places: usize) -> String {
+pub(crate) fn decimals(value: Option<f64>, places: usize) -> String {
     value.map_or_else(|| "–".to_string(), |v| format!("{v:.places$}"))
 }
 
@@ -243,6 +286,7 @@ fn decimals(value: Option<f64>, places: usize) -> String {
 #[component]
 fn VmsPage() -> impl IntoView {
     let vms = Resource::new(|| (), vm_loader());
+    let backlog = Resource::new(|| (), backlog_loader());
     let live = Live::new();
     // names of the rows on the page, sorted (reading `vms` outside the
     // Transition would make Leptos warn about hydration)
@@ -262,6 +306,7 @@ fn VmsPage() -> impl IntoView {
                 <Transition fallback=|| view! { <p class="loading">"Loading VMs…"</p> }>
                     {move || Suspend::new(async move {
                         let list = vms.await;
+                        let backlog = backlog.await.unwrap_or_default();
                         shown.set_value(list.as_deref().ok().map(names_of));
                         // runs once this part of the page is hydrated (and never on the server)
                         Effect::new(|_| api::set_body_attr("data-hydrated", "true"));
@@ -270,7 +315,15 @@ fn VmsPage() -> impl IntoView {
                                 let names = names_of(&list);
                                 Either::Left(view! {
                                     <VmTable list live/>
-                                    {names.into_iter().map(|name| view! { <EgressPanel name live/> }).collect_view()}
+                                    {names.into_iter().map(|name| view! {
+                                        <EgressPanel name=name.clone() live/>
+                                        <SessionsPanel
+                                            name
+                                            backlog=backlog.clone()
+                                            records=live.records
+                                            egress=live.egress
+                                        />
+                                    }).collect_view()}
                                 })
                             }
                             Err(message) => Either::Right(view! {
@@ -968,7 +1021,15 @@ fn follow_events(
                     m.insert(name.to_string(), line);
                 });
             }
-            Event::Inference(record) => live.inference.update(|log| log.push(record)),
+            Event::Inference(record) => {
+                live.records.update(|all| {
+                    all.push(record.clone());
+                    if all.len() > SESSION_RECORDS {
+                        all.drain(..all.len() - SESSION_RECORDS);
+                    }
+                });
+                live.inference.update(|log| log.push(record));
+            }
             Event::Egress { entry } => live.merge_egress(vec![entry]),
         }
     };
@@ -1028,6 +1089,9 @@ mod tests {
             duration_ms: 1.0,
             tool_calls: vec![],
             started_at_ms: 0,
+            output_text: String::new(),
+            calls: vec![],
+            tool_results: vec![],
         }
     }
 

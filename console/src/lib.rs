@@ -18,6 +18,7 @@ mod api;
 mod app;
 #[cfg(feature = "ssr")]
 mod server;
+mod sessions;
 
 pub use app::{shell, App};
 #[cfg(feature = "ssr")]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use clawpen_api::VmInfo;
+use clawpen_api::{InferenceRecord, VmInfo};
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, LeptosRoutes};
@@ -19,6 +19,13 @@ use crate::app::{shell, App};
 pub trait VmSource: Send + Sync + 'static {
     /// Every VM with its current state, as `GET /api/v1/vms` would answer.
     fn list_vms(&self) -> Pin<Box<dyn Future<Output = Result<Vec<VmInfo>, String>> + Send + '_>>;
+
+    /// The inference records the supervisor still has, oldest first, as
+    /// `GET /api/v1/inference/recent` answers: the sessions panels start
+    /// from them.
+    fn recent_inference(&self) -> Vec<InferenceRecord> {
+        Vec::new()
+    }
 }
 
 /// The [`VmSource`] as it travels through Leptos' context during a render.

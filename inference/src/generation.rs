@@ -54,6 +54,26 @@ pub struct Outcome {
     pub tool_calls: Vec<String>,
     /// Tool calls recovered from the engine's text (not its native calls).
     pub repaired_calls: usize,
+    /// The calls themselves, as sent (for the console's session timeline).
+    pub calls: Vec<ToolCallOut>,
+    /// The visible output text, cut at [`OUTCOME_TEXT_BYTES`].
+    pub text: String,
+}
+
+/// Most bytes of output text an [`Outcome`] keeps.
+pub const OUTCOME_TEXT_BYTES: usize = 2048;
+
+/// Appends `piece` to `out`, never past `max` bytes (cut on a char boundary).
+pub fn push_capped(out: &mut String, piece: &str, max: usize) {
+    let room = max.saturating_sub(out.len());
+    if room == 0 {
+        return;
+    }
+    let mut end = room.min(piece.len());
+    while !piece.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.push_str(&piece[..end]);
 }
 
 /// When things happened, relative to the request's start.
@@ -111,6 +131,8 @@ pub struct Generation {
     output_pieces: u64,
     calls_made: usize,
     tool_names: Vec<String>,
+    calls: Vec<ToolCallOut>,
+    text: String,
     repaired: usize,
     prompt_estimate: u64,
     done: bool,
@@ -153,6 +175,8 @@ impl Generation {
             output_pieces: 0,
             calls_made: 0,
             tool_names: Vec::new(),
+            calls: Vec::new(),
+            text: String::new(),
             repaired: 0,
             prompt_estimate: options.prompt_estimate,
             done: false,
@@ -235,6 +259,7 @@ impl Generation {
         for e in events {
             match e {
                 ParseEvent::Text(s) if !s.is_empty() => {
+                    push_capped(&mut self.text, &s, OUTCOME_TEXT_BYTES);
                     self.queue.push_back(Step::Event(GenEvent::Text(s)))
                 }
                 ParseEvent::Reasoning(s) if !s.is_empty() => {
@@ -272,12 +297,13 @@ impl Generation {
             self.repaired += 1;
         }
         self.tool_names.push(call.name.clone());
-        self.queue
-            .push_back(Step::Event(GenEvent::ToolCall(ToolCallOut {
-                id,
-                name: call.name,
-                arguments,
-            })));
+        let out = ToolCallOut {
+            id,
+            name: call.name,
+            arguments,
+        };
+        self.calls.push(out.clone());
+        self.queue.push_back(Step::Event(GenEvent::ToolCall(out)));
     }
 
     /// Coerces `arguments` to the tool's schema; problems are logged, the
@@ -309,6 +335,7 @@ impl Generation {
         if let Some(call) = self.parsed.take() {
             // A started call never ended: not reachable with the shipped
             // parsers (they emit calls whole), kept so nothing is lost.
+            push_capped(&mut self.text, &call.arguments, OUTCOME_TEXT_BYTES);
             self.queue
                 .push_back(Step::Event(GenEvent::Text(call.arguments)));
         }
@@ -342,6 +369,8 @@ impl Generation {
             timing,
             tool_calls: std::mem::take(&mut self.tool_names),
             repaired_calls: self.repaired,
+            calls: std::mem::take(&mut self.calls),
+            text: std::mem::take(&mut self.text),
         }));
         self.done = true;
     }

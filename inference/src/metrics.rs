@@ -18,7 +18,32 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::engine::local::cache::CacheStats;
-use crate::generation::Outcome;
+use crate::engine::{ChatMessage, Role};
+use crate::generation::{push_capped, Outcome};
+
+/// Most bytes kept of one tool call's arguments or one tool result.
+pub const TOOL_TEXT_BYTES: usize = 2048;
+
+/// A tool call the model made, arguments cut at [`TOOL_TEXT_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallRecord {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A tool's answer that came in with the request, cut at [`TOOL_TEXT_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolResultRecord {
+    pub call_id: String,
+    pub output: String,
+}
+
+fn capped(s: &str) -> String {
+    let mut out = String::new();
+    push_capped(&mut out, s, TOOL_TEXT_BYTES);
+    out
+}
 
 /// One finished (or abandoned) request, as the console shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +82,16 @@ pub struct RequestMetrics {
     pub repaired_tool_calls: usize,
     /// Unix time in milliseconds when the request arrived.
     pub started_at_ms: u64,
+    /// The visible output text, cut at 2 KiB.
+    #[serde(default)]
+    pub output_text: String,
+    /// The tool calls the model made, with their arguments.
+    #[serde(default)]
+    pub calls: Vec<ToolCallRecord>,
+    /// The tool results this request brought: the tool messages after the
+    /// conversation's last assistant turn.
+    #[serde(default)]
+    pub tool_results: Vec<ToolResultRecord>,
 }
 
 impl RequestMetrics {
@@ -93,7 +128,28 @@ impl RequestMetrics {
             tool_calls: Vec::new(),
             repaired_tool_calls: 0,
             started_at_ms: unix_ms(),
+            output_text: String::new(),
+            calls: Vec::new(),
+            tool_results: Vec::new(),
         }
+    }
+
+    /// Notes the tool results among `messages` (the whole prompt): those
+    /// after the last assistant message, i.e. new with this request.
+    pub fn with_tool_results(mut self, messages: &[ChatMessage]) -> Self {
+        let start = messages
+            .iter()
+            .rposition(|m| m.role == Role::Assistant)
+            .map_or(0, |i| i + 1);
+        self.tool_results = messages[start..]
+            .iter()
+            .filter(|m| m.role == Role::Tool)
+            .map(|m| ToolResultRecord {
+                call_id: m.tool_call_id.clone().unwrap_or_default(),
+                output: capped(&m.content.as_ref().map(|c| c.text()).unwrap_or_default()),
+            })
+            .collect();
+        self
     }
 }
 
@@ -532,6 +588,16 @@ fn fill(m: &mut RequestMetrics, o: &Outcome) {
     m.usage_estimated = o.usage_estimated;
     m.tool_calls = o.tool_calls.clone();
     m.repaired_tool_calls = o.repaired_calls;
+    m.output_text = o.text.clone();
+    m.calls = o
+        .calls
+        .iter()
+        .map(|c| ToolCallRecord {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            arguments: capped(&c.arguments),
+        })
+        .collect();
     m.duration_ms = o.timing.total.as_secs_f64() * 1000.0;
     m.queue_wait_ms = o.timing.queue_wait.map(|w| w.as_secs_f64() * 1000.0);
     if let Some(ttft) = o.timing.time_to_first_token {
@@ -582,7 +648,38 @@ mod tests {
             tool_calls: vec![],
             repaired_tool_calls: 0,
             started_at_ms: unix_ms(),
+            output_text: String::new(),
+            calls: vec![],
+            tool_results: vec![],
         }
+    }
+
+    #[test]
+    fn tool_results_are_those_after_the_last_assistant_turn() {
+        use crate::engine::Content;
+        let msg = |role, text: &str, call: Option<&str>| ChatMessage {
+            role,
+            content: Some(Content::Text(text.into())),
+            tool_call_id: call.map(str::to_string),
+            ..Default::default()
+        };
+        let messages = vec![
+            msg(Role::User, "weather?", None),
+            msg(Role::Assistant, "", None),
+            msg(Role::Tool, "old", Some("call_0")),
+            msg(Role::Assistant, "", None),
+            msg(Role::Tool, "sunny", Some("call_1")),
+            msg(Role::Tool, &"x".repeat(5000), Some("call_2")),
+        ];
+        let m = base("a").with_tool_results(&messages);
+        assert_eq!(m.tool_results.len(), 2);
+        assert_eq!(m.tool_results[0].call_id, "call_1");
+        assert_eq!(m.tool_results[0].output, "sunny");
+        assert_eq!(m.tool_results[1].output.len(), TOOL_TEXT_BYTES);
+        assert!(base("a")
+            .with_tool_results(&messages[..2])
+            .tool_results
+            .is_empty());
     }
 
     #[test]
@@ -610,6 +707,12 @@ mod tests {
             },
             tool_calls: vec!["f".into()],
             repaired_calls: 1,
+            calls: vec![crate::generation::ToolCallOut {
+                id: "call_1".into(),
+                name: "f".into(),
+                arguments: format!("{{\"q\":\"{}\"}}", "x".repeat(5000)),
+            }],
+            text: "hello".into(),
         };
         b.complete(&outcome, RequestStatus::Completed);
         assert_eq!(m.live_generations(), 0);
@@ -622,6 +725,9 @@ mod tests {
             "queue wait excluded"
         );
         assert_eq!(second.queue_wait_ms, Some(200.0));
+        assert_eq!(second.output_text, "hello");
+        assert_eq!(second.calls[0].name, "f");
+        assert_eq!(second.calls[0].arguments.len(), TOOL_TEXT_BYTES);
         assert_eq!(second.decode_tokens_per_s, Some(10.0));
         let text = m.prometheus();
         assert!(text.contains("clawpen_inference_live_generations 0"));

@@ -11,6 +11,7 @@ use crate::api::{self, AppState};
 use crate::auth::Token;
 use crate::egress::Egress;
 use crate::events::EventBus;
+use crate::inference_relay::RecentInference;
 use crate::jail::Jail;
 use crate::paths::StateDir;
 use crate::store::Store;
@@ -64,6 +65,8 @@ pub struct Supervisor {
     /// Every VM's inference key → VM name; the inference service that
     /// `up` runs checks keys against this table.
     pub inference_keys: clawpen_inference::keys::ApiKeys,
+    /// The last relayed inference records (`up` feeds it).
+    pub recent_inference: RecentInference,
     site_dir: PathBuf,
 }
 
@@ -116,6 +119,7 @@ impl Supervisor {
         let vms = VmManager::recover(ctx).await?;
         Ok(Self {
             inference_keys,
+            recent_inference: RecentInference::default(),
             state_dir: config.state_dir,
             token,
             events,
@@ -141,8 +145,20 @@ impl Supervisor {
     }
 
     pub fn router(&self) -> axum::Router {
-        let source: Arc<dyn clawpen_console::VmSource> = Arc::new(ConsoleSource(self.vms.clone()));
-        let console = clawpen_console::router(self.site_dir.clone(), source);
+        let source: Arc<dyn clawpen_console::VmSource> = Arc::new(ConsoleSource(
+            self.vms.clone(),
+            self.recent_inference.clone(),
+        ));
+        let recent = self.recent_inference.clone();
+        // Beside the console's routes (behind the same token check), so
+        // the API's own table stays as it is.
+        let console = clawpen_console::router(self.site_dir.clone(), source).route(
+            &format!("{}/inference/recent", clawpen_api::API_PREFIX),
+            axum::routing::get(move || {
+                let recent = recent.clone();
+                async move { axum::Json(recent.list()) }
+            }),
+        );
         api::router(
             AppState {
                 vms: self.vms.clone(),
@@ -161,8 +177,9 @@ impl Supervisor {
     }
 }
 
-/// The console reads VMs straight from the manager while rendering on the server.
-struct ConsoleSource(Arc<VmManager>);
+/// The console reads VMs straight from the manager (and inference records
+/// from the relay's ring) while rendering on the server.
+struct ConsoleSource(Arc<VmManager>, RecentInference);
 
 impl clawpen_console::VmSource for ConsoleSource {
     fn list_vms(
@@ -170,5 +187,9 @@ impl clawpen_console::VmSource for ConsoleSource {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<VmInfo>, String>> + Send + '_>>
     {
         Box::pin(async move { Ok(self.0.list()) })
+    }
+
+    fn recent_inference(&self) -> Vec<clawpen_api::InferenceRecord> {
+        self.1.list()
     }
 }

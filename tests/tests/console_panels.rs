@@ -4,12 +4,21 @@
 //! table, an egress rule added with the form (after a refused one) shows up in
 //! the rule list, and Allow on a denied line of the live egress log adds a
 //! rule for that name. Screenshots at wide, desktop and phone width.
+//!
+//! And the agent sessions view: `clawpen up` serving a scripted local GGUF
+//! that always calls `get_weather`, two Responses turns with the `demo` VM's
+//! key (the first before the page is opened: it comes from the supervisor's
+//! backlog; the second, carrying the tool's result, live), shown as one
+//! session of two turns under the demo VM.
 
 use std::time::{Duration, Instant};
 
 use clawpen_tests::browser::{build_console_assets, Browser};
 use clawpen_tests::{temp_home, Up};
 use fantoccini::Locator;
+
+#[path = "../../inference/tests/local_common/mod.rs"]
+mod local_common;
 
 const STATE: &str = "tr[data-vm=demo] .vm-state";
 const SNAPSHOTS: &str = "tr[data-vm=demo] td.vm-snapshots";
@@ -311,5 +320,202 @@ async fn console_panels_work_without_a_reload() {
         serde_json::json!(true),
         "the page is wider than the phone"
     );
+    browser.close().await;
+}
+
+/// What the scripted model writes after any prompt: one `get_weather` call.
+const TOOL_CALL_SCRIPT: &[&str] = &[
+    "<tool_call>",
+    "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}",
+    "</tool_call>",
+    "<|im_end|>",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_sessions_show_each_turn_under_the_vm() {
+    use serde_json::{json, Value};
+    build_console_assets();
+    let home = temp_home();
+    let models = tempfile::tempdir().unwrap();
+    let model = local_common::TinyModel::scripted("llama", TOOL_CALL_SCRIPT)
+        .write(models.path(), "scripted");
+    let up = Up::start(home.path(), &["--model", model.to_str().unwrap()]).unwrap();
+    // the demo VM's key works as soon as the VM exists (it need not run)
+    let access: Value = until(
+        "the demo VM's inference key",
+        Duration::from_secs(60),
+        || async {
+            let resp = up
+                .request(reqwest::Method::GET, "/vms/demo/inference")
+                .send()
+                .await
+                .ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            resp.json().await.ok()
+        },
+    )
+    .await;
+    let key = access["api_key"].as_str().unwrap().to_string();
+    let http = reqwest::Client::new();
+    let tools = json!([{"type": "function", "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let send = |body: Value| {
+        let req = http
+            .post(format!("{}/responses", up.inference_url))
+            .bearer_auth(&key)
+            .json(&body)
+            .timeout(Duration::from_secs(120));
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap();
+            assert!(status.is_success(), "{status}: {v}");
+            v
+        }
+    };
+    // Turn 1, before the page is opened
+    let first = send(json!({
+        "model": "scripted", "input": "weather in paris?", "temperature": 0,
+        "max_output_tokens": 40, "tools": tools, "prompt_cache_key": "agent-1",
+    }))
+    .await;
+    let call = first["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .unwrap_or_else(|| panic!("no tool call: {first}"))
+        .clone();
+    assert_eq!(call["name"], "get_weather", "{first}");
+
+    // the backlog has it (the relay runs on its own), with the call's arguments
+    let recent: Value = until(
+        "the record in the backlog",
+        Duration::from_secs(30),
+        || async {
+            let v: Value = up
+                .request(reqwest::Method::GET, "/inference/recent")
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (!v.as_array()?.is_empty()).then_some(v)
+        },
+    )
+    .await;
+    let record = &recent.as_array().unwrap()[0];
+    assert_eq!(record["client"], "demo", "{recent}");
+    assert_eq!(record["session"], "agent-1", "{recent}");
+    assert_eq!(record["calls"][0]["name"], "get_weather", "{recent}");
+    assert!(
+        record["calls"][0]["arguments"]
+            .as_str()
+            .unwrap()
+            .contains("Paris"),
+        "{recent}"
+    );
+
+    let browser = Browser::launch().await.unwrap();
+    browser.client.goto(&up.login_url()).await.unwrap();
+    let session = "section.sessions[data-vm=demo] .session[data-session=agent-1]";
+    // rendered by the server from the backlog
+    browser
+        .wait_for(&format!("{session} .turn"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    browser
+        .wait_for("body[data-live=true]", Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // Turn 2, live: the tool's answer goes back
+    send(json!({
+        "model": "scripted", "temperature": 0, "max_output_tokens": 40, "tools": tools,
+        "prompt_cache_key": "agent-1",
+        "input": [
+            {"role": "user", "content": "weather in paris?"},
+            call,
+            {"type": "function_call_output", "call_id": call["call_id"],
+             "output": "sunny, 21C"},
+        ],
+    }))
+    .await;
+    let turns = until(
+        "two turns in the session",
+        Duration::from_secs(30),
+        || async {
+            let turns = browser
+                .client
+                .find_all(Locator::Css(&format!("{session} .turn")))
+                .await
+                .ok()?;
+            (turns.len() == 2).then_some(turns)
+        },
+    )
+    .await;
+    assert_eq!(
+        attr(&browser, session, "data-turns").await.as_deref(),
+        Some("2")
+    );
+    // the second turn brought the tool result, with its call id
+    let result = turns[1]
+        .find(Locator::Css(".tool-result"))
+        .await
+        .expect("the tool result in turn 2");
+    assert!(result.text().await.unwrap().contains("sunny, 21C"));
+    assert_eq!(
+        result.attr("data-call").await.unwrap().as_deref(),
+        call["call_id"].as_str()
+    );
+    assert!(turns[0].find(Locator::Css(".tool-result")).await.is_err());
+    // each turn has its text element and the model's tool call with its arguments
+    for turn in &turns {
+        turn.find(Locator::Css("pre.model-text")).await.unwrap();
+        let call = turn
+            .find(Locator::Css(".tool-call[data-name=get_weather]"))
+            .await
+            .unwrap();
+        assert!(call.text().await.unwrap().contains("Paris"));
+    }
+    // the sessions are the VM's own: nothing under another client
+    assert!(browser
+        .client
+        .find(Locator::Css(
+            "section.sessions:not([data-vm=demo]) .session"
+        ))
+        .await
+        .is_err());
+
+    for (file, width, height) in [
+        ("console-sessions-desktop.png", 1280, 900),
+        ("console-sessions-phone.png", 390, 844),
+    ] {
+        browser.client.set_window_size(width, height).await.unwrap();
+        browser
+            .client
+            .execute(
+                "document.querySelector('section.sessions[data-vm=demo]').scrollIntoView(); \
+                 return true;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let shot = browser.screenshot(file).await.unwrap();
+        println!("screenshot: {}", shot.display());
+    }
+    let overflow = browser
+        .client
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(overflow, json!(true), "the page is wider than the phone");
     browser.close().await;
 }

@@ -196,15 +196,18 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
     let id = new_id("chatcmpl-");
     let client_name = client.0.clone();
     let model = p.generate.model.clone();
-    let recorder = state.metrics.recorder(RequestMetrics::begin(
-        id.clone(),
-        client.0,
-        Endpoint::ChatCompletions,
-        model.clone(),
-        p.generate.prompt_cache_key.clone(),
-        None,
-        p.stream,
-    ));
+    let recorder = state.metrics.recorder(
+        RequestMetrics::begin(
+            id.clone(),
+            client.0,
+            Endpoint::ChatCompletions,
+            model.clone(),
+            p.generate.prompt_cache_key.clone(),
+            None,
+            p.stream,
+        )
+        .with_tool_results(&p.generate.messages),
+    );
     let output = OutputOptions {
         family: p.engine.family(&model),
         tools: p.tools,

@@ -126,7 +126,11 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     let service = clawpen_inference::Inference::new(engine_config)
         .context("inference service")?
         .with_keys(supervisor.inference_keys.clone());
-    crate::inference_relay::spawn(&service, supervisor.events.clone());
+    crate::inference_relay::spawn(
+        &service,
+        supervisor.events.clone(),
+        supervisor.recent_inference.clone(),
+    );
     let until_stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|s| *s).await;
     };

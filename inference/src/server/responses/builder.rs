@@ -379,6 +379,8 @@ mod tests {
             },
             tool_calls: vec![],
             repaired_calls: 0,
+            calls: vec![],
+            text: String::new(),
         };
         let (closing, response) = b.finish(&outcome);
         events.extend(closing);

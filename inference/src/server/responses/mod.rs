@@ -198,15 +198,18 @@ fn parse_all(items: &[Value], at: &str) -> Result<Vec<Item>, ApiError> {
 async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> Response {
     let id = new_id("resp_");
     let model = p.generate.model.clone();
-    let recorder = state.metrics.recorder(RequestMetrics::begin(
-        id.clone(),
-        client.0.clone(),
-        Endpoint::Responses,
-        model.clone(),
-        p.echo.prompt_cache_key.clone(),
-        p.echo.previous_response_id.clone(),
-        p.stream,
-    ));
+    let recorder = state.metrics.recorder(
+        RequestMetrics::begin(
+            id.clone(),
+            client.0.clone(),
+            Endpoint::Responses,
+            model.clone(),
+            p.echo.prompt_cache_key.clone(),
+            p.echo.previous_response_id.clone(),
+            p.stream,
+        )
+        .with_tool_results(&p.generate.messages),
+    );
     let output = OutputOptions {
         family: p.engine.family(&model),
         tools: p.tools,
