@@ -233,6 +233,21 @@ fn merge_egress(log: &mut Vec<EgressLogEntry>, entries: Vec<EgressLogEntry>) {
     }
 }
 
+/// Adds `new` inference records to `all` (each once, by request id), oldest
+/// first, keeping the newest [`SESSION_RECORDS`].
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+fn merge_records(all: &mut Vec<InferenceRecord>, new: Vec<InferenceRecord>) {
+    for record in new {
+        if !all.iter().any(|r| r.request_id == record.request_id) {
+            all.push(record);
+        }
+    }
+    all.sort_by_key(|r| r.started_at_ms);
+    if all.len() > SESSION_RECORDS {
+        all.drain(..all.len() - SESSION_RECORDS);
+    }
+}
+
 /// The inference requests seen since the page was opened.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct InferenceLog {
@@ -1022,12 +1037,8 @@ fn follow_events(
                 });
             }
             Event::Inference(record) => {
-                live.records.update(|all| {
-                    all.push(record.clone());
-                    if all.len() > SESSION_RECORDS {
-                        all.drain(..all.len() - SESSION_RECORDS);
-                    }
-                });
+                live.records
+                    .update(|all| merge_records(all, vec![record.clone()]));
                 live.inference.update(|log| log.push(record));
             }
             Event::Egress { entry } => live.merge_egress(vec![entry]),
@@ -1035,6 +1046,13 @@ fn follow_events(
     };
     let on_open = move || {
         api::set_body_attr("data-live", "true");
+        // what finished while the stream was closed (before hydration, during
+        // a reconnect) comes from the supervisor's backlog
+        leptos::task::spawn_local(async move {
+            if let Ok(records) = api::load_backlog().await {
+                live.records.try_update(|all| merge_records(all, records));
+            }
+        });
         fresh.borrow_mut().clear();
         let fresh = Rc::clone(&fresh);
         leptos::task::spawn_local(async move {
@@ -1110,6 +1128,25 @@ mod tests {
         log.push(record(None, None));
         assert_eq!(log.recent[0].session, None);
         assert_eq!(log.turns[&("anonymous".into(), String::new())], 1);
+    }
+
+    #[test]
+    fn merged_records_are_unique_in_time_order_and_bounded() {
+        let at = |id: &str, ms: u64| InferenceRecord {
+            request_id: id.into(),
+            started_at_ms: ms,
+            ..record(None, None)
+        };
+        let mut all = vec![at("b", 2)];
+        merge_records(&mut all, vec![at("a", 1), at("b", 2), at("c", 3)]);
+        let ids: Vec<&str> = all.iter().map(|r| r.request_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        let many = (0..SESSION_RECORDS as u64 + 10)
+            .map(|i| at(&format!("r{i}"), 10 + i))
+            .collect();
+        merge_records(&mut all, many);
+        assert_eq!(all.len(), SESSION_RECORDS);
+        assert_eq!(all[0].request_id, "r10");
     }
 
     #[test]
