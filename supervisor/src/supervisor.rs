@@ -149,22 +149,14 @@ impl Supervisor {
             self.vms.clone(),
             self.recent_inference.clone(),
         ));
-        let recent = self.recent_inference.clone();
-        // Beside the console's routes (behind the same token check), so
-        // the API's own table stays as it is.
-        let console = clawpen_console::router(self.site_dir.clone(), source).route(
-            &format!("{}/inference/recent", clawpen_api::API_PREFIX),
-            axum::routing::get(move || {
-                let recent = recent.clone();
-                async move { axum::Json(recent.list()) }
-            }),
-        );
+        let console = clawpen_console::router(self.site_dir.clone(), source);
         api::router(
             AppState {
                 vms: self.vms.clone(),
                 events: self.events.clone(),
                 token: self.token.clone(),
                 egress: self.egress.clone(),
+                recent_inference: self.recent_inference.clone(),
             },
             console,
         )

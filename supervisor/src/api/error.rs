@@ -81,10 +81,7 @@ impl From<VmError> for HttpError {
             VmError::Boot { .. } | VmError::Backend { .. } | VmError::Repeated(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "vm_failed", message)
             }
-            VmError::Image(_)
-            | VmError::Store(_)
-            | VmError::Dir(_)
-            | VmError::GuestConfig(_) => {
+            VmError::Image(_) | VmError::Store(_) | VmError::Dir(_) | VmError::GuestConfig(_) => {
                 tracing::error!(error = %message, "internal error");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }

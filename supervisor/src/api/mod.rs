@@ -12,7 +12,7 @@ mod vms;
 
 use std::sync::Arc;
 
-use axum::extract::FromRef;
+use axum::extract::{FromRef, State};
 use axum::http::{StatusCode, Uri};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{delete, get, post};
@@ -30,6 +30,16 @@ pub struct AppState {
     pub events: EventBus,
     pub token: Arc<Token>,
     pub egress: Arc<Egress>,
+    /// The last finished inference requests (the console's backlog).
+    pub recent_inference: crate::inference_relay::RecentInference,
+}
+
+/// `GET /inference/recent`: the last finished inference requests, oldest
+/// first, so a page opened later still shows the sessions before it.
+async fn recent_inference(
+    State(recent): State<crate::inference_relay::RecentInference>,
+) -> axum::Json<Vec<clawpen_api::InferenceRecord>> {
+    axum::Json(recent.list())
 }
 
 async fn api_not_found(uri: Uri) -> HttpError {
@@ -75,6 +85,7 @@ pub fn router(state: AppState, console: Router) -> Router {
         .route("/vms/{name}/egress/rules/{id}", delete(egress::delete_rule))
         .route("/vms/{name}/egress/log", get(egress::log))
         .route("/events", get(events::stream))
+        .route("/inference/recent", get(recent_inference))
         .fallback(api_not_found)
         .with_state(state.clone());
     let protected = Router::new()
