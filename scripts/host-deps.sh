@@ -4,6 +4,9 @@
 # backports 10.0 build and Debian 12's own qemu-system-x86 (7.2) conflicts with it.
 # The guest kernel and busybox are *not* installed here: the image builder
 # downloads and unpacks their .deb files itself (apt-get download).
+# debootstrap (OpenClaw guest root filesystem) and npm (fetches Node.js and
+# OpenClaw for that guest; it runs on the guest's pinned Node, so the host's
+# Node version does not matter) are for `clawpen image build openclaw`.
 set -euo pipefail
 
 need=()
@@ -15,6 +18,8 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 # curl and openssl: the --tls test's real TLS client and fingerprint check.
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v npm >/dev/null || need+=(npm)
 [ "${CLAWPEN_SKIP_BROWSER:-}" = 1 ] && need=("${need[@]/chromium*}")
 
 sudo=""

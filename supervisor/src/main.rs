@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             Command::Egress(command) => cli::egress::run(cli.home, command).await,
             Command::Share(command) => cli::share::run(cli.home, command).await,
             Command::Inference(command) => cli::inference::run(cli.home, command).await,
+            Command::Image(command) => cli::image::run(cli.home, command).await,
         }
     });
     match result {

@@ -124,7 +124,13 @@ fn parse_show(package: &str, text: &str) -> Result<PackageInfo, DebianError> {
 /// The concrete kernel package the meta package currently points at, e.g.
 /// `linux-image-6.1.0-56-amd64`. The meta package holds no kernel itself.
 pub fn kernel_package() -> Result<PackageInfo, DebianError> {
-    let meta = candidate(KERNEL_META_PACKAGE)?;
+    kernel_package_for(KERNEL_META_PACKAGE)
+}
+
+/// The concrete kernel package the meta package `meta` (e.g.
+/// `linux-image-arm64`) currently points at.
+pub fn kernel_package_for(meta: &str) -> Result<PackageInfo, DebianError> {
+    let meta = candidate(meta)?;
     let name = concrete_kernel(&meta.depends).ok_or_else(|| DebianError::NoKernel {
         meta: meta.name.clone(),
         depends: meta.depends.clone(),
@@ -138,7 +144,10 @@ fn concrete_kernel(depends: &str) -> Option<String> {
     depends
         .split([',', '|'])
         .filter_map(|alt| alt.split_whitespace().next())
-        .find(|name| name.starts_with("linux-image-") && *name != KERNEL_META_PACKAGE)
+        .find(|name| {
+            name.starts_with("linux-image-")
+                && !matches!(*name, "linux-image-amd64" | "linux-image-arm64")
+        })
         .map(str::to_owned)
 }
 

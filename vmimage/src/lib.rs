@@ -10,6 +10,11 @@
 //! initramfs that mounts the disk and offers a shell on the serial console. It
 //! boots in seconds under TCG, which is what tests and CI need.
 //!
+//! And the **OpenClaw guest** ([`ImageStore::ensure_openclaw`], see
+//! [`openclaw`]): a Debian minbase root filesystem with Node.js and the
+//! `openclaw` npm package at pinned versions, whose init starts the OpenClaw
+//! gateway and reports ready only once it answers its health endpoint.
+//!
 //! The library never prints: long work reports [`Progress`] through a callback
 //! and diagnostics go through `tracing`.
 
@@ -19,14 +24,16 @@ pub mod disk;
 pub mod initramfs;
 pub mod kmod;
 pub mod manifest;
+pub mod openclaw;
 mod progress;
 mod store;
 pub mod test_guest;
 
 pub use command::CommandError;
-pub use manifest::{FileRole, ImageFile, ImageManifest, ManifestError, SourcePackage};
+pub use manifest::{FileRole, ImageFile, ImageManifest, ManifestError, Software, SourcePackage};
+pub use openclaw::{Arch, GuestConfig, InferenceConfig, OpenClawError};
 pub use progress::Progress;
-pub use store::{Image, ImageError, ImageStore};
+pub use store::{Image, ImageError, ImageStore, Listed};
 
 /// Name of the tiny test guest image in the store.
 pub const TEST_GUEST: &str = "test-guest";

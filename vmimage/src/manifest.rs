@@ -41,6 +41,13 @@ pub struct ImageManifest {
     pub kernel_modules: Vec<String>,
     /// Distribution packages the image was made from.
     pub packages: Vec<SourcePackage>,
+    /// Software installed in the image that is not a distribution package the
+    /// recipe fetched itself (e.g. Node.js, OpenClaw from npm, the Debian
+    /// suite the root filesystem came from), with exact versions, so a
+    /// manifest says what an image runs. Absent in manifests written before
+    /// it existed, hence the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub software: Vec<Software>,
     /// The image's files, one per role.
     pub files: Vec<ImageFile>,
     /// Build time, seconds since the Unix epoch.
@@ -55,6 +62,16 @@ pub struct SourcePackage {
     pub version: String,
     /// SHA-256 of the `.deb`, hex.
     pub sha256: String,
+}
+
+/// A piece of software in an image and its exact version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Software {
+    /// What it is, e.g. `node`, `openclaw`, `debian`.
+    pub name: String,
+    /// Its exact version, e.g. `24.21.0`.
+    pub version: String,
 }
 
 /// What a file in an image folder is for.
@@ -171,6 +188,17 @@ impl ImageManifest {
                 ));
             }
         }
+        for s in &self.software {
+            if s.name.trim().is_empty() || s.version.trim().is_empty() {
+                return Err(invalid(
+                    "software",
+                    format!(
+                        "entry {:?} {:?} needs a name and a version",
+                        s.name, s.version
+                    ),
+                ));
+            }
+        }
         for p in &self.packages {
             if !valid_sha256(&p.sha256) {
                 return Err(invalid(
@@ -222,6 +250,10 @@ mod tests {
                 version: "1:1.35.0-4".into(),
                 sha256: h.clone(),
             }],
+            software: vec![Software {
+                name: "node".into(),
+                version: "24.21.0".into(),
+            }],
             files: FileRole::ALL
                 .iter()
                 .map(|&role| ImageFile {
@@ -242,6 +274,28 @@ mod tests {
         assert_eq!(ImageManifest::from_json(&json).unwrap(), m);
         let text = String::from_utf8(json).unwrap();
         assert!(text.contains("\"role\": \"kernel\""), "{text}");
+    }
+
+    /// A manifest written before `software` existed still reads (as an
+    /// empty list), and an empty list is not written, so old readers of new
+    /// test-guest manifests are unaffected.
+    #[test]
+    fn manifests_without_software_still_read() {
+        let mut m = sample();
+        m.software.clear();
+        let json = String::from_utf8(m.to_json().unwrap()).unwrap();
+        assert!(!json.contains("software"), "{json}");
+        assert_eq!(ImageManifest::from_json(json.as_bytes()).unwrap(), m);
+
+        let mut m = sample();
+        m.software[0].version = " ".into();
+        assert!(matches!(
+            ImageManifest::from_json(&m.to_json().unwrap()),
+            Err(ManifestError::Invalid {
+                field: "software",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -21,7 +21,13 @@ use crate::disk::DiskError;
 use crate::initramfs::InitramfsError;
 use crate::kmod::ModuleError;
 use crate::manifest::{self, FileRole, ImageManifest, ManifestError, MANIFEST_FILE};
+use crate::openclaw::{self, OpenClawError};
 use crate::{test_guest, Progress, TEST_GUEST};
+
+/// A recipe: `(downloads, work, out, progress)` → the manifest of the files
+/// it wrote into `out`.
+type BuildFn<'a> =
+    dyn Fn(&Path, &Path, &Path, &dyn Fn(Progress)) -> Result<ImageManifest, ImageError> + 'a;
 
 /// Folder under the root where downloaded `.deb` files are kept between builds.
 const DOWNLOADS_DIR: &str = ".downloads";
@@ -61,6 +67,8 @@ pub enum ImageError {
     Initramfs(#[from] InitramfsError),
     #[error("base disk: {0}")]
     Disk(#[from] DiskError),
+    #[error("OpenClaw guest: {0}")]
+    OpenClaw(#[from] OpenClawError),
     #[error("unsupported: {0}")]
     Unsupported(String),
 }
@@ -78,6 +86,10 @@ impl ImageError {
         }
     }
 }
+
+/// One entry of [`ImageStore::list`]: a folder name and its image, or why
+/// that folder is not a usable image.
+pub type Listed = (String, Result<Image, ImageError>);
 
 /// A complete image in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +123,9 @@ impl Image {
     /// The line the guest prints on its serial console once it is ready, if
     /// the image has one; the supervisor shows a VM as `Running` only after it.
     pub fn ready_marker(&self) -> Option<&str> {
-        (self.manifest.name == crate::TEST_GUEST).then_some(crate::READY_MARKER)
+        let name = self.manifest.name.as_str();
+        (name == crate::TEST_GUEST || openclaw::is_openclaw_image(name))
+            .then_some(crate::READY_MARKER)
     }
 }
 
@@ -159,30 +173,92 @@ impl ImageStore {
     /// recipe, or a damaged one, is rebuilt; note that a rebuild replaces the
     /// base disk under any overlay still pointing at it.
     pub fn ensure_test_guest(&self, progress: &dyn Fn(Progress)) -> Result<Image, ImageError> {
-        let current =
-            |l: &Lookup| matches!(l, Lookup::Found(i) if i.manifest.recipe == test_guest::RECIPE);
-        let found = self.lookup(TEST_GUEST);
+        self.ensure(
+            TEST_GUEST,
+            test_guest::RECIPE,
+            "x86_64",
+            progress,
+            &test_guest::build,
+        )
+    }
+
+    /// The OpenClaw guest for `arch`, built on first use and cached the same
+    /// way as the test guest (see [`openclaw`]). Its name in the store is
+    /// [`openclaw::image_name`]`(arch)`.
+    pub fn ensure_openclaw(
+        &self,
+        arch: openclaw::Arch,
+        progress: &dyn Fn(Progress),
+    ) -> Result<Image, ImageError> {
+        let name = openclaw::image_name(arch);
+        self.ensure(
+            name,
+            openclaw::RECIPE,
+            arch.as_str(),
+            progress,
+            &|downloads, work, out, progress| openclaw::build(arch, downloads, work, out, progress),
+        )
+    }
+
+    /// Every image folder in the store, by name: the image, or why it is
+    /// damaged. Scratch folders of builds (dot-names) are not listed.
+    pub fn list(&self) -> Result<Vec<Listed>, ImageError> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.root).map_err(ImageError::io("reading", &self.root))? {
+            let e = e.map_err(ImageError::io("reading", &self.root))?;
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !manifest::valid_name(&name) || !e.path().is_dir() {
+                continue;
+            }
+            match self.lookup(&name) {
+                Lookup::Missing => {}
+                Lookup::Found(image) => out.push((name, Ok(image))),
+                Lookup::Broken(err) => out.push((name, Err(err))),
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Image `name`, made by `build` unless a complete one of this `recipe`
+    /// and `arch` is already there. Builders of one name serialise on its
+    /// lock; the build happens in `.NAME.tmp-PID` (scratch in
+    /// `.NAME.work-PID`) and is renamed into place after the manifest is
+    /// written and everything is synced.
+    fn ensure(
+        &self,
+        name: &str,
+        recipe: u32,
+        arch: &str,
+        progress: &dyn Fn(Progress),
+        build: &BuildFn<'_>,
+    ) -> Result<Image, ImageError> {
+        check_name(name)?;
+        let current = |l: &Lookup| matches!(l, Lookup::Found(i) if i.manifest.recipe == recipe && i.manifest.arch == arch);
+        let found = self.lookup(name);
         if current(&found) {
             return done(found, progress);
         }
-        let _lock = self.lock(TEST_GUEST, progress)?;
-        let found = self.lookup(TEST_GUEST);
+        let _lock = self.lock(name, progress)?;
+        let found = self.lookup(name);
         if current(&found) {
             return done(found, progress);
         }
         if let Lookup::Broken(e) = &found {
-            tracing::warn!(error = %e, "rebuilding damaged test guest image");
+            tracing::warn!(image = name, error = %e, "rebuilding damaged image");
         }
-        self.remove_leftovers(TEST_GUEST);
+        self.remove_leftovers(name);
 
         let pid = std::process::id();
-        let tmp = Cleanup(self.root.join(format!(".{TEST_GUEST}.tmp-{pid}")));
-        let work = Cleanup(self.root.join(format!(".{TEST_GUEST}.work-{pid}")));
+        let tmp = Cleanup(self.root.join(format!(".{name}.tmp-{pid}")));
+        let work = Cleanup(self.root.join(format!(".{name}.work-{pid}")));
         for dir in [&tmp.0, &work.0] {
             fs::create_dir_all(dir).map_err(ImageError::io("creating", dir))?;
         }
         let downloads = self.root.join(DOWNLOADS_DIR);
-        let manifest = test_guest::build(&downloads, &work.0, &tmp.0, progress)?;
+        let manifest = build(&downloads, &work.0, &tmp.0, progress)?;
         drop(work);
 
         let manifest_path = tmp.0.join(MANIFEST_FILE);
@@ -200,8 +276,8 @@ impl ImageStore {
         }
         sync(&tmp.0)?;
 
-        let dir = self.root.join(TEST_GUEST);
-        let old = self.root.join(format!(".{TEST_GUEST}.old-{pid}"));
+        let dir = self.root.join(name);
+        let old = self.root.join(format!(".{name}.old-{pid}"));
         let replaced = dir.exists();
         if replaced {
             fs::rename(&dir, &old).map_err(ImageError::io("moving aside", &dir))?;

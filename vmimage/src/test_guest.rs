@@ -256,6 +256,7 @@ pub(crate) fn build(
                 sha256: p.sha256,
             })
             .collect(),
+        software: Vec::new(),
         files,
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -276,7 +277,7 @@ fn fetch(
 }
 
 /// The kernel release: the single folder under the package's `lib/modules`.
-fn kernel_release(kernel_root: &Path) -> Result<String, ImageError> {
+pub(crate) fn kernel_release(kernel_root: &Path) -> Result<String, ImageError> {
     let dir = kernel_root.join("lib/modules");
     let mut releases: Vec<String> = fs::read_dir(&dir)
         .map_err(ImageError::io("reading", &dir))?

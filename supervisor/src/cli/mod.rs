@@ -2,6 +2,7 @@
 
 mod client;
 pub mod egress;
+pub mod image;
 pub mod inference;
 mod progress;
 pub mod share;
@@ -42,6 +43,9 @@ pub enum Command {
     /// The inference service.
     #[command(subcommand)]
     Inference(inference::InferenceCommand),
+    /// Guest images: build, list.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 /// How a command failed, for the exit code: 2 for bad input, 1 otherwise.

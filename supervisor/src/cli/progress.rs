@@ -56,3 +56,52 @@ async fn follow_events(client: &Client, name: &VmName, bar: &ProgressBar) {
         }
     }
 }
+
+/// A progress bar for a local image build: one line, the step, and a bar
+/// when the step knows its total (stderr; drawn only on a terminal, where
+/// it is not a terminal each new step is printed as one line instead).
+pub struct BuildProgress {
+    bar: ProgressBar,
+    step: std::sync::Mutex<String>,
+    tty: bool,
+}
+
+impl BuildProgress {
+    pub fn new(name: &str) -> Self {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix}: {msg} {wide_bar} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(name.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Self {
+            bar,
+            step: std::sync::Mutex::new(String::new()),
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+
+    pub fn report(&self, p: &clawpen_vmimage::Progress) {
+        if let Ok(mut step) = self.step.lock() {
+            if *step != p.step {
+                if !self.tty {
+                    eprintln!("{}: {}", self.bar.prefix(), p.step);
+                }
+                step.clone_from(&p.step);
+                self.bar.set_message(p.step.clone());
+            }
+        }
+        match p.total {
+            Some(total) => {
+                self.bar.set_length(total);
+                self.bar.set_position(p.done.min(total));
+            }
+            None => self.bar.set_length(0),
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
