@@ -1130,8 +1130,15 @@ fn run_warm_gateway(rootfs: &Path) -> Result<std::time::Duration, String> {
     }
     let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
     let _ = child.wait();
-    for leftover in [home, "/tmp/openclaw"] {
-        let _ = fs::remove_dir_all(rootfs.join(leftover.trim_start_matches('/')));
+    // Everything the run left in /tmp (its home, logs, lock and staging
+    // folders) goes; only the compile cache stays.
+    if let Ok(entries) = fs::read_dir(rootfs.join("tmp")) {
+        for e in entries.flatten() {
+            if e.file_name() != "node-compile-cache" {
+                let p = e.path();
+                let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+            }
+        }
     }
     if healthy {
         Ok(took)
