@@ -11,14 +11,9 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-/// The fw_cfg item name QEMU exposes the file under.
-pub const FW_CFG_NAME: &str = "opt/clawpen/config.json";
-
-/// The guest-facing port of the agent gateway in guest images that run one
-/// (OpenClaw's default).
-pub const DEFAULT_GATEWAY_PORT: u16 = 18789;
+use clawpen_vmimage::openclaw::DEFAULT_GATEWAY_PORT;
+pub use clawpen_vmimage::openclaw::{GuestConfig, InferenceConfig, FW_CFG_NAME};
+use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestConfigError {
@@ -29,32 +24,13 @@ pub enum GuestConfigError {
     },
 }
 
-/// The whole file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GuestConfig {
-    pub vm: String,
-    pub inference: GuestInference,
-    pub gateway_port: u16,
-}
-
-/// How the guest talks to the inference service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GuestInference {
-    pub base_url: String,
-    pub api_key: String,
-    pub model: String,
-    pub context_window: u32,
-    pub max_tokens: u32,
-    pub reasoning: bool,
-}
-
 /// What the host serves, as far as guests need to know (set by `up` once
 /// the inference service is configured).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServedModel {
     pub model: String,
-    pub context_window: u32,
-    pub max_tokens: u32,
+    pub context_window: u64,
+    pub max_tokens: u64,
     pub reasoning: bool,
 }
 
@@ -71,42 +47,44 @@ impl Default for ServedModel {
     }
 }
 
-impl GuestConfig {
-    pub fn new(vm: &str, api_key: &str, served: &ServedModel) -> Self {
-        Self {
-            vm: vm.to_owned(),
-            inference: GuestInference {
-                base_url: crate::egress::guest_inference_url(),
-                api_key: api_key.to_owned(),
-                model: served.model.clone(),
-                context_window: served.context_window,
-                max_tokens: served.max_tokens,
-                reasoning: served.reasoning,
-            },
-            gateway_port: DEFAULT_GATEWAY_PORT,
-        }
+/// The configuration of VM `vm` with inference key `api_key`. The gateway
+/// token is derived from the key (not stored apart), so it is as secret as
+/// the key, the same on every boot, and gone with the VM.
+pub fn for_vm(vm: &str, api_key: &str, served: &ServedModel) -> GuestConfig {
+    let token = hex::encode(&Sha256::digest(format!("clawpen-gateway-token:{api_key}"))[..24]);
+    GuestConfig {
+        vm: vm.to_owned(),
+        inference: InferenceConfig {
+            base_url: crate::egress::guest_inference_url(),
+            api_key: api_key.to_owned(),
+            model: served.model.clone(),
+            context_window: served.context_window,
+            max_tokens: served.max_tokens,
+            reasoning: served.reasoning,
+        },
+        gateway_port: DEFAULT_GATEWAY_PORT,
+        gateway_token: Some(token),
     }
+}
 
-    /// Writes the file atomically (temp + rename), readable by the owner
-    /// only: it holds the VM's key.
-    pub fn write(&self, path: &Path) -> Result<(), GuestConfigError> {
-        let err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| GuestConfigError::Write { path, source }
-        };
-        let tmp = path.with_extension("json.tmp");
-        let json = serde_json::to_vec_pretty(self).expect("GuestConfig serialises");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err(&tmp))?;
-        file.write_all(&json).map_err(err(&tmp))?;
-        file.sync_all().map_err(err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(err(path))
-    }
+/// Writes the file atomically (temp + rename), readable by the owner only:
+/// it holds the VM's key.
+pub fn write(config: &GuestConfig, path: &Path) -> Result<(), GuestConfigError> {
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| GuestConfigError::Write { path, source }
+    };
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err(&tmp))?;
+    file.write_all(&config.to_json()).map_err(err(&tmp))?;
+    file.sync_all().map_err(err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(err(path))
 }
 
 #[cfg(test)]
@@ -122,9 +100,14 @@ mod tests {
             model: "qwen3-8b".into(),
             ..ServedModel::default()
         };
-        GuestConfig::new("agent", "sk-clawpen-x", &served)
-            .write(&path)
-            .unwrap();
+        let config = for_vm("agent", "sk-clawpen-x", &served);
+        write(&config, &path).unwrap();
+        // Stable across boots, different per key.
+        assert_eq!(for_vm("agent", "sk-clawpen-x", &served), config);
+        assert_ne!(
+            for_vm("agent", "sk-clawpen-y", &served).gateway_token,
+            config.gateway_token
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let json: serde_json::Value =
@@ -135,5 +118,6 @@ mod tests {
         assert_eq!(json["inference"]["model"], "qwen3-8b");
         assert_eq!(json["inference"]["context_window"], 32768);
         assert_eq!(json["gateway_port"], 18789);
+        assert_eq!(json["gateway_token"].as_str().unwrap().len(), 48);
     }
 }

@@ -27,6 +27,18 @@ use crate::crash;
 /// the test guest take about 5 s; this leaves room for a loaded machine.
 const BOOT_LIMIT: Duration = Duration::from_secs(180);
 
+/// How long a cold boot of `image` may take to print its ready marker: the
+/// OpenClaw guest prints it only once its gateway answers, which under TCG
+/// on a busy host takes minutes (the guest's own health wait, plus slack).
+fn boot_limit(image: &str) -> Duration {
+    use clawpen_vmimage::openclaw;
+    if openclaw::is_openclaw_image(image) {
+        Duration::from_secs(u64::from(openclaw::HEALTH_TIMEOUT_S + openclaw::READY_TIMEOUT_S) + 60)
+    } else {
+        BOOT_LIMIT
+    }
+}
+
 /// Queue depth per VM; senders wait when it is full.
 const COMMAND_QUEUE: usize = 16;
 
@@ -274,6 +286,21 @@ impl VmTask {
             Ok(gateway) => self.gateway = Some(gateway),
             Err(e) => tracing::error!(vm = %name, error = %e, "no egress gateway"),
         }
+        // An agent image's gateway UI: reachable from this host only, via a
+        // loopback forward (listed at /vms/NAME/forwards).
+        let image = self.info.borrow().spec.image.clone();
+        if clawpen_vmimage::openclaw::is_openclaw_image(&image) {
+            let egress = self.ctx.egress.clone();
+            tokio::spawn(async move {
+                let port = clawpen_vmimage::openclaw::DEFAULT_GATEWAY_PORT;
+                match egress.forward(&name, port).await {
+                    Ok(addr) => tracing::info!(vm = %name, %addr, "agent gateway forwarded"),
+                    Err(e) => {
+                        tracing::warn!(vm = %name, error = %e, "no forward to the agent gateway")
+                    }
+                }
+            });
+        }
     }
 
     fn on_exit(&mut self, exit: VmExit) {
@@ -348,7 +375,7 @@ impl VmTask {
             let instance = self.instance.as_mut().expect("set above");
             let serial_log = self.dir.serial_log();
             let ready = tokio::select! {
-                ready = wait_for_marker(&serial_log, marker, BOOT_LIMIT) => ready
+                ready = wait_for_marker(&serial_log, marker, boot_limit(&spec.image)) => ready
                     .map_err(|limit| format!("no {marker:?} on the serial console within {} s", limit.as_secs())),
                 exit = instance.exited() => Err(format!("{} during boot", exit.detail)),
             };
@@ -376,8 +403,8 @@ impl VmTask {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        super::guest_config::GuestConfig::new(name.as_str(), &key, &served)
-            .write(&self.dir.guest_config())?;
+        let config = super::guest_config::for_vm(name.as_str(), &key, &served);
+        super::guest_config::write(&config, &self.dir.guest_config())?;
         Ok(())
     }
 
