@@ -476,6 +476,180 @@ pub fn experts_of(dense: &TinyModel) -> TinyModel {
     TinyModel { metadata, tensors }
 }
 
+/// The sizes of a model to benchmark at.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub ffn: usize,
+    /// The trained vocabulary is padded with unused tokens up to this.
+    pub vocab: usize,
+    pub context: u32,
+}
+
+/// Qwen2.5-0.5B's sizes.
+pub const QWEN2_5_0_5B: Shape = Shape {
+    hidden: 896,
+    layers: 24,
+    heads: 14,
+    kv_heads: 2,
+    ffn: 4864,
+    vocab: 151_936,
+    context: 32_768,
+};
+
+/// How a benchmark model's matrices are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quant {
+    Q8_0,
+    /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for the output and for
+    /// `attn_v` / `ffn_down` in the layers llama.cpp gives more bits; a
+    /// matrix whose rows do not split into 256-blocks falls back as
+    /// llama.cpp does (Q4_K → Q5_0, Q6_K → Q8_0: most of a 0.5B model).
+    Q4KM,
+}
+
+impl Quant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Quant::Q8_0 => "Q8_0",
+            Quant::Q4KM => "Q4_K_M",
+        }
+    }
+
+    fn dtype(self, name: &str, layer: Option<usize>, layers: usize, cols: usize) -> GgmlDType {
+        let want = match self {
+            Quant::Q8_0 => return GgmlDType::Q8_0,
+            Quant::Q4KM => {
+                // llama.cpp's `use_more_bits`.
+                let more =
+                    |i: usize| i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2;
+                let wide = name == "output.weight"
+                    || ((name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
+                        && layer.is_some_and(more));
+                if wide {
+                    GgmlDType::Q6K
+                } else {
+                    GgmlDType::Q4K
+                }
+            }
+        };
+        match (want, cols % 256) {
+            (w, 0) => w,
+            (GgmlDType::Q6K, _) => GgmlDType::Q8_0,
+            _ => GgmlDType::Q5_0,
+        }
+    }
+}
+
+impl TinyModel {
+    /// A qwen2 model of `shape` with random weights stored as `quant`, the
+    /// tests' tokenizer (padded to the vocabulary size) and chat template;
+    /// it never ends its turn (zero output rows for the end tokens), so
+    /// decoding runs to `max_tokens`.
+    pub fn shaped(shape: Shape, quant: Quant) -> Self {
+        let base = Self::new("qwen2");
+        let get = |key: &str| {
+            base.metadata
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.to_vec().unwrap().clone())
+                .unwrap()
+        };
+        let mut tokens: Vec<Value> = get("tokenizer.ggml.tokens");
+        let mut types: Vec<Value> = get("tokenizer.ggml.token_type");
+        let ends: Vec<usize> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| {
+                matches!(
+                    t.to_string().unwrap().as_str(),
+                    "<|im_end|>" | "<|endoftext|>"
+                )
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for i in tokens.len()..shape.vocab {
+            tokens.push(Value::String(format!("[unused{i}]")));
+            types.push(Value::I32(1));
+        }
+        let a = |k: &str| format!("qwen2.{k}");
+        let mut model = base
+            .set(&a("context_length"), Value::U32(shape.context))
+            .set(&a("embedding_length"), Value::U32(shape.hidden as u32))
+            .set(&a("feed_forward_length"), Value::U32(shape.ffn as u32))
+            .set(&a("block_count"), Value::U32(shape.layers as u32))
+            .set(&a("attention.head_count"), Value::U32(shape.heads as u32))
+            .set(
+                &a("attention.head_count_kv"),
+                Value::U32(shape.kv_heads as u32),
+            )
+            .set(
+                &a("rope.dimension_count"),
+                Value::U32((shape.hidden / shape.heads) as u32),
+            )
+            .set(&a("rope.freq_base"), Value::F32(1_000_000.0))
+            .set("tokenizer.ggml.tokens", Value::Array(tokens))
+            .set("tokenizer.ggml.token_type", Value::Array(types));
+        let (h, kv) = (shape.hidden, shape.kv_heads * (shape.hidden / shape.heads));
+        let mut shapes: Vec<(String, Option<usize>, Vec<usize>)> = vec![
+            ("token_embd.weight".into(), None, vec![shape.vocab, h]),
+            ("output_norm.weight".into(), None, vec![h]),
+            ("output.weight".into(), None, vec![shape.vocab, h]),
+        ];
+        for l in 0..shape.layers {
+            let p = |n: &str| format!("blk.{l}.{n}");
+            for (n, dims) in [
+                ("attn_q.weight", vec![h, h]),
+                ("attn_k.weight", vec![kv, h]),
+                ("attn_v.weight", vec![kv, h]),
+                ("attn_output.weight", vec![h, h]),
+                ("ffn_gate.weight", vec![shape.ffn, h]),
+                ("ffn_up.weight", vec![shape.ffn, h]),
+                ("ffn_down.weight", vec![h, shape.ffn]),
+                ("attn_norm.weight", vec![h]),
+                ("ffn_norm.weight", vec![h]),
+                ("attn_q.bias", vec![h]),
+                ("attn_k.bias", vec![kv]),
+                ("attn_v.bias", vec![kv]),
+            ] {
+                shapes.push((p(n), Some(l), dims));
+            }
+        }
+        model.tensors = shapes
+            .into_iter()
+            .map(|(name, layer, dims)| {
+                let cols = *dims.last().unwrap();
+                if dims.len() == 1 {
+                    let t = if name.ends_with("norm.weight") {
+                        Tensor::ones(dims, candle_core::DType::F32, &Device::Cpu)
+                    } else {
+                        Tensor::randn(0f32, 0.02, dims, &Device::Cpu)
+                    }
+                    .unwrap();
+                    return (name, QTensor::quantize(&t, GgmlDType::F32).unwrap());
+                }
+                // Scaled so activations keep their size through the layers.
+                let std = 1.0 / (cols as f32).sqrt();
+                let mut t = Tensor::randn(0f32, std, dims, &Device::Cpu).unwrap();
+                if name == "output.weight" {
+                    let mut keep = vec![1f32; shape.vocab];
+                    for e in &ends {
+                        keep[*e] = 0.0;
+                    }
+                    let keep = Tensor::from_vec(keep, (shape.vocab, 1), &Device::Cpu).unwrap();
+                    t = t.broadcast_mul(&keep).unwrap();
+                }
+                let dtype = quant.dtype(&name, layer, shape.layers, cols);
+                (name, QTensor::quantize(&t, dtype).unwrap())
+            })
+            .collect();
+        model
+    }
+}
+
 /// Keeps candle from oversubscribing the shared cores.
 pub fn limit_threads() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
