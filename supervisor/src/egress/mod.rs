@@ -30,10 +30,10 @@ pub mod net;
 mod resolve;
 mod rules;
 mod sniff;
-mod udp;
 mod stack;
 #[cfg(test)]
 mod tests;
+mod udp;
 mod wire;
 
 use std::collections::HashMap;
