@@ -208,8 +208,8 @@ enum Phase {
         deadline: Instant,
         buf: Vec<u8>,
     },
-    /// Waiting for the host connection (the guest's SYN-ACK is held back, so
-    /// a refused dial looks like a refused connection).
+    /// Waiting for the host connection; the guest's bytes wait in the
+    /// socket, and a failed dial resets the guest's connection.
     Dialing,
     /// Moving bytes both ways.
     Open,
@@ -829,7 +829,10 @@ impl Stack {
         {
             return;
         }
-        socket.pause_synack(matches!(phase, Phase::Dialing));
+        // The handshake completes at once, while the host side is dialled:
+        // a new connection does not wait a dial round trip for its SYN-ACK.
+        // What the guest sends meanwhile waits in the socket (nothing moves
+        // before the dial succeeds); a dial refused later resets the guest.
         let handle = self.sockets.add(socket);
         self.ingest(frame, now);
         if self.sockets.get::<tcp::Socket>(handle).state() != tcp::State::SynReceived {
@@ -883,7 +886,6 @@ impl Stack {
                 flow.to_host = Some(io.to_host);
                 flow.from_host = Some(io.from_host);
                 flow.phase = Phase::Open;
-                socket.pause_synack(false);
                 if !flow.logged {
                     flow.logged = true;
                     self.actions.push(Action::Log(flow.entry.clone()));
