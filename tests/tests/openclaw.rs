@@ -1,0 +1,191 @@
+//! The OpenClaw guest end to end, through the supervisor: `clawpen image
+//! build openclaw`, a VM made from it with `clawpen up` serving a tiny local
+//! model, and then what a user relies on:
+//! - its gateway answers `/health` on the host only through the supervisor's
+//!   forward;
+//! - OpenClaw inside the VM (its own CLI, one `agent exec` turn) reaches the
+//!   host's inference service with this VM's key (the record names the VM);
+//! - a name not in the VM's rules is denied and logged;
+//! - trashing the OpenClaw install, then a reset, gives a working gateway.
+//!
+//! Slow by nature (the image build downloads Debian and npm packages; the
+//! gateway's first start under TCG takes minutes): the image is cached in
+//! `target/clawpen-test-images` and the limits are generous.
+
+#[path = "../../inference/tests/local_common/mod.rs"]
+mod local_common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clawpen_api::{Event, ForwardInfo};
+use clawpen_tests::events::EventStream;
+use clawpen_tests::serial::Serial;
+use clawpen_tests::{clawpen_bin, temp_home, test_images_dir, Up};
+use serde_json::json;
+
+const BOOT: Duration = Duration::from_secs(25 * 60);
+const AGENT_TURN: Duration = Duration::from_secs(15 * 60);
+const GATEWAY_PORT: u16 = 18789;
+
+async fn health(addr: &str) -> Option<String> {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/health"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    resp.status().is_success().then_some(())?;
+    resp.text().await.ok()
+}
+
+async fn wait_healthy(addr: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(body) = health(addr).await {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no /health from {addr} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openclaw_thinks_with_the_host_model_and_a_reset_brings_it_back() {
+    let build = Command::new(clawpen_bin())
+        .args(["image", "build", "openclaw", "--images"])
+        .arg(test_images_dir())
+        .status()
+        .unwrap();
+    assert!(build.success(), "image build: {build:?}");
+
+    let models = tempfile::tempdir().unwrap();
+    let model = local_common::TinyModel::scripted("llama", &["Hello from the host.", "<|im_end|>"])
+        .write(models.path(), "tiny");
+    let home = temp_home();
+    let up = Up::start(
+        home.path(),
+        &["--no-demo", "--model", model.to_str().unwrap()],
+    )
+    .unwrap();
+    let (status, body) = up
+        .post(
+            "/vms",
+            json!({"name": "agent", "image": "openclaw", "cpus": 2, "memory_mib": 2048}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let started = Instant::now();
+    let start = up.request(reqwest::Method::POST, "/vms/agent/start");
+    tokio::spawn(async move {
+        let _ = start.send().await;
+    });
+    up.wait_state("agent", "Running", BOOT).await.unwrap();
+    eprintln!(
+        "boot to gateway-healthy: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // The gateway, from the host, only through the supervisor's forward.
+    let forwards: Vec<ForwardInfo> = up
+        .request(reqwest::Method::GET, "/vms/agent/forwards")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let gateway = forwards
+        .iter()
+        .find(|f| f.guest_port == GATEWAY_PORT)
+        .unwrap_or_else(|| panic!("no forward to the gateway: {forwards:?}"))
+        .host_addr
+        .clone();
+    assert!(gateway.starts_with("127.0.0.1:"), "{gateway}");
+    let body = wait_healthy(&gateway, Duration::from_secs(60)).await;
+    assert!(body.contains("\"ok\":true"), "{body}");
+
+    // Default egress: only the inference service. Anything else is denied
+    // (NXDOMAIN) and logged.
+    let mut serial = Serial::connect(&up.vm_dir("agent")).unwrap();
+    serial
+        .run(
+            "timeout 20 bash -c 'exec 3<>/dev/tcp/example.com/443' 2>/dev/null; echo net=$?",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log: Vec<clawpen_api::EgressLogEntry> = up
+            .request(reqwest::Method::GET, "/vms/agent/egress/log")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(e) = log
+            .iter()
+            .find(|e| e.name.as_deref() == Some("example.com"))
+        {
+            assert_eq!(e.decision.as_str(), "deny", "{e:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "example.com not logged: {log:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // One agent turn with OpenClaw's own CLI: the request reaches the host's
+    // inference service with this VM's key.
+    let mut events = EventStream::open(&up).await.unwrap();
+    let turn = serial
+        .run(
+            "cd /root && timeout 840 openclaw agent exec 'Say hello' --json > /tmp/turn.json 2>&1; \
+             echo turn=$?; tail -c 600 /tmp/turn.json",
+            AGENT_TURN,
+        )
+        .unwrap();
+    let event = events
+        .wait_for(
+            "OpenClaw's request",
+            Duration::from_secs(60),
+            |e| matches!(e, Event::Inference(r) if r.client == "agent"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}; the agent printed: {turn}"));
+    let Event::Inference(record) = event else {
+        unreachable!()
+    };
+    assert_eq!(record.endpoint, "responses", "{record:?}");
+    assert_eq!(record.model, "tiny", "{record:?}");
+
+    // Trash the install: the gateway is gone for good.
+    serial
+        .run(
+            "rm -rf /usr/local/lib/node_modules/openclaw /usr/local/bin/openclaw; \
+             pidof node | xargs -r kill -9; sleep 5; echo trashed",
+            Duration::from_secs(120),
+        )
+        .unwrap();
+    assert!(
+        health(&gateway).await.is_none(),
+        "the gateway survived its removal"
+    );
+    // A reset brings back the clean snapshot: a working gateway.
+    let reset = Instant::now();
+    let (status, body) = up.post("/vms/agent/reset", json!({})).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let body = wait_healthy(&gateway, Duration::from_secs(300)).await;
+    assert!(body.contains("\"ok\":true"), "{body}");
+    eprintln!(
+        "warm reset to gateway-healthy: {:.1} s",
+        reset.elapsed().as_secs_f64()
+    );
+}
