@@ -16,6 +16,7 @@ mod paths;
 mod share;
 mod store;
 mod supervisor;
+#[cfg(not(target_os = "macos"))]
 mod tls;
 mod vm;
 

@@ -141,6 +141,15 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     );
     let inference = tokio::spawn(service.serve(inference_listener, until_stopped(stop_rx.clone())));
     let app = supervisor.router();
+    #[cfg(target_os = "macos")]
+    if args.tls {
+        return Err(CliError::BadInput(
+            "--tls is not in macOS builds yet (its TLS stack's C build is not checked for macOS); \
+             put a TLS proxy in front of a loopback --listen"
+                .into(),
+        ));
+    }
+    #[cfg(not(target_os = "macos"))]
     let (url, local_url, server) = if args.tls {
         let identity =
             crate::tls::identity(&supervisor.state_dir.root().join("tls"), api_addr.ip())
@@ -166,10 +175,10 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
         );
         (format!("https://{api_addr}"), local_url, server)
     } else {
-        let server = tokio::spawn(async move { axum::serve(api_listener, app).await });
-        let url = format!("http://{api_addr}");
-        (url.clone(), url, server)
+        plain(api_listener, api_addr, app)
     };
+    #[cfg(target_os = "macos")]
+    let (url, local_url, server) = plain(api_listener, api_addr, app);
 
     if !args.no_demo {
         supervisor.ensure_demo().context("creating the demo VM")?;
@@ -238,4 +247,17 @@ fn served_model_name(config: &clawpen_inference::InferenceConfig) -> String {
             _ => None,
         })
         .unwrap_or_else(|| "default".into())
+}
+
+type ServeTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// The console and API over plain HTTP: (URL to print, URL for the CLI, task).
+fn plain(
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    app: axum::Router,
+) -> (String, String, ServeTask) {
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{addr}");
+    (url.clone(), url, server)
 }
