@@ -24,20 +24,10 @@ use crate::generation::{push_capped, Outcome};
 /// Most bytes kept of one tool call's arguments or one tool result.
 pub const TOOL_TEXT_BYTES: usize = 2048;
 
-/// A tool call the model made, arguments cut at [`TOOL_TEXT_BYTES`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ToolCallRecord {
-    pub id: String,
-    pub name: String,
-    pub arguments: String,
-}
-
-/// A tool's answer that came in with the request, cut at [`TOOL_TEXT_BYTES`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ToolResultRecord {
-    pub call_id: String,
-    pub output: String,
-}
+/// The console's records of a tool call (arguments cut at
+/// [`TOOL_TEXT_BYTES`]) and of a tool result: the wire types, so the
+/// supervisor relays them as they are.
+pub use clawpen_api::{ToolCallRecord, ToolResultRecord};
 
 fn capped(s: &str) -> String {
     let mut out = String::new();
@@ -626,32 +616,17 @@ mod tests {
     use std::time::Duration;
 
     fn base(client: &str) -> RequestMetrics {
-        RequestMetrics {
-            request_id: "resp_1".into(),
-            client: client.into(),
-            endpoint: Endpoint::Responses,
-            model: "m".into(),
-            session: None,
-            previous_response_id: None,
-            stream: true,
-            status: RequestStatus::Completed,
-            error: None,
-            prompt_tokens: 0,
-            cached_tokens: 0,
-            output_tokens: 0,
-            usage_estimated: false,
-            queue_wait_ms: None,
-            time_to_first_token_ms: None,
-            prefill_tokens_per_s: None,
-            decode_tokens_per_s: None,
-            duration_ms: 0.0,
-            tool_calls: vec![],
-            repaired_tool_calls: 0,
-            started_at_ms: unix_ms(),
-            output_text: String::new(),
-            calls: vec![],
-            tool_results: vec![],
-        }
+        let mut m = RequestMetrics::begin(
+            "resp_1".into(),
+            client.into(),
+            Endpoint::Responses,
+            "m".into(),
+            None,
+            None,
+            true,
+        );
+        m.status = RequestStatus::Completed;
+        m
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use clawpen_api::{Event, InferenceRecord, ToolCallRecord, ToolResultRecord};
+use clawpen_api::{Event, InferenceRecord};
 use clawpen_inference::{Inference, RequestMetrics};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -81,23 +81,8 @@ fn record(m: &RequestMetrics) -> InferenceRecord {
         tool_calls: m.tool_calls.clone(),
         started_at_ms: m.started_at_ms,
         output_text: m.output_text.clone(),
-        calls: m
-            .calls
-            .iter()
-            .map(|c| ToolCallRecord {
-                id: c.id.clone(),
-                name: c.name.clone(),
-                arguments: c.arguments.clone(),
-            })
-            .collect(),
-        tool_results: m
-            .tool_results
-            .iter()
-            .map(|t| ToolResultRecord {
-                call_id: t.call_id.clone(),
-                output: t.output.clone(),
-            })
-            .collect(),
+        calls: m.calls.clone(),
+        tool_results: m.tool_results.clone(),
     }
 }
 
