@@ -37,16 +37,15 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{self, CommandError};
-use crate::debian::{self, PackageInfo};
+use crate::debian;
 use crate::disk::{self, DiskSpec};
 use crate::initramfs::Initramfs;
 use crate::kmod::{KernelModule, ModuleTree};
 use crate::manifest::{
-    FileRole, ImageFile, ImageManifest, Software, SourcePackage, DISK_FILE, FORMAT, INITRD_FILE,
-    KERNEL_FILE,
+    FileRole, ImageManifest, Software, SourcePackage, DISK_FILE, FORMAT, INITRD_FILE, KERNEL_FILE,
 };
-use crate::store::{sha256_file, ImageError};
-use crate::test_guest::{PROMPT, UDHCPC_HOOK};
+use crate::store::ImageError;
+use crate::test_guest::{self, PROMPT, UDHCPC_HOOK};
 use crate::{Progress, FAILED_MARKER, READY_MARKER};
 
 /// Bump when the recipe changes what ends up in the image (pins included),
@@ -753,8 +752,8 @@ pub(crate) fn build(
     progress(Progress::new("resolve packages", 1, Some(2)));
     let busybox_pkg = debian::candidate(debian::BUSYBOX_PACKAGE)?;
     progress(Progress::new("resolve packages", 2, Some(2)));
-    let kernel_deb = fetch_deb("download kernel", &kernel_pkg, downloads, progress)?;
-    let busybox_deb = fetch_deb("download busybox", &busybox_pkg, downloads, progress)?;
+    let kernel_deb = test_guest::fetch("download kernel", &kernel_pkg, downloads, progress)?;
+    let busybox_deb = test_guest::fetch("download busybox", &busybox_pkg, downloads, progress)?;
     let kernel_root = work.join("kernel");
     debian::unpack(&kernel_deb, &kernel_root)?;
     let busybox_root = work.join("busybox");
@@ -957,7 +956,7 @@ pub(crate) fn build(
 
     // Kernel + initramfs.
     progress(Progress::new("kernel modules", 0, None));
-    let release = crate::test_guest::kernel_release(&kernel_root)?;
+    let release = test_guest::kernel_release(&kernel_root)?;
     let modules_dir = kernel_root.join("lib/modules").join(&release);
     let tree = ModuleTree::open(&modules_dir)?;
     let kmods = tree.load_order(MODULES)?;
@@ -993,7 +992,7 @@ pub(crate) fn build(
 
     let mut files = Vec::new();
     for role in FileRole::ALL {
-        files.push(describe_file(role, out, progress)?);
+        files.push(test_guest::describe_file(role, out, progress)?);
     }
     Ok(ImageManifest {
         format: FORMAT,
@@ -1233,17 +1232,6 @@ fn npm_pack(name: &str, version: &str, dir: &Path) -> Result<PathBuf, OpenClawEr
     Ok(file)
 }
 
-fn fetch_deb(
-    step: &str,
-    pkg: &PackageInfo,
-    downloads: &Path,
-    progress: &dyn Fn(Progress),
-) -> Result<PathBuf, ImageError> {
-    Ok(debian::fetch(pkg, downloads, &|done, total| {
-        progress(Progress::new(step, done, Some(total)))
-    })?)
-}
-
 fn initramfs(
     release: &str,
     modules_dir: &Path,
@@ -1274,28 +1262,6 @@ fn initramfs(
     ar.bytes("etc/clawpen-modules", 0o644, list)?;
     ar.bytes("init", 0o755, stage1_init(release, arch.console()))?;
     Ok(ar)
-}
-
-fn describe_file(
-    role: FileRole,
-    dir: &Path,
-    progress: &dyn Fn(Progress),
-) -> Result<ImageFile, ImageError> {
-    let path = dir.join(role.file_name());
-    let size = fs::metadata(&path)
-        .map_err(ImageError::io("reading", &path))?
-        .len();
-    let step = format!("checksum {}", role.file_name());
-    let sha256 = sha256_file(&path, &|done| {
-        progress(Progress::new(&step, done, Some(size)))
-    })
-    .map_err(ImageError::io("reading", &path))?;
-    Ok(ImageFile {
-        role,
-        file: role.file_name().to_owned(),
-        size,
-        sha256,
-    })
 }
 
 fn copy(from: &Path, to: &Path, mode: u32) -> Result<(), OpenClawError> {

@@ -265,7 +265,8 @@ pub(crate) fn build(
     })
 }
 
-fn fetch(
+/// Downloads a package (cached), reporting progress as `step`.
+pub(crate) fn fetch(
     step: &str,
     pkg: &PackageInfo,
     downloads: &Path,
@@ -331,7 +332,9 @@ fn initramfs(
     Ok(ar)
 }
 
-fn describe_file(
+/// Size and checksum of the image file for `role` in `dir`, for the
+/// manifest (checksumming shows progress: disks are large).
+pub(crate) fn describe_file(
     role: FileRole,
     dir: &Path,
     progress: &dyn Fn(Progress),
