@@ -32,7 +32,7 @@ mod rules;
 mod sniff;
 mod stack;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod udp;
 mod wire;
 

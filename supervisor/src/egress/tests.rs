@@ -24,7 +24,7 @@ use super::sniff::client_hello;
 use super::stack::{Action, DialTarget, FlowIo, HostData, Now, Stack};
 use super::wire::{classify, udp_frame, GuestFrame, L4};
 
-const GUEST_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0xc1, 0xa5, 2]);
+pub(super) const GUEST_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0xc1, 0xa5, 2]);
 
 fn rule(id: u64, action: EgressAction, target: &str) -> EgressRule {
     EgressRule {
@@ -125,7 +125,8 @@ fn from_guest(mut frame: Vec<u8>) -> Vec<u8> {
     frame
 }
 
-fn arp_request() -> Vec<u8> {
+/// The guest's ARP request for the gateway.
+pub(super) fn arp_request() -> Vec<u8> {
     use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr};
     let arp = ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Request,

@@ -9,17 +9,16 @@ use std::time::Duration;
 use clawpen_api::VmName;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress,
-    EthernetFrame, EthernetProtocol, EthernetRepr,
+    EthernetFrame, EthernetProtocol,
 };
 
 use super::*;
 use crate::egress::net::{GATEWAY_IP, GATEWAY_MAC, GUEST_IP};
+use crate::egress::tests::{arp_request, GUEST_MAC};
 use crate::egress::wire::{classify, udp_frame, GuestFrame, L4};
 use crate::egress::Egress;
 use crate::events::EventBus;
 use crate::store::Store;
-
-const GUEST_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0xc1, 0xa5, 2]);
 
 #[test]
 fn stream_frames_are_cut_at_their_length_prefix() {
@@ -78,26 +77,6 @@ async fn datagram_link_carries_whole_frames_and_drops_oversized_ones() {
     let mut buf = vec![0; MAX_FRAME + 1];
     assert_eq!(vmm.recv(&mut buf).await.unwrap(), 3);
     assert_eq!(vmm.recv(&mut buf).await.unwrap(), 65534);
-}
-
-fn arp_request() -> Vec<u8> {
-    let arp = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Request,
-        source_hardware_addr: GUEST_MAC,
-        source_protocol_addr: GUEST_IP,
-        target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: GATEWAY_IP,
-    };
-    let eth = EthernetRepr {
-        src_addr: GUEST_MAC,
-        dst_addr: EthernetAddress::BROADCAST,
-        ethertype: EthernetProtocol::Arp,
-    };
-    let mut buf = vec![0u8; eth.buffer_len() + arp.buffer_len()];
-    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-    eth.emit(&mut frame);
-    arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
-    buf
 }
 
 fn dhcp_discover() -> Vec<u8> {
