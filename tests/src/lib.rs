@@ -172,12 +172,15 @@ impl Up {
     }
 
     pub async fn vm(&self, name: &str) -> Result<VmInfo> {
-        let resp = self
-            .request(reqwest::Method::GET, &format!("/vms/{name}"))
-            .send()
-            .await?;
+        self.get_json(&format!("/vms/{name}")).await
+    }
+
+    /// GETs an API path and parses its JSON answer (a non-2xx status is an
+    /// error).
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self.request(reqwest::Method::GET, path).send().await?;
         if !resp.status().is_success() {
-            bail!("GET vm {name}: {}", resp.status());
+            bail!("GET {path}: {}", resp.status());
         }
         Ok(resp.json().await?)
     }

@@ -223,14 +223,7 @@ async fn console_panels_work_without_a_reload() {
             .is_err(),
         "the error line stayed"
     );
-    let stored: Vec<clawpen_api::EgressRule> = up
-        .request(reqwest::Method::GET, "/vms/demo/egress/rules")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stored: Vec<clawpen_api::EgressRule> = up.get_json("/vms/demo/egress/rules").await.unwrap();
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0].target.to_string(), "api.example.com");
     // the form was cleared for the next rule

@@ -36,14 +36,7 @@ async fn assert_true_state(up: &Up, step: &str) -> VmInfo {
         other => panic!("{step}: VM is {other} after recovery"),
     }
     // The snapshot index agrees with the disk.
-    let indexed: Vec<SnapshotInfo> = up
-        .request(reqwest::Method::GET, "/vms/demo/snapshots")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let indexed: Vec<SnapshotInfo> = up.get_json("/vms/demo/snapshots").await.unwrap();
     let out = std::process::Command::new("qemu-img")
         .args(["snapshot", "-U", "-l"])
         .arg(dir.join("disk.qcow2"))

@@ -241,11 +241,7 @@ async fn add_rule(up: &Up, rule: Value) -> EgressRule {
 }
 
 async fn log(up: &Up) -> Vec<EgressLogEntry> {
-    up.request(reqwest::Method::GET, "/vms/demo/egress/log?limit=10000")
-        .send()
-        .await
-        .unwrap()
-        .json()
+    up.get_json("/vms/demo/egress/log?limit=10000")
         .await
         .unwrap()
 }
@@ -332,14 +328,7 @@ async fn allowed_names_connect_everything_else_is_denied_and_logged() {
         .await
         .unwrap();
     assert_eq!(status, 404);
-    let rules: Vec<EgressRule> = up
-        .request(reqwest::Method::GET, "/vms/demo/egress/rules")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules: Vec<EgressRule> = up.get_json("/vms/demo/egress/rules").await.unwrap();
     assert!(rules.is_empty(), "{rules:?}");
 
     // The events stream and `egress log --follow` carry every decision.
@@ -454,14 +443,7 @@ async fn allowed_names_connect_everything_else_is_denied_and_logged() {
     );
 
     // Removing it denies again.
-    let rules: Vec<EgressRule> = up
-        .request(reqwest::Method::GET, "/vms/demo/egress/rules")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules: Vec<EgressRule> = up.get_json("/vms/demo/egress/rules").await.unwrap();
     let later = rules
         .iter()
         .find(|r| r.target.to_string() == "later.test")
@@ -813,14 +795,7 @@ async fn sni_host_ipv6_and_dns_over_tcp_are_no_way_around_and_inference_is_reach
     assert_eq!(inference.decision.as_str(), "allow");
 
     // The API needs this VM's own key, and what it asks is attributed to it.
-    let access: InferenceAccess = up
-        .request(reqwest::Method::GET, "/vms/demo/inference")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let access: InferenceAccess = up.get_json("/vms/demo/inference").await.unwrap();
     assert_eq!(access.base_url, "http://10.200.0.1/v1");
     let base = &access.base_url;
     let out = serial

@@ -36,13 +36,7 @@ fn serial_since(up: &Up, offset: usize) -> String {
 }
 
 async fn snapshots(up: &Up) -> Vec<SnapshotInfo> {
-    up.request(reqwest::Method::GET, "/vms/demo/snapshots")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    up.get_json("/vms/demo/snapshots").await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -253,14 +247,7 @@ async fn delete_leaves_no_process_socket_or_disk() {
 async fn bad_lifecycle_input_is_refused_and_changes_nothing() {
     let home = temp_home();
     let up = Up::start(home.path(), &["--no-start"]).unwrap();
-    let before: serde_json::Value = up
-        .request(reqwest::Method::GET, "/vms")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before: serde_json::Value = up.get_json("/vms").await.unwrap();
     let listing = || {
         let mut names: Vec<String> = std::fs::read_dir(home.path().join("vms"))
             .unwrap()
@@ -345,14 +332,7 @@ async fn bad_lifecycle_input_is_refused_and_changes_nothing() {
             .as_str()
             .is_some_and(|m| !m.is_empty()));
     }
-    let after: serde_json::Value = up
-        .request(reqwest::Method::GET, "/vms")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after: serde_json::Value = up.get_json("/vms").await.unwrap();
     assert_eq!(after, before, "a refused call changed the store");
     assert_eq!(listing(), dirs_before, "a refused call changed the disk");
     assert!(vmm_pids(home.path()).is_empty());

@@ -91,14 +91,7 @@ async fn openclaw_thinks_with_the_host_model_and_a_reset_brings_it_back() {
     );
 
     // The gateway, from the host, only through the supervisor's forward.
-    let forwards: Vec<ForwardInfo> = up
-        .request(reqwest::Method::GET, "/vms/agent/forwards")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let forwards: Vec<ForwardInfo> = up.get_json("/vms/agent/forwards").await.unwrap();
     let gateway = forwards
         .iter()
         .find(|f| f.guest_port == GATEWAY_PORT)
@@ -120,14 +113,8 @@ async fn openclaw_thinks_with_the_host_model_and_a_reset_brings_it_back() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let log: Vec<clawpen_api::EgressLogEntry> = up
-            .request(reqwest::Method::GET, "/vms/agent/egress/log")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let log: Vec<clawpen_api::EgressLogEntry> =
+            up.get_json("/vms/agent/egress/log").await.unwrap();
         if let Some(e) = log
             .iter()
             .find(|e| e.name.as_deref() == Some("example.com"))

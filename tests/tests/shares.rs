@@ -86,14 +86,7 @@ async fn shares_are_scoped_enforced_and_survive_a_warm_reset() {
         String::from_utf8_lossy(&out.stderr).trim().lines().count(),
         1
     );
-    let listed: serde_json::Value = up
-        .request(reqwest::Method::GET, "/vms/demo/shares")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: serde_json::Value = up.get_json("/vms/demo/shares").await.unwrap();
     assert_eq!(listed, json!([]), "a refused share was stored");
 
     // Two real shares, then boot.
@@ -149,14 +142,7 @@ async fn shares_are_scoped_enforced_and_survive_a_warm_reset() {
 
     // The clean snapshot holds memory although shares were mounted, and a
     // warm reset brings the shares back.
-    let snapshots: serde_json::Value = up
-        .request(reqwest::Method::GET, "/vms/demo/snapshots")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let snapshots: serde_json::Value = up.get_json("/vms/demo/snapshots").await.unwrap();
     assert_eq!(snapshots[0]["name"], "clean");
     assert_eq!(snapshots[0]["has_memory"], true, "{snapshots}");
     let (status, body) = up.post("/vms/demo/reset", json!({})).await.unwrap();
