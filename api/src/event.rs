@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::egress::EgressLogEntry;
-use crate::vm::{VmName, VmState};
+use crate::vm::{ForwardInfo, VmName, VmState};
 
 /// One message of the supervisor's server-sent event stream. The SSE `event:`
 /// field carries [`Event::kind`] and `data:` the JSON of the whole value.
@@ -12,8 +12,9 @@ use crate::vm::{VmName, VmState};
 pub enum Event {
     /// A VM entered a new lifecycle state (already written to the store).
     VmState { name: VmName, state: VmState },
-    /// The inference service finished a request.
-    Inference(crate::inference::InferenceRecord),
+    /// The inference service finished a request (boxed: it is by far the
+    /// largest event).
+    Inference(Box<crate::inference::InferenceRecord>),
     /// A VM and everything it owned are gone.
     VmDeleted { name: VmName },
     /// Progress of a long step (image build, reset, ...). `total` is `None`
@@ -27,6 +28,11 @@ pub enum Event {
     /// An egress gateway decided about a connection, a DNS question or a
     /// frame (already in the store); sent again with the bytes when a flow ends.
     Egress { entry: EgressLogEntry },
+    /// The inference service's models or queue depth changed.
+    InferenceStatus(crate::inference::InferenceStatus),
+    /// A loopback forward into a VM was opened (the VM's forwards are
+    /// gone with the VM).
+    Forward { name: VmName, forward: ForwardInfo },
 }
 
 impl Event {
@@ -38,6 +44,8 @@ impl Event {
             Event::Inference(_) => "inference",
             Event::Progress { .. } => "progress",
             Event::Egress { .. } => "egress",
+            Event::InferenceStatus(_) => "inference_status",
+            Event::Forward { .. } => "forward",
         }
     }
 }

@@ -39,6 +39,23 @@ pub struct InferenceRecord {
     /// turn), each cut at 2 KiB.
     #[serde(default)]
     pub tool_results: Vec<ToolResultRecord>,
+    /// How long the request waited for its turn on the model (local
+    /// engine; `None` when it did not queue or the engine has no queue).
+    #[serde(default)]
+    pub queue_wait_ms: Option<f64>,
+}
+
+/// The inference service between requests: what it serves and how many
+/// requests wait (`inference_status` events). Sent when either changes,
+/// and first on every event stream, so a page opened late still has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InferenceStatus {
+    /// The models that loaded (local engine) or that the upstream offers.
+    pub models: Vec<String>,
+    /// Requests waiting for a turn now, all models and clients together.
+    pub queued: u64,
+    /// When this was observed, ms since the epoch.
+    pub time_unix_ms: u64,
 }
 
 /// A tool call the model made.
@@ -81,5 +98,6 @@ mod tests {
             "tool_calls":[],"started_at_ms":4}"#;
         let r: InferenceRecord = serde_json::from_str(old).unwrap();
         assert!(r.output_text.is_empty() && r.calls.is_empty() && r.tool_results.is_empty());
+        assert_eq!(r.queue_wait_ms, None);
     }
 }

@@ -17,11 +17,13 @@ pub use egress::{
 };
 pub use error::{ApiError, ErrorBody};
 pub use event::Event;
-pub use inference::{InferenceAccess, InferenceRecord, ToolCallRecord, ToolResultRecord};
+pub use inference::{
+    InferenceAccess, InferenceRecord, InferenceStatus, ToolCallRecord, ToolResultRecord,
+};
 pub use vm::{
     AddShareRequest, CreateVmRequest, ForwardInfo, ForwardRequest, NameError, ResetRequest,
     RestoreRequest, ShareTag, SharedFolder, SnapshotInfo, SnapshotName, TakeSnapshotRequest,
-    VmInfo, VmName, VmSpec, VmState, CLEAN_SNAPSHOT,
+    VmInfo, VmName, VmSpec, VmState, CLEAN_SNAPSHOT, OPENCLAW_GATEWAY_PORT,
 };
 
 /// Path prefix of every supervisor API route.

@@ -312,6 +312,12 @@ pub struct ForwardInfo {
     pub host_addr: String,
 }
 
+/// The guest port OpenClaw images run their gateway on; those VMs get a
+/// forward to it, which the console labels "OpenClaw gateway". The image
+/// recipe's `clawpen_vmimage::openclaw::DEFAULT_GATEWAY_PORT` must be the
+/// same (the supervisor's tests check).
+pub const OPENCLAW_GATEWAY_PORT: u16 = 18789;
+
 /// Body of `POST /api/v1/vms/{name}/forwards`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

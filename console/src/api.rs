@@ -3,7 +3,7 @@
 //! feature the functions exist but answer an error, so the components compile
 //! the same way on the server (where they are never called).
 
-use clawpen_api::{EgressLogEntry, EgressRule, SnapshotInfo, VmInfo, API_PREFIX};
+use clawpen_api::{EgressLogEntry, EgressRule, ForwardInfo, SnapshotInfo, VmInfo, API_PREFIX};
 
 /// What a VM list load answers. Serialised from server to browser with the page.
 pub type VmList = Result<Vec<VmInfo>, String>;
@@ -115,6 +115,16 @@ pub async fn egress_log(name: &str, limit: u32) -> Result<Vec<EgressLogEntry>, S
     get_json(
         &format!("loading the egress log of {name}"),
         &format!("{API_PREFIX}/vms/{name}/egress/log?limit={limit}"),
+    )
+    .await
+}
+
+/// `GET /api/v1/vms/{name}/forwards`.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+pub async fn forwards(name: &str) -> Result<Vec<ForwardInfo>, String> {
+    get_json(
+        &format!("loading the forwards of {name}"),
+        &format!("{API_PREFIX}/vms/{name}/forwards"),
     )
     .await
 }
@@ -277,7 +287,15 @@ mod browser {
     }
 
     /// The SSE `event:` names the console follows.
-    const KINDS: [&str; 5] = ["vm_state", "vm_deleted", "progress", "inference", "egress"];
+    const KINDS: [&str; 7] = [
+        "vm_state",
+        "vm_deleted",
+        "progress",
+        "inference",
+        "egress",
+        "inference_status",
+        "forward",
+    ];
 
     /// An open `EventSource("/api/v1/events")`; closed when dropped. The
     /// browser reconnects on its own after an error.

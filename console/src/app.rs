@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use clawpen_api::{
-    EgressAction, EgressLogEntry, EgressLogProto, EgressRule, InferenceRecord, SnapshotInfo,
-    VmInfo, VmState,
+    EgressAction, EgressLogEntry, EgressLogProto, EgressRule, ForwardInfo, InferenceRecord,
+    InferenceStatus, SnapshotInfo, VmInfo, VmState,
 };
 use leptos::either::Either;
 use leptos::prelude::*;
@@ -12,6 +12,7 @@ use leptos_router::components::{Route, Router, Routes};
 use leptos_router::{path, SsrMode};
 
 use crate::api::{self, Action, LoadFuture};
+use crate::charts::{cache_hit_percents, cache_hit_rate, chart, requests_per_second};
 use crate::sessions::SessionsPanel;
 
 /// The whole stylesheet. Kept free of `<`, `>` and `&`: the text of `<style>`
@@ -68,6 +69,10 @@ li.egress-line { font-size: .8rem; opacity: .75; }
 li.egress-line[data-decision=deny] .decision { color: #d03838; }
 p.charts { display: flex; flex-wrap: wrap; gap: .3rem 1.2rem; font-size: .82rem; margin: .2rem 0 .5rem; }
 p.charts svg { vertical-align: middle; margin-left: .3rem; opacity: .8; }
+p.models { display: flex; flex-wrap: wrap; gap: .3rem; align-items: center; font-size: .85rem; margin: .3rem 0; }
+p.models .model { font-family: ui-monospace, monospace; border: 1px solid #8886; border-radius: .8rem; padding: 0 .5rem; }
+td.vm-forwards { white-space: normal; font-size: .9rem; }
+td.vm-forwards a { display: inline-block; margin-right: .6rem; }
 .mono { font-family: ui-monospace, monospace; }
 p.empty, td.empty, span.allowed { opacity: .6; }
 @media (max-width: 700px) {
@@ -81,6 +86,7 @@ p.empty, td.empty, span.allowed { opacity: .6; }
   table.vms td.vm-name { font-weight: 600; }
   td.vm-image::before { content: "image "; opacity: .6; }
   td.vm-snapshots::before { content: "snapshots "; opacity: .6; }
+  td.vm-forwards::before { content: "open "; opacity: .6; }
   th, td { padding: .35rem .5rem; }
   button { padding: .35rem .7rem; }
 }
@@ -181,6 +187,8 @@ const EGRESS_ENTRIES: usize = 500;
 const SESSION_RECORDS: usize = 500;
 /// Egress log lines shown per VM.
 const EGRESS_ROWS: usize = 50;
+/// Points per chart of the inference panel.
+const CHART_POINTS: usize = 60;
 
 /// What the event stream feeds; shared by every panel of the page.
 #[derive(Clone, Copy)]
@@ -197,6 +205,11 @@ struct Live {
     egress: RwSignal<Vec<EgressLogEntry>>,
     /// The one error line of the VM table.
     error: RwSignal<Option<String>>,
+    /// The inference service's models and queue depths, from
+    /// `inference_status` events.
+    status: RwSignal<StatusLog>,
+    /// Each VM's loopback forwards, by guest port.
+    forwards: RwSignal<HashMap<String, Vec<ForwardInfo>>>,
 }
 
 impl Live {
@@ -208,7 +221,21 @@ impl Live {
             records: RwSignal::new(Vec::new()),
             egress: RwSignal::new(Vec::new()),
             error: RwSignal::new(None),
+            status: RwSignal::new(StatusLog::default()),
+            forwards: RwSignal::new(HashMap::new()),
         }
+    }
+
+    /// Adds a forward of `vm` (or replaces the one of the same guest port).
+    // fed by the event stream, which only the browser follows
+    #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+    fn add_forward(&self, vm: String, forward: ForwardInfo) {
+        self.forwards.update(|m| {
+            let list = m.entry(vm).or_default();
+            list.retain(|f| f.guest_port != forward.guest_port);
+            list.push(forward);
+            list.sort_by_key(|f| f.guest_port);
+        });
     }
 
     /// Adds (or, for a flow that ended, replaces) egress entries.
@@ -287,6 +314,34 @@ impl InferenceLog {
     }
 }
 
+/// What the `inference_status` events said: the latest models, and the
+/// queue depth of each event (oldest first, at most [`CHART_POINTS`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct StatusLog {
+    /// `None` until the first event.
+    models: Option<Vec<String>>,
+    queued: Vec<f64>,
+}
+
+impl StatusLog {
+    #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+    fn push(&mut self, status: InferenceStatus) {
+        self.models = Some(status.models);
+        self.queued.push(status.queued as f64);
+        if self.queued.len() > CHART_POINTS {
+            self.queued.remove(0);
+        }
+    }
+}
+
+/// The label of a forward's link: what listens on that guest port.
+fn forward_label(guest_port: u16) -> String {
+    match guest_port {
+        clawpen_api::OPENCLAW_GATEWAY_PORT => "OpenClaw gateway".to_string(),
+        port => format!("port {port}"),
+    }
+}
+
 /// `HH:MM:SS` (UTC) of a time in ms since the epoch.
 pub(crate) fn clock(ms: u64) -> String {
     let s = (ms / 1000) % 86_400;
@@ -360,7 +415,7 @@ fn VmTable(list: Vec<VmInfo>, live: Live) -> impl IntoView {
     let rows = if list.is_empty() {
         Either::Left(view! {
             <tr class="empty">
-                <td colspan="6">"No VMs yet."</td>
+                <td colspan="7">"No VMs yet."</td>
             </tr>
         })
     } else {
@@ -380,6 +435,7 @@ fn VmTable(list: Vec<VmInfo>, live: Live) -> impl IntoView {
                         <th>"Detail"</th>
                         <th class="vm-image">"Image"</th>
                         <th>"Snapshots"</th>
+                        <th>"Forwards"</th>
                         <th>"Actions"</th>
                     </tr>
                 </thead>
@@ -496,6 +552,34 @@ fn VmRow(info: VmInfo, live: Live) -> impl IntoView {
         })
     };
 
+    let forwards = {
+        let name = name.clone();
+        move || {
+            live.forwards.with(|m| {
+                m.get(&name)
+                    .into_iter()
+                    .flatten()
+                    .map(|f| {
+                        let href = format!("http://{}/", f.host_addr);
+                        let title = format!("guest port {} at {}", f.guest_port, f.host_addr);
+                        view! {
+                            <a
+                                class="forward"
+                                data-port=f.guest_port.to_string()
+                                href=href
+                                title=title
+                                target="_blank"
+                                rel="noopener noreferrer"
+                            >
+                                {forward_label(f.guest_port)}
+                            </a>
+                        }
+                    })
+                    .collect_view()
+            })
+        }
+    };
+
     view! {
         <tr data-vm=name.clone()>
             <td class="vm-name">{name.clone()}</td>
@@ -511,6 +595,7 @@ fn VmRow(info: VmInfo, live: Live) -> impl IntoView {
             </td>
             <td class="vm-image">{info.spec.image}</td>
             <td class="vm-snapshots" data-count=snapshot_count title=snapshot_title>{snapshot_text}</td>
+            <td class="vm-forwards">{forwards}</td>
             <td class="actions">
                 <button
                     class="start"
@@ -864,6 +949,53 @@ fn EgressPanel(name: String, live: Live) -> impl IntoView {
 #[component]
 fn InferencePanel(live: Live) -> impl IntoView {
     let log = live.inference;
+    let status = live.status;
+    let models = move || {
+        status.with(|s| match &s.models {
+            None => Either::Left(view! { <span class="model-none">"–"</span> }),
+            Some(list) if list.is_empty() => {
+                Either::Left(view! { <span class="model-none">"none"</span> })
+            }
+            Some(list) => Either::Right(
+                list.iter()
+                    .map(|m| view! { <span class="model" data-model=m.clone()>{m.clone()}</span> })
+                    .collect_view(),
+            ),
+        })
+    };
+    let model_count = move || {
+        status.with(|s| {
+            s.models
+                .as_ref()
+                .map(|m| m.len().to_string())
+                .unwrap_or_default()
+        })
+    };
+    // every finished request this page knows (backlog and live), newest last
+    let charts = move || {
+        let queued = status.with(|s| s.queued.clone());
+        live.records.with(|all| {
+            let recent = &all[all.len().saturating_sub(CHART_POINTS)..];
+            let series = |f: fn(&InferenceRecord) -> Option<f64>| -> Vec<f64> {
+                recent.iter().filter_map(f).collect()
+            };
+            view! {
+                <p class="charts inference-charts">
+                    {chart("rate", "requests/s", requests_per_second(recent), "", 1)}
+                    {chart("queue", "queue", queued, "", 0)}
+                    {chart("ttft", "TTFT", series(|r| r.time_to_first_token_ms), "ms", 0)}
+                    {chart("prefill", "prefill", series(|r| r.prefill_tokens_per_s), "tok/s", 0)}
+                    {chart("decode", "decode", series(|r| r.decode_tokens_per_s), "tok/s", 1)}
+                    {chart("cache-hit", "cache hit", cache_hit_percents(recent), "%", 0)}
+                </p>
+            }
+        })
+    };
+    let hit_rate = move || {
+        live.records.with(|all| {
+            cache_hit_rate(all).map_or_else(|| "–".to_string(), |p| format!("{p:.0} %"))
+        })
+    };
     let rows = move || {
         let recent = log.with(|l| l.recent.clone());
         if recent.is_empty() {
@@ -925,6 +1057,8 @@ fn InferencePanel(live: Live) -> impl IntoView {
     view! {
         <section class="inference">
             <h2>"Inference"</h2>
+            <p class="models" data-count=model_count>"Models " {models}</p>
+            {charts}
             <p class="totals">
                 <span>
                     <b class="requests" data-count=move || log.with(|l| l.requests.to_string())>
@@ -939,6 +1073,7 @@ fn InferencePanel(live: Live) -> impl IntoView {
                         {move || log.with(|l| l.mean_ttft_ms().map_or_else(|| "–".to_string(), |t| format!("{t:.0} ms")))}
                     </b>
                 </span>
+                <span>"cache hit " <b class="cache-hit">{hit_rate}</b></span>
             </p>
             <h3>"Sessions"</h3>
             <div class="scroll">
@@ -1037,11 +1172,14 @@ fn follow_events(
                 });
             }
             Event::Inference(record) => {
+                let record = *record;
                 live.records
                     .update(|all| merge_records(all, vec![record.clone()]));
                 live.inference.update(|log| log.push(record));
             }
             Event::Egress { entry } => live.merge_egress(vec![entry]),
+            Event::InferenceStatus(status) => live.status.update(|s| s.push(status)),
+            Event::Forward { name, forward } => live.add_forward(name.to_string(), forward),
         }
     };
     let on_open = move || {
@@ -1053,6 +1191,19 @@ fn follow_events(
                 live.records.try_update(|all| merge_records(all, records));
             }
         });
+        // the forwards of the VMs on the page (new ones come as events)
+        for name in shown_names().unwrap_or_default() {
+            leptos::task::spawn_local(async move {
+                match api::forwards(&name).await {
+                    Ok(list) => {
+                        live.forwards.try_update(|m| m.insert(name, list));
+                    }
+                    Err(message) => {
+                        live.error.try_set(Some(message));
+                    }
+                }
+            });
+        }
         fresh.borrow_mut().clear();
         let fresh = Rc::clone(&fresh);
         leptos::task::spawn_local(async move {
@@ -1110,7 +1261,29 @@ mod tests {
             output_text: String::new(),
             calls: vec![],
             tool_results: vec![],
+            queue_wait_ms: None,
         }
+    }
+
+    #[test]
+    fn status_log_keeps_the_latest_models_and_the_newest_depths() {
+        let mut log = StatusLog::default();
+        for queued in 0..(CHART_POINTS as u64 + 3) {
+            log.push(InferenceStatus {
+                models: vec![format!("m{queued}")],
+                queued,
+                time_unix_ms: 0,
+            });
+        }
+        assert_eq!(log.models, Some(vec![format!("m{}", CHART_POINTS + 2)]));
+        assert_eq!(log.queued.len(), CHART_POINTS);
+        assert_eq!(log.queued[0], 3.0);
+    }
+
+    #[test]
+    fn the_openclaw_gateway_forward_is_named() {
+        assert_eq!(forward_label(18789), "OpenClaw gateway");
+        assert_eq!(forward_label(8080), "port 8080");
     }
 
     #[test]

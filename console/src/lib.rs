@@ -16,6 +16,7 @@
 
 mod api;
 mod app;
+mod charts;
 #[cfg(feature = "ssr")]
 mod server;
 mod sessions;

@@ -159,6 +159,14 @@ mod tests {
         );
         assert!(html.contains(r#"<table class="inference">"#), "{html}");
         assert!(html.contains("No requests yet."), "{html}");
+        // the inference charts are there from the start, empty
+        for metric in ["rate", "queue", "ttft", "prefill", "decode", "cache-hit"] {
+            assert!(
+                html.contains(&format!(r#"data-metric="{metric}""#)),
+                "{metric}: {html}"
+            );
+        }
+        assert!(html.contains(r#"<td class="vm-forwards">"#), "{html}");
     }
 
     #[tokio::test]

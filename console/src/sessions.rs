@@ -10,6 +10,8 @@ use clawpen_api::{EgressLogEntry, InferenceRecord};
 use leptos::either::Either;
 use leptos::prelude::*;
 
+use crate::charts::{chart, per_bucket};
+
 /// One agent session of a VM: its turns in time order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Session {
@@ -73,7 +75,8 @@ pub fn sessions_of(vm: &str, records: &[InferenceRecord]) -> Vec<Session> {
 /// One line of a session's timeline.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    Turn(InferenceRecord),
+    /// Boxed: a record is twice the size of an egress entry.
+    Turn(Box<InferenceRecord>),
     Egress(EgressLogEntry),
 }
 
@@ -87,7 +90,7 @@ pub fn timeline(session: &Session, egress: &[EgressLogEntry]) -> Vec<Step> {
     let mut steps: Vec<(u64, u8, Step)> = session
         .turns
         .iter()
-        .map(|t| (t.started_at_ms, 0, Step::Turn(t.clone())))
+        .map(|t| (t.started_at_ms, 0, Step::Turn(Box::new(t.clone()))))
         .collect();
     steps.extend(
         egress
@@ -99,28 +102,6 @@ pub fn timeline(session: &Session, egress: &[EgressLogEntry]) -> Vec<Step> {
     steps.into_iter().map(|(_, _, s)| s).collect()
 }
 
-/// Points of an SVG polyline for `values` in a `w` × `h` box (highest value
-/// at the top), or `None` with fewer than two values.
-pub fn sparkline(values: &[f64], w: f64, h: f64) -> Option<String> {
-    if values.len() < 2 {
-        return None;
-    }
-    let max = values
-        .iter()
-        .cloned()
-        .fold(0.0_f64, f64::max)
-        .max(f64::MIN_POSITIVE);
-    let step = w / (values.len() - 1) as f64;
-    Some(
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| format!("{:.1},{:.1}", i as f64 * step, h - v / max * h))
-            .collect::<Vec<_>>()
-            .join(" "),
-    )
-}
-
 /// `backlog` then `live`, each record once.
 fn merged(backlog: &[InferenceRecord], live: &[InferenceRecord]) -> Vec<InferenceRecord> {
     let mut seen = HashSet::new();
@@ -130,29 +111,6 @@ fn merged(backlog: &[InferenceRecord], live: &[InferenceRecord]) -> Vec<Inferenc
         .filter(|r| seen.insert(r.request_id.clone()))
         .cloned()
         .collect()
-}
-
-/// A small chart: the label, the last value and a sparkline.
-fn chart(
-    class: &'static str,
-    label: &'static str,
-    values: Vec<f64>,
-    unit: &'static str,
-) -> impl IntoView {
-    let last = values
-        .last()
-        .map_or_else(|| "–".to_string(), |v| format!("{v:.0} {unit}"));
-    let points = sparkline(&values, 120.0, 24.0);
-    view! {
-        <span class=format!("spark {class}")>
-            {label} " " <b>{last}</b>
-            {points.map(|points| view! {
-                <svg width="120" height="24" viewBox="0 0 120 24" role="img" aria-label=label>
-                    <polyline points=points fill="none" stroke="currentColor" stroke-width="1.5"/>
-                </svg>
-            })}
-        </span>
-    }
 }
 
 /// The sessions of VM `name`: `backlog` (what the supervisor had when the
@@ -182,24 +140,14 @@ pub fn SessionsPanel(
                 .filter_map(|r| r.time_to_first_token_ms)
                 .collect();
             let decode: Vec<f64> = last.iter().filter_map(|r| r.decode_tokens_per_s).collect();
-            // requests per minute-bucket over the recent records
-            let mut per_min: Vec<f64> = Vec::new();
-            if let (Some(first), Some(end)) = (last.first(), last.last()) {
-                let start = first.started_at_ms / 60_000;
-                let buckets = (end.started_at_ms / 60_000 - start + 1).min(30) as usize;
-                per_min = vec![0.0; buckets];
-                for r in &last {
-                    let b = (r.started_at_ms / 60_000 - start) as usize;
-                    if let Some(slot) = per_min.get_mut(b) {
-                        *slot += 1.0;
-                    }
-                }
-            }
+            // requests per minute over the recent records
+            let starts: Vec<u64> = last.iter().map(|r| r.started_at_ms).collect();
+            let per_min = per_bucket(&starts, 60_000, 30);
             view! {
                 <p class="charts">
-                    {chart("requests", "req/min", per_min, "")}
-                    {chart("ttft", "TTFT", ttft, "ms")}
-                    {chart("decode", "decode", decode, "tok/s")}
+                    {chart("requests", "req/min", per_min, "", 0)}
+                    {chart("ttft", "TTFT", ttft, "ms", 0)}
+                    {chart("decode", "decode", decode, "tok/s", 0)}
                 </p>
             }
         })
@@ -348,6 +296,7 @@ mod tests {
             output_text: String::new(),
             calls: vec![],
             tool_results: vec![],
+            queue_wait_ms: None,
         }
     }
 
@@ -438,7 +387,7 @@ mod tests {
             name: "get_weather".into(),
             arguments: r#"{"city":"Paris"}"#.into(),
         }];
-        let html = step_view(Step::Turn(t)).to_html();
+        let html = step_view(Step::Turn(Box::new(t))).to_html();
         assert!(html.contains(r#"class="turn""#), "{html}");
         assert!(html.contains(r#"data-name="get_weather""#), "{html}");
         assert!(html.contains(r#"class="tool-call""#), "{html}");
@@ -456,15 +405,6 @@ mod tests {
         assert!(
             line.contains(r#"class="egress-line""#) && line.contains("example.com:443"),
             "{line}"
-        );
-    }
-
-    #[test]
-    fn sparkline_scales_to_the_box() {
-        assert_eq!(sparkline(&[1.0], 10.0, 10.0), None);
-        assert_eq!(
-            sparkline(&[0.0, 2.0], 10.0, 10.0).unwrap(),
-            "0.0,10.0 10.0,0.0"
         );
     }
 }

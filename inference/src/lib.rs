@@ -215,6 +215,21 @@ impl Inference {
         self.state.metrics.subscribe()
     }
 
+    /// The models the engine serves: those that loaded (local engine; waits
+    /// for loading to end) or those the upstream lists (else its configured
+    /// model). Empty without an engine.
+    pub async fn served_models(&self) -> Vec<String> {
+        match &self.state.engine {
+            Some(engine) => server::served_models(engine.as_ref()).await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Follows the number of requests waiting for a turn (local engine).
+    pub fn watch_queued(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.state.metrics.watch_queued()
+    }
+
     /// The routes, ready to serve.
     pub fn router(&self) -> Router {
         server::routes(self.state.clone())

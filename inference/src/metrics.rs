@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::engine::local::cache::CacheStats;
 use crate::engine::{ChatMessage, Role};
@@ -211,6 +211,9 @@ pub struct Metrics {
     totals: Mutex<BTreeMap<String, ClientTotals>>,
     /// Requests waiting in an engine's queue, by (model, client).
     queued: Mutex<BTreeMap<(String, String), usize>>,
+    /// Their sum, for watchers of the queue (the supervisor's console
+    /// events); set on every change.
+    queued_total: watch::Sender<usize>,
     /// Each local model's prefix cache: counters and bytes held.
     prefix_caches: Mutex<BTreeMap<String, (CacheStats, u64)>>,
 }
@@ -228,6 +231,7 @@ impl Metrics {
             live: AtomicI64::new(0),
             totals: Mutex::new(BTreeMap::new()),
             queued: Mutex::new(BTreeMap::new()),
+            queued_total: watch::channel(0).0,
             prefix_caches: Mutex::new(BTreeMap::new()),
         }
     }
@@ -246,6 +250,12 @@ impl Metrics {
     /// Requests waiting in an engine's queue now, all models and clients.
     pub fn queued_requests(&self) -> usize {
         self.queued.lock().map_or(0, |q| q.values().sum())
+    }
+
+    /// Follows [`Metrics::queued_requests`]: the receiver sees each new
+    /// total (changes that land together may be seen as one).
+    pub fn watch_queued(&self) -> watch::Receiver<usize> {
+        self.queued_total.subscribe()
     }
 
     /// Starts recording one generation.
@@ -498,6 +508,9 @@ impl crate::engine::local::Observer for Metrics {
             } else {
                 q.insert(key, waiting);
             }
+            let total = q.values().sum();
+            self.queued_total
+                .send_if_modified(|t| std::mem::replace(t, total) != total);
         }
     }
 }
@@ -711,13 +724,19 @@ mod tests {
         assert!(text.contains(r#"clawpen_inference_tool_calls_total{client="b"} 1"#));
         assert!(text.contains(r#"clawpen_inference_queue_wait_seconds_sum{client="b"} 0.2"#));
         use crate::engine::local::Observer;
+        let mut watch = m.watch_queued();
         m.queue_depth("m", "b", 3);
         m.queue_depth("m", "a", 1);
         assert_eq!(m.queued_requests(), 4);
+        assert!(watch.has_changed().unwrap());
+        assert_eq!(*watch.borrow_and_update(), 4);
         assert!(m
             .prometheus()
             .contains(r#"clawpen_inference_queued_requests{model="m",client="b"} 3"#));
         m.queue_depth("m", "b", 0);
+        assert_eq!(*watch.borrow_and_update(), 1);
+        m.queue_depth("m", "a", 1);
+        assert!(!watch.has_changed().unwrap(), "the same total is no change");
         m.prefix_cache(
             "m",
             CacheStats {

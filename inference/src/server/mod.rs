@@ -150,13 +150,18 @@ pub struct ModelList {
     pub data: Vec<ModelObject>,
 }
 
+/// What `engine` serves: the models it lists, else its default model.
+pub(crate) async fn served_models(engine: &dyn Engine) -> Vec<String> {
+    match engine.models().await {
+        Some(ids) => ids,
+        None => engine.default_model().into_iter().collect(),
+    }
+}
+
 /// With an engine: the models it serves. Without: the GGUF files found.
 async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     if let Some(engine) = &state.engine {
-        let ids = match engine.models().await {
-            Some(ids) => ids,
-            None => engine.default_model().into_iter().collect(),
-        };
+        let ids = served_models(engine.as_ref()).await;
         return Json(ModelList {
             object: "list".into(),
             data: ids

@@ -15,7 +15,10 @@ use crate::events::EventBus;
 pub async fn stream(
     State(events): State<EventBus>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let stream = BroadcastStream::new(events.subscribe()).map(|item| {
+    // the current inference status first: it only comes again when it changes
+    let (status, rx) = events.subscribe_with_status();
+    let first = tokio_stream::iter(status.map(Ok));
+    let stream = first.chain(BroadcastStream::new(rx)).map(|item| {
         Ok(match item {
             Ok(event) => SseEvent::default()
                 .event(event.kind())

@@ -61,3 +61,14 @@ pub async fn open(
     let addr = egress.forward(&name, request.guest_port).await?;
     Ok((StatusCode::CREATED, Json(info((request.guest_port, addr)))))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_console_labels_the_port_the_openclaw_image_uses() {
+        assert_eq!(
+            clawpen_api::OPENCLAW_GATEWAY_PORT,
+            clawpen_vmimage::openclaw::DEFAULT_GATEWAY_PORT
+        );
+    }
+}

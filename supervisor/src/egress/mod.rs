@@ -86,6 +86,8 @@ pub struct Egress {
     forward_to: Arc<Mutex<HashMap<VmName, mpsc::UnboundedSender<gateway::Forwarded>>>>,
     /// Open forwards: (VM, guest port) → host address.
     forwards: Mutex<HashMap<(VmName, u16), Forward>>,
+    /// Where a new forward is announced (the console links to it).
+    events: EventBus,
 }
 
 /// A loopback listener whose connections go to a guest port.
@@ -106,7 +108,7 @@ impl Egress {
         let resolver = resolve::Resolver::from_env()?;
         let next_id = store.max_egress_log_id()? + 1;
         Ok(Arc::new(Self {
-            log: log::spawn_writer(store.clone(), events),
+            log: log::spawn_writer(store.clone(), events.clone()),
             store,
             ids: Arc::new(AtomicU64::new(next_id)),
             resolver: Arc::new(resolver),
@@ -114,6 +116,7 @@ impl Egress {
             live: Mutex::new(HashMap::new()),
             forward_to: Arc::default(),
             forwards: Mutex::new(HashMap::new()),
+            events,
         }))
     }
 
@@ -231,7 +234,18 @@ impl Egress {
         let mut forwards = self.lock_forwards();
         // A racing call may have opened one meanwhile: keep the first.
         let forward = forwards.entry(key).or_insert(Forward { addr, accept });
-        Ok(forward.addr)
+        let opened = forward.addr;
+        drop(forwards);
+        if opened == addr {
+            self.events.publish(clawpen_api::Event::Forward {
+                name: vm.clone(),
+                forward: clawpen_api::ForwardInfo {
+                    guest_port,
+                    host_addr: addr.to_string(),
+                },
+            });
+        }
+        Ok(opened)
     }
 
     /// The VM's open forwards: (guest port, host address), by port.
