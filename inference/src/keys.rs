@@ -41,6 +41,50 @@ struct KeyTable {
     dynamic: HashMap<String, String>,
 }
 
+/// Who a request is from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The client name the key maps to ([`ANONYMOUS`] without one).
+    pub client: String,
+    /// Whether the request may name a sub-client it acts for (a VM host's
+    /// supervisor relaying its VMs' requests: [`ON_BEHALF_OF`]). True for
+    /// configured keys and for anonymous requests where no key is needed
+    /// (anyone may be anyone there); never for a per-VM key, so a guest
+    /// cannot change how its own requests are attributed.
+    pub may_delegate: bool,
+}
+
+/// Request header naming the sub-client (a VM) a delegating client relays
+/// for: the request is then attributed, queued fairly and prefix-cached as
+/// `CLIENT/SUB` (see [`delegated_client`]).
+pub const ON_BEHALF_OF: &str = "x-clawpen-client";
+
+/// Why an [`ON_BEHALF_OF`] value is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DelegationError {
+    #[error("`{ON_BEHALF_OF}` must be 1 to 64 of a-z, 0-9, `-`, `_`, `.`; got {0:?}")]
+    BadName(String),
+    #[error("`{ON_BEHALF_OF}` is only accepted with a configured API key")]
+    NotAllowed,
+}
+
+/// The client a request is attributed to when `identity` sends
+/// [`ON_BEHALF_OF`] with `sub`: `CLIENT/SUB`, so a relay can only split
+/// its own scope, never step into another client's.
+pub fn delegated_client(identity: &Identity, sub: &str) -> Result<String, DelegationError> {
+    let ok = (1..=64).contains(&sub.len())
+        && sub
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if !ok {
+        return Err(DelegationError::BadName(sub.chars().take(80).collect()));
+    }
+    if !identity.may_delegate {
+        return Err(DelegationError::NotAllowed);
+    }
+    Ok(format!("{}/{sub}", identity.client))
+}
+
 /// The key table, shared by every listener of one service; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct ApiKeys {
@@ -102,6 +146,16 @@ impl ApiKeys {
         authorization: Option<&str>,
         policy: KeyPolicy,
     ) -> Result<String, KeyError> {
+        self.identify(authorization, policy).map(|id| id.client)
+    }
+
+    /// [`ApiKeys::client`], and whether that client may act for others
+    /// (see [`Identity::may_delegate`]).
+    pub fn identify(
+        &self,
+        authorization: Option<&str>,
+        policy: KeyPolicy,
+    ) -> Result<Identity, KeyError> {
         let table = self.read();
         let enforce = policy == KeyPolicy::Required || !table.fixed.is_empty();
         let token = authorization.and_then(bearer_token);
@@ -110,18 +164,29 @@ impl ApiKeys {
             let all = table
                 .fixed
                 .iter()
-                .map(|(k, c)| (k.as_str(), c.as_str()))
-                .chain(table.dynamic.iter().map(|(k, c)| (k.as_str(), c.as_str())));
-            for (key, client) in all {
+                .map(|(k, c)| (k.as_str(), c.as_str(), true))
+                .chain(
+                    table
+                        .dynamic
+                        .iter()
+                        .map(|(k, c)| (k.as_str(), c.as_str(), false)),
+                );
+            for (key, client, fixed) in all {
                 if constant_time_eq(key.as_bytes(), token.as_bytes()) {
-                    found = Some(client.to_owned());
+                    found = Some(Identity {
+                        client: client.to_owned(),
+                        may_delegate: fixed,
+                    });
                 }
             }
             found
         });
         match (found, token) {
-            (Some(client), _) => Ok(client),
-            (None, _) if !enforce => Ok(ANONYMOUS.to_owned()),
+            (Some(identity), _) => Ok(identity),
+            (None, _) if !enforce => Ok(Identity {
+                client: ANONYMOUS.to_owned(),
+                may_delegate: true,
+            }),
             (None, None) => Err(KeyError::Missing),
             (None, Some(_)) => Err(KeyError::Invalid),
         }
@@ -181,6 +246,33 @@ mod tests {
             keys.client(Some("Bearer sk-c"), Required),
             Err(KeyError::Invalid)
         );
+    }
+
+    #[test]
+    fn only_configured_keys_and_open_listeners_may_delegate() {
+        let keys = ApiKeys::new(&HashMap::from([(
+            "sk-host".to_owned(),
+            "vm-host".to_owned(),
+        )]));
+        keys.insert("sk-vm1", "vm1");
+        let host = keys.identify(Some("Bearer sk-host"), Required).unwrap();
+        assert_eq!(delegated_client(&host, "demo").unwrap(), "vm-host/demo");
+        let vm = keys.identify(Some("Bearer sk-vm1"), Required).unwrap();
+        assert_eq!(
+            delegated_client(&vm, "other"),
+            Err(DelegationError::NotAllowed)
+        );
+        let open = ApiKeys::default().identify(None, IfConfigured).unwrap();
+        assert_eq!(delegated_client(&open, "demo").unwrap(), "anonymous/demo");
+        for bad in ["", "Demo", "a/b", "a b", &"x".repeat(65)] {
+            assert!(
+                matches!(
+                    delegated_client(&host, bad),
+                    Err(DelegationError::BadName(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct InferenceConfig {
     pub tool_format: Option<Family>,
     /// Sent to the upstream as `Authorization: Bearer`.
     pub upstream_api_key: Option<String>,
+    /// The upstream is another clawpen: each request names its client (the
+    /// VM) there, see [`engine::upstream::UpstreamSettings::forward_client`].
+    pub upstream_is_clawpen: bool,
     /// API key → client name. Empty: no authentication, every request is
     /// from client `anonymous`.
     pub api_keys: HashMap<String, String>,
@@ -100,6 +103,7 @@ impl Default for InferenceConfig {
             prefix_cache_bytes: None,
             tool_format: None,
             upstream_api_key: None,
+            upstream_is_clawpen: false,
             api_keys: HashMap::new(),
             keepalive_interval: Duration::from_secs(15),
             store_path: None,
@@ -166,6 +170,7 @@ impl Inference {
                     model: config.model.clone(),
                     tool_format: config.tool_format,
                     api_key: config.upstream_api_key.clone(),
+                    forward_client: config.upstream_is_clawpen,
                 },
             )?)),
         };

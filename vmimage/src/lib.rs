@@ -33,7 +33,7 @@ pub use command::CommandError;
 pub use manifest::{FileRole, ImageFile, ImageManifest, ManifestError, Software, SourcePackage};
 pub use openclaw::{Arch, GuestConfig, InferenceConfig, OpenClawError};
 pub use progress::Progress;
-pub use store::{Image, ImageError, ImageStore, Listed};
+pub use store::{sha256_file, Image, ImageError, ImageStore, Listed};
 
 /// Name of the tiny test guest image in the store.
 pub const TEST_GUEST: &str = "test-guest";

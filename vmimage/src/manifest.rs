@@ -18,6 +18,14 @@ pub const INITRD_FILE: &str = "initrd.cpio";
 pub const DISK_FILE: &str = "disk.qcow2";
 /// See [`KERNEL_FILE`].
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// A macOS guest's raw disk (Virtualization.framework reads no qcow2).
+pub const MAC_DISK_FILE: &str = "disk.raw";
+/// A macOS guest's auxiliary storage (NVRAM), `VZMacAuxiliaryStorage`.
+pub const MAC_AUX_FILE: &str = "aux.img";
+/// A macOS guest's `VZMacHardwareModel.dataRepresentation`.
+pub const MAC_HARDWARE_MODEL_FILE: &str = "hardware-model.bin";
+/// A macOS guest's `VZMacMachineIdentifier.dataRepresentation`.
+pub const MAC_MACHINE_ID_FILE: &str = "machine-id.bin";
 
 /// Description of one built image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,18 +89,37 @@ pub enum FileRole {
     Kernel,
     Initrd,
     Disk,
+    /// macOS guests (`clawpen image create --macos`): see [`FileRole::MACOS`].
+    MacDisk,
+    MacAux,
+    MacHardwareModel,
+    MacMachineId,
 }
 
 impl FileRole {
-    /// All roles, each of which an image must have exactly once.
+    /// The roles of a Linux guest image, each exactly once.
     pub const ALL: [FileRole; 3] = [FileRole::Kernel, FileRole::Initrd, FileRole::Disk];
 
+    /// The roles of a macOS guest image (installed from an IPSW on a Mac),
+    /// each exactly once: no kernel, the platform's files instead. A
+    /// manifest is one kind or the other, told apart by its files.
+    pub const MACOS: [FileRole; 4] = [
+        FileRole::MacDisk,
+        FileRole::MacAux,
+        FileRole::MacHardwareModel,
+        FileRole::MacMachineId,
+    ];
+
     /// The fixed file name for this role.
-    pub fn file_name(self) -> &'static str {
+    pub const fn file_name(self) -> &'static str {
         match self {
             FileRole::Kernel => KERNEL_FILE,
             FileRole::Initrd => INITRD_FILE,
             FileRole::Disk => DISK_FILE,
+            FileRole::MacDisk => MAC_DISK_FILE,
+            FileRole::MacAux => MAC_AUX_FILE,
+            FileRole::MacHardwareModel => MAC_HARDWARE_MODEL_FILE,
+            FileRole::MacMachineId => MAC_MACHINE_ID_FILE,
         }
     }
 }
@@ -136,6 +163,20 @@ impl ImageManifest {
         Ok(v)
     }
 
+    /// Whether this is a macOS guest (its files are [`FileRole::MACOS`]).
+    pub fn is_macos(&self) -> bool {
+        self.file(FileRole::MacHardwareModel).is_some()
+    }
+
+    /// The roles this manifest's kind of image must have.
+    pub fn roles(&self) -> &'static [FileRole] {
+        if self.is_macos() {
+            &FileRole::MACOS
+        } else {
+            &FileRole::ALL
+        }
+    }
+
     /// The entry for `role`, if present.
     pub fn file(&self, role: FileRole) -> Option<&ImageFile> {
         self.files.iter().find(|f| f.role == role)
@@ -154,20 +195,22 @@ impl ImageManifest {
                 format!("{:?} is not [a-z0-9-]+", self.name),
             ));
         }
-        if self.kernel_cmdline.trim().is_empty() {
+        // A macOS guest boots from its platform files, not a command line.
+        if !self.is_macos() && self.kernel_cmdline.trim().is_empty() {
             return Err(invalid("kernel_cmdline", "empty".into()));
         }
-        if self.files.len() != FileRole::ALL.len() {
+        let roles = self.roles();
+        if self.files.len() != roles.len() {
             return Err(invalid(
                 "files",
                 format!(
                     "expected {} entries, found {}",
-                    FileRole::ALL.len(),
+                    roles.len(),
                     self.files.len()
                 ),
             ));
         }
-        for role in FileRole::ALL {
+        for &role in roles {
             let f = self
                 .file(role)
                 .ok_or_else(|| invalid("files", format!("no {role:?} file")))?;
@@ -293,6 +336,45 @@ mod tests {
             ImageManifest::from_json(&m.to_json().unwrap()),
             Err(ManifestError::Invalid {
                 field: "software",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn macos_images_have_platform_files_and_no_kernel() {
+        let h = "cd".repeat(32);
+        let mut m = sample();
+        m.name = "macos".into();
+        m.arch = "aarch64".into();
+        m.kernel_cmdline = String::new();
+        m.files = FileRole::MACOS
+            .iter()
+            .map(|&role| ImageFile {
+                role,
+                file: role.file_name().into(),
+                size: 7,
+                sha256: h.clone(),
+            })
+            .collect();
+        let back = ImageManifest::from_json(&m.to_json().unwrap()).unwrap();
+        assert!(back.is_macos());
+        assert_eq!(back.roles(), &FileRole::MACOS);
+        assert!(!sample().is_macos());
+        // one kind or the other: a kernel among macOS files is refused
+        let mut mixed = m.clone();
+        mixed.files[0] = sample().files[0].clone();
+        assert!(matches!(
+            ImageManifest::from_json(&mixed.to_json().unwrap()),
+            Err(ManifestError::Invalid { field: "files", .. })
+        ));
+        // and a Linux image still needs its command line
+        let mut linux = sample();
+        linux.kernel_cmdline = " ".into();
+        assert!(matches!(
+            ImageManifest::from_json(&linux.to_json().unwrap()),
+            Err(ManifestError::Invalid {
+                field: "kernel_cmdline",
                 ..
             })
         ));

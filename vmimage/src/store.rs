@@ -421,7 +421,7 @@ impl Drop for Cleanup {
 }
 
 /// SHA-256 of a file as lowercase hex; `progress(bytes_done)` per chunk.
-pub(crate) fn sha256_file(path: &Path, progress: &dyn Fn(u64)) -> std::io::Result<String> {
+pub fn sha256_file(path: &Path, progress: &dyn Fn(u64)) -> std::io::Result<String> {
     let mut f = File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -75,7 +75,8 @@ pub struct GenerateRequest {
     pub prompt_cache_key: Option<String>,
     pub stop: Option<Value>,
     /// The client (one per VM, from its API key) the request comes from:
-    /// the local engine queues clients fairly by it. Not sent upstream.
+    /// the local engine queues clients fairly by it. Sent upstream only to
+    /// another clawpen (`UpstreamSettings::forward_client`).
     pub client: Option<String>,
     /// Fields the client sent that clawpen does not interpret (`seed`,
     /// `top_k`, `chat_template_kwargs`, ...): passed on to an upstream as-is.

@@ -29,6 +29,11 @@ pub struct UpstreamSettings {
     pub tool_format: Option<Family>,
     /// Sent as `Authorization: Bearer` to the upstream.
     pub api_key: Option<String>,
+    /// Name the requesting client (the VM) in [`crate::keys::ON_BEHALF_OF`]:
+    /// for an upstream that is another clawpen (`clawpen up
+    /// --inference-url`), so it queues and caches per VM. Off for foreign
+    /// servers, which have no use for VM names.
+    pub forward_client: bool,
 }
 
 /// An upstream that cannot be used as configured.
@@ -38,6 +43,16 @@ pub enum UpstreamError {
     BadUrl { url: String },
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("cannot reach the inference service at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the inference service at {url} answered {status} to GET /models: {message}")]
+    Refused {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("the inference service at {url} sent a model list that is not OpenAI-shaped")]
+    BadModelList { url: String },
 }
 
 /// How long a `GET /models` answer (or its failure) is reused.
@@ -90,22 +105,45 @@ impl UpstreamEngine {
     }
 
     async fn fetch_models(&self) -> Option<Vec<String>> {
+        self.list_models(Duration::from_secs(5)).await.ok()
+    }
+
+    /// The upstream's `GET /models` ids, with the reason when there are
+    /// none: `clawpen up --inference-url` checks its remote this way at
+    /// start (reachable, key accepted) rather than at the first guest's
+    /// request.
+    pub async fn list_models(&self, timeout: Duration) -> Result<Vec<String>, UpstreamError> {
         let mut rb = self
             .client
             .get(format!("{}/models", self.base))
-            .timeout(Duration::from_secs(5));
+            .timeout(timeout);
         if let Some(k) = &self.settings.api_key {
             rb = rb.bearer_auth(k);
         }
-        let resp = rb.send().await.ok()?.error_for_status().ok()?;
-        let body: Value = resp.json().await.ok()?;
+        let resp = rb.send().await.map_err(|e| UpstreamError::Unreachable {
+            url: self.base.clone(),
+            reason: error_chain(&e),
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(UpstreamError::Refused {
+                url: self.base.clone(),
+                status: status.as_u16(),
+                message: read_error(resp).await,
+            });
+        }
+        let bad = || UpstreamError::BadModelList {
+            url: self.base.clone(),
+        };
+        let body: Value = resp.json().await.map_err(|_| bad())?;
         let ids = body
-            .get("data")?
-            .as_array()?
+            .get("data")
+            .and_then(Value::as_array)
+            .ok_or_else(bad)?
             .iter()
             .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
             .collect();
-        Some(ids)
+        Ok(ids)
     }
 }
 
@@ -148,8 +186,11 @@ impl Engine for UpstreamEngine {
 
     async fn generate(&self, request: GenerateRequest) -> Result<EngineStream, EngineError> {
         let body = request_body(&request);
-        let resp = self
-            .post("/chat/completions")
+        let mut post = self.post("/chat/completions");
+        if let (true, Some(client)) = (self.settings.forward_client, &request.client) {
+            post = post.header(crate::keys::ON_BEHALF_OF, client);
+        }
+        let resp = post
             .json(&body)
             .send()
             .await
@@ -225,6 +266,19 @@ pub fn request_body(r: &GenerateRequest) -> Value {
     );
     set("stop", r.stop.clone());
     Value::Object(body)
+}
+
+/// An error with its causes ("error sending request: ... Connection
+/// refused"), since reqwest's own message stops at the outermost.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 async fn read_error(mut resp: reqwest::Response) -> String {
@@ -332,6 +386,7 @@ mod tests {
                 model: None,
                 tool_format: None,
                 api_key: None,
+                forward_client: false,
             });
             assert!(matches!(r, Err(UpstreamError::BadUrl { .. })), "{url}");
         }

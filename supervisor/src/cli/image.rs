@@ -27,6 +27,9 @@ pub enum ImageCommand {
         #[arg(long)]
         images: Option<PathBuf>,
     },
+    /// Install a macOS guest image from an IPSW restore image (macOS on
+    /// Apple silicon only): `clawpen image create --macos FILE.ipsw`.
+    Create(super::image_macos::CreateArgs),
     /// List the images in the store.
     Ls {
         /// Image store folder (default: the state directory's `images/`).
@@ -88,6 +91,7 @@ pub async fn run(home: Option<PathBuf>, command: ImageCommand) -> Result<(), Cli
             print_details(&image);
             Ok(())
         }
+        ImageCommand::Create(args) => super::image_macos::create(home, args).await,
         ImageCommand::Ls { images } => {
             let store = open_store(home, images)?;
             let list = store.list().context("listing images")?;
@@ -101,6 +105,7 @@ pub async fn run(home: Option<PathBuf>, command: ImageCommand) -> Result<(), Cli
                         let m = &image.manifest;
                         let disk = m
                             .file(clawpen_vmimage::FileRole::Disk)
+                            .or(m.file(clawpen_vmimage::FileRole::MacDisk))
                             .map_or(0, |f| f.size >> 20);
                         let software: Vec<String> = m
                             .software
@@ -131,7 +136,10 @@ enum Kind {
     TestGuest,
 }
 
-fn open_store(home: Option<PathBuf>, images: Option<PathBuf>) -> Result<ImageStore, CliError> {
+pub(super) fn open_store(
+    home: Option<PathBuf>,
+    images: Option<PathBuf>,
+) -> Result<ImageStore, CliError> {
     let dir = match images {
         Some(dir) => dir,
         None => StateDir::resolve(home).context("state directory")?.images(),

@@ -19,11 +19,21 @@ pub enum InferenceCommand {
 
 #[derive(Args)]
 pub struct ServeArgs {
+    /// Address to serve on. Any address other than loopback needs
+    /// `--api-key` (the inference host of a VM host elsewhere).
     #[arg(long, default_value = "127.0.0.1:7080")]
     listen: SocketAddr,
+    /// Requests must carry `Authorization: Bearer KEY`; they are attributed
+    /// to client `vm-host`, which may name the VM it relays for (`clawpen up
+    /// --inference-url ... --inference-key KEY`).
+    #[arg(long, env = "CLAWPEN_INFERENCE_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     #[command(flatten)]
     engine: EngineArgs,
 }
+
+/// The client name `serve --api-key`'s key maps to.
+pub const KEYED_CLIENT: &str = "vm-host";
 
 /// Where generations come from and how their text is read.
 #[derive(Args, Clone)]
@@ -88,16 +98,55 @@ impl EngineArgs {
 
 pub async fn run(home: Option<PathBuf>, command: InferenceCommand) -> Result<(), CliError> {
     let InferenceCommand::Serve(args) = command;
+    let api_key = serve_key(args.listen, args.api_key)?;
     let state = StateDir::resolve(home).context("state directory")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("local address")?;
     println!("inference: http://{addr}/v1");
-    clawpen_inference::serve(listener, args.engine.config(&state), async {
+    let mut config = args.engine.config(&state);
+    if let Some(key) = api_key {
+        config.api_keys.insert(key, KEYED_CLIENT.to_owned());
+    }
+    clawpen_inference::serve(listener, config, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await
     .context("inference service")?;
     Ok(())
+}
+
+/// `--api-key`, checked: a listener beyond loopback without one would serve
+/// anyone on the network, so it is refused; an empty key is refused too.
+fn serve_key(listen: SocketAddr, key: Option<String>) -> Result<Option<String>, CliError> {
+    match key {
+        Some(k) if k.trim().is_empty() => Err(CliError::BadInput("--api-key is empty".into())),
+        Some(k) => Ok(Some(k)),
+        None if listen.ip().is_loopback() => Ok(None),
+        None => Err(CliError::BadInput(format!(
+            "--listen {listen}: serving inference beyond this machine needs --api-key \
+             (the VM host then passes it as `clawpen up --inference-key`)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_beyond_loopback_needs_a_key() {
+        let lan: SocketAddr = "0.0.0.0:7080".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:7080".parse().unwrap();
+        assert!(
+            matches!(serve_key(lan, None), Err(CliError::BadInput(m)) if m.contains("--api-key"))
+        );
+        assert_eq!(
+            serve_key(lan, Some("k".into())).unwrap().as_deref(),
+            Some("k")
+        );
+        assert_eq!(serve_key(local, None).unwrap(), None);
+        assert!(serve_key(local, Some(" ".into())).is_err());
+    }
 }

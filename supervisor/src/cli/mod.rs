@@ -3,8 +3,10 @@
 mod client;
 pub mod egress;
 pub mod image;
+mod image_macos;
 pub mod inference;
 mod progress;
+mod remote;
 pub mod share;
 pub mod up;
 pub mod vm;

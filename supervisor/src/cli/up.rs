@@ -35,6 +35,14 @@ pub struct UpArgs {
     accel: Option<Accel>,
     #[command(flatten)]
     engine: super::inference::EngineArgs,
+    /// Generate on another machine's inference service (`clawpen inference
+    /// serve --listen ADDR` there), e.g. `http://mac-studio.local:7080`,
+    /// instead of in this process. Guests keep their address and keys.
+    #[arg(long, env = "CLAWPEN_INFERENCE_URL", conflicts_with = "upstream")]
+    inference_url: Option<String>,
+    /// The remote's `--api-key`.
+    #[arg(long, env = "CLAWPEN_REMOTE_INFERENCE_KEY", hide_env_values = true)]
+    inference_key: Option<String>,
     /// A folder under which VMs may be given shares (repeatable; none: no
     /// sharing at all).
     #[arg(
@@ -73,6 +81,18 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
         )));
     }
     let state_dir = StateDir::resolve(home).context("state directory")?;
+    let mut engine_config = args.engine.config(&state_dir);
+    let remote = super::remote::Remote::from_args(
+        args.inference_url.as_deref(),
+        args.inference_key,
+        &engine_config,
+    )
+    .map_err(remote_error)?;
+    if let Some(remote) = &remote {
+        let models = remote.check().await.map_err(remote_error)?;
+        remote.apply(&mut engine_config, &models);
+        tracing::info!(url = %remote.base, ?models, "inference from a remote service");
+    }
     if !args.site_dir.join("pkg").is_dir() {
         tracing::warn!(
             site_dir = %args.site_dir.display(),
@@ -116,7 +136,6 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
         .set_inference_addr(guest_listener.local_addr().context("local address")?);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let engine_config = args.engine.config(&supervisor.state_dir);
     supervisor
         .vms
         .set_served_model(crate::vm::guest_config::ServedModel {
@@ -190,6 +209,9 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     // image build is crash-safe); from here on it stops the VMs first.
     let shutdown = shutdown_signal()?;
     println!("clawpen is up");
+    if let Some(remote) = &remote {
+        println!("  models:    {} (remote)", remote.base);
+    }
     println!(
         "  console:   {url}/login?token={}",
         supervisor.token.as_str()
@@ -218,6 +240,14 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     server.abort();
     let _ = tokio::join!(inference, guests);
     Ok(())
+}
+
+fn remote_error(e: super::remote::RemoteError) -> CliError {
+    if e.is_bad_input() {
+        CliError::BadInput(e.to_string())
+    } else {
+        CliError::Other(e.into())
+    }
 }
 
 /// Installs the SIGINT/SIGTERM handlers now and returns a future that ends

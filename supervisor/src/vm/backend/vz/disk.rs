@@ -23,9 +23,10 @@ use std::path::{Path, PathBuf};
 
 use clawpen_api::SnapshotName;
 
-/// File name of the raw base next to an image's qcow2 base (made once by
-/// `qemu-img convert`, then cloned for every VM).
-pub const RAW_BASE: &str = "disk.raw";
+/// File name of an image's raw base, cloned for every VM: next to a Linux
+/// image's qcow2 base (made once by `qemu-img convert`), or a macOS image's
+/// own disk (`clawpen image create --macos`), the same name for both.
+pub const RAW_BASE: &str = clawpen_vmimage::FileRole::MacDisk.file_name();
 const DISK: &str = "disk.img";
 const SNAPSHOTS: &str = "snapshots";
 const DISK_EXT: &str = "img";

@@ -15,11 +15,14 @@ use objc2::rc::Retained;
 use objc2::AllocAnyThread;
 use objc2_foundation::{NSError, NSString, NSURL};
 use objc2_virtualization::{
-    VZVirtualMachine, VZVirtualMachineConfiguration, VZVirtualMachineState,
+    VZMacOSInstaller, VZVirtualMachine, VZVirtualMachineConfiguration, VZVirtualMachineState,
 };
 use tokio::sync::oneshot;
 
 use super::objc::describe_error;
+
+/// How often a running macOS install's progress is read.
+const INSTALL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A value that may only be used on the VM's queue.
 struct OnQueue<T>(T);
@@ -140,6 +143,70 @@ impl Machine {
     /// The VM must be stopped; it is left paused.
     pub async fn restore(&self, path: PathBuf) -> Result<(), String> {
         self.run(Op::Restore(path)).await
+    }
+
+    /// Installs macOS from the restore image `ipsw` onto this stopped VM
+    /// (`VZMacOSInstaller`), calling `on_fraction` with the installer's
+    /// `fractionCompleted` every [`INSTALL_POLL`] until it ends.
+    pub async fn install_macos(
+        &self,
+        ipsw: PathBuf,
+        mut on_fraction: impl FnMut(f64),
+    ) -> Result<(), String> {
+        let (done_tx, mut done_rx) = oneshot::channel::<Result<(), String>>();
+        let started = self
+            .on_queue(move |vm, tx| {
+                let url = NSURL::fileURLWithPath(&NSString::from_str(&ipsw.to_string_lossy()));
+                let done_tx = Mutex::new(Some(done_tx));
+                let done = RcBlock::new(move |error: *mut NSError| {
+                    // SAFETY: the framework passes nil or a valid NSError that
+                    // lives for the duration of the handler.
+                    let result = match unsafe { error.as_ref() } {
+                        None => Ok(()),
+                        Some(error) => Err(describe_error(error)),
+                    };
+                    if let Some(tx) = done_tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                        let _ = tx.send(result);
+                    }
+                });
+                // SAFETY: we are on the VM's queue, where both calls must be
+                // made; the VM was built from a macOS platform configuration
+                // and is stopped, and `url` is a file URL, as the installer
+                // requires (it raises otherwise); `install` is called once.
+                let installer = unsafe {
+                    let installer = VZMacOSInstaller::initWithVirtualMachine_restoreImageURL(
+                        VZMacOSInstaller::alloc(),
+                        vm,
+                        &url,
+                    );
+                    installer.installWithCompletionHandler(&done);
+                    installer
+                };
+                // SAFETY: on the VM's queue.
+                let progress = unsafe { installer.progress() };
+                // The installer stays alive (on the queue's side) until the
+                // install ends; the progress object is thread-safe.
+                let _ = tx.send((OnQueue(installer), progress));
+            })
+            .await
+            .ok_or_else(|| "the VM's queue dropped the install".to_string())?;
+        let (installer, progress) = started;
+        let mut tick = tokio::time::interval(INSTALL_POLL);
+        let result = loop {
+            tokio::select! {
+                result = &mut done_rx => {
+                    break result
+                        .unwrap_or_else(|_| Err("the installer ended without an answer".into()));
+                }
+                _ = tick.tick() => on_fraction(progress.fractionCompleted()),
+            }
+        };
+        // Released where it lived.
+        self.queue.exec_async(move || drop(installer));
+        if result.is_ok() {
+            on_fraction(1.0);
+        }
+        result
     }
 
     pub async fn state(&self) -> RunState {

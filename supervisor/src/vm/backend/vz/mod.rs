@@ -13,8 +13,11 @@
 //! - `machine` (macOS) — one `VZVirtualMachine` on its serial dispatch queue,
 //!   completion handlers turned into futures.
 //! - `backend` (macOS) — `VzBackend: Hypervisor`, `VzInstance: Instance`.
-//! - `macos_guest` (macOS) — installing a macOS guest from an IPSW restore
-//!   image (`clawpen image create --macos IPSW`), with progress.
+//! - `macos_image` (portable) — `clawpen image create --macos IPSW`: the
+//!   request's checks, the image folder and manifest, the installer VM's
+//!   configuration, installer progress → progress bar.
+//! - `macos_install` (macOS) — the same command's Objective-C calls:
+//!   `VZMacOSRestoreImage`, the platform files, `VZMacOSInstaller`.
 //!
 //! The macOS-only parts are compile-checked in CI (`cargo xtask lint` checks
 //! and lints the workspace for `aarch64-apple-darwin`); no Mac runs them here.
@@ -27,6 +30,9 @@ mod backend;
 pub mod disk;
 #[cfg(target_os = "macos")]
 mod machine;
+pub mod macos_image;
+#[cfg(target_os = "macos")]
+pub mod macos_install;
 #[cfg(target_os = "macos")]
 mod objc;
 pub mod spec;

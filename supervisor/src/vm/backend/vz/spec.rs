@@ -170,11 +170,12 @@ pub fn describe_linux(
 /// Files a macOS guest image holds besides its disk, written when it was
 /// installed from an IPSW: the platform's hardware model, the machine
 /// identifier (`dataRepresentation` bytes) and the auxiliary (NVRAM) storage.
-pub const MACOS_HARDWARE_MODEL: &str = "hardware-model.bin";
+/// The names are the image manifest's ([`clawpen_vmimage::FileRole::MACOS`]).
+pub const MACOS_HARDWARE_MODEL: &str = clawpen_vmimage::FileRole::MacHardwareModel.file_name();
 /// See [`MACOS_HARDWARE_MODEL`].
-pub const MACOS_MACHINE_ID: &str = "machine-id.bin";
+pub const MACOS_MACHINE_ID: &str = clawpen_vmimage::FileRole::MacMachineId.file_name();
 /// See [`MACOS_HARDWARE_MODEL`].
-pub const MACOS_AUX_STORAGE: &str = "aux.img";
+pub const MACOS_AUX_STORAGE: &str = clawpen_vmimage::FileRole::MacAux.file_name();
 
 /// Whether an image folder holds a macOS guest (its hardware model file).
 pub fn is_macos_image(image_dir: &Path) -> bool {
