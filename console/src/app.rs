@@ -69,6 +69,8 @@ li.egress-line { font-size: .8rem; opacity: .75; }
 li.egress-line[data-decision=deny] .decision { color: #d03838; }
 p.charts { display: flex; flex-wrap: wrap; gap: .3rem 1.2rem; font-size: .82rem; margin: .2rem 0 .5rem; }
 p.charts svg { vertical-align: middle; margin-left: .3rem; opacity: .8; }
+p.inference-charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(9rem, 1fr)); gap: .5rem 1rem; }
+p.inference-charts svg { display: block; margin: .15rem 0 0; }
 p.models { display: flex; flex-wrap: wrap; gap: .3rem; align-items: center; font-size: .85rem; margin: .3rem 0; }
 p.models .model { font-family: ui-monospace, monospace; border: 1px solid #8886; border-radius: .8rem; padding: 0 .5rem; }
 td.vm-forwards { white-space: normal; font-size: .9rem; }

@@ -79,6 +79,89 @@ impl Browser {
         Ok(())
     }
 
+    /// Opens `login_url` (the URL `clawpen up` prints) and waits until the
+    /// page is hydrated and follows the event stream.
+    pub async fn login(&self, login_url: &str) -> Result<()> {
+        self.client.goto(login_url).await?;
+        self.wait_for("body[data-hydrated=true]", Duration::from_secs(60))
+            .await?;
+        self.wait_for("body[data-live=true]", Duration::from_secs(30))
+            .await
+    }
+
+    /// Clicks the first element matching `css`; panics naming it if there
+    /// is none or it cannot be clicked.
+    pub async fn click(&self, css: &str) {
+        self.client
+            .find(fantoccini::Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+    }
+
+    /// Attribute `name` of the first element matching `css`, if both exist.
+    pub async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        let element = self.client.find(fantoccini::Locator::Css(css)).await.ok()?;
+        element.attr(name).await.ok().flatten()
+    }
+
+    /// Marks the page, so [`Browser::same_page`] can tell a reload.
+    pub async fn mark_page(&self) {
+        self.client
+            .execute("window.__clawpen_same_page = 42; return true;", vec![])
+            .await
+            .expect("mark the page");
+    }
+
+    /// Whether the page marked by [`Browser::mark_page`] is still the one shown.
+    pub async fn same_page(&self) -> bool {
+        let same = self
+            .client
+            .execute("return window.__clawpen_same_page === 42;", vec![])
+            .await
+            .expect("read the page mark");
+        same == serde_json::json!(true)
+    }
+
+    /// Whether the page fits the window's width (tables may scroll
+    /// sideways inside it; the page itself must not).
+    pub async fn fits_width(&self) -> bool {
+        let fits = self
+            .client
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+                vec![],
+            )
+            .await
+            .expect("measure the page");
+        fits == serde_json::json!(true)
+    }
+
+    /// Resizes the window to `width` × `height`, runs `scroll` (JavaScript
+    /// that brings the part to show into view), and saves a screenshot as
+    /// `target/screenshots/NAME`; prints and answers its path.
+    pub async fn screenshot_at(
+        &self,
+        name: &str,
+        (width, height): (u32, u32),
+        scroll: &str,
+    ) -> std::path::PathBuf {
+        self.client
+            .set_window_size(width, height)
+            .await
+            .expect("resize the window");
+        self.client
+            .execute(&format!("{scroll}; return true;"), vec![])
+            .await
+            .expect("scroll for the screenshot");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let shot = self.screenshot(name).await.expect("screenshot");
+        println!("screenshot: {}", shot.display());
+        shot
+    }
+
     pub async fn screenshot(&self, name: &str) -> Result<std::path::PathBuf> {
         let png = self.client.screenshot().await?;
         let dir = crate::target_dir().join("screenshots");
@@ -99,6 +182,23 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+/// Polls `check` every 50 ms until it answers `Some`, for at most `limit`;
+/// panics naming `what` after that.
+pub async fn until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -19,28 +19,13 @@ async fn reset_from_the_browser_shows_live_state_changes() {
         .unwrap();
 
     let browser = Browser::launch().await.unwrap();
-    browser.client.goto(&up.login_url()).await.unwrap();
-    browser
-        .wait_for("body[data-hydrated=true]", Duration::from_secs(60))
-        .await
-        .unwrap();
+    browser.login(&up.login_url()).await.unwrap();
     // A marker on the window proves the page is never reloaded below.
-    browser
-        .client
-        .execute("window.__clawpen_same_page = 42; return true;", vec![])
-        .await
-        .unwrap();
+    browser.mark_page().await;
     let first = browser.text(STATE).await.unwrap_or_default();
     assert!(first.starts_with("Running"), "state cell says {first:?}");
 
-    browser
-        .client
-        .find(fantoccini::Locator::Css("tr[data-vm=demo] button.reset"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("tr[data-vm=demo] button.reset").await;
 
     let mut seen: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -56,12 +41,7 @@ async fn reset_from_the_browser_shows_live_state_changes() {
         assert!(Instant::now() < deadline, "states seen: {seen:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let same_page = browser
-        .client
-        .execute("return window.__clawpen_same_page === 42;", vec![])
-        .await
-        .unwrap();
-    assert_eq!(same_page, serde_json::json!(true), "the page was reloaded");
+    assert!(browser.same_page().await, "the page was reloaded");
     let shot = browser.screenshot("console-reset.png").await.unwrap();
     println!("screenshot: {}", shot.display());
     let reset_pos = seen.iter().position(|s| s == "Resetting").unwrap();

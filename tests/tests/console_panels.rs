@@ -2,64 +2,38 @@
 //! warm Reset and Cold reset both show Resetting → Running, Snapshot adds one
 //! to the VM's snapshot count, an inference request shows up in the inference
 //! table, an egress rule added with the form (after a refused one) shows up in
-//! the rule list, and Allow on a denied line of the live egress log adds a
-//! rule for that name. Screenshots at wide, desktop and phone width.
+//! the rule list, Allow on a denied line of the live egress log adds a
+//! rule for that name, and the VM's forwards (one to a web server in the
+//! guest, one on the OpenClaw gateway's port) are links in its row that
+//! reach the guest. Screenshots at wide, desktop and phone width.
 //!
 //! And the agent sessions view: `clawpen up` serving a scripted local GGUF
-//! that always calls `get_weather`, two Responses turns with the `demo` VM's
-//! key (the first before the page is opened: it comes from the supervisor's
-//! backlog; the second, carrying the tool's result, live), shown as one
-//! session of two turns under the demo VM.
+//! that always calls `get_weather`, two Responses turns sent with the
+//! official `openai` Python SDK and the `demo` VM's key (the first before
+//! the page is opened: it comes from the supervisor's backlog; the second,
+//! carrying the tool's result, live), shown as one session of two turns
+//! under the demo VM, and in the inference panel's charts.
 
 use std::time::{Duration, Instant};
 
-use clawpen_tests::browser::{build_console_assets, Browser};
+use clawpen_tests::browser::{build_console_assets, until, Browser};
 use clawpen_tests::{temp_home, Up};
 use fantoccini::Locator;
 
 #[path = "../../inference/tests/local_common/mod.rs"]
 mod local_common;
 
+#[path = "../../inference/tests/common/clients.rs"]
+mod clients;
+
 const STATE: &str = "tr[data-vm=demo] .vm-state";
 const SNAPSHOTS: &str = "tr[data-vm=demo] td.vm-snapshots";
 const EGRESS: &str = "section.egress[data-vm=demo]";
 
-async fn click(browser: &Browser, css: &str) {
-    browser
-        .client
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css}: {e}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
-}
-
-async fn attr(browser: &Browser, css: &str, name: &str) -> Option<String> {
-    let element = browser.client.find(Locator::Css(css)).await.ok()?;
-    element.attr(name).await.ok().flatten()
-}
-
-/// Polls `check` every 50 ms until it answers `Some`, for at most `limit`.
-async fn until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Clicks `button` in demo's row and follows the state cell until it went
 /// through Resetting and is Running again.
 async fn reset_shows_resetting_then_running(browser: &Browser, button: &str) {
-    click(browser, &format!("tr[data-vm=demo] {button}")).await;
+    browser.click(&format!("tr[data-vm=demo] {button}")).await;
     let mut seen: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
@@ -79,7 +53,9 @@ async fn reset_shows_resetting_then_running(browser: &Browser, button: &str) {
         &format!("{button} enabled"),
         Duration::from_secs(30),
         || async {
-            let disabled = attr(browser, &format!("tr[data-vm=demo] {button}"), "disabled").await;
+            let disabled = browser
+                .attr(&format!("tr[data-vm=demo] {button}"), "disabled")
+                .await;
             disabled.is_none().then_some(())
         },
     )
@@ -87,7 +63,7 @@ async fn reset_shows_resetting_then_running(browser: &Browser, button: &str) {
 }
 
 async fn snapshot_count(browser: &Browser) -> Option<usize> {
-    attr(browser, SNAPSHOTS, "data-count").await?.parse().ok()
+    browser.attr(SNAPSHOTS, "data-count").await?.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -104,20 +80,8 @@ async fn console_panels_work_without_a_reload() {
         .unwrap();
 
     let browser = Browser::launch().await.unwrap();
-    browser.client.goto(&up.login_url()).await.unwrap();
-    browser
-        .wait_for("body[data-hydrated=true]", Duration::from_secs(60))
-        .await
-        .unwrap();
-    browser
-        .wait_for("body[data-live=true]", Duration::from_secs(30))
-        .await
-        .unwrap();
-    browser
-        .client
-        .execute("window.__clawpen_same_page = 42; return true;", vec![])
-        .await
-        .unwrap();
+    browser.login(&up.login_url()).await.unwrap();
+    browser.mark_page().await;
 
     // warm, then cold reset
     reset_shows_resetting_then_running(&browser, "button.reset").await;
@@ -129,12 +93,12 @@ async fn console_panels_work_without_a_reload() {
         snapshot_count(&browser)
     })
     .await;
-    click(&browser, "tr[data-vm=demo] button.snapshot").await;
+    browser.click("tr[data-vm=demo] button.snapshot").await;
     until("one more snapshot", Duration::from_secs(120), || async {
         (snapshot_count(&browser).await? == before + 1).then_some(())
     })
     .await;
-    let last = attr(&browser, SNAPSHOTS, "title").await.unwrap_or_default();
+    let last = browser.attr(SNAPSHOTS, "title").await.unwrap_or_default();
     assert!(
         last.contains("last: console-"),
         "snapshot cell's title: {last:?}"
@@ -164,7 +128,8 @@ async fn console_panels_work_without_a_reload() {
         .unwrap_or_default();
     assert_eq!(status, "failed");
     assert_eq!(
-        attr(&browser, "p.totals b.requests", "data-count")
+        browser
+            .attr("p.totals b.requests", "data-count")
             .await
             .as_deref(),
         Some("1")
@@ -184,7 +149,7 @@ async fn console_panels_work_without_a_reload() {
         .await
         .unwrap();
     target.send_keys("exa mple.com").await.unwrap();
-    click(&browser, &format!("{EGRESS} button.add-rule")).await;
+    browser.click(&format!("{EGRESS} button.add-rule")).await;
     browser
         .wait_for(&format!("{EGRESS} p.egress-error"), Duration::from_secs(30))
         .await
@@ -204,7 +169,7 @@ async fn console_panels_work_without_a_reload() {
         .send_keys("443")
         .await
         .unwrap();
-    click(&browser, &format!("{EGRESS} button.add-rule")).await;
+    browser.click(&format!("{EGRESS} button.add-rule")).await;
     let rule = until(
         "the new rule in the list",
         Duration::from_secs(30),
@@ -243,7 +208,7 @@ async fn console_panels_work_without_a_reload() {
         .wait_for(&allow, Duration::from_secs(30))
         .await
         .unwrap();
-    click(&browser, &allow).await;
+    browser.click(&allow).await;
     until(
         "the allow rule in the list",
         Duration::from_secs(30),
@@ -272,45 +237,82 @@ async fn console_panels_work_without_a_reload() {
         .await
         .unwrap();
 
-    let same_page = browser
-        .client
-        .execute("return window.__clawpen_same_page === 42;", vec![])
-        .await
-        .unwrap();
-    assert_eq!(same_page, serde_json::json!(true), "the page was reloaded");
-
-    for (file, width, height) in [
-        ("console-wide.png", 1700, 1000),
-        ("console-desktop.png", 1280, 900),
-        ("console-phone.png", 390, 844),
-    ] {
-        browser.client.set_window_size(width, height).await.unwrap();
-        // clicks scrolled the tables sideways; show them from their start
-        browser
-            .client
-            .execute(
-                "document.querySelectorAll('.scroll').forEach(e => e.scrollLeft = 0); \
-                 window.scrollTo(0, 0); return true;",
-                vec![],
+    // Forwards into the guest are links in its row: a web server the guest
+    // runs, and the OpenClaw gateway's port, named so.
+    tokio::task::block_in_place(|| {
+        serial.run(
+            "mkdir -p /tmp/www && echo served-from-the-guest > /tmp/www/index.html \
+             && httpd -p 8080 -h /tmp/www && echo httpd-up",
+            Duration::from_secs(60),
+        )
+    })
+    .unwrap();
+    let mut opened = Vec::new();
+    for port in [8080, clawpen_api::OPENCLAW_GATEWAY_PORT] {
+        let (status, forward) = up
+            .post(
+                "/vms/demo/forwards",
+                serde_json::json!({ "guest_port": port }),
             )
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let shot = browser.screenshot(file).await.unwrap();
-        println!("screenshot: {}", shot.display());
+        assert_eq!(status, 201, "{forward}");
+        opened.push(serde_json::from_value::<clawpen_api::ForwardInfo>(forward).unwrap());
     }
-    // at phone width the page itself does not scroll sideways (tables do)
-    let overflow = browser
-        .client
-        .execute(
-            "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
-            vec![],
-        )
+    let link =
+        |port: u16| format!("tr[data-vm=demo] td.vm-forwards a.forward[data-port=\"{port}\"]");
+    let gateway = link(clawpen_api::OPENCLAW_GATEWAY_PORT);
+    browser
+        .wait_for(&gateway, Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(
-        overflow,
-        serde_json::json!(true),
+        browser.text(&gateway).await.as_deref(),
+        Some("OpenClaw gateway")
+    );
+    assert_eq!(
+        browser.attr(&gateway, "href").await,
+        Some(format!("http://{}/", opened[1].host_addr))
+    );
+    let web = browser
+        .attr(&link(8080), "href")
+        .await
+        .expect("the port 8080 link");
+    assert_eq!(web, format!("http://{}/", opened[0].host_addr));
+    assert!(web.starts_with("http://127.0.0.1:"), "{web}");
+    assert_eq!(
+        browser.text(&link(8080)).await.as_deref(),
+        Some("port 8080")
+    );
+    // the link reaches the guest's server
+    let body = reqwest::get(format!("{web}index.html"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body.trim(), "served-from-the-guest");
+
+    assert!(browser.same_page().await, "the page was reloaded");
+
+    for (file, size) in [
+        ("console-wide.png", (1700, 1000)),
+        ("console-desktop.png", (1280, 900)),
+        ("console-phone.png", (390, 844)),
+    ] {
+        // clicks scrolled the tables sideways; show them from their start
+        browser
+            .screenshot_at(
+                file,
+                size,
+                "document.querySelectorAll('.scroll').forEach(e => e.scrollLeft = 0); \
+                 window.scrollTo(0, 0)",
+            )
+            .await;
+    }
+    // at phone width the page itself does not scroll sideways (tables do)
+    assert!(
+        browser.fits_width().await,
         "the page is wider than the phone"
     );
     browser.close().await;
@@ -324,9 +326,54 @@ const TOOL_CALL_SCRIPT: &[&str] = &[
     "<|im_end|>",
 ];
 
+/// One Responses turn with the official `openai` Python SDK: the first
+/// question, or (with a call's JSON as the one argument) the tool's answer
+/// to that call. Prints the response's id, status and tool calls.
+const SDK_TURN: &str = r#"
+import json, sys
+from openai import OpenAI
+
+base, key = sys.argv[1], sys.argv[2]
+client = OpenAI(base_url=base, api_key=key, max_retries=0, timeout=120)
+question = {"role": "user", "content": "weather in paris?"}
+tools = [{"type": "function", "name": "get_weather",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+if len(sys.argv) > 3:
+    call = json.loads(sys.argv[3])
+    items = [question,
+             {"type": "function_call", "call_id": call["call_id"], "name": call["name"],
+              "arguments": call["arguments"]},
+             {"type": "function_call_output", "call_id": call["call_id"], "output": "sunny, 21C"}]
+else:
+    items = [question]
+r = client.responses.create(model="scripted", input=items, tools=tools, temperature=0,
+                            max_output_tokens=40, prompt_cache_key="agent-1")
+calls = [{"call_id": i.call_id, "name": i.name, "arguments": i.arguments}
+         for i in r.output if i.type == "function_call"]
+print(json.dumps({"id": r.id, "status": r.status, "calls": calls}))
+"#;
+
+/// Runs [`SDK_TURN`] against `base` with `key`; answers what it printed.
+fn sdk_turn(base: &str, key: &str, args: &[String]) -> serde_json::Value {
+    clients::require_python(&["openai"], "scripts/test-clients.sh");
+    let out = std::process::Command::new(clients::python())
+        .args(["-c", SDK_TURN, base, key])
+        .args(args)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the SDK turn failed:\n{stderr}\n{stdout}"
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("the SDK printed no JSON ({e}):\n{stdout}\n{stderr}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_sessions_show_each_turn_under_the_vm() {
-    use serde_json::{json, Value};
+    use serde_json::Value;
     build_console_assets();
     let home = temp_home();
     let models = tempfile::tempdir().unwrap();
@@ -334,53 +381,22 @@ async fn agent_sessions_show_each_turn_under_the_vm() {
         .write(models.path(), "scripted");
     let up = Up::start(home.path(), &["--model", model.to_str().unwrap()]).unwrap();
     // the demo VM's key works as soon as the VM exists (it need not run)
-    let access: Value = until(
+    let access: clawpen_api::InferenceAccess = until(
         "the demo VM's inference key",
         Duration::from_secs(60),
-        || async {
-            let resp = up
-                .request(reqwest::Method::GET, "/vms/demo/inference")
-                .send()
-                .await
-                .ok()?;
-            if !resp.status().is_success() {
-                return None;
-            }
-            resp.json().await.ok()
-        },
+        || async { up.get_json("/vms/demo/inference").await.ok() },
     )
     .await;
-    let key = access["api_key"].as_str().unwrap().to_string();
-    let http = reqwest::Client::new();
-    let tools = json!([{"type": "function", "name": "get_weather",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
-    let send = |body: Value| {
-        let req = http
-            .post(format!("{}/responses", up.inference_url))
-            .bearer_auth(&key)
-            .json(&body)
-            .timeout(Duration::from_secs(120));
-        async move {
-            let resp = req.send().await.unwrap();
-            let status = resp.status();
-            let v: Value = resp.json().await.unwrap();
-            assert!(status.is_success(), "{status}: {v}");
-            v
-        }
+    // The official SDK, on the host's listener with the VM's own key (the
+    // key's base URL is the guest's address, which only guests reach).
+    let sdk = |args: Vec<String>| {
+        let (base, key) = (up.inference_url.clone(), access.api_key.clone());
+        tokio::task::spawn_blocking(move || sdk_turn(&base, &key, &args))
     };
     // Turn 1, before the page is opened
-    let first = send(json!({
-        "model": "scripted", "input": "weather in paris?", "temperature": 0,
-        "max_output_tokens": 40, "tools": tools, "prompt_cache_key": "agent-1",
-    }))
-    .await;
-    let call = first["output"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["type"] == "function_call")
-        .unwrap_or_else(|| panic!("no tool call: {first}"))
-        .clone();
+    let first = sdk(vec![]).await.unwrap();
+    assert_eq!(first["status"], "completed", "{first}");
+    let call = first["calls"][0].clone();
     assert_eq!(call["name"], "get_weather", "{first}");
 
     // the backlog has it (the relay runs on its own), with the call's arguments
@@ -388,20 +404,14 @@ async fn agent_sessions_show_each_turn_under_the_vm() {
         "the record in the backlog",
         Duration::from_secs(30),
         || async {
-            let v: Value = up
-                .request(reqwest::Method::GET, "/inference/recent")
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let v: Value = up.get_json("/inference/recent").await.ok()?;
             (!v.as_array()?.is_empty()).then_some(v)
         },
     )
     .await;
     let record = &recent.as_array().unwrap()[0];
     assert_eq!(record["client"], "demo", "{recent}");
+    assert_eq!(record["request_id"], first["id"], "{recent}");
     assert_eq!(record["session"], "agent-1", "{recent}");
     assert_eq!(record["calls"][0]["name"], "get_weather", "{recent}");
     assert!(
@@ -425,18 +435,56 @@ async fn agent_sessions_show_each_turn_under_the_vm() {
         .await
         .unwrap();
 
-    // Turn 2, live: the tool's answer goes back
-    send(json!({
-        "model": "scripted", "temperature": 0, "max_output_tokens": 40, "tools": tools,
-        "prompt_cache_key": "agent-1",
-        "input": [
-            {"role": "user", "content": "weather in paris?"},
-            call,
-            {"type": "function_call_output", "call_id": call["call_id"],
-             "output": "sunny, 21C"},
-        ],
-    }))
+    // The inference panel: the loaded model and the queue come from the
+    // status event the stream starts with; the charts hold turn 1 (the
+    // backlog, merged when the stream opened).
+    browser
+        .wait_for(
+            "section.inference p.models[data-count=\"1\"] .model[data-model=scripted]",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let points = |metric: &'static str| {
+        let browser = &browser;
+        async move {
+            let css = format!("section.inference .spark[data-metric={metric}]");
+            browser
+                .attr(&css, "data-points")
+                .await?
+                .parse::<usize>()
+                .ok()
+        }
+    };
+    until("turn 1 in the charts", Duration::from_secs(30), || async {
+        (points("cache-hit").await? == 1).then_some(())
+    })
     .await;
+    assert!(points("queue").await.unwrap() >= 1);
+    let queue_css = "section.inference .spark[data-metric=queue]";
+    assert_eq!(
+        browser.attr(queue_css, "data-last").await.as_deref(),
+        Some("0")
+    );
+    let before: Vec<usize> = [
+        points("ttft").await,
+        points("prefill").await,
+        points("decode").await,
+    ]
+    .into_iter()
+    .map(Option::unwrap)
+    .collect();
+    assert_eq!(
+        browser
+            .attr("p.totals b.requests", "data-count")
+            .await
+            .as_deref(),
+        Some("0")
+    );
+
+    // Turn 2, live: the tool's answer goes back
+    let second = sdk(vec![call.to_string()]).await.unwrap();
+    assert_eq!(second["status"], "completed", "{second}");
     let turns = until(
         "two turns in the session",
         Duration::from_secs(30),
@@ -451,7 +499,7 @@ async fn agent_sessions_show_each_turn_under_the_vm() {
     )
     .await;
     assert_eq!(
-        attr(&browser, session, "data-turns").await.as_deref(),
+        browser.attr(session, "data-turns").await.as_deref(),
         Some("2")
     );
     // the second turn brought the tool result, with its call id
@@ -483,32 +531,70 @@ async fn agent_sessions_show_each_turn_under_the_vm() {
         .await
         .is_err());
 
-    for (file, width, height) in [
-        ("console-sessions-desktop.png", 1280, 900),
-        ("console-sessions-phone.png", 390, 844),
-    ] {
-        browser.client.set_window_size(width, height).await.unwrap();
-        browser
-            .client
-            .execute(
-                "document.querySelector('section.sessions[data-vm=demo]').scrollIntoView(); \
-                 return true;",
-                vec![],
-            )
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let shot = browser.screenshot(file).await.unwrap();
-        println!("screenshot: {}", shot.display());
+    // ...and in the inference charts, which now agree with the API's records
+    until("turn 2 in the charts", Duration::from_secs(30), || async {
+        (points("cache-hit").await? == 2).then_some(())
+    })
+    .await;
+    let records: Vec<clawpen_api::InferenceRecord> =
+        up.get_json("/inference/recent").await.unwrap();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let with = |f: fn(&clawpen_api::InferenceRecord) -> Option<f64>| {
+        records.iter().filter(|r| f(r).is_some()).count()
+    };
+    let after = [
+        with(|r| r.time_to_first_token_ms),
+        with(|r| r.prefill_tokens_per_s),
+        with(|r| r.decode_tokens_per_s),
+    ];
+    for (i, metric) in ["ttft", "prefill", "decode"].into_iter().enumerate() {
+        assert_eq!(points(metric).await, Some(after[i]), "{metric}");
+        assert!(
+            after[i] > before[i],
+            "{metric}: {} -> {}",
+            before[i],
+            after[i]
+        );
     }
-    let overflow = browser
-        .client
-        .execute(
-            "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
-            vec![],
-        )
+    let last_prefill = records.iter().rev().find_map(|r| r.prefill_tokens_per_s);
+    assert_eq!(
+        browser
+            .attr("section.inference .spark[data-metric=prefill]", "data-last")
+            .await,
+        last_prefill.map(|v| format!("{v:.0}"))
+    );
+    let prompt: u64 = records.iter().map(|r| r.prompt_tokens).sum();
+    let cached: u64 = records.iter().map(|r| r.cached_tokens).sum();
+    assert_eq!(
+        browser.text("p.totals b.cache-hit").await,
+        Some(format!("{:.0} %", cached as f64 * 100.0 / prompt as f64))
+    );
+    assert_eq!(
+        browser
+            .attr("p.totals b.requests", "data-count")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    let rate = browser
+        .attr("section.inference .spark[data-metric=rate]", "data-last")
         .await
         .unwrap();
-    assert_eq!(overflow, json!(true), "the page is wider than the phone");
+    assert!(rate.parse::<f64>().unwrap() > 0.0, "requests/s {rate}");
+
+    let sessions = "document.querySelector('section.sessions[data-vm=demo]').scrollIntoView()";
+    let charts = "document.querySelector('section.inference').scrollIntoView()";
+    for (file, size, scroll) in [
+        ("console-sessions-desktop.png", (1280, 900), sessions),
+        ("console-sessions-phone.png", (390, 844), sessions),
+        ("console-inference-desktop.png", (1280, 900), charts),
+        ("console-inference-phone.png", (390, 844), charts),
+    ] {
+        browser.screenshot_at(file, size, scroll).await;
+    }
+    assert!(
+        browser.fits_width().await,
+        "the page is wider than the phone"
+    );
     browser.close().await;
 }
