@@ -13,6 +13,7 @@ mod jail;
 #[path = "jail/unsupported.rs"]
 mod jail;
 mod paths;
+mod private_file;
 mod share;
 mod store;
 mod supervisor;

@@ -7,9 +7,7 @@
 //! Handshakes run in their own tasks: a client that opens a connection and
 //! sends nothing cannot hold up everyone else's `accept`.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,18 +94,12 @@ fn generate(dir: &Path, cert_path: &Path, key_path: &Path, listen: IpAddr) -> Re
         names.push(listen.to_string());
     }
     let certified = rcgen::generate_simple_self_signed(names)?;
-    let key_tmp = key_path.with_extension("pem.tmp");
-    let mut key = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&key_tmp)
-        .map_err(io("create", &key_tmp))?;
-    key.write_all(certified.signing_key.serialize_pem().as_bytes())
-        .map_err(io("write", &key_tmp))?;
-    key.sync_all().map_err(io("write", &key_tmp))?;
-    std::fs::rename(&key_tmp, key_path).map_err(io("rename", &key_tmp))?;
+    crate::private_file::write_private(key_path, certified.signing_key.serialize_pem().as_bytes())
+        .map_err(|e| TlsError::Io {
+            action: "write",
+            path: e.path,
+            source: e.source,
+        })?;
     // The certificate last: its presence means both files are complete.
     let cert_tmp = cert_path.with_extension("pem.tmp");
     std::fs::write(&cert_tmp, certified.cert.pem()).map_err(io("write", &cert_tmp))?;

@@ -12,15 +12,21 @@ use super::{Store, StoreError};
 pub const KEY_PREFIX: &str = "sk-clawpen-";
 
 impl Store {
-    /// The VM's key, made now if it has none (idempotent, so VMs made by
-    /// an older version get one on the next start).
+    /// The VM's key, made now if it has none (so VMs made by an older
+    /// version get one on the next start). A read when the key exists: boots
+    /// and `GET .../inference` call this, and they should not write.
     pub fn ensure_inference_key(&self, vm: &VmName) -> Result<String, StoreError> {
+        if let Some(key) = self.inference_key(vm)? {
+            return Ok(key);
+        }
         let fresh = format!(
             "{KEY_PREFIX}{}",
             hex::encode(rand::rng().random::<[u8; 24]>())
         );
         self.with(|conn| {
             let err = |what| move |source| StoreError::Query { what, source };
+            // OR IGNORE: a racing caller may have made it since the read;
+            // theirs wins and both return it.
             conn.execute(
                 "INSERT OR IGNORE INTO inference_keys (vm, key) VALUES (?1, ?2)",
                 params![vm.as_str(), fresh],

@@ -7,8 +7,6 @@
 //! so nothing in the guest has to be trusted to find it and nothing on the
 //! network carries it.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use clawpen_vmimage::openclaw::DEFAULT_GATEWAY_PORT;
@@ -70,21 +68,12 @@ pub fn for_vm(vm: &str, api_key: &str, served: &ServedModel) -> GuestConfig {
 /// Writes the file atomically (temp + rename), readable by the owner only:
 /// it holds the VM's key.
 pub fn write(config: &GuestConfig, path: &Path) -> Result<(), GuestConfigError> {
-    let err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| GuestConfigError::Write { path, source }
-    };
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err(&tmp))?;
-    file.write_all(&config.to_json()).map_err(err(&tmp))?;
-    file.sync_all().map_err(err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(err(path))
+    crate::private_file::write_private(path, &config.to_json()).map_err(|e| {
+        GuestConfigError::Write {
+            path: e.path,
+            source: e.source,
+        }
+    })
 }
 
 #[cfg(test)]
