@@ -1,6 +1,7 @@
-//! `cargo xtask lint`: formatting, clippy with warnings as errors, and a
-//! compile check + clippy of the macOS target (the VZ backend cannot run
-//! here, so this is what keeps it building).
+//! `cargo xtask lint`: formatting, clippy with warnings as errors, clippy of
+//! the inference crate's `cuda` feature (nvcc from PyPI, no GPU needed), and
+//! a compile check + clippy of the macOS target (the VZ backend and Metal
+//! cannot run here, so this is what keeps them building).
 
 use anyhow::{bail, Context, Result};
 
@@ -35,6 +36,57 @@ fn ensure_target(target: &str) -> Result<()> {
     Ok(())
 }
 
+/// GPU architecture the CUDA kernels are compiled for in the check: there is
+/// no GPU here to ask (the H100/H200 generation; any value nvcc knows does).
+const CUDA_COMPUTE_CAP: &str = "90";
+
+/// `cargo clippy -p clawpen-inference --features cuda`: nvcc from PyPI
+/// (`scripts/cuda-toolchain.sh`) compiles candle's kernels, so the `cuda`
+/// build is checked on machines without a GPU or NVIDIA's apt repository.
+fn check_cuda() -> Result<()> {
+    let root = crate::workspace_root();
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/cuda-toolchain.sh"))
+        .current_dir(&root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("scripts/cuda-toolchain.sh")?;
+    if !out.status.success() {
+        bail!("scripts/cuda-toolchain.sh failed ({})", out.status);
+    }
+    let cuda_root = String::from_utf8(out.stdout)
+        .context("CUDA root path")?
+        .trim()
+        .to_string();
+    let path = format!(
+        "{cuda_root}/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let args = [
+        "clippy",
+        "-p",
+        "clawpen-inference",
+        "--features",
+        "cuda",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    eprintln!("xtask: cargo {} (CUDA_ROOT={cuda_root})", args.join(" "));
+    let status = crate::cargo()
+        .args(args)
+        .current_dir(&root)
+        .env("PATH", path)
+        .env("CUDA_ROOT", &cuda_root)
+        .env("CUDA_COMPUTE_CAP", CUDA_COMPUTE_CAP)
+        .status()
+        .context("cargo clippy --features cuda")?;
+    if !status.success() {
+        bail!("cargo clippy -p clawpen-inference --features cuda failed ({status})");
+    }
+    Ok(())
+}
+
 pub fn run() -> Result<()> {
     cargo_ok(&["fmt", "--all", "--check"])?;
     cargo_ok(&[
@@ -45,6 +97,7 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    check_cuda()?;
     ensure_target(MAC_TARGET)?;
     cargo_ok(&["check", "--workspace", "--target", MAC_TARGET])?;
     cargo_ok(&[
