@@ -652,3 +652,70 @@ async fn upstream_failures_are_openai_errors() {
     dead.shutdown().await;
     svc.shutdown().await;
 }
+
+/// A VM host's service in front of another clawpen (`clawpen up
+/// --inference-url`): the VM's request is attributed to the VM on both, as
+/// `vm-host/VM` on the inference host; only a configured key may name the
+/// VM it relays for, never a VM's own key.
+#[tokio::test]
+async fn a_relay_names_each_vm_to_the_clawpen_behind_it() {
+    let up = FakeUpstream::start(&["m"], agent_script(Duration::ZERO)).await;
+    let mut remote_cfg = config(&up.url);
+    remote_cfg.api_keys = [("sk-host".to_owned(), "vm-host".to_owned())].into();
+    let remote = start(remote_cfg).await;
+    let mut remote_feed = remote.inference.subscribe();
+    let mut relay_cfg = config(&format!("{}/v1", remote.base));
+    relay_cfg.upstream_api_key = Some("sk-host".into());
+    relay_cfg.upstream_is_clawpen = true;
+    let relay = start(relay_cfg).await;
+    relay.inference.keys().insert("sk-demo", "demo");
+    let mut relay_feed = relay.inference.subscribe();
+    let http = reqwest::Client::new();
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+
+    let r = http
+        .post(format!("{}/v1/chat/completions", relay.base))
+        .bearer_auth("sk-demo")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let on_relay = tokio::time::timeout(Duration::from_secs(5), relay_feed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(on_relay.client, "demo");
+    let on_remote = tokio::time::timeout(Duration::from_secs(5), remote_feed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(on_remote.client, "vm-host/demo");
+
+    // A VM key on the inference host may not name another client; a bad
+    // name is refused too; neither reaches the engine.
+    remote.inference.keys().insert("sk-vm1", "vm1");
+    let before = up.requests().len();
+    for (key, sub) in [("sk-vm1", "demo"), ("sk-host", "../etc"), ("sk-host", "")] {
+        let r = http
+            .post(format!("{}/v1/chat/completions", remote.base))
+            .bearer_auth(key)
+            .header("x-clawpen-client", sub)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{key} {sub:?}");
+        let e: Value = r.json().await.unwrap();
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("x-clawpen-client"),
+            "{e}"
+        );
+    }
+    assert_eq!(up.requests().len(), before);
+    relay.shutdown().await;
+    remote.shutdown().await;
+}

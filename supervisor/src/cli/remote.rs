@@ -33,8 +33,16 @@ pub enum RemoteError {
          not a .gguf file ({file})"
     )]
     LocalModel { file: String },
+    /// Not a `#[source]`: the message already holds the whole reason, and
+    /// `{:#}` would print it twice.
     #[error("--inference-url: {0}")]
-    Unusable(#[from] UpstreamError),
+    Unusable(UpstreamError),
+}
+
+impl From<UpstreamError> for RemoteError {
+    fn from(e: UpstreamError) -> Self {
+        RemoteError::Unusable(e)
+    }
 }
 
 impl RemoteError {
