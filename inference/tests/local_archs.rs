@@ -152,3 +152,42 @@ fn qwen3moe_with_identical_experts_is_its_dense_model() {
         assert!(max_diff(&la, &lb) < 1e-4, "{}", max_diff(&la, &lb));
     }
 }
+
+/// A prompt long enough for the batched prefill matmul
+/// (`engine::local::batched`, from `MIN_ROWS` tokens) on Q8_0 weights:
+/// candle's model, which runs its own quantized kernel on every row, gives
+/// the same logits, and so does our model fed one token at a time (what
+/// the prefix cache amounts to when most of a prompt was cached).
+#[test]
+fn a_batched_prefill_matches_candle_and_token_by_token() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::with_dtype("qwen2", candle_core::quantized::GgmlDType::Q8_0)
+        .write(dir.path(), "q8-qwen2");
+    let n = 3 * clawpen_inference::engine::local::batched::MIN_ROWS;
+    let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 29 + 5) % 250).collect();
+    let ours = gguf::load(&path, &Device::Cpu).unwrap();
+    let at_once = ours
+        .weights
+        .forward(&input(&tokens), &mut KvCache::default())
+        .unwrap();
+    let (c, mut r) = read(&path);
+    let mut reference = quantized_qwen2::ModelWeights::from_gguf(c, &mut r, &Device::Cpu).unwrap();
+    let theirs = Reference::forward(&mut reference, &input(&tokens), 0);
+    assert!(
+        max_diff(&at_once, &theirs) < 1e-3,
+        "against candle: {}",
+        max_diff(&at_once, &theirs)
+    );
+    let mut kv = KvCache::default();
+    let mut one_by_one = None;
+    for t in &tokens {
+        one_by_one = Some(ours.weights.forward(&input(&[*t]), &mut kv).unwrap());
+    }
+    let one_by_one = one_by_one.unwrap();
+    assert!(
+        max_diff(&at_once, &one_by_one) < 1e-3,
+        "token by token: {}",
+        max_diff(&at_once, &one_by_one)
+    );
+}

@@ -23,10 +23,12 @@ use std::io::{Read, Seek};
 use std::borrow::Cow;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{QMatMul, QStorage, QTensor};
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::Embedding;
 use candle_transformers::quantized_nn::RmsNorm;
+
+use super::batched::QLinear;
 
 /// The shape and layout of a model, from its GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,10 +97,10 @@ impl KvCache {
 
 struct Layer {
     attn_norm: RmsNorm,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: QLinear,
+    wk: QLinear,
+    wv: QLinear,
+    wo: QLinear,
     /// qwen2: biases of the q, k, v projections.
     bias: Option<(Tensor, Tensor, Tensor)>,
     /// qwen3: RMS norms of each head's queries and keys, before RoPE.
@@ -109,9 +111,9 @@ struct Layer {
 
 enum Ffn {
     Dense {
-        gate: QMatMul,
-        up: QMatMul,
-        down: QMatMul,
+        gate: QLinear,
+        up: QLinear,
+        down: QLinear,
     },
     Experts(Experts),
 }
@@ -126,9 +128,9 @@ struct Experts {
 }
 
 struct Expert {
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: QLinear,
+    up: QLinear,
+    down: QLinear,
 }
 
 impl Experts {
@@ -180,7 +182,7 @@ fn route(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
 
 /// Splits a stacked `[experts, rows, cols]` quantized tensor into one
 /// matrix per expert (each expert's blocks are contiguous in GGUF).
-fn split_experts(t: &QTensor, count: usize, device: &Device) -> Result<Vec<QMatMul>> {
+fn split_experts(t: &QTensor, count: usize, device: &Device) -> Result<Vec<QLinear>> {
     let (e, rows, cols) = t.shape().dims3()?;
     if e != count {
         candle_core::bail!("{e} experts stacked, {count} in the metadata");
@@ -197,7 +199,7 @@ fn split_experts(t: &QTensor, count: usize, device: &Device) -> Result<Vec<QMatM
         .map(|i| {
             let bytes = Cow::Borrowed(&data[i * per..(i + 1) * per]);
             let storage = QStorage::from_data(bytes, device, t.dtype())?;
-            QMatMul::from_qtensor(QTensor::new(storage, (rows, cols))?)
+            QLinear::from_qtensor(QTensor::new(storage, (rows, cols))?)
         })
         .collect()
 }
@@ -208,7 +210,7 @@ pub struct Transformer {
     embed: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: QLinear,
     /// Rotary inverse frequencies, `head_dim / 2` of them.
     inv_freq: Tensor,
     device: Device,
@@ -240,14 +242,14 @@ impl Transformer {
         let norm = RmsNorm::from_qtensor(get("output_norm.weight")?, eps)?;
         // Small models tie the output projection to the embeddings.
         let output = if has("output.weight") {
-            QMatMul::from_qtensor(get("output.weight")?)?
+            QLinear::from_qtensor(get("output.weight")?)?
         } else {
-            QMatMul::from_qtensor(embed_q)?
+            QLinear::from_qtensor(embed_q)?
         };
         let mut layers = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
             let name = |n: &str| format!("blk.{l}.{n}");
-            let mut mm = |n: &str| QMatMul::from_qtensor(get(&name(n))?);
+            let mut mm = |n: &str| QLinear::from_qtensor(get(&name(n))?);
             let wq = mm("attn_q.weight")?;
             let wk = mm("attn_k.weight")?;
             let wv = mm("attn_v.weight")?;
@@ -272,7 +274,7 @@ impl Transformer {
             let ffn_norm = norm("ffn_norm.weight")?;
             let ffn = match config.experts {
                 None => {
-                    let mut mm = |n: &str| QMatMul::from_qtensor(get(&name(n))?);
+                    let mut mm = |n: &str| QLinear::from_qtensor(get(&name(n))?);
                     Ffn::Dense {
                         gate: mm("ffn_gate.weight")?,
                         up: mm("ffn_up.weight")?,

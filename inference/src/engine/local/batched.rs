@@ -1,0 +1,382 @@
+//! Quantized matmuls for many rows at once (prompt prefill) on the CPU.
+//!
+//! candle's CPU quantized matmul computes one block dot product per
+//! (token, output) pair; its tiled int8 kernels only apply when a row's
+//! length is a multiple of 256, which a 896-wide model (Qwen2.5-0.5B) never
+//! has. That is right for decoding one token — memory bound, the int8 dot
+//! reads the fewest bytes — but a prompt of hundreds of tokens is compute
+//! bound, and there llama.cpp's tiled GEMM kernels were 2.5x (Q8_0) to 8x
+//! (Q5_0) faster. Here, above [`MIN_ROWS`] rows, each weight matrix is
+//! dequantized a tile of output rows at a time (a few hundred KiB of f32,
+//! kept in cache, never the whole model: no memory beyond one tile per
+//! thread) and multiplied with the `gemm` crate's f32 kernels (AVX-512 /
+//! AVX2 / NEON, picked at run time), tiles spread over rayon's threads.
+//!
+//! The activations are first rounded through the block type candle's own
+//! kernel quantizes them to (Q8_0 for Q8_0/Q5_0/Q4_0 weights, Q8_K for
+//! the k-quants), so a token's result is candle's up to the order of float
+//! additions: a prompt gives the same logits whether it is prefilled at
+//! once or, from the prefix cache, only in part (to ~1e-5, not bit for
+//! bit: greedy decoding can differ only where two logits tie that closely).
+
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0, GgmlType,
+};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Module, Result, Tensor};
+use rayon::prelude::*;
+
+/// Rows (tokens) from which a matmul goes through [`gemm_dequantized`]
+/// rather than candle's per-row kernel. Measured on Qwen2.5-0.5B shapes
+/// (`batched::tests::speed`, 2 threads, AVX-512): below 8 rows candle's
+/// int8 dot products are as fast, from 16 on the tiled f32 path wins.
+pub const MIN_ROWS: usize = 16;
+
+/// Most f32 values of one dequantized weight tile: 160K (640 KiB) stays
+/// in a core's L2 cache (1-2 MiB on current x86) next to the activations
+/// streamed through it.
+const TILE_VALUES: usize = 160 * 1024;
+
+/// A quantized weight matrix `[out, in]` applied as `x · wᵀ`.
+#[derive(Debug, Clone)]
+pub struct QLinear {
+    inner: QMatMul,
+}
+
+impl QLinear {
+    pub fn from_qtensor(t: QTensor) -> Result<Self> {
+        Ok(Self {
+            inner: QMatMul::from_qtensor(t)?,
+        })
+    }
+
+    /// The tiled path when `x` has at least [`MIN_ROWS`] rows, lives on
+    /// the CPU in f32 and the weight's block type is one it knows;
+    /// candle's kernel otherwise.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let QMatMul::QTensor(w) = &self.inner {
+            let dims = x.dims();
+            let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+            if rows >= MIN_ROWS
+                && x.device().is_cpu()
+                && x.dtype() == DType::F32
+                && !candle_tiles(w)
+            {
+                if let Some(y) = forward_cpu(w, x)? {
+                    return Ok(y);
+                }
+            }
+        }
+        self.inner.forward(x)
+    }
+}
+
+/// Whether candle's own tiled int8 kernels (x86, `repack_x86.rs` in
+/// candle-core) take `w`: rows of whole 256-blocks, outputs in sixteens,
+/// Q4_K / Q6_K, or Q8_0 where VNNI is there. Those beat the f32 tiles
+/// (measured with `tests::speed`: Q8_0 and Q6_K 1.7-2.7x faster, Q4_K
+/// about even), so they are left to it.
+fn candle_tiles(w: &QTensor) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let Ok((n, k)) = w.shape().dims2() else {
+            return false;
+        };
+        let vnni = is_x86_feature_detected!("avx512vnni") || is_x86_feature_detected!("avxvnni");
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        k.is_multiple_of(256)
+            && n.is_multiple_of(16)
+            && match w.dtype() {
+                GgmlDType::Q4K | GgmlDType::Q6K => avx2,
+                GgmlDType::Q8_0 => vnni,
+                _ => false,
+            }
+    }
+    // Elsewhere (aarch64's NEON repacking) unmeasured here: candle keeps
+    // the types it repacks.
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        matches!(
+            w.dtype(),
+            GgmlDType::Q4_0 | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K | GgmlDType::Q8_0
+        )
+    }
+}
+
+/// `x · wᵀ` through [`gemm_dequantized`]; `None` when `w`'s type or
+/// layout is not one it handles (then candle's kernel runs).
+fn forward_cpu(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+    let (n, k) = w.shape().dims2()?;
+    let mut out_dims = x.dims().to_vec();
+    let Some(last) = out_dims.last_mut() else {
+        return Ok(None);
+    };
+    if *last != k {
+        candle_core::bail!("input {:?} does not fit weight {:?}", x.shape(), w.shape());
+    }
+    *last = n;
+    let m = x.elem_count() / k;
+    let x = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let data = w.data()?;
+    let mut dst = vec![0f32; m * n];
+    let done = match w.dtype() {
+        GgmlDType::Q4_0 => run::<BlockQ4_0>(&data, &x, m, k, n, &mut dst),
+        GgmlDType::Q4_1 => run::<BlockQ4_1>(&data, &x, m, k, n, &mut dst),
+        GgmlDType::Q5_0 => run::<BlockQ5_0>(&data, &x, m, k, n, &mut dst),
+        GgmlDType::Q5_1 => run::<BlockQ5_1>(&data, &x, m, k, n, &mut dst),
+        GgmlDType::Q8_0 => run::<BlockQ8_0>(&data, &x, m, k, n, &mut dst),
+        GgmlDType::Q2K => run::<BlockQ2K>(&data, &x, m, k, n, &mut dst),
+        GgmlDType::Q3K => run::<BlockQ3K>(&data, &x, m, k, n, &mut dst),
+        GgmlDType::Q4K => run::<BlockQ4K>(&data, &x, m, k, n, &mut dst),
+        GgmlDType::Q5K => run::<BlockQ5K>(&data, &x, m, k, n, &mut dst),
+        GgmlDType::Q6K => run::<BlockQ6K>(&data, &x, m, k, n, &mut dst),
+        _ => false,
+    };
+    if !done {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::from_vec(
+        dst,
+        out_dims,
+        &candle_core::Device::Cpu,
+    )?))
+}
+
+/// Views `data` as blocks of `T` and multiplies; `false` when the bytes
+/// are not whole, aligned blocks of an `[n, k]` matrix.
+fn run<T: GgmlType>(data: &[u8], x: &[f32], m: usize, k: usize, n: usize, dst: &mut [f32]) -> bool {
+    let size = std::mem::size_of::<T>();
+    if !k.is_multiple_of(T::BLCK_SIZE)
+        || !k.is_multiple_of(T::VecDotType::BLCK_SIZE)
+        || data.len() != n * (k / T::BLCK_SIZE) * size
+        || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+    {
+        return false;
+    }
+    // SAFETY: the length and alignment were checked just above, and the
+    // block types are `repr(C)` structs of integers and f16s, for which
+    // every bit pattern is a valid value; `data` outlives the slice.
+    let blocks =
+        unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<T>(), data.len() / size) };
+    gemm_dequantized(blocks, x, m, k, n, dst);
+    true
+}
+
+/// `dst[m, n] = x[m, k] · w[n, k]ᵀ`, `w` in blocks of `T` (row `j` is
+/// `w[j * k / T::BLCK_SIZE ..]`). `k` must be a multiple of both block
+/// sizes; see the module documentation for the method.
+pub fn gemm_dequantized<T: GgmlType>(
+    w: &[T],
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: &mut [f32],
+) {
+    assert_eq!(x.len(), m * k, "x is not [{m}, {k}]");
+    assert_eq!(dst.len(), m * n, "dst is not [{m}, {n}]");
+    let per_row = k / T::BLCK_SIZE;
+    assert_eq!(w.len(), n * per_row, "w is not [{n}, {k}]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The activations as candle's kernel sees them.
+    let mut xq = vec![0f32; m * k];
+    xq.par_chunks_mut(k).zip(x.par_chunks(k)).for_each_init(
+        || vec![T::VecDotType::zeros(); k / T::VecDotType::BLCK_SIZE],
+        |blocks, (out, row)| {
+            T::VecDotType::from_float(row, blocks);
+            T::VecDotType::to_float(blocks, out);
+        },
+    );
+    // Rows per tile: what fits [`TILE_VALUES`], evened out so that every
+    // thread gets the same number of tiles.
+    let threads = rayon::current_num_threads().max(1);
+    let most = (TILE_VALUES / k).clamp(16, 512);
+    let tiles = n.div_ceil(most).div_ceil(threads) * threads;
+    let tile = n.div_ceil(tiles).div_ceil(16) * 16;
+    let dst_at = dst.as_mut_ptr() as usize;
+    let xq = &xq;
+    (0..n.div_ceil(tile)).into_par_iter().for_each_init(
+        || vec![0f32; tile * k],
+        |wf, t| {
+            let j0 = t * tile;
+            let rows = tile.min(n - j0);
+            let wf = &mut wf[..rows * k];
+            T::to_float(&w[j0 * per_row..(j0 + rows) * per_row], wf);
+            // SAFETY: `dst` is `[m, n]` (asserted above) and outlives this
+            // parallel loop; this task writes only columns `j0..j0 + rows`
+            // of it, which no other task writes, and nothing reads `dst`
+            // until the loop ends. `xq` is `[m, k]` and `wf` `[rows, k]`,
+            // both row-major: the strides below stay inside them.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    rows,
+                    k,
+                    (dst_at as *mut f32).add(j0),
+                    1,
+                    n as isize,
+                    false,
+                    xq.as_ptr(),
+                    1,
+                    k as isize,
+                    wf.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use rand::{Rng, SeedableRng};
+
+    fn random(rng: &mut rand::rngs::StdRng, len: usize) -> Vec<f32> {
+        (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// Our result and candle's own quantized matmul on the same random
+    /// weights, per block type, with shapes that are not multiples of the
+    /// tile size nor of 256 where the type allows.
+    #[test]
+    fn matches_candles_kernel_on_random_data() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let cases: &[(GgmlDType, usize, usize, usize)] = &[
+            (GgmlDType::Q8_0, 17, 192, 40),
+            (GgmlDType::Q8_0, 33, 896, 131),
+            (GgmlDType::Q5_0, 16, 192, 19),
+            (GgmlDType::Q5_0, 40, 896, 77),
+            (GgmlDType::Q4_0, 21, 64, 300),
+            (GgmlDType::Q5_1, 18, 320, 5),
+            (GgmlDType::Q4_1, 19, 128, 33),
+            (GgmlDType::Q4K, 23, 512, 45),
+            (GgmlDType::Q6K, 29, 256, 130),
+            (GgmlDType::Q5K, 16, 256, 17),
+            (GgmlDType::Q3K, 16, 256, 9),
+            (GgmlDType::Q2K, 20, 768, 24),
+        ];
+        for &(dtype, m, k, n) in cases {
+            let w = Tensor::from_vec(random(&mut rng, n * k), (n, k), &Device::Cpu).unwrap();
+            let x = Tensor::from_vec(random(&mut rng, m * k), (1, m, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let ours = forward_cpu(&q, &x).unwrap().expect("handled");
+            assert_eq!(ours.dims(), &[1, m, n]);
+            let theirs = QMatMul::from_qtensor(q).unwrap().forward(&x).unwrap();
+            let diff = (&ours - &theirs)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = theirs
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            // Q4_1 / Q5_1 weights meet Q8_1 activations, whose block sums
+            // candle keeps in f16: its own result is off by that rounding.
+            let tolerance = match dtype {
+                GgmlDType::Q4_1 | GgmlDType::Q5_1 => 1e-3,
+                _ => 1e-5,
+            };
+            assert!(
+                diff <= tolerance * scale.max(1.0),
+                "{dtype:?} {m}x{k}x{n}: differs by {diff} (largest value {scale})"
+            );
+        }
+    }
+
+    /// Times candle's kernel and ours on Qwen2.5-0.5B's matrix shapes:
+    /// `cargo test --release -p clawpen-inference --lib batched::tests::speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, run by hand in release"]
+    fn speed() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let time = |f: &dyn Fn()| {
+            f();
+            let mut t: Vec<f64> = (0..5)
+                .map(|_| {
+                    let s = std::time::Instant::now();
+                    f();
+                    s.elapsed().as_secs_f64()
+                })
+                .collect();
+            t.sort_by(f64::total_cmp);
+            t[2]
+        };
+        for (dtype, k, n) in [
+            (GgmlDType::Q8_0, 896, 896),
+            (GgmlDType::Q8_0, 896, 4864),
+            (GgmlDType::Q8_0, 4864, 896),
+            (GgmlDType::Q5_0, 896, 4864),
+            (GgmlDType::Q4K, 4864, 896),
+            (GgmlDType::Q6K, 4864, 896),
+        ] {
+            let w = Tensor::from_vec(random(&mut rng, n * k), (n, k), &Device::Cpu).unwrap();
+            let q = std::sync::Arc::new(QTensor::quantize(&w, dtype).unwrap());
+            let theirs = QMatMul::from_arc(q.clone()).unwrap();
+            for m in [8, 16, 32, 256] {
+                let x = Tensor::from_vec(random(&mut rng, m * k), (1, m, k), &Device::Cpu).unwrap();
+                let a = time(&|| {
+                    theirs.forward(&x).unwrap();
+                });
+                let b = time(&|| {
+                    forward_cpu(&q, &x).unwrap().unwrap();
+                });
+                let gflop = 2.0 * (m * k * n) as f64 / 1e9;
+                println!(
+                    "{dtype:?} m={m} k={k} n={n}: candle {:.2} ms ({:.1} GFLOP/s), tiled {:.2} ms ({:.1} GFLOP/s), {:.2}x",
+                    a * 1e3,
+                    gflop / a,
+                    b * 1e3,
+                    gflop / b,
+                    a / b
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn below_the_threshold_and_odd_types_go_to_candle() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let (k, n) = (64, 8);
+        let w = Tensor::from_vec(random(&mut rng, n * k), (n, k), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(random(&mut rng, 3 * k), (3, k), &Device::Cpu).unwrap();
+        let lin = QLinear::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
+        assert_eq!(lin.forward(&x).unwrap().dims(), &[3, n]);
+        // f16 weights are no block type here: candle's path, same shape.
+        let f16 = QTensor::quantize(&w, GgmlDType::F16).unwrap();
+        let x = Tensor::from_vec(random(&mut rng, 20 * k), (20, k), &Device::Cpu).unwrap();
+        assert!(forward_cpu(&f16, &x).unwrap().is_none());
+        let lin = QLinear::from_qtensor(f16).unwrap();
+        assert_eq!(lin.forward(&x).unwrap().dims(), &[20, n]);
+    }
+
+    #[test]
+    fn a_misfitting_input_is_an_error() {
+        let w = Tensor::zeros((8, 64), DType::F32, &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let x = Tensor::zeros((20, 32), DType::F32, &Device::Cpu).unwrap();
+        assert!(forward_cpu(&q, &x).is_err());
+    }
+}
