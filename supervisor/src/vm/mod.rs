@@ -267,6 +267,9 @@ impl VmManager {
                 format!("no image named {:?} in the image store", request.image),
             )
         })?;
+        if let Some(why) = backend::unsupported_image(self.ctx.hypervisor.name(), &image) {
+            return Err(invalid("image", why));
+        }
         if let Some(disk_gib) = request.disk_gib {
             let base = self
                 .ctx

@@ -62,6 +62,20 @@ pub fn for_host(accel: accel::Accel, jail: crate::jail::Jail) -> std::sync::Arc<
     }
 }
 
+/// Why the backend named `backend` ([`Hypervisor::name`]) cannot run
+/// `image`, when it cannot: a macOS guest (`clawpen image create --macos`)
+/// has no kernel to boot and runs only on Virtualization.framework. Checked
+/// when a VM is created, so the error names the image instead of a VMM
+/// failing at its first start.
+pub fn unsupported_image(backend: &str, image: &Image) -> Option<String> {
+    (image.manifest.is_macos() && backend != "vz").then(|| {
+        format!(
+            "image {:?} is a macOS guest: only the vz backend (a Mac on Apple silicon) runs it, this host uses {backend}",
+            image.manifest.name
+        )
+    })
+}
+
 /// A hypervisor that can run VMs described by a [`VmSpec`] on an [`Image`].
 #[async_trait]
 pub trait Hypervisor: Send + Sync + 'static {
@@ -162,4 +176,46 @@ pub trait Instance: Send {
 
     /// Deletes a snapshot while the VM runs.
     async fn delete_snapshot(&mut self, name: &SnapshotName) -> Result<(), BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macos_guests_need_the_vz_backend() {
+        let h = "ab".repeat(32);
+        let manifest = |roles: &[clawpen_vmimage::FileRole]| clawpen_vmimage::ImageManifest {
+            format: clawpen_vmimage::manifest::FORMAT,
+            name: "img".into(),
+            arch: "aarch64".into(),
+            recipe: 1,
+            kernel_cmdline: "console=ttyAMA0".into(),
+            kernel_release: String::new(),
+            kernel_modules: Vec::new(),
+            packages: Vec::new(),
+            software: Vec::new(),
+            files: roles
+                .iter()
+                .map(|&role| clawpen_vmimage::ImageFile {
+                    role,
+                    file: role.file_name().into(),
+                    size: 1,
+                    sha256: h.clone(),
+                })
+                .collect(),
+            created_unix: 0,
+        };
+        let image = |roles| Image {
+            manifest: manifest(roles),
+            dir: "/images/img".into(),
+        };
+        let mac = image(&clawpen_vmimage::FileRole::MACOS);
+        let linux = image(&clawpen_vmimage::FileRole::ALL);
+        let why = unsupported_image("qemu", &mac).unwrap();
+        assert!(why.contains("macOS guest") && why.contains("qemu"), "{why}");
+        assert_eq!(unsupported_image("vz", &mac), None);
+        assert_eq!(unsupported_image("qemu", &linux), None);
+        assert_eq!(unsupported_image("vz", &linux), None);
+    }
 }
