@@ -7,6 +7,11 @@
 # debootstrap (OpenClaw guest root filesystem) and npm (fetches Node.js and
 # OpenClaw for that guest; it runs on the guest's pinned Node, so the host's
 # Node version does not matter) are for `clawpen image build openclaw`.
+# qemu-system-arm (qemu-system-aarch64) and apt's arm64 package lists are for
+# the aarch64 guests: `clawpen image build test-guest|openclaw --arch aarch64`
+# fetches Debian's arm64 kernel and busybox with apt (hence
+# `dpkg --add-architecture arm64`; nothing arm64 is installed on the host)
+# and the OpenClaw one finishes its root filesystem in an arm64 builder VM.
 set -euo pipefail
 
 need=()
@@ -20,6 +25,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v npm >/dev/null || need+=(npm)
+command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
 [ "${CLAWPEN_SKIP_BROWSER:-}" = 1 ] && need=("${need[@]/chromium*}")
 
 sudo=""
@@ -36,9 +42,16 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
 
+# arm64 package lists, for the aarch64 guests' kernel and busybox.
+foreign_added=0
+if [ "$(dpkg --print-architecture)" != arm64 ] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  $sudo dpkg --add-architecture arm64
+  foreign_added=1
+fi
+
 # The image builder needs fresh package lists for `apt-get download`.
 stamp=/var/lib/apt/lists/.clawpen-updated
-if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mmin +720 2>/dev/null)" ] || [ ${#need[@]} -gt 0 ]; then
+if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mmin +720 2>/dev/null)" ] || [ ${#need[@]} -gt 0 ] || [ $foreign_added = 1 ]; then
   $sudo apt-get update -qq
   $sudo touch "$stamp"
 fi

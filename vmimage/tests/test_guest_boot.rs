@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clawpen_vmimage::{
-    initramfs, test_guest, FileRole, Image, ImageStore, Progress, FAILED_MARKER, READY_MARKER,
-    TEST_GUEST,
+    arch::AGENT_PORT_NAME, initramfs, test_guest, Arch, FileRole, Image, ImageStore, Progress,
+    FAILED_MARKER, READY_MARKER, TEST_GUEST,
 };
 
 const CACHE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/clawpen-test-images");
@@ -103,7 +103,7 @@ fn test_guest_boots_and_runs_commands() {
     assert!(status.success());
 
     let start = Instant::now();
-    let mut vm = Qemu::boot(&image, &overlay);
+    let mut vm = Qemu::boot(&image, &overlay, &[]);
     let boot = vm.wait_for(READY_MARKER, Duration::from_secs(60));
     eprintln!("spawn → {READY_MARKER}: {:?}", start.elapsed());
     assert!(boot.is_ok(), "guest did not get ready: {}", vm.output);
@@ -134,6 +134,104 @@ fn test_guest_boots_and_runs_commands() {
     assert_eq!(sha256(&image.disk()), base.sha256);
 }
 
+/// The arm64 test guest, built on this (x86_64) host from Debian's arm64
+/// packages, boots under `qemu-system-aarch64 -M virt` (TCG) to its ready
+/// marker, runs commands on its PL011 console (`ttyAMA0`), and answers the
+/// guest agent on the named virtio-serial port.
+#[test]
+fn aarch64_test_guest_boots_under_tcg() {
+    let store = ImageStore::open(CACHE).expect("open store");
+    let start = Instant::now();
+    let image = store
+        .ensure_test_guest_for(Arch::Aarch64, &|_| {})
+        .expect("build the aarch64 test guest");
+    eprintln!("ensure_test_guest_for(aarch64): {:?}", start.elapsed());
+    let m = &image.manifest;
+    assert_eq!(m.name, "test-guest-aarch64");
+    assert_eq!(m.arch, "aarch64");
+    assert_eq!(m.kernel_cmdline, "console=ttyAMA0 panic=-1 quiet");
+    assert!(m.kernel_release.ends_with("-arm64"), "{}", m.kernel_release);
+    assert!(m.packages.iter().any(|p| p.name.ends_with("-arm64")));
+    assert!(m.kernel_modules.contains(&"virtio_console".to_owned()));
+    // An uncompressed arm64 `Image` (what Virtualization.framework needs
+    // too): "ARM\x64" magic at offset 56.
+    let kernel = std::fs::read(image.kernel()).unwrap();
+    assert_eq!(&kernel[56..60], b"ARM\x64");
+    // The x86 test guest is another image in the same store.
+    assert_ne!(
+        store.get(TEST_GUEST).ok().flatten().map(|i| i.dir),
+        Some(image.dir.clone())
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let overlay = tmp.path().join("overlay.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(image.disk())
+        .arg(&overlay)
+        .status()
+        .expect("qemu-img");
+    assert!(status.success());
+    let agent_sock = tmp.path().join("agent.sock");
+    let extra = [
+        "-device".to_owned(),
+        "virtio-serial-pci".to_owned(),
+        "-chardev".to_owned(),
+        format!(
+            "socket,id=agent0,path={},server=on,wait=off",
+            agent_sock.display()
+        ),
+        "-device".to_owned(),
+        format!("virtserialport,chardev=agent0,name={AGENT_PORT_NAME}"),
+    ];
+
+    let start = Instant::now();
+    let mut vm = Qemu::boot(&image, &overlay, &extra);
+    let boot = vm.wait_for(READY_MARKER, Duration::from_secs(300));
+    eprintln!("aarch64 spawn → {READY_MARKER}: {:?}", start.elapsed());
+    assert!(boot.is_ok(), "guest did not get ready: {}", vm.output);
+    vm.wait_for(test_guest::PROMPT, Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("no prompt: {}", vm.output));
+    vm.send("uname -m; cat /mnt/etc/clawpen-image; echo DONE-$((6*7))\n");
+    let out = vm
+        .wait_for("DONE-42", Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("command did not finish: {}", vm.output));
+    assert!(out.contains("aarch64"), "{out}");
+    assert!(out.contains("test-guest"), "{out}");
+
+    // The guest agent answers on the virtio port (bytes sent before the
+    // guest opened it are lost, so ping until it answers).
+    let answer = agent_ping(&agent_sock, Duration::from_secs(60));
+    assert_eq!(answer.as_deref(), Some("ok ping"), "{}", vm.output);
+    eprintln!("aarch64 console transcript:\n{}", vm.output);
+}
+
+/// Sends `ping` on the agent socket every second until a line comes back.
+fn agent_ping(sock: &Path, limit: Duration) -> Option<String> {
+    use std::io::BufRead;
+    let deadline = Instant::now() + limit;
+    let stream = loop {
+        match std::os::unix::net::UnixStream::connect(sock) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(_) => return None,
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    while Instant::now() < deadline {
+        writer.write_all(b"ping\n").ok()?;
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_ok() && !line.trim().is_empty() {
+            return Some(line.trim().to_owned());
+        }
+    }
+    None
+}
+
 /// A QEMU process whose serial console is its stdin/stdout; killed on drop.
 struct Qemu {
     child: Child,
@@ -145,8 +243,17 @@ struct Qemu {
 }
 
 impl Qemu {
-    fn boot(image: &Image, overlay: &Path) -> Self {
-        let mut child = Command::new("qemu-system-x86_64")
+    /// Boots `image` on `overlay` with QEMU for the image's architecture
+    /// (`extra` appended: devices a test adds).
+    fn boot(image: &Image, overlay: &Path, extra: &[String]) -> Self {
+        let arch = Arch::parse(&image.manifest.arch).expect("known arch");
+        let mut cmd = Command::new(arch.qemu_system());
+        if arch == Arch::Aarch64 {
+            // The `virt` machine, a CPU TCG emulates cheaply
+            // (`pauth-impdef`), as the builder VM uses.
+            cmd.args(["-machine", "virt", "-cpu", "max,pauth-impdef=on"]);
+        }
+        let mut child = cmd
             .args([
                 "-accel",
                 "tcg",
@@ -164,11 +271,12 @@ impl Qemu {
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
             .args(["-serial", "stdio"])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("qemu-system-x86_64 (run scripts/host-deps.sh)");
+            .expect("qemu-system-x86_64 / qemu-system-aarch64 (run scripts/host-deps.sh)");
         let mut stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

@@ -18,6 +18,9 @@ use crate::paths::StateDir;
 pub enum ImageCommand {
     /// Build an image (or find it cached): `openclaw` (the OpenClaw guest:
     /// Debian, Node.js, OpenClaw; needs root and network) or `test-guest`.
+    /// `--arch aarch64` on an x86_64 host stores them as
+    /// `openclaw-aarch64` / `test-guest-aarch64` (the OpenClaw one finishes
+    /// in a builder VM under qemu-system-aarch64).
     Build {
         name: String,
         /// Guest architecture: x86_64 or aarch64 (default: this host's).
@@ -54,12 +57,7 @@ pub async fn run(home: Option<PathBuf>, command: ImageCommand) -> Result<(), Cli
             };
             let kind = match name.as_str() {
                 "openclaw" => Kind::OpenClaw,
-                TEST_GUEST if arch == Arch::X86_64 => Kind::TestGuest,
-                TEST_GUEST => {
-                    return Err(CliError::BadInput(
-                        "the test guest is x86_64 only".to_owned(),
-                    ))
-                }
+                TEST_GUEST => Kind::TestGuest,
                 other => {
                     return Err(CliError::BadInput(format!(
                         "unknown image {other:?}: known images are openclaw and {TEST_GUEST}"
@@ -72,7 +70,7 @@ pub async fn run(home: Option<PathBuf>, command: ImageCommand) -> Result<(), Cli
                 let bar = BuildProgress::new(&name);
                 let result = match kind {
                     Kind::OpenClaw => store.ensure_openclaw(arch, &|p| bar.report(&p)),
-                    Kind::TestGuest => store.ensure_test_guest(&|p| bar.report(&p)),
+                    Kind::TestGuest => store.ensure_test_guest_for(arch, &|p| bar.report(&p)),
                 };
                 bar.finish();
                 result

@@ -1,5 +1,7 @@
-//! The QEMU backend: spawns `qemu-system-x86_64`, drives it over QMP on a unix
-//! socket in the VM directory, and keeps disks as qcow2 overlays on the
+//! The QEMU backend: spawns `qemu-system-x86_64` (or `qemu-system-aarch64`
+//! for an aarch64 image: `virt` machine, TCG unless the host is aarch64 too,
+//! the guest agent on a named virtio-serial port), drives it over QMP on a
+//! unix socket in the VM directory, and keeps disks as qcow2 overlays on the
 //! read-only base image.
 //!
 //! The VMM runs in its own process group with its output in `vmm.log`, so it
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use clawpen_api::{SharedFolder, SnapshotName, VmSpec};
-use clawpen_vmimage::Image;
+use clawpen_vmimage::{Arch, Image};
 
 use super::accel::Accel;
 use super::process::{self, ExitWatch};
@@ -28,18 +30,29 @@ const CONTROL_SOCKET_WAIT: Duration = Duration::from_secs(15);
 const QUIT_WAIT: Duration = Duration::from_secs(10);
 
 pub struct QemuBackend {
-    binary: String,
     accel: Accel,
     jail: Jail,
+}
+
+/// The guest architecture of `image` (manifests say `x86_64` or `aarch64`;
+/// anything unknown is treated as x86_64, what every older image is).
+fn guest_arch(image: &Image) -> Arch {
+    Arch::parse(&image.manifest.arch).unwrap_or(Arch::X86_64)
 }
 
 impl QemuBackend {
     /// A backend whose VMMs run with `accel`, inside `jail`.
     pub fn new(accel: Accel, jail: Jail) -> Self {
-        Self {
-            binary: "qemu-system-x86_64".to_string(),
-            accel,
-            jail,
+        Self { accel, jail }
+    }
+
+    /// The accelerator for a guest of `arch`: the host's choice for its own
+    /// architecture, TCG for another one (KVM cannot run it).
+    fn accel_for(&self, arch: Arch) -> Accel {
+        if Arch::host() == Some(arch) {
+            self.accel
+        } else {
+            Accel::Tcg
         }
     }
 
@@ -54,15 +67,23 @@ impl QemuBackend {
         shares: &[SharedFolder],
     ) -> Vec<String> {
         let p = |path: &Path| path.display().to_string();
+        let arch = guest_arch(image);
+        let accel = self.accel_for(arch);
+        let cpu = match (arch, accel) {
+            // QEMU's own pointer-authentication hash: much cheaper under TCG
+            // than the architected one, invisible to the guest.
+            (Arch::Aarch64, Accel::Tcg) => "max,pauth-impdef=on",
+            _ => accel.qemu_cpu(),
+        };
         let mut args = vec![
             "-name".into(),
             format!("clawpen-{}", spec.name),
             "-machine".into(),
-            "q35".into(),
+            arch.qemu_machine().into(),
             "-accel".into(),
-            self.accel.qemu_name().into(),
+            accel.qemu_name().into(),
             "-cpu".into(),
-            self.accel.qemu_cpu().into(),
+            cpu.into(),
             "-smp".into(),
             spec.cpus.to_string(),
             "-m".into(),
@@ -112,17 +133,28 @@ impl QemuBackend {
                 crate::egress::net::GUEST_MAC
             ),
         ]);
-        // The guest agent's channel (second UART, ttyS1): mounts and unmounts
-        // shares around memory snapshots.
+        // The guest agent's channel: mounts and unmounts shares around
+        // memory snapshots. x86: the second UART (ttyS1). aarch64: `virt`
+        // has one UART, so a virtio-serial port the guest finds by name.
         args.extend([
             "-chardev".into(),
             format!(
                 "socket,id=agent0,path={},server=on,wait=off",
                 escape_opt(&p(&dir.agent_socket()))
             ),
-            "-serial".into(),
-            "chardev:agent0".into(),
         ]);
+        match arch {
+            Arch::X86_64 => args.extend(["-serial".into(), "chardev:agent0".into()]),
+            Arch::Aarch64 => args.extend([
+                "-device".into(),
+                "virtio-serial-pci".into(),
+                "-device".into(),
+                format!(
+                    "virtserialport,chardev=agent0,name={}",
+                    clawpen_vmimage::arch::AGENT_PORT_NAME
+                ),
+            ]),
+        }
         // Shares: 9p with security_model=none (the guest sees the host's
         // owners and modes; the VMM creates files as itself) and read-only
         // enforced by QEMU. QEMU's 9p server walks paths component by
@@ -365,7 +397,10 @@ impl Hypervisor for QemuBackend {
         }
         let log = std::fs::File::create(dir.vmm_log()).map_err(io_err("create", &dir.vmm_log()))?;
         let log2 = log.try_clone().map_err(io_err("clone", &dir.vmm_log()))?;
-        let mut command = tokio::process::Command::new(&self.binary);
+        let arch = guest_arch(image);
+        let binary = arch.qemu_system();
+        let accel = self.accel_for(arch);
+        let mut command = tokio::process::Command::new(binary);
         command
             .args(self.args(dir, spec, image, restore, shares))
             .current_dir(dir.root())
@@ -378,7 +413,7 @@ impl Hypervisor for QemuBackend {
         self.jail.apply(command.as_std_mut());
         let child = command.spawn().map_err(|source| BackendError::Io {
             action: "spawn",
-            path: self.binary.clone().into(),
+            path: binary.into(),
             source,
         })?;
         let child_pid = child.id().unwrap_or_default();
@@ -401,10 +436,10 @@ impl Hypervisor for QemuBackend {
                 return Err(e);
             }
         };
-        tracing::debug!(vm = %spec.name, pid, accel = self.accel.qemu_name(), "qemu started");
+        tracing::debug!(vm = %spec.name, pid, accel = accel.qemu_name(), %arch, "qemu started");
         Ok(Box::new(QemuInstance {
             pid,
-            accel: self.accel.qemu_name().to_string(),
+            accel: accel.qemu_name().to_string(),
             qmp: Some(qmp),
             exit,
         }))
@@ -546,6 +581,79 @@ impl Instance for QemuInstance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clawpen_api::VmName;
+    use clawpen_vmimage::{FileRole, ImageManifest};
+
+    fn image(arch: &str) -> Image {
+        let files: Vec<_> = FileRole::ALL
+            .iter()
+            .map(|role| {
+                serde_json::json!({
+                    "role": role, "file": role.file_name(), "size": 1, "sha256": "0".repeat(64)
+                })
+            })
+            .collect();
+        let manifest: ImageManifest = serde_json::from_value(serde_json::json!({
+            "format": clawpen_vmimage::manifest::FORMAT, "name": "tiny", "arch": arch,
+            "recipe": 1, "kernel_cmdline": "console=ttyS0 panic=-1 quiet",
+            "kernel_release": "6.1.0-1", "packages": [], "files": files, "created_unix": 0,
+        }))
+        .unwrap();
+        Image {
+            manifest,
+            dir: std::path::PathBuf::from("/images/tiny"),
+        }
+    }
+
+    fn args_for(accel: Accel, arch: &str) -> Vec<String> {
+        let spec = VmSpec {
+            name: VmName::parse("demo").unwrap(),
+            image: "tiny".into(),
+            cpus: 1,
+            memory_mib: 256,
+            disk_gib: None,
+        };
+        let dir = VmDir::new("/vms/demo".into());
+        QemuBackend::new(accel, Jail::off()).args(&dir, &spec, &image(arch), None, &[])
+    }
+
+    /// The value after `flag`'s first occurrence.
+    fn after<'a>(args: &'a [String], flag: &str) -> &'a str {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        &args[i + 1]
+    }
+
+    #[test]
+    fn machine_cpu_and_agent_follow_the_guest_arch() {
+        let x86 = args_for(Accel::Kvm, "x86_64");
+        if Arch::host() == Some(Arch::X86_64) {
+            assert_eq!(after(&x86, "-accel"), "kvm");
+            assert_eq!(after(&x86, "-cpu"), "host");
+        }
+        assert_eq!(after(&x86, "-machine"), "q35");
+        // x86: the agent is the second UART, no virtio-serial.
+        assert_eq!(x86.iter().filter(|a| a.starts_with("chardev:")).count(), 2);
+        assert!(!x86.iter().any(|a| a.contains("virtserialport")));
+
+        let arm = args_for(Accel::Kvm, "aarch64");
+        assert_eq!(after(&arm, "-machine"), "virt");
+        if Arch::host() != Some(Arch::Aarch64) {
+            // KVM cannot run another architecture's guest.
+            assert_eq!(after(&arm, "-accel"), "tcg");
+            assert_eq!(after(&arm, "-cpu"), "max,pauth-impdef=on");
+        }
+        assert_eq!(
+            arm.iter().filter(|a| a.starts_with("chardev:")).count(),
+            1,
+            "one UART (the console) on virt"
+        );
+        assert!(arm.iter().any(|a| a == "virtio-serial-pci"));
+        assert!(arm.iter().any(|a| a
+            == &format!(
+                "virtserialport,chardev=agent0,name={}",
+                clawpen_vmimage::arch::AGENT_PORT_NAME
+            )));
+    }
 
     #[test]
     fn snapshot_table_is_parsed() {
