@@ -1002,7 +1002,7 @@ fn InferencePanel(live: Live) -> impl IntoView {
         let recent = log.with(|l| l.recent.clone());
         if recent.is_empty() {
             return Either::Left(view! {
-                <tr><td class="empty" colspan="11">"No requests yet."</td></tr>
+                <tr><td class="empty" colspan="12">"No requests yet."</td></tr>
             });
         }
         Either::Right(
@@ -1022,6 +1022,7 @@ fn InferencePanel(live: Live) -> impl IntoView {
                             <td class="num prompt">{r.prompt_tokens}</td>
                             <td class="num cached">{r.cached_tokens}</td>
                             <td class="num output">{r.output_tokens}</td>
+                            <td class="num wait">{decimals(r.queue_wait_ms, 0)}</td>
                             <td class="num ttft">{decimals(r.time_to_first_token_ms, 0)}</td>
                             <td class="num decode">{decimals(r.decode_tokens_per_s, 1)}</td>
                             <td class="tools mono">{r.tool_calls.join(", ")}</td>
@@ -1103,6 +1104,7 @@ fn InferencePanel(live: Live) -> impl IntoView {
                             <th class="num">"Prompt"</th>
                             <th class="num">"Cached"</th>
                             <th class="num">"Output"</th>
+                            <th class="num" title="waited in the model's queue">"Wait ms"</th>
                             <th class="num">"TTFT ms"</th>
                             <th class="num">"Decode tok/s"</th>
                             <th>"Tools"</th>

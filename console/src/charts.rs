@@ -33,8 +33,8 @@ pub fn sparkline(values: &[f64], w: f64, h: f64) -> Option<String> {
 }
 
 /// A small chart: the label, the last value (`places` decimals) and a
-/// sparkline. `data-metric`, `data-points` (how many values) and
-/// `data-last` say what it shows, for tests and scripts.
+/// sparkline. `data-metric`, `data-points` (how many values), `data-last`
+/// and `data-max` say what it shows, for tests and scripts.
 pub fn chart(
     metric: &'static str,
     label: &'static str,
@@ -48,6 +48,12 @@ pub fn chart(
         |v| format!("{v:.places$} {unit}").trim_end().to_string(),
     );
     let data_last = last.map(|v| format!("{v:.places$}")).unwrap_or_default();
+    let data_max = values
+        .iter()
+        .copied()
+        .reduce(f64::max)
+        .map(|v| format!("{v:.places$}"))
+        .unwrap_or_default();
     let points = sparkline(&values, W, H);
     view! {
         <span
@@ -55,6 +61,7 @@ pub fn chart(
             data-metric=metric
             data-points=values.len().to_string()
             data-last=data_last
+            data-max=data_max
         >
             {label} " " <b>{shown}</b>
             {points.map(|points| view! {
@@ -180,7 +187,8 @@ mod tests {
 
     #[test]
     fn a_chart_says_what_it_shows() {
-        let html = chart("ttft", "TTFT", vec![10.0, 32.4], "ms", 0).to_html();
+        let html = chart("ttft", "TTFT", vec![40.0, 32.4], "ms", 0).to_html();
+        assert!(html.contains(r#"data-max="40""#), "{html}");
         assert!(html.contains(r#"data-metric="ttft""#), "{html}");
         assert!(html.contains(r#"data-points="2""#), "{html}");
         assert!(html.contains(r#"data-last="32""#), "{html}");

@@ -107,6 +107,32 @@ impl Browser {
         element.attr(name).await.ok().flatten()
     }
 
+    /// Follows the label (the text before any `:`) of the element matching
+    /// `css` until `through` was seen and it reads `end`; answers the
+    /// labels seen in order, each change once. Panics with them after `limit`.
+    pub async fn states_through(
+        &self,
+        css: &str,
+        through: &str,
+        end: &str,
+        limit: Duration,
+    ) -> Vec<String> {
+        let mut seen: Vec<String> = Vec::new();
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = self.text(css).await.unwrap_or_default();
+            let label = text.split(':').next().unwrap_or("").trim().to_string();
+            if seen.last() != Some(&label) {
+                seen.push(label.clone());
+            }
+            if seen.iter().any(|s| s == through) && label == end {
+                return seen;
+            }
+            assert!(Instant::now() < deadline, "{css}: states seen: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Marks the page, so [`Browser::same_page`] can tell a reload.
     pub async fn mark_page(&self) {
         self.client

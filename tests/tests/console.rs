@@ -2,7 +2,7 @@
 //! Reset on `demo`, and sees the state go Resetting → Running live (SSE), with
 //! no reload.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clawpen_tests::browser::{build_console_assets, Browser};
 use clawpen_tests::{temp_home, Up};
@@ -27,20 +27,9 @@ async fn reset_from_the_browser_shows_live_state_changes() {
 
     browser.click("tr[data-vm=demo] button.reset").await;
 
-    let mut seen: Vec<String> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let text = browser.text(STATE).await.unwrap_or_default();
-        let label = text.split(':').next().unwrap_or("").trim().to_string();
-        if seen.last() != Some(&label) {
-            seen.push(label.clone());
-        }
-        if seen.iter().any(|s| s == "Resetting") && label == "Running" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "states seen: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let seen = browser
+        .states_through(STATE, "Resetting", "Running", Duration::from_secs(180))
+        .await;
     assert!(browser.same_page().await, "the page was reloaded");
     let shot = browser.screenshot("console-reset.png").await.unwrap();
     println!("screenshot: {}", shot.display());

@@ -12,9 +12,11 @@
 //! official `openai` Python SDK and the `demo` VM's key (the first before
 //! the page is opened: it comes from the supervisor's backlog; the second,
 //! carrying the tool's result, live), shown as one session of two turns
-//! under the demo VM, and in the inference panel's charts.
+//! under the demo VM, and in the inference panel's charts; then three
+//! requests at once on a model that writes until its limit, so two wait
+//! and the queue chart goes up and back to 0.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clawpen_tests::browser::{build_console_assets, until, Browser};
 use clawpen_tests::{temp_home, Up};
@@ -34,20 +36,9 @@ const EGRESS: &str = "section.egress[data-vm=demo]";
 /// through Resetting and is Running again.
 async fn reset_shows_resetting_then_running(browser: &Browser, button: &str) {
     browser.click(&format!("tr[data-vm=demo] {button}")).await;
-    let mut seen: Vec<String> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let text = browser.text(STATE).await.unwrap_or_default();
-        let label = text.split(':').next().unwrap_or("").trim().to_string();
-        if seen.last() != Some(&label) {
-            seen.push(label.clone());
-        }
-        if seen.iter().any(|s| s == "Resetting") && label == "Running" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{button}: states seen: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    browser
+        .states_through(STATE, "Resetting", "Running", Duration::from_secs(240))
+        .await;
     // the reset is over: the buttons are enabled again
     until(
         &format!("{button} enabled"),
@@ -328,7 +319,9 @@ const TOOL_CALL_SCRIPT: &[&str] = &[
 
 /// One Responses turn with the official `openai` Python SDK: the first
 /// question, or (with a call's JSON as the one argument) the tool's answer
-/// to that call. Prints the response's id, status and tool calls.
+/// to that call; prints the response's id, status and tool calls. With
+/// `queue`: three requests at once on the `endless` model (a long one, then
+/// two short ones that wait for it); prints their statuses.
 const SDK_TURN: &str = r#"
 import json, sys
 from openai import OpenAI
@@ -338,6 +331,23 @@ client = OpenAI(base_url=base, api_key=key, max_retries=0, timeout=120)
 question = {"role": "user", "content": "weather in paris?"}
 tools = [{"type": "function", "name": "get_weather",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+if sys.argv[3:] == ["queue"]:
+    import threading, time
+    statuses = []
+    def ask(text, tokens):
+        r = client.responses.create(model="endless", input=text, max_output_tokens=tokens,
+                                    temperature=0)
+        statuses.append(r.status)
+    first = threading.Thread(target=ask, args=("tell me everything", 400))
+    first.start()
+    time.sleep(0.3)
+    rest = [threading.Thread(target=ask, args=(t, 4)) for t in ("and b?", "and c?")]
+    for t in rest:
+        t.start()
+    for t in [first] + rest:
+        t.join()
+    print(json.dumps({"statuses": statuses}))
+    sys.exit(0)
 if len(sys.argv) > 3:
     call = json.loads(sys.argv[3])
     items = [question,
@@ -379,7 +389,20 @@ async fn agent_sessions_show_each_turn_under_the_vm() {
     let models = tempfile::tempdir().unwrap();
     let model = local_common::TinyModel::scripted("llama", TOOL_CALL_SCRIPT)
         .write(models.path(), "scripted");
-    let up = Up::start(home.path(), &["--model", model.to_str().unwrap()]).unwrap();
+    // a second model that writes until its token limit: requests wait for it
+    let endless = local_common::TinyModel::new("llama")
+        .never_ending()
+        .write(models.path(), "endless");
+    let up = Up::start(
+        home.path(),
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--model",
+            endless.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
     // the demo VM's key works as soon as the VM exists (it need not run)
     let access: clawpen_api::InferenceAccess = until(
         "the demo VM's inference key",
@@ -440,11 +463,15 @@ async fn agent_sessions_show_each_turn_under_the_vm() {
     // backlog, merged when the stream opened).
     browser
         .wait_for(
-            "section.inference p.models[data-count=\"1\"] .model[data-model=scripted]",
+            "section.inference p.models[data-count=\"2\"] .model[data-model=endless]",
             Duration::from_secs(30),
         )
         .await
         .unwrap();
+    assert!(browser
+        .text("section.inference p.models .model[data-model=scripted]")
+        .await
+        .is_some());
     let points = |metric: &'static str| {
         let browser = &browser;
         async move {
@@ -581,6 +608,54 @@ async fn agent_sessions_show_each_turn_under_the_vm() {
         .await
         .unwrap();
     assert!(rate.parse::<f64>().unwrap() > 0.0, "requests/s {rate}");
+
+    // Three requests at once on the endless model: two wait in its queue,
+    // and the queue chart goes up and back to 0.
+    let queued = sdk(vec!["queue".into()]).await.unwrap();
+    assert_eq!(queued["statuses"].as_array().unwrap().len(), 3, "{queued}");
+    let queue_max = until("the queue back to 0", Duration::from_secs(60), || async {
+        let css = "section.inference .spark[data-metric=queue]";
+        let last = browser.attr(css, "data-last").await?;
+        let max: u64 = browser.attr(css, "data-max").await?.parse().ok()?;
+        (last == "0" && max > 0).then_some(max)
+    })
+    .await;
+    let records: Vec<clawpen_api::InferenceRecord> =
+        up.get_json("/inference/recent").await.unwrap();
+    let waited = records
+        .iter()
+        .filter(|r| r.model == "endless" && r.queue_wait_ms.is_some_and(|w| w > 0.0))
+        .count();
+    assert!(
+        waited >= 1,
+        "queue chart max {queue_max}, records {records:?}"
+    );
+    println!("queue chart max {queue_max}, {waited} requests waited");
+    // the requests table shows the wait
+    until(
+        "a wait in the requests table",
+        Duration::from_secs(30),
+        || async {
+            let cells = browser
+                .client
+                .find_all(Locator::Css("table.inference tr.request td.wait"))
+                .await
+                .ok()?;
+            for cell in cells {
+                if cell
+                    .text()
+                    .await
+                    .ok()?
+                    .parse::<f64>()
+                    .is_ok_and(|ms| ms > 0.0)
+                {
+                    return Some(());
+                }
+            }
+            None
+        },
+    )
+    .await;
 
     let sessions = "document.querySelector('section.sessions[data-vm=demo]').scrollIntoView()";
     let charts = "document.querySelector('section.inference').scrollIntoView()";
