@@ -32,11 +32,19 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// The `clawpen` binary, built (once per test process) if it is missing or stale.
+/// The `clawpen` binary, built (once per test process) if it is missing or
+/// stale, in the profile this crate was built in: tests get a debug build
+/// (fast to build, with debug assertions), benches an optimized one, as users
+/// run it (a debug gateway would measure the compiler, not the code).
 pub fn clawpen_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let (profile_args, profile_dir): (&[&str], &str) = if cfg!(debug_assertions) {
+            (&[], "debug")
+        } else {
+            (&["--release"], "release")
+        };
         let status = Command::new(cargo)
             .args([
                 "build",
@@ -46,11 +54,12 @@ pub fn clawpen_bin() -> PathBuf {
                 "--bin",
                 "clawpen",
             ])
+            .args(profile_args)
             .current_dir(workspace_root())
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building clawpen failed");
-        target_dir().join("debug/clawpen")
+        target_dir().join(profile_dir).join("clawpen")
     })
     .clone()
 }
@@ -65,6 +74,59 @@ pub fn temp_home() -> tempfile::TempDir {
         .prefix("cp")
         .tempdir_in("/tmp")
         .expect("temp dir")
+}
+
+/// A running `clawpen inference serve --listen 127.0.0.1:0 ARGS...` on its
+/// own state directory; killed on drop.
+pub struct Serve {
+    child: Child,
+    /// `http://127.0.0.1:PORT/v1`, as it printed.
+    pub base: String,
+    pub home: tempfile::TempDir,
+}
+
+impl Serve {
+    /// Starts it and waits for the base URL it prints first.
+    pub fn start<I, S>(args: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let home = temp_home();
+        let mut child = Command::new(clawpen_bin())
+            .args(["inference", "serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("CLAWPEN_HOME", home.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawn clawpen inference serve")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?)
+            .read_line(&mut line)
+            .context("read its first line")?;
+        let Some(base) = line.trim().strip_prefix("inference: ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("inference serve printed {line:?}");
+        };
+        Ok(Self {
+            base: base.to_owned(),
+            child,
+            home,
+        })
+    }
+
+    /// Stops it and waits for it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A running `clawpen up`.

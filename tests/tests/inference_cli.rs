@@ -1,38 +1,27 @@
 //! `clawpen inference serve` wires its flags into the service.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+#[path = "../../inference/tests/local_common/mod.rs"]
+mod local_common;
+
+use std::process::Command;
 use std::time::Duration;
 
 use clawpen_api::Event;
 use clawpen_tests::events::EventStream;
-use clawpen_tests::{clawpen_bin, temp_home};
+use clawpen_tests::{clawpen_bin, temp_home, Serve};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_takes_its_upstream_model_and_tool_format() {
-    let home = temp_home();
-    let mut child = Command::new(clawpen_bin())
-        .args([
-            "inference",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "http://127.0.0.1:9/v1",
-            "--model",
-            "tiny-model",
-            "--tool-format",
-            "hermes",
-        ])
-        .env("CLAWPEN_HOME", home.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line.trim().strip_prefix("inference: ").unwrap().to_string();
+    let mut serve = Serve::start([
+        "--upstream",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "tiny-model",
+        "--tool-format",
+        "hermes",
+    ])
+    .unwrap();
+    let base = serve.base.clone();
     let models: serde_json::Value = reqwest::get(format!("{base}/models"))
         .await
         .unwrap()
@@ -62,10 +51,9 @@ async fn serve_takes_its_upstream_model_and_tool_format() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let _ = child.kill();
-    let _ = child.wait();
+    serve.stop();
     assert!(
-        home.path().join("inference.db").exists(),
+        serve.home.path().join("inference.db").exists(),
         "responses store not in the state dir"
     );
 }
@@ -145,4 +133,70 @@ fn local_models_and_an_upstream_together_are_refused() {
     assert!(!out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("either --model or --upstream"), "{stderr}");
+}
+
+/// A conversation's second turn, after a first one, on a `serve` started with
+/// `args`: the cached prompt tokens it reports.
+async fn second_turn_cached_tokens(model: &std::path::Path, args: &[&str]) -> u64 {
+    let serve = Serve::start(
+        [std::ffi::OsStr::new("--model"), model.as_os_str()]
+            .into_iter()
+            .chain(args.iter().map(std::ffi::OsStr::new)),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let chat = |messages: serde_json::Value| {
+        let http = http.clone();
+        let url = format!("{}/chat/completions", serve.base);
+        async move {
+            let resp = http
+                .post(url)
+                .json(&serde_json::json!({
+                    "messages": messages,
+                    "max_tokens": 4,
+                    "temperature": 0,
+                }))
+                .timeout(Duration::from_secs(120))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let first_user = serde_json::json!({"role": "user", "content": "the quick brown fox jumps over the lazy dog"});
+    let first = chat(serde_json::json!([first_user])).await;
+    let answer = first["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let second = chat(serde_json::json!([
+        first_user,
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "and again"},
+    ]))
+    .await;
+    second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no cached_tokens in {second}"))
+}
+
+/// `--prefix-cache-mib` reaches each local model's prefix cache: by default a
+/// second turn reuses the first turn's KV, with 0 it prefills everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn prefix_cache_size_is_a_flag_and_zero_turns_it_off() {
+    let models = tempfile::tempdir().unwrap();
+    let model = local_common::TinyModel::new("llama").write(models.path(), "tiny");
+    let cached = second_turn_cached_tokens(&model, &[]).await;
+    assert!(cached > 0, "the default cache reused nothing");
+    assert_eq!(
+        second_turn_cached_tokens(&model, &["--prefix-cache-mib", "0"]).await,
+        0,
+        "a 0 MiB cache still reused tokens"
+    );
+    let out = Command::new(clawpen_bin())
+        .args(["inference", "serve", "--prefix-cache-mib", "lots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }

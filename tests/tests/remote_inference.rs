@@ -6,15 +6,15 @@
 #[path = "../../inference/tests/local_common/mod.rs"]
 mod local_common;
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use clawpen_api::{Event, InferenceAccess};
 use clawpen_tests::events::EventStream;
 use clawpen_tests::serial::Serial;
-use clawpen_tests::{clawpen_bin, temp_home, test_images_dir, Up};
+use clawpen_tests::{clawpen_bin, temp_home, test_images_dir, Serve, Up};
 
 const BOOT: Duration = Duration::from_secs(180);
 const ANSWER: Duration = Duration::from_secs(120);
@@ -23,12 +23,11 @@ const REMOTE_KEY: &str = "sk-inference-host-test";
 /// finding it in the serial log means the remote answered.
 const REMOTE_TEXT: &str = "Greetings from the inference host.";
 
-/// `clawpen inference serve` on its own state dir; killed on drop.
+/// `clawpen inference serve` with a scripted tiny model and [`REMOTE_KEY`].
 struct InferenceHost {
-    child: Child,
+    _serve: Serve,
     /// `http://127.0.0.1:PORT` (no `/v1`: what a user would type).
     url: String,
-    _home: tempfile::TempDir,
     _models: tempfile::TempDir,
 }
 
@@ -37,28 +36,17 @@ impl InferenceHost {
         let models = tempfile::tempdir().unwrap();
         let model = local_common::TinyModel::scripted("llama", &[REMOTE_TEXT, "<|im_end|>"])
             .write(models.path(), "tiny");
-        let home = temp_home();
-        let mut child = Command::new(clawpen_bin())
-            .args(["inference", "serve", "--listen", "127.0.0.1:0", "--model"])
-            .arg(&model)
-            .args(["--api-key", REMOTE_KEY])
-            .env("CLAWPEN_HOME", home.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("inference: ")
-            .unwrap_or_else(|| panic!("serve printed {line:?}"));
-        let url = base.strip_suffix("/v1").unwrap().to_owned();
+        let serve = Serve::start([
+            OsStr::new("--model"),
+            model.as_os_str(),
+            OsStr::new("--api-key"),
+            OsStr::new(REMOTE_KEY),
+        ])
+        .unwrap();
+        let url = serve.base.strip_suffix("/v1").unwrap().to_owned();
         Self {
-            child,
+            _serve: serve,
             url,
-            _home: home,
             _models: models,
         }
     }
@@ -70,13 +58,6 @@ impl InferenceHost {
             .text()
             .await
             .unwrap()
-    }
-}
-
-impl Drop for InferenceHost {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -59,6 +59,11 @@ pub struct EngineArgs {
     /// Extra folders to search for GGUF models (besides Ollama, LM Studio, Hugging Face).
     #[arg(long = "model-dir")]
     model_dirs: Vec<PathBuf>,
+    /// Memory for each local model's KV prefix cache, in MiB (default 1024;
+    /// 0 turns it off): what lets a conversation's next turn prefill only
+    /// its new tokens.
+    #[arg(long = "prefix-cache-mib", value_name = "MIB")]
+    prefix_cache_mib: Option<u64>,
 }
 
 fn parse_family(raw: &str) -> Result<Family, String> {
@@ -91,6 +96,7 @@ impl EngineArgs {
             tool_format: self.tool_format,
             upstream_api_key: self.upstream_api_key,
             store_path: Some(state.root().join("inference.db")),
+            prefix_cache_bytes: self.prefix_cache_mib.map(|mib| mib.saturating_mul(1 << 20)),
             ..Default::default()
         }
     }
