@@ -26,6 +26,8 @@ h3 { font-size: .95rem; margin: 1.2rem 0 .4rem; }
 .panels > * { min-width: 0; }
 @media (min-width: 1500px) {
   .panels { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 0 2.5rem; }
+  /* the service on the left, each VM with its agent sessions on the right */
+  .panels > section.inference { order: -1; }
 }
 .scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; width: 100%; }
