@@ -9,7 +9,13 @@
 //! writer as Q8_0 and as llama.cpp's Q4_K_M mix (see
 //! `local_common::Quant`); `BENCH_SHAPE=tiny` uses a small shape for a
 //! quick run, `BENCH_GGUF=PATH` a real file (llama, qwen2, qwen3, qwen3moe).
-//! `BENCH_HISTORY` sets the history length in tokens (default 4096).
+//! `BENCH_HISTORY` sets the history length in tokens (default 4096),
+//! `BENCH_DECODE` the tokens decoded per measurement (default 64).
+//! Prompt and decode speeds are measured `BENCH_REPS` times (default 3),
+//! candle and llama.cpp taking turns (llama.cpp stays up in one Python
+//! process), and each model's last row gives candle's speed over
+//! llama.cpp's per repeat, min / median / max: other processes' load
+//! moves both alike, so the ratio is steadier than either speed.
 //! Threads: `RAYON_NUM_THREADS` (default 2) for both engines. Needs
 //! `pip install llama-cpp-python`; the llama.cpp rows are skipped with a
 //! note when it is missing.
@@ -31,7 +37,14 @@ use clawpen_inference::engine::{
 use futures::StreamExt;
 use local_common::{Quant, Shape, TinyModel, QWEN2_5_0_5B};
 
-const DECODE: u64 = 64;
+/// Tokens decoded per decode measurement (`BENCH_DECODE`, default 64).
+fn decode_tokens() -> u64 {
+    std::env::var("BENCH_DECODE")
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .filter(|d| *d > 0)
+        .unwrap_or(64)
+}
 
 fn main() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
@@ -43,6 +56,11 @@ fn main() {
         .ok()
         .and_then(|h| h.parse().ok())
         .unwrap_or(4096);
+    let reps: usize = std::env::var("BENCH_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
     let models: Vec<(String, PathBuf)> = match std::env::var_os("BENCH_GGUF") {
         Some(p) => vec![(model_id(Path::new(&p)), PathBuf::from(p))],
@@ -89,8 +107,14 @@ fn main() {
         let size_mb = std::fs::metadata(path).map(|m| m.len() >> 20).unwrap_or(0);
         let label = format!("{name} ({size_mb} MiB)");
         let (turn1, turn2) = history_turns(path, history);
-        let short_tokens = rt.block_on(candle_side(&label, path, &turn1, &turn2));
-        llama_cpp_side(&label, &py, path, &threads, &turn1, &turn2, short_tokens);
+        let mut llama = LlamaCpp::start(&py, path, &threads);
+        rt.block_on(compare(
+            &label,
+            path,
+            llama.as_mut(),
+            (&turn1, &turn2),
+            reps,
+        ));
     }
 }
 
@@ -190,110 +214,204 @@ async fn run(
     (first.map_or(total, |d| d.as_secs_f64()), total, usage)
 }
 
-/// Prints candle's row; returns the short prompt's token count.
-async fn candle_side(
+/// One engine's numbers for one model: per repeat, prompt and decode
+/// tokens/s; once, turn 2's TTFT without and with a cached prefix.
+#[derive(Default)]
+struct Side {
+    prompt: Vec<f64>,
+    decode: Vec<f64>,
+    cold: f64,
+    warm: f64,
+}
+
+/// Measures both engines on one model, interleaved (candle, llama.cpp,
+/// candle, ... ) so that load from other processes hits both alike, and
+/// prints their rows and the ratios.
+async fn compare(
     label: &str,
     path: &Path,
-    turn1: &[ChatMessage],
-    turn2: &[ChatMessage],
-) -> u64 {
+    llama: Option<&mut LlamaCpp>,
+    turns: (&[ChatMessage], &[ChatMessage]),
+    reps: usize,
+) {
+    let (turn1, turn2) = turns;
     let t = Instant::now();
     let engine = LocalEngine::start(&[path.to_owned()], LocalOptions::default());
     let failed = engine.wait_loaded().await;
     assert!(failed.is_empty(), "{failed:?}");
     eprintln!("candle: loaded in {:.2} s", t.elapsed().as_secs_f64());
     let model = model_id(path);
-    // Each measurement from its own client: the prefix cache is per
+    let mut llama = llama;
+    let (mut c, mut l) = (Side::default(), Side::default());
+    // Each candle measurement from its own client: the prefix cache is per
     // client, so nothing is reused unless meant to be.
     run(&engine, &model, short(), 1, "warm-up").await;
-    let (_, t1, u1) = run(&engine, &model, short(), 1, "prompt").await;
-    let (first, tn, un) = run(&engine, &model, short(), DECODE + 1, "decode").await;
-    let decoded = un.completion_tokens.saturating_sub(1).max(1);
+    if let Some(ll) = llama.as_deref_mut() {
+        ll.run(&short(), 1, true);
+    }
+    let mut short_tokens = 0;
+    for rep in 0..reps {
+        let (_, t1, u1) = run(&engine, &model, short(), 1, &format!("prompt-{rep}")).await;
+        short_tokens = u1.prompt_tokens;
+        c.prompt.push(u1.prompt_tokens as f64 / t1);
+        let (first, tn, un) = run(
+            &engine,
+            &model,
+            short(),
+            decode_tokens() + 1,
+            &format!("decode-{rep}"),
+        )
+        .await;
+        let decoded = un.completion_tokens.saturating_sub(1).max(1);
+        c.decode.push(decoded as f64 / (tn - first));
+        if let Some(ll) = llama.as_deref_mut() {
+            // Token counts are the engine's (same tokenizer and template).
+            let (_, t1) = ll.run(&short(), 1, true);
+            l.prompt.push(short_tokens as f64 / t1);
+            let (first, tn) = ll.run(&short(), decode_tokens() + 1, true);
+            l.decode.push(decode_tokens() as f64 / (tn - first));
+        }
+        eprintln!("repeat {rep} done");
+    }
     // Turn 2 from a client that never sent turn 1: everything prefilled.
     let (cold, _, uc) = run(&engine, &model, turn2.to_vec(), 1, "cold").await;
+    c.cold = cold;
+    let cold_tokens = uc.prompt_tokens;
     // Turn 1 then turn 2 from one client: turn 2 reuses turn 1's prefix.
     run(&engine, &model, turn1.to_vec(), 1, "agent").await;
     let (warm, _, uw) = run(&engine, &model, turn2.to_vec(), 1, "agent").await;
+    c.warm = warm;
+    let cached_tokens = uw.cached_tokens;
+    if let Some(ll) = llama.as_deref_mut() {
+        l.cold = ll.run(turn2, 1, true).0;
+        ll.run(turn1, 1, true);
+        l.warm = ll.run(turn2, 1, false).0;
+    }
     println!(
-        "| {label} | candle | {:.1} ({}) | {:.1} | {} | {:.2} s | {:.3} s ({}) |",
-        u1.prompt_tokens as f64 / t1,
-        u1.prompt_tokens,
-        decoded as f64 / (tn - first),
-        uc.prompt_tokens,
-        cold,
-        warm,
-        uw.cached_tokens
+        "| {label} | candle | {:.1} ({short_tokens}) | {:.1} | {cold_tokens} | {:.2} s | {:.3} s ({cached_tokens}) |",
+        median(&c.prompt),
+        median(&c.decode),
+        c.cold,
+        c.warm,
     );
-    u1.prompt_tokens
+    if llama.is_none() {
+        println!("| {label} | llama.cpp | skipped: llama-cpp-python did not start |");
+        return;
+    }
+    println!(
+        "| {label} | llama.cpp | {:.1} | {:.1} | | {:.2} s | {:.3} s |",
+        median(&l.prompt),
+        median(&l.decode),
+        l.cold,
+        l.warm
+    );
+    let ratios =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a / b).collect() };
+    let spread = |r: Vec<f64>| {
+        let mut r = r;
+        r.sort_by(f64::total_cmp);
+        format!("{:.2}x / {:.2}x / {:.2}x", r[0], median(&r), r[r.len() - 1])
+    };
+    println!(
+        "| {label} | candle ÷ llama.cpp, min / median / max of {reps} | {} | {} | | {:.2}x faster | {:.2}x faster; cached ÷ cold {:.3} |",
+        spread(ratios(&c.prompt, &l.prompt)),
+        spread(ratios(&c.decode, &l.decode)),
+        l.cold / c.cold,
+        l.warm / c.warm,
+        c.warm / c.cold,
+    );
 }
 
-/// The same measurements in llama.cpp: `reset()` empties its KV cache
-/// (no reuse); without it, llama-cpp-python reuses the longest prefix of
-/// its last prompt (its own prefix cache, one sequence).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// llama.cpp in a Python process that stays up (the model is loaded
+/// once): one JSON request per line on stdin, one answer per line.
+/// `reset` empties its KV cache (no reuse); without it, llama-cpp-python
+/// reuses the longest prefix of its last prompt (its own prefix cache, one
+/// sequence).
 const LLAMA_CPP: &str = r#"
 import json, sys, time
 from llama_cpp import Llama
-path, threads, decode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-short, turn1, turn2 = (json.loads(a) for a in sys.argv[4:7])
+path, threads = sys.argv[1], int(sys.argv[2])
 llm = Llama(model_path=path, n_ctx=8192, n_threads=threads, n_threads_batch=threads, verbose=False)
-def run(msgs, max_tokens, reset=True):
-    if reset:
+print("ready", flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    if req["reset"]:
         llm.reset()
     t = time.perf_counter()
     first = None
-    for chunk in llm.create_chat_completion(messages=msgs, max_tokens=max_tokens, temperature=0.0, stream=True):
+    for chunk in llm.create_chat_completion(messages=req["messages"], max_tokens=req["max_tokens"], temperature=0.0, stream=True):
         if first is None and chunk["choices"][0]["delta"].get("content"):
             first = time.perf_counter() - t
     total = time.perf_counter() - t
-    return first or total, total
-run(short, 1)
-_, t1 = run(short, 1)
-first, tn = run(short, decode + 1)
-cold, _ = run(turn2, 1)
-run(turn1, 1)
-warm, _ = run(turn2, 1, reset=False)
-print(json.dumps({"t1": t1, "first": first, "tn": tn, "cold": cold, "warm": warm}))
+    print(json.dumps({"first": first or total, "total": total}), flush=True)
 "#;
 
-fn llama_cpp_side(
-    label: &str,
-    py: &str,
-    path: &Path,
-    threads: &str,
-    turn1: &[ChatMessage],
-    turn2: &[ChatMessage],
-    short_tokens: u64,
-) {
-    let js = |m: &[ChatMessage]| serde_json::to_string(m).unwrap();
-    let out = Command::new(py)
-        .args(["-c", LLAMA_CPP])
-        .arg(path)
-        .args([threads, &DECODE.to_string()])
-        .args([js(&short()), js(turn1), js(turn2)])
-        .output();
-    let o = match out {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            let err = String::from_utf8_lossy(&o.stderr);
-            println!(
-                "| {label} | llama.cpp | skipped: {} |",
-                err.lines().last().unwrap_or("")
-            );
-            return;
+struct LlamaCpp {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl LlamaCpp {
+    /// `None` (with the reason on stderr) when llama-cpp-python is missing
+    /// or cannot load the model.
+    fn start(py: &str, path: &Path, threads: &str) -> Option<Self> {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = Command::new(py)
+            .args(["-c", LLAMA_CPP])
+            .arg(path)
+            .arg(threads)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| eprintln!("llama.cpp: {py}: {e}"))
+            .ok()?;
+        let stdin = child.stdin.take()?;
+        let mut stdout = std::io::BufReader::new(child.stdout.take()?);
+        let mut line = String::new();
+        stdout.read_line(&mut line).ok()?;
+        if line.trim() != "ready" {
+            eprintln!("llama.cpp did not start (pip install llama-cpp-python)");
+            let _ = child.wait();
+            return None;
         }
-        Err(e) => {
-            println!("| {label} | llama.cpp | skipped ({py}: {e}) |");
-            return;
-        }
-    };
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let f = |k: &str| v[k].as_f64().unwrap();
-    // Token counts are the engine's (same tokenizer and template).
-    println!(
-        "| {label} | llama.cpp | {:.1} | {:.1} | | {:.2} s | {:.3} s |",
-        short_tokens as f64 / f("t1"),
-        DECODE as f64 / (f("tn") - f("first")),
-        f("cold"),
-        f("warm")
-    );
+        Some(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// (seconds to the first token, seconds in all).
+    fn run(&mut self, messages: &[ChatMessage], max_tokens: u64, reset: bool) -> (f64, f64) {
+        use std::io::{BufRead, Write};
+        let req =
+            serde_json::json!({"messages": messages, "max_tokens": max_tokens, "reset": reset});
+        writeln!(self.stdin, "{req}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("llama.cpp answered {line:?}: {e}"));
+        (v["first"].as_f64().unwrap(), v["total"].as_f64().unwrap())
+    }
+}
+
+impl Drop for LlamaCpp {
+    fn drop(&mut self) {
+        // Closing stdin ends its loop.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
