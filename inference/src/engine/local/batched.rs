@@ -31,7 +31,8 @@ use rayon::prelude::*;
 /// rather than candle's per-row kernel. Measured on Qwen2.5-0.5B shapes
 /// (`tests::speed`, 2 threads, AVX-512, busy machine): at 8 rows the tiled
 /// path is already 1.6-2.3x faster for Q8_0 and 4x for Q5_0, at 16 2-9x,
-/// at 256 2.4-13x; 16 leaves decoding and short turns to candle.
+/// at 256 2.4-13x; 16 leaves decoding and short turns to candle (or,
+/// for Q5_0 weights, to [`super::matvec`]).
 pub const MIN_ROWS: usize = 16;
 
 /// Most f32 values of one dequantized weight tile: 160K (640 KiB) stays
@@ -67,10 +68,41 @@ impl QLinear {
                 if let Some(y) = forward_cpu(w, x)? {
                     return Ok(y);
                 }
+            } else if w.dtype() == GgmlDType::Q5_0
+                && x.device().is_cpu()
+                && x.dtype() == DType::F32
+                && super::matvec::available()
+            {
+                if let Some(y) = forward_q5_0(w, x)? {
+                    return Ok(y);
+                }
             }
         }
         self.inner.forward(x)
     }
+}
+
+/// `x · wᵀ` for a Q5_0 `w` through [`super::matvec::matmul_q5_0`] (few
+/// rows: candle's Q5_0 dot product is scalar); `None` when it declines.
+fn forward_q5_0(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+    let (n, k) = w.shape().dims2()?;
+    let mut out_dims = x.dims().to_vec();
+    match out_dims.last_mut() {
+        Some(last) if *last == k => *last = n,
+        _ => return Ok(None),
+    }
+    let m = x.elem_count() / k;
+    let x = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let data = w.data()?;
+    let mut dst = vec![0f32; m * n];
+    if !super::matvec::matmul_q5_0(&data, &x, m, k, n, &mut dst) {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::from_vec(
+        dst,
+        out_dims,
+        &candle_core::Device::Cpu,
+    )?))
 }
 
 /// Whether candle's own tiled int8 kernels (x86, `repack_x86.rs` in

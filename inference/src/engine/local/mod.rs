@@ -35,6 +35,7 @@ pub mod batched;
 pub mod cache;
 pub mod decode;
 pub mod gguf;
+pub mod matvec;
 pub mod model;
 pub mod queue;
 pub mod template;
