@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use clawpen_api::{SharedFolder, SnapshotName, VmSpec};
 use clawpen_vmimage::Image;
 
+use super::agent_bridge::AgentBridge;
 use super::disk::{Apfs, VzDisks, VzPaths, RAW_BASE};
 use super::machine::{Machine, RunState};
 use super::{objc, spec};
@@ -131,10 +132,30 @@ impl Hypervisor for VzBackend {
             path: dir.root().to_path_buf(),
             source,
         })?;
+        // The agent port's socketpair: the VM gets one end, the bridge
+        // serves the other on `agent.sock`, where QEMU VMs have theirs.
+        let (agent_vmm, agent) = match &config.agent {
+            Some(port) => {
+                let (host, vmm) =
+                    std::os::unix::net::UnixStream::pair().map_err(|source| BackendError::Io {
+                        action: "create the agent socketpair for",
+                        path: dir.root().to_path_buf(),
+                        source,
+                    })?;
+                let bridge =
+                    AgentBridge::serve(&port.socket, host).map_err(|source| BackendError::Io {
+                        action: "serve the guest agent on",
+                        path: port.socket.clone(),
+                        source,
+                    })?;
+                (Some(vmm.into()), Some(bridge))
+            }
+            None => (None, None),
+        };
         // The configuration object is not `Send`: it is dropped before the
         // first await (the VM keeps its own copy).
         let machine = {
-            let built = objc::build(&config, vmm.into()).map_err(vz)?;
+            let built = objc::build(&config, vmm.into(), agent_vmm).map_err(vz)?;
             Machine::new(&built, &format!("clawpen.vz.{}", spec.name))
         };
         if let Some(name) = restore {
@@ -150,6 +171,7 @@ impl Hypervisor for VzBackend {
             machine,
             dir: dir.clone(),
             link: gateway,
+            _agent: agent,
         }))
     }
 
@@ -191,6 +213,9 @@ pub struct VzInstance {
     dir: VmDir,
     /// The gateway's end of the network socketpair (the VM holds the other).
     link: std::os::unix::net::UnixDatagram,
+    /// Serves the guest agent's port on `agent.sock` while the VM lives
+    /// (the same port across warm restores: the VM object is kept).
+    _agent: Option<AgentBridge>,
 }
 
 impl VzInstance {

@@ -105,6 +105,13 @@ impl VzPaths {
         self.root.join("serial.log")
     }
 
+    /// The guest agent's socket: the same path as a QEMU VM's
+    /// ([`VmDir::agent_socket`](crate::vm::dir::VmDir::agent_socket)), so the
+    /// supervisor's agent client reaches both the same way.
+    pub fn agent_socket(&self) -> PathBuf {
+        crate::vm::dir::VmDir::new(self.root.clone()).agent_socket()
+    }
+
     pub fn snapshots(&self) -> PathBuf {
         self.root.join(SNAPSHOTS)
     }

@@ -192,6 +192,8 @@ impl Staging {
             },
             shares: Vec::new(),
             serial_log: self.dir.join(INSTALL_LOG),
+            // The installer runs no guest agent.
+            agent: None,
             entropy: true,
         }
     }

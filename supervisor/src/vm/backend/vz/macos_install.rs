@@ -183,7 +183,7 @@ pub async fn install(
     // until the install ends, so the NIC has a live peer.
     let (_gateway, vmm) = datagram_pair().map_err(MacInstallError::Socket)?;
     let machine = {
-        let built = objc::build(&config, vmm.into())?;
+        let built = objc::build(&config, vmm.into(), None)?;
         Machine::new(&built, &format!("clawpen.vz.install.{}", request.name))
     };
     let mut bar = InstallProgress::default();

@@ -5,7 +5,9 @@
 //!
 //! - `spec` (portable) — a pure function from the VM spec, image and shares
 //!   to [`spec::VzConfig`], a plain description (CPUs, memory, boot loader,
-//!   disks, NIC, shares, console).
+//!   disks, NIC, shares, console, agent port).
+//! - `agent_bridge` (portable) — serves the agent port's socketpair on the
+//!   VM folder's `agent.sock`, as QEMU serves its agent chardev.
 //! - `disk` (portable) — the VM folder's VZ files and APFS `clonefile`
 //!   disks: fresh disk = clone of the raw base, snapshot = clone of the disk,
 //!   reset = clone again; only the [`disk::Cloner`] needs APFS.
@@ -25,6 +27,7 @@
 // The portable halves are only called by the macOS-only ones (and tests).
 #![cfg_attr(not(target_os = "macos"), allow(dead_code))]
 
+pub mod agent_bridge;
 #[cfg(target_os = "macos")]
 mod backend;
 pub mod disk;

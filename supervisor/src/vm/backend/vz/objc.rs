@@ -9,17 +9,18 @@ use objc2::rc::Retained;
 use objc2::AllocAnyThread;
 use objc2_foundation::{NSArray, NSData, NSError, NSFileHandle, NSString, NSURL};
 use objc2_virtualization::{
-    VZBootLoader, VZDirectoryShare, VZDirectorySharingDeviceConfiguration,
-    VZDiskImageStorageDeviceAttachment, VZEntropyDeviceConfiguration,
-    VZFileHandleNetworkDeviceAttachment, VZFileSerialPortAttachment, VZLinuxBootLoader,
-    VZMACAddress, VZMacAuxiliaryStorage, VZMacHardwareModel, VZMacMachineIdentifier,
-    VZMacOSBootLoader, VZMacPlatformConfiguration, VZNetworkDeviceAttachment,
-    VZNetworkDeviceConfiguration, VZPlatformConfiguration, VZSerialPortAttachment,
-    VZSerialPortConfiguration, VZSharedDirectory, VZSingleDirectoryShare,
-    VZStorageDeviceAttachment, VZStorageDeviceConfiguration, VZVirtioBlockDeviceConfiguration,
-    VZVirtioConsoleDeviceSerialPortConfiguration, VZVirtioEntropyDeviceConfiguration,
-    VZVirtioFileSystemDeviceConfiguration, VZVirtioNetworkDeviceConfiguration,
-    VZVirtualMachineConfiguration,
+    VZBootLoader, VZConsoleDeviceConfiguration, VZDirectoryShare,
+    VZDirectorySharingDeviceConfiguration, VZDiskImageStorageDeviceAttachment,
+    VZEntropyDeviceConfiguration, VZFileHandleNetworkDeviceAttachment,
+    VZFileHandleSerialPortAttachment, VZFileSerialPortAttachment, VZLinuxBootLoader, VZMACAddress,
+    VZMacAuxiliaryStorage, VZMacHardwareModel, VZMacMachineIdentifier, VZMacOSBootLoader,
+    VZMacPlatformConfiguration, VZNetworkDeviceAttachment, VZNetworkDeviceConfiguration,
+    VZPlatformConfiguration, VZSerialPortAttachment, VZSerialPortConfiguration, VZSharedDirectory,
+    VZSingleDirectoryShare, VZStorageDeviceAttachment, VZStorageDeviceConfiguration,
+    VZVirtioBlockDeviceConfiguration, VZVirtioConsoleDeviceConfiguration,
+    VZVirtioConsoleDeviceSerialPortConfiguration, VZVirtioConsolePortConfiguration,
+    VZVirtioEntropyDeviceConfiguration, VZVirtioFileSystemDeviceConfiguration,
+    VZVirtioNetworkDeviceConfiguration, VZVirtualMachineConfiguration,
 };
 
 use super::spec::{BootLoader, VzConfig};
@@ -28,6 +29,10 @@ use super::spec::{BootLoader, VzConfig};
 pub enum VzObjcError {
     #[error("Virtualization.framework refused {what}: {message}")]
     Refused { what: String, message: String },
+    #[error("the agent port {name} has no socket")]
+    NoAgentSocket { name: String },
+    #[error("cannot duplicate the agent port's socket: {0}")]
+    AgentSocket(std::io::Error),
     #[error("cannot read {path}: {source}")]
     Read {
         path: std::path::PathBuf,
@@ -61,11 +66,13 @@ fn read_data(path: &Path) -> Result<Retained<NSData>, VzObjcError> {
 }
 
 /// Builds and validates the configuration. `network` is the VMM's end of the
-/// gateway's datagram socketpair; the configuration owns it from here on
-/// (`closeOnDealloc`).
+/// gateway's datagram socketpair, `agent` the VMM's end of the agent port's
+/// stream socketpair (needed when `config.agent` is set); the configuration
+/// owns them from here on (`closeOnDealloc`).
 pub fn build(
     config: &VzConfig,
     network: OwnedFd,
+    agent: Option<OwnedFd>,
 ) -> Result<Retained<VZVirtualMachineConfiguration>, VzObjcError> {
     // SAFETY: every call below is a plain Objective-C message to an object
     // created here, with arguments of the types the framework declares;
@@ -211,6 +218,43 @@ pub fn build(
         console.setAttachment(Some(log));
         let console: Retained<VZSerialPortConfiguration> = Retained::into_super(console);
         vm.setSerialPorts(&NSArray::from_retained_slice(&[console]));
+
+        // The guest agent: a named port (macOS 13+) on a console device of
+        // its own (the hvc0 console above is a serial port configuration,
+        // which has no named ports). Not a console port, so the guest sees
+        // a plain `/dev/vportNp0` with that name in sysfs, as under QEMU.
+        if let Some(port_config) = &config.agent {
+            let fd = agent.ok_or_else(|| VzObjcError::NoAgentSocket {
+                name: port_config.name.clone(),
+            })?;
+            // Two handles, two descriptors: each closes its own.
+            let write_fd = fd.try_clone().map_err(VzObjcError::AgentSocket)?;
+            let reading = NSFileHandle::initWithFileDescriptor_closeOnDealloc(
+                NSFileHandle::alloc(),
+                fd.into_raw_fd(),
+                true,
+            );
+            let writing = NSFileHandle::initWithFileDescriptor_closeOnDealloc(
+                NSFileHandle::alloc(),
+                write_fd.into_raw_fd(),
+                true,
+            );
+            let attachment =
+                VZFileHandleSerialPortAttachment::initWithFileHandleForReading_fileHandleForWriting(
+                    VZFileHandleSerialPortAttachment::alloc(),
+                    Some(&reading),
+                    Some(&writing),
+                );
+            let port = VZVirtioConsolePortConfiguration::new();
+            port.setName(Some(&NSString::from_str(&port_config.name)));
+            port.setIsConsole(false);
+            let attachment: &VZSerialPortAttachment = &attachment;
+            port.setAttachment(Some(attachment));
+            let device = VZVirtioConsoleDeviceConfiguration::new();
+            device.ports().setObject_atIndexedSubscript(Some(&port), 0);
+            let device: Retained<VZConsoleDeviceConfiguration> = Retained::into_super(device);
+            vm.setConsoleDevices(&NSArray::from_retained_slice(&[device]));
+        }
 
         if config.entropy {
             let entropy: Retained<VZEntropyDeviceConfiguration> =

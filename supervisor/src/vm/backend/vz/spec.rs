@@ -1,12 +1,13 @@
 //! The VZ configuration as plain data: what a VM is made of, decided by a
 //! pure function from the VM spec, the image and the VM folder, so every
-//! decision (boot loader, console, disk, NIC, shares, limits) is unit-tested
+//! decision (boot loader, console, agent port, disk, NIC, shares, limits) is unit-tested
 //! on any host. `objc.rs` (macOS only) turns a [`VzConfig`] into
 //! Virtualization.framework objects one to one and decides nothing.
 
 use std::path::{Path, PathBuf};
 
 use clawpen_api::{SharedFolder, VmSpec};
+use clawpen_vmimage::arch::AGENT_PORT_NAME;
 use clawpen_vmimage::Image;
 
 use super::disk::VzPaths;
@@ -53,6 +54,9 @@ pub struct VzConfig {
     pub shares: Vec<ShareConfig>,
     /// Where the guest's console output is written (virtio console port).
     pub serial_log: PathBuf,
+    /// The guest agent's named virtio console port (Linux guests; a macOS
+    /// guest runs no agent).
+    pub agent: Option<AgentPortConfig>,
     /// A virtio entropy device (the guest's RNG seeds from it).
     pub entropy: bool,
 }
@@ -89,6 +93,20 @@ pub struct NetworkConfig {
     /// The link MTU (`VZFileHandleNetworkDeviceAttachment.maximumTransmissionUnit`),
     /// the one the gateway's DHCP offers.
     pub mtu: u16,
+}
+
+/// A `VZVirtioConsolePortConfiguration` named like QEMU's
+/// `virtserialport,name=...`, so the same guest image finds its agent port
+/// under either VMM. Its host end is a socketpair that
+/// [`super::agent_bridge::AgentBridge`] serves on `socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPortConfig {
+    /// [`AGENT_PORT_NAME`], what the guest looks for in
+    /// `/sys/class/virtio-ports/*/name`.
+    pub name: String,
+    /// The unix socket the supervisor's agent client connects to: the VM
+    /// folder's `agent.sock`, as for QEMU.
+    pub socket: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,7 +182,12 @@ pub fn describe_linux(
         initrd: image.initrd(),
         cmdline: vz_cmdline(image.kernel_cmdline()),
     };
-    describe(spec, boot, paths, shares)
+    let mut config = describe(spec, boot, paths, shares)?;
+    config.agent = Some(AgentPortConfig {
+        name: AGENT_PORT_NAME.to_string(),
+        socket: paths.agent_socket(),
+    });
+    Ok(config)
 }
 
 /// Files a macOS guest image holds besides its disk, written when it was
@@ -245,6 +268,7 @@ pub fn describe(
         },
         shares,
         serial_log: paths.serial_log(),
+        agent: None,
         entropy: true,
     })
 }
@@ -332,6 +356,26 @@ mod tests {
         );
         assert_eq!(config.serial_log, Path::new("/vms/demo/serial.log"));
         assert!(config.entropy);
+    }
+
+    #[test]
+    fn a_linux_guest_gets_the_agent_port_the_images_look_for() {
+        let paths = VzPaths::new(Path::new("/vms/demo"));
+        let config =
+            describe_linux(&spec(1, 256), &image("aarch64"), &paths, &[], "aarch64").unwrap();
+        let agent = config.agent.expect("an agent port");
+        assert_eq!(agent.name, "org.clawpen.agent");
+        assert_eq!(agent.name, clawpen_vmimage::arch::AGENT_PORT_NAME);
+        // Where QEMU VMs have it, so `vm::agent::call` works unchanged.
+        assert_eq!(
+            agent.socket,
+            crate::vm::dir::VmDir::new("/vms/demo".into()).agent_socket()
+        );
+        assert_eq!(agent.socket, Path::new("/vms/demo/agent.sock"));
+
+        // A macOS guest runs no agent: no port, no socket.
+        let mac = describe_macos(&spec(4, 8192), Path::new("/images/macos"), &paths, &[]).unwrap();
+        assert_eq!(mac.agent, None);
     }
 
     #[test]
