@@ -273,12 +273,9 @@ pub fn gemm_dequantized<T: GgmlType>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::local::kernel_tests::{max_abs, median_seconds, random};
     use candle_core::Device;
-    use rand::{Rng, SeedableRng};
-
-    fn random(rng: &mut rand::rngs::StdRng, len: usize) -> Vec<f32> {
-        (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-    }
+    use rand::SeedableRng;
 
     /// Our result and candle's own quantized matmul on the same random
     /// weights, per block type, with shapes that are not multiples of the
@@ -307,25 +304,8 @@ mod tests {
             let ours = forward_cpu(&q, &x).unwrap().expect("handled");
             assert_eq!(ours.dims(), &[1, m, n]);
             let theirs = QMatMul::from_qtensor(q).unwrap().forward(&x).unwrap();
-            let diff = (&ours - &theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let scale = theirs
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs(&(&ours - &theirs).unwrap());
+            let scale = max_abs(&theirs);
             // Q4_1 / Q5_1 weights meet Q8_1 activations, whose block sums
             // candle keeps in f16: its own result is off by that rounding.
             let tolerance = match dtype {
@@ -345,18 +325,7 @@ mod tests {
     #[ignore = "a measurement, run by hand in release"]
     fn speed() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        let time = |f: &dyn Fn()| {
-            f();
-            let mut t: Vec<f64> = (0..5)
-                .map(|_| {
-                    let s = std::time::Instant::now();
-                    f();
-                    s.elapsed().as_secs_f64()
-                })
-                .collect();
-            t.sort_by(f64::total_cmp);
-            t[2]
-        };
+        let time = |f: &dyn Fn()| median_seconds(5, f);
         for (dtype, k, n) in [
             (GgmlDType::Q8_0, 896, 896),
             (GgmlDType::Q8_0, 896, 4864),

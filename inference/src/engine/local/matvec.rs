@@ -225,13 +225,10 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::local::kernel_tests::{max_abs, median_seconds, random};
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
-    use rand::{Rng, SeedableRng};
-
-    fn random(rng: &mut rand::rngs::StdRng, len: usize) -> Vec<f32> {
-        (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-    }
+    use rand::SeedableRng;
 
     fn ours(q: &QTensor, x: &[f32], m: usize) -> Option<Vec<f32>> {
         let (n, k) = q.shape().dims2().unwrap();
@@ -302,16 +299,7 @@ mod tests {
         let lin = super::super::batched::QLinear::from_qtensor(q).unwrap();
         let got = lin.forward(&x).unwrap();
         assert_eq!(got.dims(), &[1, m, n]);
-        let diff = (&got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs(&(&got - &want).unwrap());
         assert!(diff <= 1e-4, "differs by {diff}");
     }
 
@@ -327,18 +315,7 @@ mod tests {
     #[ignore = "a measurement, run by hand in release"]
     fn speed() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(12);
-        let time = |f: &dyn Fn()| {
-            f();
-            let mut t: Vec<f64> = (0..9)
-                .map(|_| {
-                    let s = std::time::Instant::now();
-                    f();
-                    s.elapsed().as_secs_f64()
-                })
-                .collect();
-            t.sort_by(f64::total_cmp);
-            t[4]
-        };
+        let time = |f: &dyn Fn()| median_seconds(9, f);
         for (k, n) in [(896, 896), (896, 128), (896, 4864), (4864, 896)] {
             let w = Tensor::from_vec(random(&mut rng, n * k), (n, k), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, GgmlDType::Q5_0).unwrap();

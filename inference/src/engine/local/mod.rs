@@ -35,6 +35,8 @@ pub mod batched;
 pub mod cache;
 pub mod decode;
 pub mod gguf;
+#[cfg(test)]
+mod kernel_tests;
 pub mod matvec;
 pub mod model;
 pub mod queue;
