@@ -178,6 +178,32 @@ pub trait Instance: Send {
     async fn delete_snapshot(&mut self, name: &SnapshotName) -> Result<(), BackendError>;
 }
 
+/// A Linux image of `arch` with every file role, for the backends' unit
+/// tests of what they make of an image (nothing is read from its folder).
+/// Built from JSON so the tests do not list every manifest field.
+#[cfg(test)]
+pub(crate) fn test_image(arch: &str) -> clawpen_vmimage::Image {
+    use clawpen_vmimage::manifest::{FileRole, ImageManifest, FORMAT};
+    let files: Vec<_> = FileRole::ALL
+        .iter()
+        .map(|role| {
+            serde_json::json!({
+                "role": role, "file": role.file_name(), "size": 1, "sha256": "0".repeat(64)
+            })
+        })
+        .collect();
+    let manifest: ImageManifest = serde_json::from_value(serde_json::json!({
+        "format": FORMAT, "name": "tiny", "arch": arch, "recipe": 1,
+        "kernel_cmdline": "console=ttyS0 panic=-1 quiet",
+        "kernel_release": "6.1.0-1", "packages": [], "files": files, "created_unix": 0,
+    }))
+    .unwrap();
+    clawpen_vmimage::Image {
+        manifest,
+        dir: std::path::PathBuf::from("/images/tiny"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -582,27 +582,9 @@ impl Instance for QemuInstance {
 mod tests {
     use super::*;
     use clawpen_api::VmName;
-    use clawpen_vmimage::{FileRole, ImageManifest};
 
     fn image(arch: &str) -> Image {
-        let files: Vec<_> = FileRole::ALL
-            .iter()
-            .map(|role| {
-                serde_json::json!({
-                    "role": role, "file": role.file_name(), "size": 1, "sha256": "0".repeat(64)
-                })
-            })
-            .collect();
-        let manifest: ImageManifest = serde_json::from_value(serde_json::json!({
-            "format": clawpen_vmimage::manifest::FORMAT, "name": "tiny", "arch": arch,
-            "recipe": 1, "kernel_cmdline": "console=ttyS0 panic=-1 quiet",
-            "kernel_release": "6.1.0-1", "packages": [], "files": files, "created_unix": 0,
-        }))
-        .unwrap();
-        Image {
-            manifest,
-            dir: std::path::PathBuf::from("/images/tiny"),
-        }
+        crate::vm::backend::test_image(arch)
     }
 
     fn args_for(accel: Accel, arch: &str) -> Vec<String> {

@@ -276,31 +276,11 @@ pub fn describe(
 #[cfg(test)]
 mod tests {
     use clawpen_api::{ShareTag, VmName};
-    use clawpen_vmimage::manifest::{FileRole, ImageManifest, FORMAT};
 
     use super::*;
 
-    /// Built from JSON so the test does not list every manifest field.
     fn image(arch: &str) -> Image {
-        let files: Vec<_> = FileRole::ALL
-            .iter()
-            .map(|role| {
-                serde_json::json!({
-                    "role": role, "file": role.file_name(), "size": 1, "sha256": "0".repeat(64)
-                })
-            })
-            .collect();
-        let manifest: ImageManifest = serde_json::from_value(serde_json::json!({
-            "format": FORMAT, "name": "tiny", "arch": arch, "recipe": 1,
-            "kernel_cmdline": "console=ttyS0 panic=-1 quiet",
-            "kernel_release": "6.1.0-1-arm64", "packages": [], "files": files,
-            "created_unix": 0,
-        }))
-        .unwrap();
-        Image {
-            manifest,
-            dir: PathBuf::from("/images/tiny"),
-        }
+        crate::vm::backend::test_image(arch)
     }
 
     fn spec(cpus: u32, memory_mib: u32) -> VmSpec {
