@@ -71,6 +71,15 @@ impl Serial {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// Runs `command` in the guest shell and returns its exit status.
+    pub fn exit_status(&mut self, command: &str, limit: Duration) -> Result<i32> {
+        const TAG: &str = "CLAWPEN-STATUS=";
+        let out = self.run(&format!("{command}; echo {TAG}$?"), limit)?;
+        out.rsplit_once(TAG)
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no exit status for {command:?} in {out:?}"))
+    }
 }
 
 /// True if `marker` appears anywhere in the VM's serial log.
