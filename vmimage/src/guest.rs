@@ -15,6 +15,12 @@ use crate::manifest::{FileRole, ImageFile, SourcePackage};
 use crate::store::{sha256_file, ImageError};
 use crate::Progress;
 
+/// A recipe's kernel modules plus those its guest agent's channel needs on
+/// `arch` (before dependencies).
+pub(crate) fn with_agent_modules(base: &[&'static str], arch: Arch) -> Vec<&'static str> {
+    base.iter().chain(arch.agent_modules()).copied().collect()
+}
+
 /// The kernel, its modules and busybox of one architecture, unpacked under
 /// a build's work folder.
 pub(crate) struct GuestKernel {

@@ -219,11 +219,7 @@ pub const READY_TIMEOUT_S: u32 = 180;
 /// Modules the initramfs loads for `arch`: [`MODULES`] and what the guest
 /// agent's channel needs.
 pub fn modules(arch: Arch) -> Vec<&'static str> {
-    MODULES
-        .iter()
-        .chain(arch.agent_modules())
-        .copied()
-        .collect()
+    crate::guest::with_agent_modules(MODULES, arch)
 }
 
 /// The store name of the OpenClaw image for `arch`: `openclaw` for x86_64,

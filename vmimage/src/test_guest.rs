@@ -166,11 +166,7 @@ pub fn is_test_guest_image(name: &str) -> bool {
 /// Modules the guest loads for `arch` (before dependencies): [`MODULES`]
 /// and what its guest agent's channel needs.
 pub fn modules(arch: Arch) -> Vec<&'static str> {
-    MODULES
-        .iter()
-        .chain(arch.agent_modules())
-        .copied()
-        .collect()
+    crate::guest::with_agent_modules(MODULES, arch)
 }
 
 /// Builds the test guest's files for `arch` into `out` (which must exist),
