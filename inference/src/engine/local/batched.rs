@@ -58,22 +58,18 @@ impl QLinear {
     /// candle's kernel otherwise.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let QMatMul::QTensor(w) = &self.inner {
-            let dims = x.dims();
-            let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-            if rows >= MIN_ROWS
-                && x.device().is_cpu()
-                && x.dtype() == DType::F32
-                && !candle_tiles(w)
-            {
-                if let Some(y) = forward_cpu(w, x)? {
-                    return Ok(y);
-                }
-            } else if w.dtype() == GgmlDType::Q5_0
-                && x.device().is_cpu()
-                && x.dtype() == DType::F32
-                && super::matvec::available()
-            {
-                if let Some(y) = forward_q5_0(w, x)? {
+            if x.device().is_cpu() && x.dtype() == DType::F32 {
+                let dims = x.dims();
+                let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+                let ours = if rows >= MIN_ROWS && !candle_tiles(w) {
+                    forward_cpu(w, x)?
+                } else if w.dtype() == GgmlDType::Q5_0 && super::matvec::available() {
+                    // Few rows: candle's Q5_0 dot product is scalar.
+                    cpu_matmul(w, x, super::matvec::matmul_q5_0)?
+                } else {
+                    None
+                };
+                if let Some(y) = ours {
                     return Ok(y);
                 }
             }
@@ -82,20 +78,27 @@ impl QLinear {
     }
 }
 
-/// `x · wᵀ` for a Q5_0 `w` through [`super::matvec::matmul_q5_0`] (few
-/// rows: candle's Q5_0 dot product is scalar); `None` when it declines.
-fn forward_q5_0(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+/// `x · wᵀ` on the CPU through `kernel(w's bytes, x, m, k, n, out)`;
+/// `None` when the kernel declines (then candle's runs).
+fn cpu_matmul(
+    w: &QTensor,
+    x: &Tensor,
+    kernel: impl FnOnce(&[u8], &[f32], usize, usize, usize, &mut [f32]) -> bool,
+) -> Result<Option<Tensor>> {
     let (n, k) = w.shape().dims2()?;
     let mut out_dims = x.dims().to_vec();
-    match out_dims.last_mut() {
-        Some(last) if *last == k => *last = n,
-        _ => return Ok(None),
+    let Some(last) = out_dims.last_mut() else {
+        return Ok(None);
+    };
+    if *last != k {
+        candle_core::bail!("input {:?} does not fit weight {:?}", x.shape(), w.shape());
     }
+    *last = n;
     let m = x.elem_count() / k;
     let x = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let data = w.data()?;
     let mut dst = vec![0f32; m * n];
-    if !super::matvec::matmul_q5_0(&data, &x, m, k, n, &mut dst) {
+    if !kernel(&data, &x, m, k, n, &mut dst) {
         return Ok(None);
     }
     Ok(Some(Tensor::from_vec(
@@ -140,40 +143,35 @@ fn candle_tiles(w: &QTensor) -> bool {
 /// `x · wᵀ` through [`gemm_dequantized`]; `None` when `w`'s type or
 /// layout is not one it handles (then candle's kernel runs).
 fn forward_cpu(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
-    let (n, k) = w.shape().dims2()?;
-    let mut out_dims = x.dims().to_vec();
-    let Some(last) = out_dims.last_mut() else {
-        return Ok(None);
-    };
-    if *last != k {
-        candle_core::bail!("input {:?} does not fit weight {:?}", x.shape(), w.shape());
-    }
-    *last = n;
-    let m = x.elem_count() / k;
-    let x = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let data = w.data()?;
-    let mut dst = vec![0f32; m * n];
-    let done = match w.dtype() {
-        GgmlDType::Q4_0 => run::<BlockQ4_0>(&data, &x, m, k, n, &mut dst),
-        GgmlDType::Q4_1 => run::<BlockQ4_1>(&data, &x, m, k, n, &mut dst),
-        GgmlDType::Q5_0 => run::<BlockQ5_0>(&data, &x, m, k, n, &mut dst),
-        GgmlDType::Q5_1 => run::<BlockQ5_1>(&data, &x, m, k, n, &mut dst),
-        GgmlDType::Q8_0 => run::<BlockQ8_0>(&data, &x, m, k, n, &mut dst),
-        GgmlDType::Q2K => run::<BlockQ2K>(&data, &x, m, k, n, &mut dst),
-        GgmlDType::Q3K => run::<BlockQ3K>(&data, &x, m, k, n, &mut dst),
-        GgmlDType::Q4K => run::<BlockQ4K>(&data, &x, m, k, n, &mut dst),
-        GgmlDType::Q5K => run::<BlockQ5K>(&data, &x, m, k, n, &mut dst),
-        GgmlDType::Q6K => run::<BlockQ6K>(&data, &x, m, k, n, &mut dst),
+    cpu_matmul(w, x, |data, x, m, k, n, dst| {
+        gemm_dequantized_by_type(w.dtype(), data, x, m, k, n, dst)
+    })
+}
+
+/// [`gemm_dequantized`] for a block type known at run time; `false` for a
+/// type it does not handle.
+fn gemm_dequantized_by_type(
+    dtype: GgmlDType,
+    data: &[u8],
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: &mut [f32],
+) -> bool {
+    match dtype {
+        GgmlDType::Q4_0 => run::<BlockQ4_0>(data, x, m, k, n, dst),
+        GgmlDType::Q4_1 => run::<BlockQ4_1>(data, x, m, k, n, dst),
+        GgmlDType::Q5_0 => run::<BlockQ5_0>(data, x, m, k, n, dst),
+        GgmlDType::Q5_1 => run::<BlockQ5_1>(data, x, m, k, n, dst),
+        GgmlDType::Q8_0 => run::<BlockQ8_0>(data, x, m, k, n, dst),
+        GgmlDType::Q2K => run::<BlockQ2K>(data, x, m, k, n, dst),
+        GgmlDType::Q3K => run::<BlockQ3K>(data, x, m, k, n, dst),
+        GgmlDType::Q4K => run::<BlockQ4K>(data, x, m, k, n, dst),
+        GgmlDType::Q5K => run::<BlockQ5K>(data, x, m, k, n, dst),
+        GgmlDType::Q6K => run::<BlockQ6K>(data, x, m, k, n, dst),
         _ => false,
-    };
-    if !done {
-        return Ok(None);
     }
-    Ok(Some(Tensor::from_vec(
-        dst,
-        out_dims,
-        &candle_core::Device::Cpu,
-    )?))
 }
 
 /// Views `data` as blocks of `T` and multiplies; `false` when the bytes
