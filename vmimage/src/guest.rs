@@ -137,6 +137,62 @@ impl GuestKernel {
     }
 }
 
+/// The guests' shell functions for the config disk and shares, the same in
+/// every recipe (the test guest's busybox and the OpenClaw guest's Debian
+/// tools both run them):
+///
+/// - `config_json [DISK...]`: the JSON of the first config disk
+///   ([`crate::config_disk`], version 1) among DISKs, by default every
+///   `/dev/vd*`; found by its magic line, not its position.
+/// - `config_shares FS [DISK...]`: the tags of the shares the config disk
+///   lists with file system FS, one a line (the JSON is serde's compact
+///   output, `"tag":"TAG","fs":"FS"`, and tags are `[a-z0-9-]`).
+/// - `mount_shares`: every share at `/mnt/TAG`. 9p (QEMU `-virtfs`): the
+///   tags of the 9p devices in sysfs. virtio-fs (VZ): Linux 6.1 shows no
+///   virtio-fs tag in sysfs, so the tags the config disk lists as
+///   `virtiofs`. Fails if a mount does.
+/// - `umount_shares`: unmounts every 9p and virtio-fs mount (the agent's
+///   `umount-shares`, before a memory snapshot).
+pub(crate) const SHARE_FUNCTIONS: &str = r#"config_json() {
+  [ $# -gt 0 ] || set -- /dev/vd*
+  for d in "$@"; do
+    [ -r "$d" ] || continue
+    [ "$(head -c 18 "$d" 2>/dev/null | tr -d '\000')" = "CLAWPEN-CONFIG v1" ] || continue
+    len=$(head -n 2 "$d" | tail -n 1)
+    case "$len" in ''|*[!0-9]*) continue ;; esac
+    tail -c +$((18 + ${#len} + 2)) "$d" | head -c "$len"
+    return 0
+  done
+  return 1
+}
+config_shares() {
+  fs=$1
+  shift
+  config_json "$@" 2>/dev/null | grep -o "\"tag\":\"[a-z0-9-]*\",\"fs\":\"$fs\"" | cut -d'"' -f4
+}
+mount_shares() {
+  rc=0
+  for f in /sys/bus/virtio/drivers/9pnet_virtio/virtio*/mount_tag; do
+    [ -e "$f" ] || continue
+    tag=$(tr -d '\000' < "$f")
+    mkdir -p "/mnt/$tag"
+    mountpoint -q "/mnt/$tag" \
+      || mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "$tag" "/mnt/$tag" \
+      || rc=1
+  done
+  for tag in $(config_shares virtiofs); do
+    mkdir -p "/mnt/$tag"
+    mountpoint -q "/mnt/$tag" || mount -t virtiofs "$tag" "/mnt/$tag" || rc=1
+  done
+  return $rc
+}
+umount_shares() {
+  for m in $(awk '$3 == "9p" || $3 == "virtiofs" { print $2 }' /proc/mounts); do
+    umount "$m" || return 1
+  done
+}
+"#;
+
 /// The guest agent as a shell function `agent` (it needs `mount_shares` and
 /// `umount_shares` defined): one command a line in, one answer a line out,
 /// reopened whenever the supervisor's side goes away.
@@ -263,6 +319,70 @@ pub(crate) fn now_unix() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config_disk::{self, GuestShare, ShareFs};
+
+    /// Runs `script` after [`SHARE_FUNCTIONS`] in the host's `sh` (POSIX:
+    /// the functions use nothing busybox's ash lacks).
+    fn sh(script: &str) -> (bool, String) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{SHARE_FUNCTIONS}{script}"))
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8(out.stdout).unwrap())
+    }
+
+    #[test]
+    fn the_guest_shell_reads_the_config_disk_and_its_shares() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config: crate::GuestConfig = serde_json::from_str(
+            r#"{"vm":"demo","inference":{"base_url":"u","api_key":"k","model":"m","context_window":1,"max_tokens":1}}"#,
+        )
+        .unwrap();
+        config.shares = vec![
+            GuestShare {
+                tag: "work".into(),
+                fs: ShareFs::Virtiofs,
+            },
+            GuestShare {
+                tag: "data-2".into(),
+                fs: ShareFs::NineP,
+            },
+            GuestShare {
+                tag: "x9".into(),
+                fs: ShareFs::Virtiofs,
+            },
+        ];
+        let disk = dir.path().join("cfg.img");
+        std::fs::write(&disk, config.to_config_disk().unwrap()).unwrap();
+        // Another disk first: found by its magic, not its position.
+        let other = dir.path().join("root.img");
+        std::fs::write(&other, vec![0u8; 8192]).unwrap();
+        let (o, d) = (other.display(), disk.display());
+
+        let (ok, json) = sh(&format!("config_json {o} {d}"));
+        assert!(ok);
+        assert_eq!(json.as_bytes(), &config.to_json()[..]);
+        let (ok, tags) = sh(&format!("config_shares virtiofs {o} {d}"));
+        assert!(ok);
+        assert_eq!(tags, "work\nx9\n");
+        assert_eq!(sh(&format!("config_shares 9p {d}")).1, "data-2\n");
+        // No config disk: nothing, and config_json says so.
+        assert!(!sh(&format!("config_json {o}")).0);
+        assert_eq!(sh(&format!("config_shares virtiofs {o}")).1, "");
+        // The version-1 reader skips another version.
+        let mut v2 = config_disk::encode(b"{}").unwrap();
+        v2[16] = b'2';
+        std::fs::write(&disk, v2).unwrap();
+        assert!(!sh(&format!("config_json {d}")).0);
+    }
+
+    #[test]
+    fn both_file_systems_are_unmounted() {
+        assert!(SHARE_FUNCTIONS.contains(r#"$3 == "9p" || $3 == "virtiofs""#));
+        assert!(SHARE_FUNCTIONS.contains("mount -t virtiofs \"$tag\" \"/mnt/$tag\""));
+        assert!(SHARE_FUNCTIONS.contains("mount -t 9p -o trans=virtio"));
+    }
 
     #[test]
     fn agent_channel_per_arch() {

@@ -22,6 +22,7 @@
 pub mod arch;
 pub mod builder_vm;
 mod command;
+pub mod config_disk;
 pub mod debian;
 pub mod disk;
 mod guest;
@@ -35,6 +36,7 @@ pub mod test_guest;
 
 pub use arch::Arch;
 pub use command::CommandError;
+pub use config_disk::{ConfigDiskError, GuestShare, ShareFs};
 pub use manifest::{FileRole, ImageFile, ImageManifest, ManifestError, Software, SourcePackage};
 pub use openclaw::{GuestConfig, InferenceConfig, OpenClawError};
 pub use progress::Progress;

@@ -7,14 +7,15 @@
 //!
 //! Boot, in order:
 //! 1. initramfs `/init` ([`stage1_init`]): loads virtio / ext4 / 9p /
-//!    `qemu_fw_cfg` modules, mounts `/dev/vda` read-write and `switch_root`s
+//!    virtiofs modules, mounts `/dev/vda` read-write and `switch_root`s
 //!    into [`STAGE2_INIT`] on the disk. No systemd: under TCG it would cost
 //!    more boot time than the whole rest, and a shell loop that restarts the
 //!    gateway is all the service management one process needs.
 //! 2. `/sbin/clawpen-init` ([`stage2_init`]): mounts, the guest agent on
 //!    ttyS1 (same protocol as the test guest), DHCP on eth0 (same hook), 9p
-//!    shares at `/mnt/TAG`, renders OpenClaw's config from the supervisor's
-//!    fw_cfg file ([`GuestConfig`], rendered by [`RENDER_CONFIG_JS`]), runs the
+//!    or virtiofs shares at `/mnt/TAG`, renders OpenClaw's config from the
+//!    supervisor's config disk ([`GuestConfig`] in a
+//!    [`crate::config_disk`], rendered by [`RENDER_CONFIG_JS`]), runs the
 //!    gateway in a restart loop, waits for `/health` then `/readyz`, prints
 //!    the marker and keeps a shell on ttyS0.
 //!
@@ -48,7 +49,7 @@ use crate::{Progress, FAILED_MARKER, READY_MARKER};
 
 /// Bump when the recipe changes what ends up in the image (pins included),
 /// so stores rebuild their cached copy.
-pub const RECIPE: u32 = 1;
+pub const RECIPE: u32 = 2;
 
 /// Name of the image in the store (x86_64).
 pub const OPENCLAW: &str = "openclaw";
@@ -134,13 +135,6 @@ console.log(`clawpen-build: install scripts ${found.map((f) => f.pkg.name).join(
 /// Port the gateway listens on in the guest unless the config says otherwise.
 pub const DEFAULT_GATEWAY_PORT: u16 = 18789;
 
-/// fw_cfg name under which the supervisor passes [`GuestConfig`]
-/// (`-fw_cfg name=opt/clawpen/config.json,file=PATH`).
-pub const FW_CFG_NAME: &str = "opt/clawpen/config.json";
-
-/// Where the guest reads [`FW_CFG_NAME`] (needs the `qemu_fw_cfg` module).
-pub const FW_CFG_GUEST_PATH: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/clawpen/config.json/raw";
-
 /// OpenClaw's config file in the guest (the gateway runs as root, `HOME=/root`).
 pub const OPENCLAW_CONFIG_PATH: &str = "/root/.openclaw/openclaw.json";
 
@@ -190,19 +184,10 @@ pub const LEASE_TIMEOUT_PATCH: (&str, &str, &str, &str) = (
     "const LEASE_HEARTBEAT_START_TIMEOUT_MS = 3e5; /* clawpen: TCG guests start slowly */",
 );
 
-/// Modules the initramfs loads (plus dependencies): the test guest's set and
-/// `qemu_fw_cfg`, which exposes the supervisor's config file in sysfs (see
-/// [`modules`] for the per-architecture list).
-pub const MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_blk",
-    "crc32c_generic",
-    "ext4",
-    "virtio_net",
-    "9pnet_virtio",
-    "9p",
-    "qemu_fw_cfg",
-];
+/// Modules the initramfs loads (plus dependencies): the test guest's set
+/// (the config disk is a virtio block device like the root disk, so it
+/// needs nothing more; see [`modules`] for the per-architecture list).
+pub const MODULES: &[&str] = crate::test_guest::MODULES;
 
 /// Free space the base disk gets on top of what the root filesystem uses:
 /// the agent installs things, writes sessions and logs.
@@ -236,9 +221,10 @@ pub fn is_openclaw_image(name: &str) -> bool {
     Arch::ALL.iter().any(|&a| image_name(a) == name)
 }
 
-/// The first-boot config the supervisor hands the guest through fw_cfg
-/// ([`FW_CFG_NAME`]). Every field is optional on the guest side: a missing
-/// file or field gets a placeholder, so the image always boots to ready.
+/// The first-boot config the supervisor hands the guest on its config disk
+/// ([`crate::config_disk`]). Every field is optional on the guest side: a
+/// missing disk or field gets a placeholder, so the image always boots to
+/// ready.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuestConfig {
     /// The VM's name (the guest's hostname).
@@ -252,6 +238,11 @@ pub struct GuestConfig {
     /// a random one on first boot and keeps it in its config file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_token: Option<String>,
+    /// The VM's shares and the file system each arrives with (9p under
+    /// QEMU, virtio-fs under VZ): Linux 6.1 shows a 9p device's tag in
+    /// sysfs but not a virtio-fs one's, so the guest learns them here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<crate::config_disk::GuestShare>,
 }
 
 fn default_port() -> u16 {
@@ -273,10 +264,16 @@ pub struct InferenceConfig {
 }
 
 impl GuestConfig {
-    /// The JSON file the supervisor passes to QEMU.
+    /// The JSON the config disk carries: compact, because the guests' shell
+    /// finds shares as `"tag":"TAG","fs":"FS"` in it.
     pub fn to_json(&self) -> Vec<u8> {
         // Plain data: serialising cannot fail.
-        serde_json::to_vec_pretty(self).unwrap_or_default()
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The config disk ([`crate::config_disk`]) holding this config.
+    pub fn to_config_disk(&self) -> Result<Vec<u8>, crate::config_disk::ConfigDiskError> {
+        crate::config_disk::encode(&self.to_json())
     }
 }
 
@@ -480,10 +477,13 @@ pub fn apt_mirror(suite: &str) -> Result<String, OpenClawError> {
 
 /// Renders OpenClaw's config from the supervisor's [`GuestConfig`] at boot,
 /// in the guest, with the image's own Node (so JSON is parsed by a real
-/// parser, not shell). `node render-config.mjs [SRC] DEST` writes DEST
-/// atomically and prints `PORT VM` (the VM name reduced to `[a-z0-9-]`,
-/// possibly empty). A missing or unreadable SRC, or
-/// missing fields, get placeholders so the gateway still starts. A token
+/// parser, not shell). `node render-config.mjs [DISK] DEST` reads the
+/// config disk DISK ([`crate::config_disk`], version 1: magic line, length
+/// line, JSON) or, without DISK, the first `/dev/vd*` that starts with the
+/// magic (the guest finds the disk by its content, not its position),
+/// writes DEST atomically and prints `PORT VM` (the VM name reduced to
+/// `[a-z0-9-]`, possibly empty). No config disk, a bad one, or
+/// missing fields get placeholders so the gateway still starts. A token
 /// already in DEST is kept when the config names none, so reboots of one VM
 /// keep its token.
 ///
@@ -493,18 +493,73 @@ pub fn apt_mirror(suite: &str) -> Result<String, OpenClawError> {
 /// `gateway.mode=local` (else it refuses to start), `bind: "lan"` (0.0.0.0;
 /// needs auth, so a token), `models.mode: "replace"` (only the host's model,
 /// no hosted catalog), and the default agent model `clawpen/MODEL`.
-pub const RENDER_CONFIG_JS: &str = r#"// clawpen: render OpenClaw's config from the supervisor's fw_cfg file.
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+pub const RENDER_CONFIG_JS: &str = r#"// clawpen: render OpenClaw's config from the supervisor's config disk.
+import {
+  closeSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, writeFileSync,
+} from "node:fs";
 import { randomBytes } from "node:crypto";
 import { dirname } from "node:path";
 
+const MAGIC = "CLAWPEN-CONFIG v";
+const HEADER = "CLAWPEN-CONFIG v1\n";
+// The JSON of config disk `path` (format: vmimage/src/config_disk.rs);
+// undefined when it is not a config disk, an error when it is a bad one.
+const readConfigDisk = (path) => {
+  const fd = openSync(path, "r");
+  try {
+    const read = (len, at) => {
+      const buf = Buffer.alloc(len);
+      let got = 0;
+      while (got < len) {
+        const n = readSync(fd, buf, got, len - got, at + got);
+        if (n === 0) break;
+        got += n;
+      }
+      return buf.subarray(0, got);
+    };
+    const head = read(64, 0);
+    if (head.toString("latin1", 0, MAGIC.length) !== MAGIC) return undefined;
+    if (head.toString("latin1", 0, HEADER.length) !== HEADER) {
+      throw new Error(`unsupported config disk version ${head.toString("latin1", 0, 24)}`);
+    }
+    const nl = head.indexOf(10, HEADER.length);
+    const line = nl < 0 ? "" : head.toString("latin1", HEADER.length, nl);
+    if (!/^[0-9]{1,7}$/.test(line)) throw new Error(`bad length line ${JSON.stringify(line)}`);
+    const len = Number(line);
+    if (len > 1 << 20) throw new Error(`config of ${len} bytes is over the limit`);
+    const json = read(len, nl + 1);
+    if (json.length !== len) throw new Error(`truncated: ${json.length} of ${len} bytes`);
+    return json.toString("utf8");
+  } finally {
+    closeSync(fd);
+  }
+};
+const findConfigDisk = () => {
+  let names = [];
+  try {
+    names = readdirSync("/dev").filter((n) => /^vd[a-z]+$/.test(n)).sort();
+  } catch {}
+  for (const n of names) {
+    try {
+      if (readConfigDisk(`/dev/${n}`) !== undefined) return `/dev/${n}`;
+    } catch {
+      return `/dev/${n}`;
+    }
+  }
+  return undefined;
+};
+
 const args = process.argv.slice(2);
 const dest = args.pop();
-const src = args[0];
+const src = args[0] ?? findConfigDisk();
 let cfg = {};
-if (src && existsSync(src)) {
+if (src === undefined) {
+  console.error("clawpen: no config disk; using placeholders");
+} else {
   try {
-    cfg = JSON.parse(readFileSync(src, "utf8"));
+    const json = readConfigDisk(src);
+    if (json === undefined) throw new Error("not a config disk");
+    cfg = JSON.parse(json);
   } catch (e) {
     console.error(`clawpen: ${src}: ${e.message}; using placeholders`);
   }
@@ -601,6 +656,7 @@ done
 pub fn stage2_init(arch: Arch) -> String {
     let applets = BUSYBOX_APPLETS.join(" ");
     let agent = guest::agent_function(arch);
+    let shares = guest::SHARE_FUNCTIONS;
     let (agent_where, agent_start) = match arch {
         Arch::X86_64 => ("second UART", "[ -e /dev/ttyS1 ] && agent &"),
         Arch::Aarch64 => ("named virtio port", "agent &"),
@@ -619,22 +675,7 @@ chmod 1777 /tmp
 mount -o remount,rw,noatime /
 hostname -F /etc/hostname 2>/dev/null
 ip link set lo up
-# Shares: every 9p device's mount tag, mounted at /mnt/TAG.
-mount_shares() {{
-  for f in /sys/bus/virtio/drivers/9pnet_virtio/virtio*/mount_tag; do
-    [ -e "$f" ] || continue
-    tag=$(tr -d '\000' < "$f")
-    mkdir -p "/mnt/$tag"
-    mountpoint -q "/mnt/$tag" \
-      || mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "$tag" "/mnt/$tag"
-  done
-}}
-umount_shares() {{
-  for m in $(awk '$3 == "9p" {{ print $2 }}' /proc/mounts); do
-    umount "$m" || return 1
-  done
-}}
-# The guest agent on the {agent_where}: one command a line, one answer a line.
+{shares}# The guest agent on the {agent_where}: one command a line, one answer a line.
 {agent}{agent_start}
 echo "clawpen-init: network"
 if [ -e /sys/class/net/eth0 ]; then
@@ -642,9 +683,9 @@ if [ -e /sys/class/net/eth0 ]; then
     || echo "clawpen-init: no DHCP lease on eth0"
 fi
 mount_shares
-# OpenClaw's config from the supervisor's fw_cfg file (placeholders without one).
+# OpenClaw's config from the supervisor's config disk (placeholders without one).
 echo "clawpen-init: OpenClaw config"
-set -- $(node {CLAWPEN_DIR}/render-config.mjs {FW_CFG_GUEST_PATH} {OPENCLAW_CONFIG_PATH})
+set -- $(node {CLAWPEN_DIR}/render-config.mjs {OPENCLAW_CONFIG_PATH})
 port=${{1:-{DEFAULT_GATEWAY_PORT}}}
 [ -n "$2" ] && hostname "$2"
 # The service: the gateway, restarted whenever it exits.
@@ -1607,7 +1648,8 @@ mod tests {
         let probe = s2.find("while ! probe /health").unwrap();
         let marker = s2.find(&format!("echo \"{READY_MARKER}\"")).unwrap();
         assert!(probe < marker);
-        assert!(s2.contains(FW_CFG_GUEST_PATH));
+        assert!(s2.contains("render-config.mjs /root/.openclaw/openclaw.json"));
+        assert!(s2.contains(guest::SHARE_FUNCTIONS));
         assert!(s2.contains("openclaw gateway run"));
         for cmd in ["ok ping", "umount-shares", "mount-shares", "udhcpc -i eth0"] {
             assert!(s2.contains(cmd), "{cmd}");
@@ -1622,6 +1664,12 @@ mod tests {
     /// installs it for the SDK tests; without it this test says so and
     /// passes: the image build exercises the script with the guest's Node).
     fn render(src: Option<&str>, existing: Option<&str>) -> Option<serde_json::Value> {
+        let disk = src.map(|s| crate::config_disk::encode(s.as_bytes()).unwrap());
+        render_disk(disk.as_deref(), existing)
+    }
+
+    /// [`render`] with the config disk's bytes as they are.
+    fn render_disk(disk: Option<&[u8]>, existing: Option<&str>) -> Option<serde_json::Value> {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("render.mjs");
         fs::write(&script, RENDER_CONFIG_JS).unwrap();
@@ -1632,9 +1680,9 @@ mod tests {
         }
         let mut cmd = Command::new("node");
         cmd.arg(&script);
-        let src_path = dir.path().join("config.json");
-        if let Some(s) = src {
-            fs::write(&src_path, s).unwrap();
+        let src_path = dir.path().join("guest-config.img");
+        if let Some(d) = disk {
+            fs::write(&src_path, d).unwrap();
         }
         cmd.arg(&src_path).arg(&dest);
         let out = match cmd.output() {
@@ -1672,6 +1720,7 @@ mod tests {
             },
             gateway_port: 18790,
             gateway_token: Some("tok".into()),
+            shares: vec![],
         };
         let json = String::from_utf8(cfg.to_json()).unwrap();
         let Some(v) = render(Some(&json), None) else {
@@ -1719,5 +1768,22 @@ mod tests {
             v["models"]["providers"][PROVIDER_ID]["models"][0]["maxTokens"],
             8192
         );
+
+        // A disk that is not a config disk, another version, a bad length,
+        // a truncated one: placeholders, the gateway still starts.
+        let good = cfg.to_config_disk().unwrap();
+        let mut v2 = good.clone();
+        v2[16] = b'2';
+        let mut bad_len = good.clone();
+        bad_len[18] = b'x';
+        let truncated = good[..30].to_vec();
+        for disk in [vec![0u8; 4096], v2, bad_len, truncated] {
+            let v = render_disk(Some(&disk), None).unwrap();
+            assert_eq!(v["gateway"]["port"], DEFAULT_GATEWAY_PORT);
+            assert_eq!(
+                v["models"]["providers"][PROVIDER_ID]["apiKey"],
+                "placeholder"
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! It exists so tests and CI can boot a real VM in seconds under TCG: no
 //! distribution root filesystem, no systemd, just `/init` that loads the
-//! virtio/ext4/9p modules, mounts the disk at `/mnt`, prints
+//! virtio/ext4/9p/virtiofs modules, mounts the disk at `/mnt`, prints
 //! [`READY_MARKER`](crate::READY_MARKER) and gives a shell on the serial
 //! console that a test can type into.
 
@@ -20,7 +20,7 @@ use crate::{Progress, FAILED_MARKER, READY_MARKER, TEST_GUEST};
 
 /// Bump when the recipe changes what ends up in the image, so stores rebuild
 /// their cached copy.
-pub const RECIPE: u32 = 3;
+pub const RECIPE: u32 = 4;
 
 /// Serial console on the first UART (x86; [`Arch::kernel_cmdline`] for
 /// others); `panic=-1` reboots at once on a panic, which QEMU's
@@ -43,6 +43,7 @@ pub const MODULES: &[&str] = &[
     "virtio_net",
     "9pnet_virtio",
     "9p",
+    "virtiofs",
 ];
 
 /// Where the DHCP client's hook script lives in the initramfs.
@@ -80,6 +81,7 @@ pub const DISK_MIB: u64 = 64;
 /// The guest agent's channel depends on `arch` ([`guest::agent_function`]).
 pub fn init_script(release: &str, arch: Arch) -> String {
     let agent = guest::agent_function(arch);
+    let shares = guest::SHARE_FUNCTIONS;
     let agent_where = match arch {
         Arch::X86_64 => "second UART",
         Arch::Aarch64 => "named virtio port",
@@ -95,22 +97,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 hostname clawpen-guest
-# Shares: every 9p device's mount tag, mounted at /mnt/TAG.
-mount_shares() {{
-  for f in /sys/bus/virtio/drivers/9pnet_virtio/virtio*/mount_tag; do
-    [ -e "$f" ] || continue
-    tag=$(tr -d '\000' < "$f")
-    mkdir -p "/mnt/$tag"
-    mountpoint -q "/mnt/$tag" \
-      || mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "$tag" "/mnt/$tag"
-  done
-}}
-umount_shares() {{
-  for m in $(awk '$3 == "9p" {{ print $2 }}' /proc/mounts); do
-    umount "$m" || return 1
-  done
-}}
-# The guest agent on the {agent_where}: one command a line, one answer a line.
+# Shares (9p under QEMU, virtio-fs under VZ) at /mnt/TAG; the config disk.
+{shares}# The guest agent on the {agent_where}: one command a line, one answer a line.
 # The supervisor unmounts shares around memory snapshots with it.
 {agent}fail=""
 while read -r m; do

@@ -98,7 +98,7 @@ fn build_and_boot(arch: Arch) {
         .status()
         .unwrap();
     assert!(ok.success());
-    let config = dir.path().join("config.json");
+    let config = dir.path().join("guest-config.img");
     let cfg = GuestConfig {
         vm: "oc-test".into(),
         inference: InferenceConfig {
@@ -111,8 +111,9 @@ fn build_and_boot(arch: Arch) {
         },
         gateway_port: openclaw::DEFAULT_GATEWAY_PORT,
         gateway_token: Some("test-token".into()),
+        shares: vec![],
     };
-    std::fs::write(&config, cfg.to_json()).unwrap();
+    std::fs::write(&config, cfg.to_config_disk().unwrap()).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -143,10 +144,10 @@ fn build_and_boot(arch: Arch) {
         .args(["-append", image.kernel_cmdline()])
         .arg("-drive")
         .arg(format!("file={},if=virtio", overlay.display()))
-        .arg("-fw_cfg")
+        // The config disk, as the supervisor attaches it (after the root).
+        .arg("-drive")
         .arg(format!(
-            "name={},file={}",
-            openclaw::FW_CFG_NAME,
+            "file={},if=virtio,format=raw,readonly=on",
             config.display()
         ))
         .args(["-netdev"])

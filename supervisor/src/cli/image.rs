@@ -166,8 +166,8 @@ fn print_details(image: &Image) {
     }
     if openclaw::is_openclaw_image(&m.name) {
         println!(
-            "  config   -fw_cfg name={},file=CONFIG.json; gateway health GET :{}{}",
-            openclaw::FW_CFG_NAME,
+            "  config   a read-only config disk ({}, found by its magic); gateway health GET :{}{}",
+            clawpen_vmimage::config_disk::HEADER.trim_end(),
             openclaw::DEFAULT_GATEWAY_PORT,
             openclaw::HEALTH_PATH
         );

@@ -12,6 +12,9 @@
 //!          net.sock      the VM's network link (the egress gateway connects)
 //!          vmm.pid       the VMM's process id
 //!          vmm.log       the VMM's own stdout/stderr
+//!          guest-config.json  the guest's first-boot configuration (0600)
+//!          guest-config.img   the same on the read-only config disk the
+//!                        guest reads (clawpen_vmimage::config_disk, 0600)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -142,6 +145,11 @@ impl VmDir {
     /// The guest's first-boot configuration ([`super::guest_config`]).
     pub fn guest_config(&self) -> PathBuf {
         self.root.join("guest-config.json")
+    }
+    /// The config disk holding [`Self::guest_config`], attached read-only
+    /// by every backend ([`clawpen_vmimage::config_disk`]).
+    pub fn guest_config_disk(&self) -> PathBuf {
+        self.root.join("guest-config.img")
     }
 
     pub fn pid_file(&self) -> PathBuf {

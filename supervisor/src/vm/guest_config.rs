@@ -1,16 +1,20 @@
 //! The guest's first-boot configuration: what a guest image needs to reach
 //! the inference service as its VM (base URL, this VM's own key, the model
-//! and its limits) and which port its service listens on. Written to
-//! `vms/NAME/guest-config.json` before every cold boot and handed to the
-//! guest read-only (QEMU `-fw_cfg name=opt/clawpen/config.json`; in the
-//! guest `/sys/firmware/qemu_fw_cfg/by_name/opt/clawpen/config.json/raw`),
-//! so nothing in the guest has to be trusted to find it and nothing on the
-//! network carries it.
+//! and its limits), which port its service listens on, and its shares with
+//! the file system each arrives by. Written to `vms/NAME/guest-config.json`
+//! (for people) and `vms/NAME/guest-config.img` (a config disk,
+//! [`clawpen_vmimage::config_disk`]) before every cold boot; every backend
+//! attaches the disk read-only (QEMU a raw virtio drive, VZ a read-only
+//! disk image attachment), so nothing in the guest has to be trusted to
+//! find it, nothing on the network carries it, and the key never appears
+//! on a host command line.
 
 use std::path::{Path, PathBuf};
 
+use clawpen_api::SharedFolder;
 use clawpen_vmimage::openclaw::DEFAULT_GATEWAY_PORT;
-pub use clawpen_vmimage::openclaw::{GuestConfig, InferenceConfig, FW_CFG_NAME};
+pub use clawpen_vmimage::openclaw::{GuestConfig, InferenceConfig};
+pub use clawpen_vmimage::{ConfigDiskError, GuestShare, ShareFs};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +23,11 @@ pub enum GuestConfigError {
     Write {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("cannot make the config disk {path}: {source}")]
+    Disk {
+        path: PathBuf,
+        source: ConfigDiskError,
     },
 }
 
@@ -45,10 +54,17 @@ impl Default for ServedModel {
     }
 }
 
-/// The configuration of VM `vm` with inference key `api_key`. The gateway
+/// The configuration of VM `vm` with inference key `api_key` and `shares`,
+/// which the VMM offers as `share_fs`. The gateway
 /// token is derived from the key (not stored apart), so it is as secret as
 /// the key, the same on every boot, and gone with the VM.
-pub fn for_vm(vm: &str, api_key: &str, served: &ServedModel) -> GuestConfig {
+pub fn for_vm(
+    vm: &str,
+    api_key: &str,
+    served: &ServedModel,
+    shares: &[SharedFolder],
+    share_fs: ShareFs,
+) -> GuestConfig {
     let token = hex::encode(&Sha256::digest(format!("clawpen-gateway-token:{api_key}"))[..24]);
     GuestConfig {
         vm: vm.to_owned(),
@@ -62,18 +78,35 @@ pub fn for_vm(vm: &str, api_key: &str, served: &ServedModel) -> GuestConfig {
         },
         gateway_port: DEFAULT_GATEWAY_PORT,
         gateway_token: Some(token),
+        shares: shares
+            .iter()
+            .map(|s| GuestShare {
+                tag: s.tag.to_string(),
+                fs: share_fs,
+            })
+            .collect(),
     }
 }
 
-/// Writes the file atomically (temp + rename), readable by the owner only:
-/// it holds the VM's key.
-pub fn write(config: &GuestConfig, path: &Path) -> Result<(), GuestConfigError> {
-    crate::private_file::write_private(path, &config.to_json()).map_err(|e| {
-        GuestConfigError::Write {
+/// Writes the JSON file `json` and the config disk `disk`, each atomically
+/// (temp + rename) and readable by the owner only: they hold the VM's key.
+/// The disk is written last, so a crash between the two leaves the guest
+/// the previous boot's disk, whole.
+pub fn write(config: &GuestConfig, json: &Path, disk: &Path) -> Result<(), GuestConfigError> {
+    let image = config
+        .to_config_disk()
+        .map_err(|source| GuestConfigError::Disk {
+            path: disk.to_owned(),
+            source,
+        })?;
+    let write = |path: &Path, bytes: &[u8]| {
+        crate::private_file::write_private(path, bytes).map_err(|e| GuestConfigError::Write {
             path: e.path,
             source: e.source,
-        }
-    })
+        })
+    };
+    write(json, &config.to_json())?;
+    write(disk, &image)
 }
 
 #[cfg(test)]
@@ -85,20 +118,34 @@ mod tests {
     fn written_private_and_in_the_agreed_shape() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("guest-config.json");
+        let disk = dir.path().join("guest-config.img");
         let served = ServedModel {
             model: "qwen3-8b".into(),
             ..ServedModel::default()
         };
-        let config = for_vm("agent", "sk-clawpen-x", &served);
-        write(&config, &path).unwrap();
+        let config = for_vm("agent", "sk-clawpen-x", &served, &[], ShareFs::NineP);
+        write(&config, &path, &disk).unwrap();
         // Stable across boots, different per key.
-        assert_eq!(for_vm("agent", "sk-clawpen-x", &served), config);
+        assert_eq!(
+            for_vm("agent", "sk-clawpen-x", &served, &[], ShareFs::NineP),
+            config
+        );
         assert_ne!(
-            for_vm("agent", "sk-clawpen-y", &served).gateway_token,
+            for_vm("agent", "sk-clawpen-y", &served, &[], ShareFs::NineP).gateway_token,
             config.gateway_token
         );
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        for p in [&path, &disk] {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // The disk holds the same JSON, whole blocks, nothing left over.
+        let image = std::fs::read(&disk).unwrap();
+        assert!(image.len().is_multiple_of(clawpen_vmimage::config_disk::BLOCK));
+        assert_eq!(
+            clawpen_vmimage::config_disk::decode(&image).unwrap(),
+            &std::fs::read(&path).unwrap()[..]
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(json["vm"], "agent");
@@ -108,5 +155,34 @@ mod tests {
         assert_eq!(json["inference"]["context_window"], 32768);
         assert_eq!(json["gateway_port"], 18789);
         assert_eq!(json["gateway_token"].as_str().unwrap().len(), 48);
+    }
+
+    #[test]
+    fn shares_carry_the_file_system_the_vmm_offers() {
+        let shares = [clawpen_api::SharedFolder {
+            tag: clawpen_api::ShareTag::parse("work").unwrap(),
+            host_path: "/srv/work".into(),
+            read_only: true,
+        }];
+        let served = ServedModel::default();
+        let vz = for_vm("agent", "k", &served, &shares, ShareFs::Virtiofs);
+        assert_eq!(
+            vz.shares,
+            vec![GuestShare {
+                tag: "work".into(),
+                fs: ShareFs::Virtiofs
+            }]
+        );
+        // What the guests' shell looks for; no host path goes to the guest.
+        let json = String::from_utf8(vz.to_json()).unwrap();
+        assert!(json.contains(r#""tag":"work","fs":"virtiofs""#), "{json}");
+        assert!(!json.contains("/srv/work"));
+        let qemu = for_vm("agent", "k", &served, &shares, ShareFs::NineP);
+        assert_eq!(qemu.shares[0].fs, ShareFs::NineP);
+        // No shares: no field at all.
+        let none = for_vm("agent", "k", &served, &[], ShareFs::NineP);
+        assert!(!String::from_utf8(none.to_json())
+            .unwrap()
+            .contains("shares"));
     }
 }

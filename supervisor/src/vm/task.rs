@@ -353,17 +353,12 @@ impl VmTask {
         if !self.dir.disk().exists() || self.base_changed(&image) {
             self.fresh_disk(&image).await?;
         }
-        self.write_guest_config()?;
+        let shares = self.ctx.store.shares(&spec.name)?;
+        self.write_guest_config(&shares)?;
         let instance = self
             .ctx
             .hypervisor
-            .start(
-                &self.dir,
-                &spec,
-                &image,
-                None,
-                &self.ctx.store.shares(&spec.name)?,
-            )
+            .start(&self.dir, &spec, &image, None, &shares)
             .await
             .map_err(|e| self.backend_error(e))?;
         // Record the pid before waiting on the guest, so a supervisor crash
@@ -393,8 +388,9 @@ impl VmTask {
         self.record(VmState::Running)
     }
 
-    /// Hands the guest its VM's inference key and model for this boot.
-    fn write_guest_config(&self) -> Result<(), VmError> {
+    /// Hands the guest its VM's inference key, model and shares for this
+    /// boot (the config disk every backend attaches).
+    fn write_guest_config(&self, shares: &[clawpen_api::SharedFolder]) -> Result<(), VmError> {
         let name = self.name();
         let key = self.ctx.store.ensure_inference_key(&name)?;
         let served = self
@@ -403,8 +399,18 @@ impl VmTask {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let config = super::guest_config::for_vm(name.as_str(), &key, &served);
-        super::guest_config::write(&config, &self.dir.guest_config())?;
+        let config = super::guest_config::for_vm(
+            name.as_str(),
+            &key,
+            &served,
+            shares,
+            self.ctx.hypervisor.guest_share_fs(),
+        );
+        super::guest_config::write(
+            &config,
+            &self.dir.guest_config(),
+            &self.dir.guest_config_disk(),
+        )?;
         Ok(())
     }
 

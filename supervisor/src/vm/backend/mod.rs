@@ -82,6 +82,13 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Short name for logs (`qemu`, `vz`).
     fn name(&self) -> &'static str;
 
+    /// The file system shares reach the guest by (QEMU `-virtfs`: 9p; VZ:
+    /// virtio-fs), written into the guest's config disk so the guest
+    /// mounts each share with the right type.
+    fn guest_share_fs(&self) -> clawpen_vmimage::ShareFs {
+        clawpen_vmimage::ShareFs::NineP
+    }
+
     /// The size in bytes of the image's base disk as a guest sees it (a VM's
     /// disk may be larger, never smaller).
     async fn base_disk_size(&self, image: &Image) -> Result<u64, BackendError>;

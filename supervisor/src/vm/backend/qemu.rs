@@ -172,14 +172,16 @@ impl QemuBackend {
             }
             args.extend(["-virtfs".into(), fs]);
         }
-        // The guest's first-boot configuration, read-only through fw_cfg.
-        if dir.guest_config().exists() {
+        // The guest's first-boot configuration: the config disk, a second
+        // virtio drive (after the root disk, so the root stays `vda`; the
+        // guest finds the config by its magic anyway), raw and read-only:
+        // `savevm` skips read-only drives, so snapshots still work.
+        if dir.guest_config_disk().exists() {
             args.extend([
-                "-fw_cfg".into(),
+                "-drive".into(),
                 format!(
-                    "name={},file={}",
-                    crate::vm::guest_config::FW_CFG_NAME,
-                    escape_opt(&p(&dir.guest_config()))
+                    "file={},if=virtio,format=raw,readonly=on",
+                    escape_opt(&p(&dir.guest_config_disk()))
                 ),
             ]);
         }
@@ -635,6 +637,46 @@ mod tests {
                 "virtserialport,chardev=agent0,name={}",
                 clawpen_vmimage::arch::AGENT_PORT_NAME
             )));
+    }
+
+    #[test]
+    fn the_config_disk_is_a_read_only_raw_drive_after_the_root_disk() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = VmDir::new(root.path().join("demo"));
+        std::fs::create_dir_all(dir.root()).unwrap();
+        let spec = VmSpec {
+            name: VmName::parse("demo").unwrap(),
+            image: "tiny".into(),
+            cpus: 1,
+            memory_mib: 256,
+            disk_gib: None,
+        };
+        let backend = QemuBackend::new(Accel::Tcg, Jail::off());
+        for arch in ["x86_64", "aarch64"] {
+            // Not written yet (never booted): no drive.
+            let args = backend.args(&dir, &spec, &image(arch), None, &[]);
+            assert_eq!(args.iter().filter(|a| *a == "-drive").count(), 1);
+            std::fs::write(dir.guest_config_disk(), [0u8; 4096]).unwrap();
+            let args = backend.args(&dir, &spec, &image(arch), None, &[]);
+            let drives: Vec<&String> = args
+                .iter()
+                .zip(&args[1..])
+                .filter(|(flag, _)| *flag == "-drive")
+                .map(|(_, value)| value)
+                .collect();
+            assert_eq!(drives.len(), 2, "{arch}");
+            assert!(drives[0].contains("disk.qcow2"), "root first: vda");
+            assert_eq!(
+                drives[1],
+                &format!(
+                    "file={},if=virtio,format=raw,readonly=on",
+                    dir.guest_config_disk().display()
+                )
+            );
+            // Nothing else carries the config: no fw_cfg, no key in argv.
+            assert!(!args.iter().any(|a| a.contains("fw_cfg")));
+            std::fs::remove_file(dir.guest_config_disk()).unwrap();
+        }
     }
 
     #[test]

@@ -91,6 +91,11 @@ impl Hypervisor for VzBackend {
         "vz"
     }
 
+    /// Shares are `VZVirtioFileSystemDeviceConfiguration`s: virtio-fs.
+    fn guest_share_fs(&self) -> clawpen_vmimage::ShareFs {
+        clawpen_vmimage::ShareFs::Virtiofs
+    }
+
     async fn base_disk_size(&self, image: &Image) -> Result<u64, BackendError> {
         let raw = self.raw_base(image).await?;
         std::fs::metadata(&raw)

@@ -112,6 +112,13 @@ impl VzPaths {
         crate::vm::dir::VmDir::new(self.root.clone()).agent_socket()
     }
 
+    /// The guest's config disk, the same file a QEMU VM gets
+    /// ([`VmDir::guest_config_disk`](crate::vm::dir::VmDir::guest_config_disk)):
+    /// raw already, so VZ attaches it as it is.
+    pub fn guest_config_disk(&self) -> PathBuf {
+        crate::vm::dir::VmDir::new(self.root.clone()).guest_config_disk()
+    }
+
     pub fn snapshots(&self) -> PathBuf {
         self.root.join(SNAPSHOTS)
     }

@@ -46,11 +46,13 @@ pub struct VzConfig {
     pub cpus: u32,
     pub memory_bytes: u64,
     pub boot: BootLoader,
-    /// Virtio block devices, in order (`/dev/vda` first).
+    /// Virtio block devices, in order (`/dev/vda` first): the VM's disk,
+    /// then for Linux guests the read-only config disk.
     pub disks: Vec<DiskConfig>,
     /// The only NIC: a file-handle attachment on the gateway's socketpair.
     pub network: NetworkConfig,
-    /// virtio-fs devices, one per share.
+    /// virtio-fs devices, one per share (the guest learns their tags from
+    /// the config disk, as `virtiofs` shares).
     pub shares: Vec<ShareConfig>,
     /// Where the guest's console output is written (virtio console port).
     pub serial_log: PathBuf,
@@ -183,6 +185,13 @@ pub fn describe_linux(
         cmdline: vz_cmdline(image.kernel_cmdline()),
     };
     let mut config = describe(spec, boot, paths, shares)?;
+    // The guest's first-boot configuration (key, model, share tags): the
+    // config disk the supervisor writes before every cold boot, read-only
+    // as under QEMU. A macOS guest reads none, so it gets none.
+    config.disks.push(DiskConfig {
+        path: paths.guest_config_disk(),
+        read_only: true,
+    });
     config.agent = Some(AgentPortConfig {
         name: AGENT_PORT_NAME.to_string(),
         socket: paths.agent_socket(),
@@ -319,10 +328,22 @@ mod tests {
         assert_eq!(config.memory_bytes, 512 << 20);
         assert_eq!(
             config.disks,
-            vec![DiskConfig {
-                path: "/vms/demo/disk.img".into(),
-                read_only: false
-            }]
+            vec![
+                DiskConfig {
+                    path: "/vms/demo/disk.img".into(),
+                    read_only: false
+                },
+                // The config disk second (the root stays vda), read-only,
+                // the file QEMU VMs get too.
+                DiskConfig {
+                    path: "/vms/demo/guest-config.img".into(),
+                    read_only: true
+                },
+            ]
+        );
+        assert_eq!(
+            config.disks[1].path,
+            crate::vm::dir::VmDir::new("/vms/demo".into()).guest_config_disk()
         );
         assert_eq!(config.network.mac, "52:54:00:c1:a5:02");
         assert_eq!(config.network.mtu, 65520);
@@ -408,6 +429,8 @@ mod tests {
             }
         );
         assert_eq!(config.disks[0].path, Path::new("/vms/mac/disk.img"));
+        // No config disk for a macOS guest: it would read none.
+        assert_eq!(config.disks.len(), 1);
 
         let dir = tempfile::tempdir().unwrap();
         assert!(!is_macos_image(dir.path()));
