@@ -7,8 +7,12 @@
 //! Models: random weights shaped like Qwen2.5-0.5B (896 hidden, 24 layers,
 //! 14/2 heads, 4864 FFN, 151936 vocabulary), written by the tests' GGUF
 //! writer as Q8_0 and as llama.cpp's Q4_K_M mix (see
-//! `local_common::Quant`); `BENCH_SHAPE=tiny` uses a small shape for a
-//! quick run, `BENCH_GGUF=PATH` a real file (llama, qwen2, qwen3, qwen3moe).
+//! `local_common::Quant`: at 896 columns mostly Q5_0 and Q8_0);
+//! `BENCH_SHAPE=1.5b` shapes them like Qwen2.5-1.5B instead (1536 hidden,
+//! 28 layers, 12/2 heads, 8960 FFN: whole 256-blocks, so the Q4_K_M mix is
+//! Q4_K and Q6_K; writing the two files takes a minute or two),
+//! `BENCH_SHAPE=tiny` a small shape for a quick run, `BENCH_GGUF=PATH` a
+//! real file (llama, qwen2, qwen3, qwen3moe).
 //! `BENCH_HISTORY` sets the history length in tokens (default 4096),
 //! `BENCH_DECODE` the tokens decoded per measurement (default 64).
 //! Prompt and decode speeds are measured `BENCH_REPS` times (default 3),
@@ -35,7 +39,7 @@ use clawpen_inference::engine::{
     ChatMessage, Content, Engine, EngineEvent, GenerateRequest, Role, Usage,
 };
 use futures::StreamExt;
-use local_common::{Quant, Shape, TinyModel, QWEN2_5_0_5B};
+use local_common::{Quant, Shape, TinyModel, QWEN2_5_0_5B, QWEN2_5_1_5B};
 
 /// Tokens decoded per decode measurement (`BENCH_DECODE`, default 64).
 fn decode_tokens() -> u64 {
@@ -78,6 +82,7 @@ fn main() {
                     },
                     "tiny",
                 ),
+                Ok("1.5b") => (QWEN2_5_1_5B, "qwen2.5-1.5b-shaped"),
                 _ => (QWEN2_5_0_5B, "qwen2.5-0.5b-shaped"),
             };
             [Quant::Q8_0, Quant::Q4KM]

@@ -500,6 +500,18 @@ pub const QWEN2_5_0_5B: Shape = Shape {
     context: 32_768,
 };
 
+/// Qwen2.5-1.5B's sizes: rows of whole 256-blocks, so its Q4_K_M mix is
+/// Q4_K and Q6_K throughout.
+pub const QWEN2_5_1_5B: Shape = Shape {
+    hidden: 1536,
+    layers: 28,
+    heads: 12,
+    kv_heads: 2,
+    ffn: 8960,
+    vocab: 151_936,
+    context: 32_768,
+};
+
 /// How a benchmark model's matrices are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quant {

@@ -31,8 +31,8 @@ use rayon::prelude::*;
 /// rather than candle's per-row kernel. Measured on Qwen2.5-0.5B shapes
 /// (`tests::speed`, 2 threads, AVX-512, busy machine): at 8 rows the tiled
 /// path is already 1.6-2.3x faster for Q8_0 and 4x for Q5_0, at 16 2-9x,
-/// at 256 2.4-13x; 16 leaves decoding and short turns to candle (or,
-/// for Q5_0 weights, to [`super::matvec`]).
+/// at 256 2.4-13x; 16 leaves decoding and short turns to
+/// [`super::matvec`] (or candle, for the types it has no kernel for).
 pub const MIN_ROWS: usize = 16;
 
 /// Most f32 values of one dequantized weight tile: 160K (640 KiB) stays
@@ -63,9 +63,11 @@ impl QLinear {
                 let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
                 let ours = if rows >= MIN_ROWS && !candle_tiles(w) {
                     forward_cpu(w, x)?
-                } else if w.dtype() == GgmlDType::Q5_0 && super::matvec::available() {
-                    // Few rows: candle's Q5_0 dot product is scalar.
-                    cpu_matmul(w, x, super::matvec::matmul_q5_0)?
+                } else if rows < MIN_ROWS && super::matvec::handles(w.dtype()) {
+                    // Few rows: see `matvec` for why not candle's kernel.
+                    cpu_matmul(w, x, |data, x, m, k, n, dst| {
+                        super::matvec::matmul(w.dtype(), data, x, m, k, n, dst)
+                    })?
                 } else {
                     None
                 };
