@@ -147,10 +147,12 @@ impl GuestKernel {
 /// - `config_shares FS [DISK...]`: the tags of the shares the config disk
 ///   lists with file system FS, one a line (the JSON is serde's compact
 ///   output, `"tag":"TAG","fs":"FS"`, and tags are `[a-z0-9-]`).
-/// - `mount_shares`: every share at `/mnt/TAG`. 9p (QEMU `-virtfs`): the
-///   tags of the 9p devices in sysfs. virtio-fs (VZ): Linux 6.1 shows no
-///   virtio-fs tag in sysfs, so the tags the config disk lists as
-///   `virtiofs`. Fails if a mount does.
+/// - `mounted DIR`: whether DIR is a mount point, from `/proc/mounts`
+///   (the test guest's busybox has no `mountpoint` applet).
+/// - `mount_shares`: every share not yet mounted at `/mnt/TAG`. 9p (QEMU
+///   `-virtfs`): the tags of the 9p devices in sysfs. virtio-fs (VZ):
+///   Linux 6.1 shows no virtio-fs tag in sysfs, so the tags the config
+///   disk lists as `virtiofs`. Fails if a mount does.
 /// - `umount_shares`: unmounts every 9p and virtio-fs mount (the agent's
 ///   `umount-shares`, before a memory snapshot).
 pub(crate) const SHARE_FUNCTIONS: &str = r#"config_json() {
@@ -170,19 +172,22 @@ config_shares() {
   shift
   config_json "$@" 2>/dev/null | grep -o "\"tag\":\"[a-z0-9-]*\",\"fs\":\"$fs\"" | cut -d'"' -f4
 }
+mounted() {
+  grep -q " $1 " /proc/mounts
+}
 mount_shares() {
   rc=0
   for f in /sys/bus/virtio/drivers/9pnet_virtio/virtio*/mount_tag; do
     [ -e "$f" ] || continue
     tag=$(tr -d '\000' < "$f")
     mkdir -p "/mnt/$tag"
-    mountpoint -q "/mnt/$tag" \
+    mounted "/mnt/$tag" \
       || mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "$tag" "/mnt/$tag" \
       || rc=1
   done
   for tag in $(config_shares virtiofs); do
     mkdir -p "/mnt/$tag"
-    mountpoint -q "/mnt/$tag" || mount -t virtiofs "$tag" "/mnt/$tag" || rc=1
+    mounted "/mnt/$tag" || mount -t virtiofs "$tag" "/mnt/$tag" || rc=1
   done
   return $rc
 }

@@ -49,7 +49,7 @@ use crate::{Progress, FAILED_MARKER, READY_MARKER};
 
 /// Bump when the recipe changes what ends up in the image (pins included),
 /// so stores rebuild their cached copy.
-pub const RECIPE: u32 = 2;
+pub const RECIPE: u32 = 4;
 
 /// Name of the image in the store (x86_64).
 pub const OPENCLAW: &str = "openclaw";
@@ -717,14 +717,18 @@ export PS1='{PROMPT}'
   done
 ) &
 echo "clawpen-init: waiting for the OpenClaw gateway on port $port (log: {GATEWAY_LOG})"
+# One 200 is enough: probing again to decide could fail while the gateway
+# is busy starting channels (seen under TCG: health answered, the next probe
+# timed out, and the guest reported failure with a healthy gateway).
 i=0
-while ! probe {HEALTH_PATH}; do
+healthy=0
+while [ $i -lt {HEALTH_TIMEOUT_S} ]; do
+  if probe {HEALTH_PATH}; then healthy=1; break; fi
   i=$((i+1))
-  if [ $i -ge {HEALTH_TIMEOUT_S} ]; then break; fi
   [ $((i % 60)) -eq 0 ] && echo "clawpen-init: still waiting for the gateway ($i s)"
   sleep 1
 done
-if probe {HEALTH_PATH}; then
+if [ $healthy = 1 ]; then
   j=0
   while ! probe {READY_PATH} && [ $j -lt {READY_TIMEOUT_S} ]; do sleep 1; j=$((j+1)); done
   echo
@@ -1645,7 +1649,12 @@ mod tests {
         // The marker comes after the health probe, never before it.
         assert!(!s2.contains("wget"), "busybox wget segfaults in the rootfs");
         assert!(s2.contains("/dev/tcp/127.0.0.1/$1"));
-        let probe = s2.find("while ! probe /health").unwrap();
+        let probe = s2
+            .find("if probe /health; then healthy=1; break; fi")
+            .unwrap();
+        // The marker follows from the loop's answer, not from a second probe.
+        assert!(s2.contains("if [ $healthy = 1 ]; then"));
+        assert_eq!(s2.matches("probe /health").count(), 1);
         let marker = s2.find(&format!("echo \"{READY_MARKER}\"")).unwrap();
         assert!(probe < marker);
         assert!(s2.contains("render-config.mjs /root/.openclaw/openclaw.json"));

@@ -20,7 +20,7 @@ use crate::{Progress, FAILED_MARKER, READY_MARKER, TEST_GUEST};
 
 /// Bump when the recipe changes what ends up in the image, so stores rebuild
 /// their cached copy.
-pub const RECIPE: u32 = 4;
+pub const RECIPE: u32 = 5;
 
 /// Serial console on the first UART (x86; [`Arch::kernel_cmdline`] for
 /// others); `panic=-1` reboots at once on a panic, which QEMU's

@@ -134,6 +134,141 @@ fn test_guest_boots_and_runs_commands() {
     assert_eq!(sha256(&image.disk()), base.sha256);
 }
 
+/// The config disk reaches a real guest as a second virtio disk (the root
+/// stays `vda`); the guest's init mounts the 9p share from sysfs, has the
+/// `virtiofs` file system (the VZ share type) loaded, and through the
+/// guest agent (the supervisor's path) `mount-shares` reads the virtio-fs
+/// tag the config disk lists and tries it (no such device under this QEMU:
+/// no virtiofsd here, so the mount fails and the agent says so), and
+/// `umount-shares` unmounts the 9p share.
+#[test]
+fn the_config_disk_and_share_types_reach_the_guest() {
+    let (image, _, _) = ensure();
+    let tmp = tempfile::tempdir().unwrap();
+    let overlay = tmp.path().join("overlay.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(image.disk())
+        .arg(&overlay)
+        .status()
+        .expect("qemu-img");
+    assert!(status.success());
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("hello"), "from-the-host\n").unwrap();
+    let mut config: clawpen_vmimage::GuestConfig = serde_json::from_str(
+        r#"{"vm":"demo","inference":{"base_url":"u","api_key":"k","model":"m","context_window":1,"max_tokens":1}}"#,
+    )
+    .unwrap();
+    config.shares = vec![
+        clawpen_vmimage::GuestShare {
+            tag: "nine".into(),
+            fs: clawpen_vmimage::ShareFs::NineP,
+        },
+        clawpen_vmimage::GuestShare {
+            tag: "work".into(),
+            fs: clawpen_vmimage::ShareFs::Virtiofs,
+        },
+    ];
+    let disk = tmp.path().join("guest-config.img");
+    std::fs::write(&disk, config.to_config_disk().unwrap()).unwrap();
+    let agent_sock = tmp.path().join("agent.sock");
+    let extra = [
+        "-drive".to_owned(),
+        format!("file={},if=virtio,format=raw,readonly=on", disk.display()),
+        "-virtfs".to_owned(),
+        format!(
+            "local,path={},mount_tag=nine,security_model=none,id=fs0",
+            shared.display()
+        ),
+        "-chardev".to_owned(),
+        format!(
+            "socket,id=agent0,path={},server=on,wait=off",
+            agent_sock.display()
+        ),
+        "-serial".to_owned(),
+        "chardev:agent0".to_owned(),
+    ];
+    let mut vm = Qemu::boot(&image, &overlay, &extra);
+    assert!(
+        vm.wait_for(READY_MARKER, Duration::from_secs(60)).is_ok(),
+        "guest did not get ready: {}",
+        vm.output
+    );
+    vm.wait_for(test_guest::PROMPT, Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("no prompt: {}", vm.output));
+    // The init mounted the 9p share (its tag from sysfs).
+    vm.send("cat /mnt/nine/hello; echo A-$((1+1))\n");
+    let out = vm
+        .wait_for("A-2", Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("no answer: {}", vm.output));
+    assert!(out.contains("from-the-host"), "{out}");
+    let answers = agent_calls(
+        &agent_sock,
+        &["mount-shares", "umount-shares"],
+        Duration::from_secs(60),
+    );
+    // The 9p share is already mounted (left alone); the virtio-fs one
+    // fails, and the agent says so.
+    assert_eq!(
+        answers,
+        ["error mount-shares", "ok umount-shares"],
+        "{}",
+        vm.output
+    );
+    assert!(
+        !vm.output.contains("no channels available"),
+        "{}",
+        vm.output
+    );
+    vm.send(concat!(
+        "cat /mnt/etc/clawpen-image; ",
+        "echo \"FS=$(grep -c virtiofs /proc/filesystems) M=$(grep -c ' 9p ' /proc/mounts)\"; ",
+        "echo \"CFG=$(head -c 17 /dev/vdb)\"; ls -d /mnt/work; ls /mnt/nine; ",
+        "echo DONE-$((6*7))\n"
+    ));
+    let out = vm
+        .wait_for("DONE-42", Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("commands did not finish: {}", vm.output));
+    eprintln!("console transcript:\n{}", vm.output);
+    // The root disk is still vda (mounted at /mnt), the config disk vdb.
+    assert!(out.contains("test-guest"), "{out}");
+    assert!(out.contains("CFG=CLAWPEN-CONFIG v1"), "{out}");
+    // virtiofs is loaded; the 9p share is unmounted again.
+    assert!(out.contains("FS=1 M=0"), "{out}");
+    // mount-shares made the virtio-fs tag's mount point: it read the tag
+    // from the config disk (the mount itself failed: no device).
+    assert!(out.contains("\n/mnt/work\r"), "{out}");
+    assert!(!out.contains("\nhello"), "unmounted: {out}");
+}
+
+/// Pings the guest agent on `sock` until it answers, then sends each of
+/// `cmds` and returns their answer lines.
+fn agent_calls(sock: &Path, cmds: &[&str], limit: Duration) -> Vec<String> {
+    use std::io::BufRead;
+    assert!(agent_ping(sock, limit).is_some(), "no guest agent");
+    let stream = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    cmds.iter()
+        .map(|cmd| {
+            writer.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+            // Skip answers to pings `agent_ping` sent before the first one
+            // came back.
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim() != "ok ping" {
+                    return line.trim().to_owned();
+                }
+            }
+        })
+        .collect()
+}
+
 /// The arm64 test guest, built on this (x86_64) host from Debian's arm64
 /// packages, boots under `qemu-system-aarch64 -M virt` (TCG) to its ready
 /// marker, runs commands on its PL011 console (`ttyAMA0`), and answers the

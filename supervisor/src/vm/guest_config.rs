@@ -140,7 +140,9 @@ mod tests {
         }
         // The disk holds the same JSON, whole blocks, nothing left over.
         let image = std::fs::read(&disk).unwrap();
-        assert!(image.len().is_multiple_of(clawpen_vmimage::config_disk::BLOCK));
+        assert!(image
+            .len()
+            .is_multiple_of(clawpen_vmimage::config_disk::BLOCK));
         assert_eq!(
             clawpen_vmimage::config_disk::decode(&image).unwrap(),
             &std::fs::read(&path).unwrap()[..]
