@@ -309,6 +309,26 @@ mod x86 {
         );
     }
 
+    /// Asks for the `W` rows after `w`'s `W` (the next call's) to be
+    /// pulled into cache, the part as far along as block `b` of `nb`:
+    /// rows are short (1-10 KiB), and left to the hardware prefetcher the
+    /// one-token Q8_0 matmul of Qwen2.5-0.5B's output (151936 rows of 952
+    /// bytes) read 7 GB/s on one core, 16 GB/s with this.
+    #[inline(always)]
+    fn prefetch_next<const W: usize>(w: *const u8, block: usize, nb: usize, b: usize) {
+        // `wrapping_add`: past the matrix's end the address is never
+        // dereferenced, and a prefetch of any address cannot fault.
+        let at = w.wrapping_add(W * nb * block + b * W * block);
+        let mut off = 0;
+        while off < W * block {
+            // SAFETY: `_mm_prefetch` only hints the cache; it reads
+            // nothing architecturally and never faults, and SSE is part
+            // of x86_64's baseline.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off).cast()) };
+            off += 64;
+        }
+    }
+
     /// The horizontal sum of 8 floats.
     #[target_feature(enable = "avx2,fma")]
     fn hsum(a: __m256) -> f32 {
@@ -368,6 +388,7 @@ mod x86 {
         // asserted; all loads are unaligned ones.
         unsafe {
             for b in 0..nb {
+                prefetch_next::<W>(wp, 22, nb, b);
                 for (v, acc) in acc.iter_mut().enumerate() {
                     let blk = wp.add((v * nb + b) * 22);
                     let dw = f16(blk.cast::<u16>().read_unaligned());
@@ -438,6 +459,7 @@ mod x86 {
         // slices as `check` asserted; all loads are unaligned ones.
         unsafe {
             for b in 0..nb {
+                prefetch_next::<W>(wp, Q8_0_BYTES, nb, b);
                 for (v, acc) in acc.iter_mut().enumerate() {
                     let blk = wp.add((v * nb + b) * Q8_0_BYTES);
                     let dw = f16(blk.cast::<u16>().read_unaligned());
@@ -498,6 +520,7 @@ mod x86 {
         // asserted; all loads are unaligned ones.
         unsafe {
             for b in 0..nb {
+                prefetch_next::<W>(wp, 144, nb, b);
                 for v in 0..W {
                     let blk = wp.add((v * nb + b) * 144);
                     let dw = f16(blk.cast::<u16>().read_unaligned());
@@ -599,6 +622,7 @@ mod x86 {
         // asserted; all loads are unaligned ones.
         unsafe {
             for b in 0..nb {
+                prefetch_next::<W>(wp, 210, nb, b);
                 for (v, acc) in acc.iter_mut().enumerate() {
                     let blk = wp.add((v * nb + b) * 210);
                     let dw = f16(blk.add(208).cast::<u16>().read_unaligned());
