@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A finished (or failed, or cancelled) generation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A finished (or failed, or cancelled) generation. `Default` (empty
+/// strings, zeros) is for fixtures that set only what they check.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct InferenceRecord {
     pub request_id: String,
     /// The client the request's API key maps to (one per VM; `anonymous`

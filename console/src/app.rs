@@ -1252,22 +1252,12 @@ mod tests {
             endpoint: "chat_completions".into(),
             model: "m".into(),
             session: session.map(str::to_string),
-            previous_response_id: None,
             status: "completed".into(),
-            error: None,
             prompt_tokens: 10,
-            cached_tokens: 0,
             output_tokens: 5,
             time_to_first_token_ms: ttft,
-            prefill_tokens_per_s: None,
-            decode_tokens_per_s: None,
             duration_ms: 1.0,
-            tool_calls: vec![],
-            started_at_ms: 0,
-            output_text: String::new(),
-            calls: vec![],
-            tool_results: vec![],
-            queue_wait_ms: None,
+            ..Default::default()
         }
     }
 

@@ -131,23 +131,13 @@ mod tests {
             client: "demo".into(),
             endpoint: "responses".into(),
             model: "m".into(),
-            session: None,
-            previous_response_id: None,
             status: "completed".into(),
-            error: None,
             prompt_tokens: prompt,
             cached_tokens: cached,
             output_tokens: 1,
-            time_to_first_token_ms: None,
-            prefill_tokens_per_s: None,
-            decode_tokens_per_s: None,
             duration_ms: 1.0,
-            tool_calls: vec![],
             started_at_ms: at,
-            output_text: String::new(),
-            calls: vec![],
-            tool_results: vec![],
-            queue_wait_ms: None,
+            ..Default::default()
         }
     }
 

@@ -283,20 +283,13 @@ mod tests {
             session: session.map(str::to_string),
             previous_response_id: prev.map(str::to_string),
             status: "completed".into(),
-            error: None,
             prompt_tokens: 10,
-            cached_tokens: 0,
             output_tokens: 5,
             time_to_first_token_ms: Some(20.0),
-            prefill_tokens_per_s: None,
             decode_tokens_per_s: Some(30.0),
             duration_ms: 100.0,
-            tool_calls: vec![],
             started_at_ms: at,
-            output_text: String::new(),
-            calls: vec![],
-            tool_results: vec![],
-            queue_wait_ms: None,
+            ..Default::default()
         }
     }
 

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 const ROUNDS: usize = 5;
 const UPLOAD_MIB: usize = 32;
 const DOWNLOAD_MIB: usize = 32;
-const CONNECTS: usize = 50;
+const CONNECTS: usize = 200;
 const ANSWER: Duration = Duration::from_secs(300);
 
 /// Host servers: an HTTP sink that counts what it gets (and when), and an

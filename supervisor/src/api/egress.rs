@@ -23,7 +23,10 @@ impl From<EgressError> for HttpError {
             EgressError::NoRule { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "no_rule", message).field("id")
             }
-            EgressError::Store(_) | EgressError::Hosts(_) | EgressError::Forward(_) => {
+            EgressError::Store(_)
+            | EgressError::Hosts(_)
+            | EgressError::Forward(_)
+            | EgressError::Spawn { .. } => {
                 tracing::error!(error = %message, "internal error");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }

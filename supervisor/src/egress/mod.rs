@@ -69,6 +69,8 @@ pub enum EgressError {
     Hosts(#[from] HostsError),
     #[error("cannot open a loopback port for a forward: {0}")]
     Forward(std::io::Error),
+    #[error("cannot start the egress gateway of VM {vm}: {source}")]
+    Spawn { vm: VmName, source: std::io::Error },
 }
 
 /// The egress subsystem: rules (in the store, pushed live to gateways), the
@@ -188,7 +190,7 @@ impl Egress {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(vm.clone(), forward_tx);
-        Ok(gateway::spawn(gateway::GatewayContext {
+        gateway::spawn(gateway::GatewayContext {
             vm: vm.clone(),
             link,
             rules: receiver,
@@ -198,7 +200,11 @@ impl Egress {
             inference: self.inference.subscribe(),
             log: self.log.clone(),
             forwards,
-        }))
+        })
+        .map_err(|source| EgressError::Spawn {
+            vm: vm.clone(),
+            source,
+        })
     }
 
     /// A loopback address whose connections reach the VM's `guest_port`
