@@ -52,3 +52,78 @@ async fn reset_throws_away_what_the_guest_wrote_and_boots_again() {
     assert!(status.success(), "clawpen exited with {status}");
     assert!(vmm_pids(home.path()).is_empty(), "VMM left after shutdown");
 }
+
+/// A memory state that no longer restores (a clawpen upgrade changed the
+/// VM's devices, a QEMU upgrade its format) must not leave the VM stuck:
+/// reset boots the snapshot's disk instead and saves `clean` again with
+/// memory, so the reset after that is warm again. The test makes `clean`'s
+/// memory state unusable with qemu-img: it keeps the disk state and drops
+/// the memory (a disk-only internal snapshot of the same name, which
+/// `loadvm` refuses).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_state_that_does_not_restore_falls_back_to_its_disk() {
+    let home = temp_home();
+    let mut up = Up::start(home.path(), &[]).unwrap();
+    up.wait_state("demo", "Running", BOOT).await.unwrap();
+    let dir = up.vm_dir("demo");
+    let clean_has_memory = |snapshots: Vec<clawpen_api::SnapshotInfo>| {
+        snapshots
+            .iter()
+            .find(|s| s.name.as_str() == "clean")
+            .map(|s| s.has_memory)
+    };
+    let snapshots = up.get_json("/vms/demo/snapshots").await.unwrap();
+    assert_eq!(clean_has_memory(snapshots), Some(true));
+
+    let stop = up
+        .request(reqwest::Method::POST, "/vms/demo/stop")
+        .send()
+        .await
+        .unwrap();
+    assert!(stop.status().is_success(), "{}", stop.text().await.unwrap());
+    let disk = dir.join("disk.qcow2");
+    for args in [["-a", "clean"], ["-d", "clean"], ["-c", "clean"]] {
+        let status = std::process::Command::new("qemu-img")
+            .arg("snapshot")
+            .args(args)
+            .arg(&disk)
+            .status()
+            .unwrap();
+        assert!(status.success(), "qemu-img snapshot {args:?}");
+    }
+
+    let resp = up
+        .request(reqwest::Method::POST, "/vms/demo/reset")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let booted: clawpen_api::VmInfo = resp.json().await.unwrap();
+    assert_eq!(booted.state, clawpen_api::VmState::Running);
+    let mut serial = Serial::connect(&dir).unwrap();
+    let out = serial.run("echo alive", ANSWER).unwrap();
+    assert!(out.contains("alive"), "{out}");
+    drop(serial);
+    let snapshots = up.get_json("/vms/demo/snapshots").await.unwrap();
+    assert_eq!(
+        clean_has_memory(snapshots),
+        Some(true),
+        "clean was not saved again with memory"
+    );
+
+    // Warm again: the same VMM loads the new memory state.
+    let resp = up
+        .request(reqwest::Method::POST, "/vms/demo/reset")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let warm: clawpen_api::VmInfo = resp.json().await.unwrap();
+    assert_eq!(warm.state, clawpen_api::VmState::Running);
+    assert_eq!(warm.pid, booted.pid, "a warm reset keeps the VMM");
+
+    let status = up.terminate().unwrap();
+    assert!(status.success(), "clawpen exited with {status}");
+}

@@ -603,10 +603,12 @@ impl VmTask {
         self.record(VmState::Resetting)?;
         crash::point("reset:before-stop");
         let warm = snapshot.as_ref().is_some_and(|s| s.has_memory) && !cold;
-        let result = if warm {
-            self.restore_warm(name).await
-        } else {
-            self.restore_cold(snapshot.map(|s| s.name)).await
+        let result = match snapshot {
+            Some(snapshot) if warm => match self.restore_warm(name).await {
+                Ok(info) => Ok(info),
+                Err(e) => self.restore_cold_instead(snapshot, e).await,
+            },
+            snapshot => self.restore_cold(snapshot.map(|s| s.name)).await,
         };
         match result {
             Ok(info) => Ok(info),
@@ -643,6 +645,40 @@ impl VmTask {
         self.mount_shares().await;
         self.progress("restore", "done", 1, 1);
         self.record(VmState::Running)
+    }
+
+    /// A memory state restores only into the VMM that saved it: the same
+    /// devices (a clawpen upgrade that adds one, like the config disk, makes
+    /// older ones unusable) and a VMM that reads its format. When it does
+    /// not restore, the snapshot's disk still boots, so a reset still ends
+    /// in a running VM: the snapshot becomes disk-only, the VM boots from
+    /// its disk, and `clean` is saved again with memory, so the next reset
+    /// is warm again.
+    async fn restore_cold_instead(
+        &mut self,
+        snapshot: SnapshotInfo,
+        warm_error: VmError,
+    ) -> Result<VmInfo, VmError> {
+        let name = snapshot.name.clone();
+        tracing::warn!(
+            vm = %self.name(),
+            snapshot = %name,
+            error = %warm_error,
+            "the memory state does not restore; cold reset from the snapshot's disk"
+        );
+        self.progress("restore", "memory state unusable: booting its disk", 0, 1);
+        self.ctx.store.put_snapshot(
+            &self.name(),
+            &SnapshotInfo {
+                has_memory: false,
+                ..snapshot
+            },
+        )?;
+        let info = self.restore_cold(Some(name.clone())).await?;
+        if name == clean() {
+            self.take_clean_snapshot().await;
+        }
+        Ok(info)
     }
 
     async fn restore_cold(&mut self, snapshot: Option<SnapshotName>) -> Result<VmInfo, VmError> {
