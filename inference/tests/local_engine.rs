@@ -155,12 +155,19 @@ async fn engine_loads_both_architectures_and_reports_failures() {
 }
 
 async fn chat(base: &str, body: Json) -> Json {
-    let resp = reqwest::Client::new()
+    chat_with_key(base, None, body).await
+}
+
+/// A chat completion that must succeed, with `key` as the bearer token when
+/// given (the service maps keys to clients).
+async fn chat_with_key(base: &str, key: Option<&str>, body: Json) -> Json {
+    let mut request = reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .json(&body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let resp = request.send().await.unwrap();
     let status = resp.status();
     let v: Json = resp.json().await.unwrap();
     assert!(status.is_success(), "{status}: {v}");
@@ -668,17 +675,7 @@ async fn queue_wait_and_depth_are_in_the_metrics() {
 }
 
 async fn chat_as(base: &str, key: &str, body: Json) -> Json {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let v: Json = resp.json().await.unwrap();
-    assert!(status.is_success(), "{status}: {v}");
-    v
+    chat_with_key(base, Some(key), body).await
 }
 
 #[tokio::test]

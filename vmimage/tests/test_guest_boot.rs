@@ -7,7 +7,7 @@
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::Mutex;
@@ -93,14 +93,7 @@ fn test_guest_boots_and_runs_commands() {
 
     // Boot from an overlay, as VMs do.
     let tmp = tempfile::tempdir().unwrap();
-    let overlay = tmp.path().join("overlay.qcow2");
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(image.disk())
-        .arg(&overlay)
-        .status()
-        .expect("qemu-img");
-    assert!(status.success());
+    let overlay = overlay_on(&image, tmp.path());
 
     let start = Instant::now();
     let mut vm = Qemu::boot(&image, &overlay, &[]);
@@ -145,14 +138,7 @@ fn test_guest_boots_and_runs_commands() {
 fn the_config_disk_and_share_types_reach_the_guest() {
     let (image, _, _) = ensure();
     let tmp = tempfile::tempdir().unwrap();
-    let overlay = tmp.path().join("overlay.qcow2");
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(image.disk())
-        .arg(&overlay)
-        .status()
-        .expect("qemu-img");
-    assert!(status.success());
+    let overlay = overlay_on(&image, tmp.path());
     let shared = tmp.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("hello"), "from-the-host\n").unwrap();
@@ -299,14 +285,7 @@ fn aarch64_test_guest_boots_under_tcg() {
     );
 
     let tmp = tempfile::tempdir().unwrap();
-    let overlay = tmp.path().join("overlay.qcow2");
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(image.disk())
-        .arg(&overlay)
-        .status()
-        .expect("qemu-img");
-    assert!(status.success());
+    let overlay = overlay_on(&image, tmp.path());
     let agent_sock = tmp.path().join("agent.sock");
     let extra = [
         "-device".to_owned(),
@@ -339,6 +318,19 @@ fn aarch64_test_guest_boots_under_tcg() {
     let answer = agent_ping(&agent_sock, Duration::from_secs(60));
     assert_eq!(answer.as_deref(), Some("ok ping"), "{}", vm.output);
     eprintln!("aarch64 console transcript:\n{}", vm.output);
+}
+
+/// A qcow2 overlay on the image's base disk in `dir`, as VMs boot from.
+fn overlay_on(image: &Image, dir: &Path) -> PathBuf {
+    let overlay = dir.join("overlay.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(image.disk())
+        .arg(&overlay)
+        .status()
+        .expect("qemu-img");
+    assert!(status.success(), "qemu-img create failed");
+    overlay
 }
 
 /// Sends `ping` on the agent socket every second until a line comes back.
