@@ -10,6 +10,21 @@ use clawpen_tests::{temp_home, vmm_pids, Up};
 const BOOT: Duration = Duration::from_secs(180);
 const ANSWER: Duration = Duration::from_secs(30);
 
+/// Resets `demo` with `body` (a `ResetRequest`); it must answer 200 with
+/// the VM running.
+async fn reset(up: &Up, body: serde_json::Value) -> clawpen_api::VmInfo {
+    let resp = up
+        .request(reqwest::Method::POST, "/vms/demo/reset")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let info: clawpen_api::VmInfo = resp.json().await.unwrap();
+    assert_eq!(info.state, clawpen_api::VmState::Running);
+    info
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reset_throws_away_what_the_guest_wrote_and_boots_again() {
     let home = temp_home();
@@ -26,15 +41,7 @@ async fn reset_throws_away_what_the_guest_wrote_and_boots_again() {
         .unwrap();
     assert!(out.contains("trash"), "file not written: {out}");
 
-    let resp = up
-        .request(reqwest::Method::POST, "/vms/demo/reset")
-        .json(&serde_json::json!({"cold": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    let after: clawpen_api::VmInfo = resp.json().await.unwrap();
-    assert_eq!(after.state, clawpen_api::VmState::Running);
+    let after = reset(&up, serde_json::json!({"cold": true})).await;
     assert_ne!(after.pid, before.pid, "a cold reset boots a new VMM");
 
     let mut serial = Serial::connect(&dir).unwrap();
@@ -92,15 +99,7 @@ async fn a_memory_state_that_does_not_restore_falls_back_to_its_disk() {
         assert!(status.success(), "qemu-img snapshot {args:?}");
     }
 
-    let resp = up
-        .request(reqwest::Method::POST, "/vms/demo/reset")
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    let booted: clawpen_api::VmInfo = resp.json().await.unwrap();
-    assert_eq!(booted.state, clawpen_api::VmState::Running);
+    let booted = reset(&up, serde_json::json!({})).await;
     let mut serial = Serial::connect(&dir).unwrap();
     let out = serial.run("echo alive", ANSWER).unwrap();
     assert!(out.contains("alive"), "{out}");
@@ -113,15 +112,7 @@ async fn a_memory_state_that_does_not_restore_falls_back_to_its_disk() {
     );
 
     // Warm again: the same VMM loads the new memory state.
-    let resp = up
-        .request(reqwest::Method::POST, "/vms/demo/reset")
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    let warm: clawpen_api::VmInfo = resp.json().await.unwrap();
-    assert_eq!(warm.state, clawpen_api::VmState::Running);
+    let warm = reset(&up, serde_json::json!({})).await;
     assert_eq!(warm.pid, booted.pid, "a warm reset keeps the VMM");
 
     let status = up.terminate().unwrap();

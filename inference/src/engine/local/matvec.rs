@@ -214,47 +214,17 @@ mod x86 {
     /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows(f: Format, w: &[u8], xb: &[u8], m: usize, nb: usize, out: &mut [f32]) {
+        // One row with 1-4 tokens, or four rows with one token.
+        macro_rules! dots {
+            ($k:ident) => {
+                [$k::<1, 1>, $k::<1, 2>, $k::<1, 3>, $k::<1, 4>, $k::<4, 1>]
+            };
+        }
         let (dots, xbytes): ([Dot; 5], usize) = match f {
-            Format::Q5_0 => (
-                [
-                    q5_0::<1, 1>,
-                    q5_0::<1, 2>,
-                    q5_0::<1, 3>,
-                    q5_0::<1, 4>,
-                    q5_0::<4, 1>,
-                ],
-                Q8_0_BYTES,
-            ),
-            Format::Q8_0 => (
-                [
-                    q8_0::<1, 1>,
-                    q8_0::<1, 2>,
-                    q8_0::<1, 3>,
-                    q8_0::<1, 4>,
-                    q8_0::<4, 1>,
-                ],
-                Q8_0_BYTES,
-            ),
-            Format::Q4K => (
-                [
-                    q4k::<1, 1>,
-                    q4k::<1, 2>,
-                    q4k::<1, 3>,
-                    q4k::<1, 4>,
-                    q4k::<4, 1>,
-                ],
-                Q8K_BYTES,
-            ),
-            Format::Q6K => (
-                [
-                    q6k::<1, 1>,
-                    q6k::<1, 2>,
-                    q6k::<1, 3>,
-                    q6k::<1, 4>,
-                    q6k::<4, 1>,
-                ],
-                Q8K_BYTES,
-            ),
+            Format::Q5_0 => (dots!(q5_0), Q8_0_BYTES),
+            Format::Q8_0 => (dots!(q8_0), Q8_0_BYTES),
+            Format::Q4K => (dots!(q4k), Q8K_BYTES),
+            Format::Q6K => (dots!(q6k), Q8K_BYTES),
         };
         let row = nb * f.bytes();
         assert_eq!(w.len(), out.len() / m * row);

@@ -589,14 +589,18 @@ mod tests {
         crate::vm::backend::test_image(arch)
     }
 
-    fn args_for(accel: Accel, arch: &str) -> Vec<String> {
-        let spec = VmSpec {
+    fn demo_spec() -> VmSpec {
+        VmSpec {
             name: VmName::parse("demo").unwrap(),
             image: "tiny".into(),
             cpus: 1,
             memory_mib: 256,
             disk_gib: None,
-        };
+        }
+    }
+
+    fn args_for(accel: Accel, arch: &str) -> Vec<String> {
+        let spec = demo_spec();
         let dir = VmDir::new("/vms/demo".into());
         QemuBackend::new(accel, Jail::off()).args(&dir, &spec, &image(arch), None, &[])
     }
@@ -644,13 +648,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = VmDir::new(root.path().join("demo"));
         std::fs::create_dir_all(dir.root()).unwrap();
-        let spec = VmSpec {
-            name: VmName::parse("demo").unwrap(),
-            image: "tiny".into(),
-            cpus: 1,
-            memory_mib: 256,
-            disk_gib: None,
-        };
+        let spec = demo_spec();
         let backend = QemuBackend::new(Accel::Tcg, Jail::off());
         for arch in ["x86_64", "aarch64"] {
             // Not written yet (never booted): no drive.
