@@ -15,6 +15,8 @@
 //! real file (llama, qwen2, qwen3, qwen3moe).
 //! `BENCH_HISTORY` sets the history length in tokens (default 4096),
 //! `BENCH_DECODE` the tokens decoded per measurement (default 64).
+//! `BENCH_DIR=DIR` keeps the written models in `DIR` and reuses them on
+//! the next run (the 1.5B pair takes minutes to write).
 //! Prompt and decode speeds are measured `BENCH_REPS` times (default 3),
 //! candle and llama.cpp taking turns (llama.cpp stays up in one Python
 //! process), and each model's last row gives candle's speed over
@@ -65,7 +67,8 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .filter(|r| *r > 0)
         .unwrap_or(3);
-    let dir = tempfile::tempdir().unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let dir = std::env::var_os("BENCH_DIR").map_or_else(|| temp.path().to_owned(), PathBuf::from);
     let models: Vec<(String, PathBuf)> = match std::env::var_os("BENCH_GGUF") {
         Some(p) => vec![(model_id(Path::new(&p)), PathBuf::from(p))],
         None => {
@@ -90,9 +93,16 @@ fn main() {
                 .map(|q| {
                     let t = Instant::now();
                     let name = format!("{label}-{}", q.name());
-                    let path = TinyModel::shaped(shape, q).write(dir.path(), &name);
+                    let kept = dir.join(format!("{name}.gguf"));
+                    if kept.exists() {
+                        eprintln!("reusing {}", kept.display());
+                        return (name, kept);
+                    }
+                    // Renamed when whole: an interrupted write is not reused.
+                    let part = TinyModel::shaped(shape, q).write(&dir, &format!("{name}.part"));
+                    std::fs::rename(&part, &kept).unwrap();
                     eprintln!("wrote {name} in {:.1} s", t.elapsed().as_secs_f64());
-                    (name, path)
+                    (name, kept)
                 })
                 .collect()
         }

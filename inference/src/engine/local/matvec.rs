@@ -582,7 +582,6 @@ mod x86 {
         let mut acc = [[_mm256_setzero_ps(); R]; W];
         let m4 = _mm256_set1_epi8(0x0F);
         let m2 = _mm256_set1_epi8(3);
-        let m32 = _mm256_set1_epi8(32);
         let wp = w.as_ptr();
         let xp = xb.as_ptr();
         // SAFETY: every read is of block `b < nb` of row `v < W` of `w`
@@ -611,7 +610,7 @@ mod x86 {
                         let h3 =
                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hi, 6), m2), 4);
                         // Values 0..32, 32..64, 64..96, 96..128 of this half,
-                        // unsigned 0..64 (the -32 comes from `m32` below).
+                        // unsigned 0..64 (the -32 comes after, from the sums).
                         let q = [
                             _mm256_or_si256(_mm256_and_si256(lo1, m4), h0),
                             _mm256_or_si256(_mm256_and_si256(lo2, m4), h1),
@@ -631,23 +630,25 @@ mod x86 {
                             let y = xp.add(((i0 + r) * nb + b) * Q8K_BYTES + 4 + 128 * j);
                             for t in 0..4 {
                                 let yv = _mm256_loadu_si256(y.add(32 * t).cast());
-                                // (q - 32) · y per pair: 2 · 63 · 128 fits i16.
-                                let p = _mm256_sub_epi16(
-                                    _mm256_maddubs_epi16(q[t], yv),
-                                    _mm256_maddubs_epi16(m32, yv),
-                                );
+                                // q · y per pair, q unsigned 0..64: 2 · 63 · 127
+                                // fits i16; the -32 comes after the loop.
+                                let p = _mm256_maddubs_epi16(q[t], yv);
                                 *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(s[t], p));
                             }
                         }
                     }
+                    // The -32 of every value, once per block: 32 · Σ scale ·
+                    // (sum of its 16 token values, precomputed in the Q8_K
+                    // block); at most 32 · 16 · 128 · 16 · 127, in i32.
+                    let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.cast()));
                     for (r, acc) in acc.iter_mut().enumerate() {
-                        let dx = xp
-                            .add(((i0 + r) * nb + b) * Q8K_BYTES)
-                            .cast::<f32>()
-                            .read_unaligned();
+                        let xblk = xp.add(((i0 + r) * nb + b) * Q8K_BYTES);
+                        let sums = _mm256_loadu_si256(xblk.add(260).cast());
+                        let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales, sums), 5);
+                        let dx = xblk.cast::<f32>().read_unaligned();
                         *acc = _mm256_fmadd_ps(
                             _mm256_set1_ps(dx * dw),
-                            _mm256_cvtepi32_ps(sumi[r]),
+                            _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[r], offset)),
                             *acc,
                         );
                     }

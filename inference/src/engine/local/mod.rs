@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use crate::engine::{Engine, EngineError, EngineEvent, EngineStream, GenerateRequest};
 use crate::parse::Family;
 
+pub mod attention;
 pub mod batched;
 pub mod cache;
 pub mod decode;

@@ -351,7 +351,8 @@ impl Transformer {
         let (_, n) = tokens.dims2()?;
         let pos = cache.len;
         let (cos, sin) = self.rotary(pos, n)?;
-        let mask = if n > 1 {
+        // The CPU's attention (`super::attention`) masks as it goes.
+        let mask = if n > 1 && !self.device.is_cpu() {
             Some(causal_mask(n, pos, &self.device)?)
         } else {
             None
@@ -444,18 +445,28 @@ impl Transformer {
         // `repeat_kv`), which at decode time moved 7x the whole KV cache
         // through memory per layer and token for Qwen2.5-0.5B.
         let groups = c.heads / c.kv_heads;
-        let total = k.dim(2)?;
         let q = q.reshape((b, c.kv_heads, groups * n, c.head_dim))?;
-        let att = (q.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
-        let att = match mask {
-            Some(m) => att
-                .reshape((b, c.kv_heads, groups, n, total))?
-                .broadcast_add(m)?
-                .reshape((b, c.kv_heads, groups * n, total))?,
-            None => att,
+        let y = if self.device.is_cpu() {
+            // One pass per block of query rows: see `attention`.
+            let op = super::attention::CausalAttention {
+                pos: k.dim(2)? - n,
+                n,
+                scale: 1.0 / (c.head_dim as f32).sqrt(),
+            };
+            q.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)?
+        } else {
+            let total = k.dim(2)?;
+            let att = (q.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
+            let att = match mask {
+                Some(m) => att
+                    .reshape((b, c.kv_heads, groups, n, total))?
+                    .broadcast_add(m)?
+                    .reshape((b, c.kv_heads, groups * n, total))?,
+                None => att,
+            };
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            att.matmul(&v.contiguous()?)?
         };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v.contiguous()?)?;
         let y = y
             .reshape((b, c.heads, n, c.head_dim))?
             .transpose(1, 2)?
