@@ -2,7 +2,7 @@
 //! engine against llama.cpp (`llama-cpp-python`) on the same GGUF, one
 //! table per model: prompt tokens/s, decode tokens/s, and the time to first
 //! token of a conversation's second turn after a ~4k-token history, with
-//! and without the KV prefix cache.
+//! and without the KV prefix cache, and decode tokens/s after that history.
 //!
 //! Models: random weights shaped like Qwen2.5-0.5B (896 hidden, 24 layers,
 //! 14/2 heads, 4864 FFN, 151936 vocabulary), written by the tests' GGUF
@@ -115,9 +115,9 @@ fn main() {
     println!("{threads} threads for both engines; TTFT = time to first token of turn 2");
     println!();
     println!(
-        "| model | engine | prompt tok/s (prompt tok) | decode tok/s | turn 2 prompt tok | turn 2 TTFT, no cache | turn 2 TTFT, prefix cache (cached tok) |"
+        "| model | engine | prompt tok/s (prompt tok) | decode tok/s | turn 2 prompt tok | turn 2 TTFT, no cache | turn 2 TTFT, prefix cache (cached tok) | decode tok/s after turn 2 |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (name, path) in &models {
         let size_mb = std::fs::metadata(path).map(|m| m.len() >> 20).unwrap_or(0);
         let label = format!("{name} ({size_mb} MiB)");
@@ -237,6 +237,8 @@ struct Side {
     decode: Vec<f64>,
     cold: f64,
     warm: f64,
+    /// Decode tokens/s after turn 2's history.
+    long_decode: f64,
 }
 
 /// Measures both engines on one model, interleaved (candle, llama.cpp,
@@ -297,28 +299,42 @@ async fn compare(
     let (warm, _, uw) = run(&engine, &model, turn2.to_vec(), 1, "agent").await;
     c.warm = warm;
     let cached_tokens = uw.cached_tokens;
+    // Decoding at the end of the long history (its prefix cached again).
+    let (first, tn, un) = run(
+        &engine,
+        &model,
+        turn2.to_vec(),
+        decode_tokens() + 1,
+        "agent",
+    )
+    .await;
+    c.long_decode = un.completion_tokens.saturating_sub(1).max(1) as f64 / (tn - first);
     if let Some(ll) = llama.as_deref_mut() {
         l.cold = ll.run(turn2, 1, true).0;
         ll.run(turn1, 1, true);
         l.warm = ll.run(turn2, 1, false).0;
+        let (first, tn) = ll.run(turn2, decode_tokens() + 1, false);
+        l.long_decode = decode_tokens() as f64 / (tn - first);
     }
     println!(
-        "| {label} | candle | {:.1} ({short_tokens}) | {:.1} | {cold_tokens} | {:.2} s | {:.3} s ({cached_tokens}) |",
+        "| {label} | candle | {:.1} ({short_tokens}) | {:.1} | {cold_tokens} | {:.2} s | {:.3} s ({cached_tokens}) | {:.1} |",
         median(&c.prompt),
         median(&c.decode),
         c.cold,
         c.warm,
+        c.long_decode,
     );
     if llama.is_none() {
         println!("| {label} | llama.cpp | skipped: llama-cpp-python did not start |");
         return;
     }
     println!(
-        "| {label} | llama.cpp | {:.1} | {:.1} | | {:.2} s | {:.3} s |",
+        "| {label} | llama.cpp | {:.1} | {:.1} | | {:.2} s | {:.3} s | {:.1} |",
         median(&l.prompt),
         median(&l.decode),
         l.cold,
-        l.warm
+        l.warm,
+        l.long_decode,
     );
     let ratios =
         |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a / b).collect() };
@@ -328,12 +344,13 @@ async fn compare(
         format!("{:.2}x / {:.2}x / {:.2}x", r[0], median(&r), r[r.len() - 1])
     };
     println!(
-        "| {label} | candle ÷ llama.cpp, min / median / max of {reps} | {} | {} | | {:.2}x faster | {:.2}x faster; cached ÷ cold {:.3} |",
+        "| {label} | candle ÷ llama.cpp, min / median / max of {reps} | {} | {} | | {:.2}x faster | {:.2}x faster; cached ÷ cold {:.3} | {:.2}x |",
         spread(ratios(&c.prompt, &l.prompt)),
         spread(ratios(&c.decode, &l.decode)),
         l.cold / c.cold,
         l.warm / c.warm,
         c.warm / c.cold,
+        c.long_decode / l.long_decode,
     );
 }
 

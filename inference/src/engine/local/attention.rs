@@ -26,7 +26,8 @@ const BLOCK: usize = 64;
 /// `[1, kv_heads, groups * n, head_dim]` (the `groups` query heads that
 /// share a KV head stacked, each `n` rows: row `g * n + i` is token `i`
 /// of query head `g`) against keys and values `[1, kv_heads, pos + n,
-/// head_dim]`; token `i` sits at position `pos + i` and sees keys
+/// head_dim]` (rows contiguous within a head; the heads may be views of
+/// larger buffers); token `i` sits at position `pos + i` and sees keys
 /// `0..=pos + i`. The output has `q`'s shape. CPU and f32 only (other
 /// devices run candle's ops: see the caller).
 #[derive(Debug, Clone, Copy)]
@@ -43,15 +44,26 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The contiguous f32 data of a CPU tensor, or an error naming `what`.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// Per head `h`, the `[rows, d]` f32 values of a CPU tensor of shape
+/// `[1, heads, rows, d]` whose rows are contiguous within a head (heads
+/// may lie further apart: the KV cache's views of buffers with room to
+/// grow), or an error naming `what`.
+fn heads<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<Vec<&'a [f32]>> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("attention: {what} is not f32");
     };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("attention: {what} is not contiguous"),
+    let (_, heads, rows, d) = l.shape().dims4()?;
+    let stride = l.stride();
+    if stride[3] != 1 || stride[2] != d {
+        candle_core::bail!("attention: {what} rows are not contiguous ({stride:?})");
     }
+    (0..heads)
+        .map(|h| {
+            let at = l.start_offset() + h * stride[1];
+            data.get(at..at + rows * d)
+                .ok_or_else(|| candle_core::Error::Msg(format!("attention: {what} out of bounds")))
+        })
+        .collect()
 }
 
 impl CustomOp3 for CausalAttention {
@@ -81,21 +93,16 @@ impl CustomOp3 for CausalAttention {
                 );
             }
         }
-        let q = f32_slice(qs, ql, "queries")?;
-        let k = f32_slice(ks, kl, "keys")?;
-        let v = f32_slice(vs, vl, "values")?;
-        let mut out = vec![0f32; q.len()];
+        let q = heads(qs, ql, "queries")?;
+        let k = heads(ks, kl, "keys")?;
+        let v = heads(vs, vl, "values")?;
+        let mut out = vec![0f32; kv_heads * rows * d];
         out.par_chunks_mut(rows * d)
             .enumerate()
             .for_each(|(h, out)| {
-                let (q, k, v) = (
-                    &q[h * rows * d..(h + 1) * rows * d],
-                    &k[h * total * d..(h + 1) * total * d],
-                    &v[h * total * d..(h + 1) * total * d],
-                );
                 out.par_chunks_mut(BLOCK * d)
                     .enumerate()
-                    .for_each(|(blk, out)| self.block(q, k, v, blk * BLOCK, d, out));
+                    .for_each(|(blk, out)| self.block(q[h], k[h], v[h], blk * BLOCK, d, out));
             });
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
@@ -319,6 +326,40 @@ mod tests {
                 "{kv_heads}x{groups} d{d} pos {pos} n {n}: {diff}"
             );
         }
+    }
+
+    #[test]
+    fn reads_keys_and_values_from_views_of_larger_buffers() {
+        let dev = Device::Cpu;
+        let (kv_heads, groups, d, pos, n) = (2, 3, 16, 20, 5);
+        let q = Tensor::randn(0f32, 1.0, (1, kv_heads, groups * n, d), &dev).unwrap();
+        // Buffers with room for 40 tokens, 25 of them used (as the KV
+        // cache holds them).
+        let kb = Tensor::randn(0f32, 1.0, (1, kv_heads, 40, d), &dev).unwrap();
+        let vb = Tensor::randn(0f32, 1.0, (1, kv_heads, 40, d), &dev).unwrap();
+        let (k, v) = (
+            kb.narrow(2, 0, pos + n).unwrap(),
+            vb.narrow(2, 0, pos + n).unwrap(),
+        );
+        assert!(!k.is_contiguous());
+        let op = CausalAttention {
+            pos,
+            n,
+            scale: 0.25,
+        };
+        let viewed = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
+        let copied = q
+            .apply_op3_no_bwd(&k.contiguous().unwrap(), &v.contiguous().unwrap(), &op)
+            .unwrap();
+        let diff = (viewed - copied)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0);
     }
 
     #[test]

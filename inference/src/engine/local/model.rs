@@ -21,6 +21,8 @@
 use std::io::{Read, Seek};
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{QStorage, QTensor};
@@ -47,13 +49,85 @@ pub struct Config {
     pub experts: Option<(usize, usize)>,
 }
 
-/// Keys and values of the tokens seen so far, per layer, shape
-/// `[1, kv_heads, tokens, head_dim]`. Cloning shares the tensors.
+/// Keys and values of the tokens seen so far, per layer. Cloning shares
+/// the buffers.
+///
+/// Each layer's keys and values live in buffers with room to grow
+/// ([`LayerKv`]), and a new token is written in place: copying the whole
+/// cache per layer and token (`Tensor::cat`) moved ~200 MB per decoded
+/// token through memory at a 4k-token history of Qwen2.5-0.5B, more than
+/// its weights. Caches that share buffers (a conversation and the prefix
+/// cache's entries of it) only ever read the tokens up to their own
+/// length, and only the cache that has written furthest may write after
+/// it: one that holds a shorter prefix copies first.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
     len: usize,
 }
+
+/// One layer's key and value buffers, `[1, kv_heads, capacity, head_dim]`.
+#[derive(Debug, Clone)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    /// Tokens written to the buffers by whichever cache sharing them wrote
+    /// furthest; a cache of exactly this length may append in place.
+    filled: Arc<AtomicUsize>,
+}
+
+impl LayerKv {
+    /// Appends `k` and `v` (`[1, kv_heads, n, head_dim]`, contiguous) after
+    /// the first `len` tokens of `layer` (none when `None`) and returns
+    /// views of the `len + n` tokens. In place when this cache wrote
+    /// furthest and there is room; into new, larger buffers otherwise (the
+    /// old ones stay as they were for whoever else holds them).
+    fn append(
+        layer: &mut Option<LayerKv>,
+        len: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, heads, n, d) = k.dims4()?;
+        let total = len + n;
+        if let Some(l) = layer.as_ref() {
+            let room = total <= l.k.dim(2)?;
+            // Claim the slots first: on an error below nobody else writes
+            // there, and this cache (whose length does not grow on error)
+            // copies next time.
+            if room
+                && l.filled
+                    .compare_exchange(len, total, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                l.k.slice_set(k, 2, len)?;
+                l.v.slice_set(v, 2, len)?;
+                return Ok((l.k.narrow(2, 0, total)?, l.v.narrow(2, 0, total)?));
+            }
+        }
+        // Half again as much room as needed: appends stay amortised O(1)
+        // per token, and a prefill chunk's worth fits before the next copy.
+        let capacity = (total + total / 2).max(KV_MIN_CAPACITY);
+        let grow = |old: Option<&Tensor>, new: &Tensor| -> Result<Tensor> {
+            let spare = Tensor::zeros((b, heads, capacity - total, d), new.dtype(), new.device())?;
+            match old {
+                Some(old) if len > 0 => Tensor::cat(&[&old.narrow(2, 0, len)?, new, &spare], 2),
+                _ => Tensor::cat(&[new, &spare], 2),
+            }
+        };
+        let grown = LayerKv {
+            k: grow(layer.as_ref().map(|l| &l.k), k)?,
+            v: grow(layer.as_ref().map(|l| &l.v), v)?,
+            filled: Arc::new(AtomicUsize::new(total)),
+        };
+        let views = (grown.k.narrow(2, 0, total)?, grown.v.narrow(2, 0, total)?);
+        *layer = Some(grown);
+        Ok(views)
+    }
+}
+
+/// The smallest KV buffer, in tokens: one prefill chunk and then some.
+const KV_MIN_CAPACITY: usize = 512;
 
 impl KvCache {
     /// Tokens held.
@@ -75,23 +149,16 @@ impl KvCache {
         }
     }
 
-    /// The cache of the first `n` tokens (a view: no copy).
+    /// The cache of the first `n` tokens: the same buffers, a shorter
+    /// length (no copy).
     pub fn truncated(&self, n: usize) -> Result<Self> {
-        if n >= self.len {
-            return Ok(self.clone());
-        }
         if n == 0 {
             return Ok(Self::default());
         }
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| match l {
-                Some((k, v)) => Ok(Some((k.narrow(2, 0, n)?, v.narrow(2, 0, n)?))),
-                None => Ok(None),
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { layers, len: n })
+        Ok(Self {
+            layers: self.layers.clone(),
+            len: n.min(self.len),
+        })
     }
 }
 
@@ -351,18 +418,23 @@ impl Transformer {
         let (_, n) = tokens.dims2()?;
         let pos = cache.len;
         let (cos, sin) = self.rotary(pos, n)?;
-        // The CPU's attention (`super::attention`) masks as it goes.
-        let mask = if n > 1 && !self.device.is_cpu() {
-            Some(causal_mask(n, pos, &self.device)?)
-        } else {
-            None
+        let span = Span {
+            pos,
+            cos,
+            sin,
+            // The CPU's attention (`super::attention`) masks as it goes.
+            mask: if n > 1 && !self.device.is_cpu() {
+                Some(causal_mask(n, pos, &self.device)?)
+            } else {
+                None
+            },
         };
         let mut layers_kv = cache.layers.clone();
         layers_kv.resize(self.layers.len(), None);
         let mut x = self.embed.forward(tokens)?;
         for (layer, kv) in self.layers.iter().zip(layers_kv.iter_mut()) {
             let h = layer.attn_norm.forward(&x)?;
-            let h = self.attention(layer, &h, &cos, &sin, mask.as_ref(), kv)?;
+            let h = self.attention(layer, &h, &span, kv)?;
             x = (x + h)?;
             let h = layer.ffn_norm.forward(&x)?;
             let h = match &layer.ffn {
@@ -396,12 +468,17 @@ impl Transformer {
         &self,
         layer: &Layer,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        kv: &mut Option<(Tensor, Tensor)>,
+        span: &Span,
+        kv: &mut Option<LayerKv>,
     ) -> Result<Tensor> {
         let c = &self.config;
+        let Span {
+            pos,
+            cos,
+            sin,
+            mask,
+        } = span;
+        let pos = *pos;
         let (b, n, _) = x.dims3()?;
         let (mut q, mut k, mut v) = (
             layer.wq.forward(x)?,
@@ -434,11 +511,7 @@ impl Transformer {
         };
         let q = rope(&q)?;
         let k = rope(&k)?;
-        let (k, v) = match kv.as_ref() {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-            None => (k, v),
-        };
-        *kv = Some((k.clone(), v.clone()));
+        let (k, v) = LayerKv::append(kv, pos, &k, &v)?;
         // The `groups` query heads that share a KV head are consecutive,
         // so they are stacked as `groups * n` rows against that one head:
         // no copy of the keys and values per query head (candle's
@@ -449,15 +522,16 @@ impl Transformer {
         let y = if self.device.is_cpu() {
             // One pass per block of query rows: see `attention`.
             let op = super::attention::CausalAttention {
-                pos: k.dim(2)? - n,
+                pos,
                 n,
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
             };
-            q.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)?
+            q.apply_op3_no_bwd(&k, &v, &op)?
         } else {
-            let total = k.dim(2)?;
+            let total = pos + n;
+            let (k, v) = (k.contiguous()?, v.contiguous()?);
             let att = (q.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
-            let att = match mask {
+            let att = match mask.as_ref() {
                 Some(m) => att
                     .reshape((b, c.kv_heads, groups, n, total))?
                     .broadcast_add(m)?
@@ -465,7 +539,7 @@ impl Transformer {
                 None => att,
             };
             let att = candle_nn::ops::softmax_last_dim(&att)?;
-            att.matmul(&v.contiguous()?)?
+            att.matmul(&v)?
         };
         let y = y
             .reshape((b, c.heads, n, c.head_dim))?
@@ -473,6 +547,17 @@ impl Transformer {
             .reshape((b, n, c.heads * c.head_dim))?;
         layer.wo.forward(&y)
     }
+}
+
+/// The positions one forward pass feeds: `n` tokens from `pos`.
+struct Span {
+    pos: usize,
+    /// Rotary cos and sin, `[n, head_dim / 2]`.
+    cos: Tensor,
+    sin: Tensor,
+    /// The additive causal mask where candle's ops compute attention (not
+    /// on the CPU) and `n > 1`.
+    mask: Option<Tensor>,
 }
 
 /// Additive mask `[n, pos + n]`: query `i` (at position `pos + i`) sees
@@ -488,6 +573,78 @@ fn causal_mask(n: usize, pos: usize, device: &Device) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `[1, 1, n, 2]` keys (values the same) for tokens `from..from + n`,
+    /// each holding its own position.
+    fn tokens(from: usize, n: usize) -> Tensor {
+        let data: Vec<f32> = (from..from + n).flat_map(|t| [t as f32; 2]).collect();
+        Tensor::from_vec(data, (1, 1, n, 2), &Device::Cpu).unwrap()
+    }
+
+    fn positions(t: &Tensor) -> Vec<f32> {
+        t.squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|row| row[0])
+            .collect()
+    }
+
+    #[test]
+    fn kv_appends_in_place_only_after_the_furthest_writer() {
+        // A conversation of 3 tokens, then one more: in place.
+        let mut a = None;
+        LayerKv::append(&mut a, 0, &tokens(0, 3), &tokens(0, 3)).unwrap();
+        let buffer = a.as_ref().unwrap().k.clone();
+        let (k, _) = LayerKv::append(&mut a, 3, &tokens(3, 1), &tokens(3, 1)).unwrap();
+        assert_eq!(a.as_ref().unwrap().k.id(), buffer.id(), "not in place");
+        assert_eq!(positions(&k), [0.0, 1.0, 2.0, 3.0]);
+
+        // A second conversation sharing the first 2 tokens (the prefix
+        // cache's view) must not write over token 2 of the first.
+        let mut b = a.clone();
+        let (kb, _) = LayerKv::append(&mut b, 2, &tokens(10, 1), &tokens(10, 1)).unwrap();
+        assert_eq!(positions(&kb), [0.0, 1.0, 10.0]);
+        assert!(
+            b.as_ref().unwrap().k.id() != buffer.id(),
+            "a shorter prefix copies"
+        );
+        let whole = a.as_ref().unwrap().k.narrow(2, 0, 4).unwrap();
+        assert_eq!(positions(&whole), [0.0, 1.0, 2.0, 3.0]);
+
+        // The first goes on in place; the copy is unaffected.
+        let (k, _) = LayerKv::append(&mut a, 4, &tokens(4, 2), &tokens(4, 2)).unwrap();
+        assert_eq!(positions(&k), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(a.as_ref().unwrap().k.id(), buffer.id());
+        let bk = b.as_ref().unwrap().k.narrow(2, 0, 3).unwrap();
+        assert_eq!(positions(&bk), [0.0, 1.0, 10.0]);
+    }
+
+    #[test]
+    fn kv_buffers_grow_past_their_capacity_keeping_what_they_hold() {
+        let mut a = None;
+        LayerKv::append(
+            &mut a,
+            0,
+            &tokens(0, KV_MIN_CAPACITY),
+            &tokens(0, KV_MIN_CAPACITY),
+        )
+        .unwrap();
+        let (k, v) = LayerKv::append(
+            &mut a,
+            KV_MIN_CAPACITY,
+            &tokens(KV_MIN_CAPACITY, 3),
+            &tokens(KV_MIN_CAPACITY, 3),
+        )
+        .unwrap();
+        let expected: Vec<f32> = (0..KV_MIN_CAPACITY + 3).map(|t| t as f32).collect();
+        assert_eq!(positions(&k), expected);
+        assert_eq!(positions(&v), expected);
+        assert!(a.as_ref().unwrap().k.dim(2).unwrap() > KV_MIN_CAPACITY + 3);
+    }
 
     #[test]
     fn routing_takes_the_top_k_and_renormalises() {
