@@ -591,7 +591,17 @@ fn generate_blocking(
                 return Ok(None);
             }
         }
-        let mut emit = |e: EngineEvent| tx.blocking_send(Ok(e)).is_ok();
+        // The last event waits until the cache statistics below are
+        // published: a client that reads the metrics after its answer
+        // must find its own request counted.
+        let mut finished = None;
+        let mut emit = |e: EngineEvent| match e {
+            EngineEvent::Finished { .. } => {
+                finished = Some(e);
+                true
+            }
+            e => tx.blocking_send(Ok(e)).is_ok(),
+        };
         let result = decode::run(
             decode::DecodeModel {
                 weights,
@@ -613,6 +623,11 @@ fn generate_blocking(
         if let Some(o) = &model.observer {
             let bytes = stats.tokens * weights.kv_bytes_per_token() as u64;
             o.prefix_cache(&model.id, stats, bytes);
+        }
+        if let Some(e) = finished {
+            if tx.blocking_send(Ok(e)).is_err() {
+                return Ok(None);
+            }
         }
         result
     }));
