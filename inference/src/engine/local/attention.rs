@@ -14,7 +14,7 @@
 //! weighted sum of the values (a second `gemm`); a block's scores stay in
 //! the core's cache, and nothing is allocated per block.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -37,6 +37,41 @@ pub struct CausalAttention {
     /// Query tokens.
     pub n: usize,
     pub scale: f32,
+}
+
+/// [`CausalAttention`] with candle's tensor ops, for the devices it does
+/// not run on: `q · kᵀ · scale`, plus `mask` (from [`causal_mask`]; `None`
+/// for one token, which sees every key), softmax, `· v`. Same shapes.
+pub fn with_tensor_ops(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    n: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, kv_heads, rows, _) = q.dims4()?;
+    let (k, v) = (k.contiguous()?, v.contiguous()?);
+    let total = k.dim(2)?;
+    let att = (q.matmul(&k.t()?)? * scale)?;
+    let att = match mask {
+        Some(m) => att
+            .reshape((b, kv_heads, rows / n, n, total))?
+            .broadcast_add(m)?
+            .reshape((b, kv_heads, rows, total))?,
+        None => att,
+    };
+    candle_nn::ops::softmax_last_dim(&att)?.matmul(&v)
+}
+
+/// Additive mask `[n, pos + n]` for [`with_tensor_ops`]: query `i` (at
+/// position `pos + i`) sees keys up to its own position.
+pub fn causal_mask(n: usize, pos: usize, device: &Device) -> Result<Tensor> {
+    let total = pos + n;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (n, total), device)
 }
 
 thread_local! {
@@ -251,7 +286,7 @@ fn exp(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor, D};
+    use crate::engine::local::kernel_tests::max_abs;
 
     #[test]
     fn exp_is_close_to_libm_down_to_the_clamp() {
@@ -265,29 +300,6 @@ mod tests {
         assert!(worst < 1e-6, "worst relative error {worst}");
         assert_eq!(exp(0.0), 1.0);
         assert_eq!(exp(-1000.0), exp(-87.0));
-    }
-
-    /// candle's ops, as the model ran them before this module.
-    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, pos: usize, n: usize) -> Tensor {
-        let (_, kv_heads, rows, d) = q.dims4().unwrap();
-        let groups = rows / n;
-        let total = pos + n;
-        let att = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
-        let mask: Vec<f32> = (0..n)
-            .flat_map(|i| {
-                (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (n, total), q.device()).unwrap();
-        let att = att
-            .reshape((1, kv_heads, groups, n, total))
-            .unwrap()
-            .broadcast_add(&mask)
-            .unwrap()
-            .reshape((1, kv_heads, rows, total))
-            .unwrap();
-        let att = candle_nn::ops::softmax(&att, D::Minus1).unwrap();
-        att.matmul(v).unwrap()
     }
 
     #[test]
@@ -312,15 +324,10 @@ mod tests {
                 scale: 1.0 / (d as f32).sqrt(),
             };
             let ours = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
-            let theirs = reference(&q, &k, &v, pos, n);
-            let diff = (ours - theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let mask = causal_mask(n, pos, &dev).unwrap();
+            let scale = 1.0 / (d as f64).sqrt();
+            let theirs = with_tensor_ops(&q, &k, &v, Some(&mask), n, scale).unwrap();
+            let diff = max_abs(&(ours - theirs).unwrap());
             assert!(
                 diff < 1e-5,
                 "{kv_heads}x{groups} d{d} pos {pos} n {n}: {diff}"
@@ -351,14 +358,7 @@ mod tests {
         let copied = q
             .apply_op3_no_bwd(&k.contiguous().unwrap(), &v.contiguous().unwrap(), &op)
             .unwrap();
-        let diff = (viewed - copied)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs(&(viewed - copied).unwrap());
         assert_eq!(diff, 0.0);
     }
 

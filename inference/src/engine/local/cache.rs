@@ -107,7 +107,7 @@ impl PrefixCache {
         entry.last_used = self.tick;
         self.stats.hits += 1;
         self.stats.reused_tokens += shared as u64;
-        Ok((shared, entry.kv.truncated(shared)?))
+        Ok((shared, entry.kv.truncated(shared)))
     }
 
     /// Keeps `kv`, the cache of `tokens`, for `scope`. Entries of the

@@ -1,4 +1,4 @@
-//! What the CPU kernel tests (`batched`, `matvec`) share: random inputs,
+//! What the CPU kernel tests (`attention`, `batched`, `matvec`) share: random inputs,
 //! the largest difference from candle's result, and a median timing for
 //! the by-hand speed measurements.
 

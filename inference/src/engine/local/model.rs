@@ -30,6 +30,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::Embedding;
 use candle_transformers::quantized_nn::RmsNorm;
 
+use super::attention::{causal_mask, with_tensor_ops, CausalAttention};
 use super::batched::QLinear;
 
 /// The shape and layout of a model, from its GGUF metadata.
@@ -151,14 +152,14 @@ impl KvCache {
 
     /// The cache of the first `n` tokens: the same buffers, a shorter
     /// length (no copy).
-    pub fn truncated(&self, n: usize) -> Result<Self> {
+    pub fn truncated(&self, n: usize) -> Self {
         if n == 0 {
-            return Ok(Self::default());
+            return Self::default();
         }
-        Ok(Self {
+        Self {
             layers: self.layers.clone(),
             len: n.min(self.len),
-        })
+        }
     }
 }
 
@@ -474,11 +475,10 @@ impl Transformer {
         let c = &self.config;
         let Span {
             pos,
-            cos,
-            sin,
-            mask,
-        } = span;
-        let pos = *pos;
+            ref cos,
+            ref sin,
+            ..
+        } = *span;
         let (b, n, _) = x.dims3()?;
         let (mut q, mut k, mut v) = (
             layer.wq.forward(x)?,
@@ -521,25 +521,15 @@ impl Transformer {
         let q = q.reshape((b, c.kv_heads, groups * n, c.head_dim))?;
         let y = if self.device.is_cpu() {
             // One pass per block of query rows: see `attention`.
-            let op = super::attention::CausalAttention {
+            let op = CausalAttention {
                 pos,
                 n,
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
             };
             q.apply_op3_no_bwd(&k, &v, &op)?
         } else {
-            let total = pos + n;
-            let (k, v) = (k.contiguous()?, v.contiguous()?);
-            let att = (q.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
-            let att = match mask.as_ref() {
-                Some(m) => att
-                    .reshape((b, c.kv_heads, groups, n, total))?
-                    .broadcast_add(m)?
-                    .reshape((b, c.kv_heads, groups * n, total))?,
-                None => att,
-            };
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            att.matmul(&v)?
+            let scale = 1.0 / (c.head_dim as f64).sqrt();
+            with_tensor_ops(&q, &k, &v, span.mask.as_ref(), n, scale)?
         };
         let y = y
             .reshape((b, c.heads, n, c.head_dim))?
@@ -558,16 +548,6 @@ struct Span {
     /// The additive causal mask where candle's ops compute attention (not
     /// on the CPU) and `n > 1`.
     mask: Option<Tensor>,
-}
-
-/// Additive mask `[n, pos + n]`: query `i` (at position `pos + i`) sees
-/// keys up to its own position.
-fn causal_mask(n: usize, pos: usize, device: &Device) -> Result<Tensor> {
-    let total = pos + n;
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(mask, (n, total), device)
 }
 
 #[cfg(test)]
