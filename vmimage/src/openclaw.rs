@@ -841,7 +841,7 @@ pub(crate) fn build(
             // tree (≈206 MB when done) is the honest measure.
             progress(Progress::new(
                 "debootstrap",
-                dir_bytes(&rootfs_for_ticks) >> 20,
+                disk::tree_bytes(&rootfs_for_ticks) >> 20,
                 Some(206),
             ))
         },
@@ -920,7 +920,7 @@ pub(crate) fn build(
         &|| {
             progress(Progress::new(
                 "npm install openclaw",
-                dir_bytes(&modules_for_ticks) >> 20,
+                disk::tree_bytes(&modules_for_ticks) >> 20,
                 Some(650),
             ))
         },
@@ -1029,20 +1029,22 @@ pub(crate) fn build(
 
     // Disk. Nothing may be mounted in the tree mkfs copies.
     unmount_all_under(&rootfs);
-    let used_mib = dir_bytes(&rootfs) >> 20;
+    let used_mib = disk::tree_bytes(&rootfs) >> 20;
     let size_mib = used_mib + used_mib / 5 + DISK_FREE_MIB;
     progress(Progress::new("disk", 0, Some(size_mib)));
-    disk::build_qcow2(
+    let raw = disk::make_raw(
         &DiskSpec {
             contents: &rootfs,
             size_mib,
             label: "clawpen-root",
         },
         work,
-        &out.join(DISK_FILE),
     )?;
-    progress(Progress::new("disk", size_mib, Some(size_mib)));
+    // The tree is in the raw image now; freeing it before the qcow2 copy
+    // keeps the build's peak disk use at two copies instead of three.
     let _ = fs::remove_dir_all(&rootfs);
+    disk::raw_to_qcow2(&raw, &out.join(DISK_FILE))?;
+    progress(Progress::new("disk", size_mib, Some(size_mib)));
 
     Ok(ImageManifest {
         format: FORMAT,
@@ -1420,25 +1422,6 @@ fn clear_files(dir: &Path) {
             }
         }
     }
-}
-
-/// Bytes in the regular files under `dir` (symlinks not followed).
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-                _ => {}
-            }
-        }
-    }
-    total
 }
 
 #[cfg(test)]
