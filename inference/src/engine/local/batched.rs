@@ -25,6 +25,8 @@ use candle_core::quantized::k_quants::{
 };
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
+
+use super::interleaved::{self, Interleaved};
 use rayon::prelude::*;
 
 /// Rows (tokens) from which a matmul goes through [`gemm_dequantized`]
@@ -43,21 +45,47 @@ const TILE_VALUES: usize = 160 * 1024;
 /// A quantized weight matrix `[out, in]` applied as `x · wᵀ`.
 #[derive(Debug, Clone)]
 pub struct QLinear {
-    inner: QMatMul,
+    inner: Weights,
+}
+
+/// Where a matrix's bytes live.
+#[derive(Debug, Clone)]
+enum Weights {
+    /// As the file has them, in candle's tensor.
+    Candle(QMatMul),
+    /// Q8_0 on a CPU with the kernels, rows interleaved for decoding
+    /// (the file's bytes rearranged, no second copy).
+    Interleaved(Interleaved),
 }
 
 impl QLinear {
+    /// Interleaves a CPU Q8_0 matrix where this CPU has the kernels
+    /// ([`super::interleaved`]); keeps candle's tensor otherwise.
     pub fn from_qtensor(t: QTensor) -> Result<Self> {
+        if t.device().is_cpu() && t.dtype() == GgmlDType::Q8_0 && interleaved::available() {
+            let (n, k) = t.shape().dims2()?;
+            if let Ok(w) = Interleaved::from_q8_0(&t.data()?, n, k) {
+                return Ok(Self {
+                    inner: Weights::Interleaved(w),
+                });
+            }
+        }
         Ok(Self {
-            inner: QMatMul::from_qtensor(t)?,
+            inner: Weights::Candle(QMatMul::from_qtensor(t)?),
         })
     }
 
-    /// The tiled path when `x` has at least [`MIN_ROWS`] rows, lives on
-    /// the CPU in f32 and the weight's block type is one it knows;
-    /// candle's kernel otherwise.
+    /// Interleaved weights: their kernels for any number of rows (from
+    /// 16 rows to 256 they beat the f32 tiles too: `interleaved`'s
+    /// documentation). Otherwise the tiled path when `x` has at least
+    /// [`MIN_ROWS`] rows, lives on the CPU in f32 and the weight's block
+    /// type is one it knows; candle's kernel otherwise.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let QMatMul::QTensor(w) = &self.inner {
+        let inner = match &self.inner {
+            Weights::Interleaved(w) => return forward_interleaved(w, x),
+            Weights::Candle(inner) => inner,
+        };
+        if let QMatMul::QTensor(w) = inner {
             if x.device().is_cpu() && x.dtype() == DType::F32 {
                 let dims = x.dims();
                 let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
@@ -76,8 +104,31 @@ impl QLinear {
                 }
             }
         }
-        self.inner.forward(x)
+        inner.forward(x)
     }
+}
+
+/// `x · wᵀ` for interleaved weights, `x` of any float type on the CPU.
+fn forward_interleaved(w: &Interleaved, x: &Tensor) -> Result<Tensor> {
+    let (n, k) = (w.rows(), w.columns());
+    let mut out_dims = x.dims().to_vec();
+    match out_dims.last_mut() {
+        Some(last) if *last == k => *last = n,
+        _ => candle_core::bail!("input {:?} does not fit weight [{n}, {k}]", x.shape()),
+    }
+    let dtype = x.dtype();
+    let m = x.elem_count() / k;
+    let xs = x
+        .to_dtype(DType::F32)?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut dst = vec![0f32; m * n];
+    if !w.matmul(&xs, m, &mut dst) {
+        // Not reached: `from_qtensor` interleaves only where the kernels run.
+        candle_core::bail!("no interleaved Q8_0 kernel on this CPU");
+    }
+    Tensor::from_vec(dst, out_dims, x.device())?.to_dtype(dtype)
 }
 
 /// `x · wᵀ` on the CPU through `kernel(w's bytes, x, m, k, n, out)`;
@@ -214,15 +265,41 @@ pub fn gemm_dequantized<T: GgmlType>(
     if m == 0 || n == 0 {
         return;
     }
-    // The activations as candle's kernel sees them.
+    let xq = rounded_like::<T::VecDotType>(x, m, k);
+    gemm_tiles(&xq, m, k, n, dst, |j0, tile| {
+        let rows = tile.len() / k;
+        T::to_float(&w[j0 * per_row..(j0 + rows) * per_row], tile)
+    });
+}
+
+/// The `m` rows of `x` (each `k` long) rounded through the activation
+/// block type `B`: what candle's kernel multiplies the weights with.
+fn rounded_like<B: GgmlType>(x: &[f32], m: usize, k: usize) -> Vec<f32> {
     let mut xq = vec![0f32; m * k];
     xq.par_chunks_mut(k).zip(x.par_chunks(k)).for_each_init(
-        || vec![T::VecDotType::zeros(); k / T::VecDotType::BLCK_SIZE],
+        || vec![B::zeros(); k / B::BLCK_SIZE],
         |blocks, (out, row)| {
-            T::VecDotType::from_float(row, blocks);
-            T::VecDotType::to_float(blocks, out);
+            B::from_float(row, blocks);
+            B::to_float(blocks, out);
         },
     );
+    xq
+}
+
+/// `dst[m, n] = xq[m, k] · wᵀ` where `dequantize(j0, tile)` writes rows
+/// `j0..j0 + tile.len() / k` of `w` as f32 (`j0` and the row count are
+/// multiples of 16 but for the last tile, which ends at `n`).
+fn gemm_tiles(
+    xq: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    dst: &mut [f32],
+    dequantize: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
     // Rows per tile: what fits [`TILE_VALUES`], evened out so that every
     // thread gets the same number of tiles.
     let threads = rayon::current_num_threads().max(1);
@@ -230,19 +307,19 @@ pub fn gemm_dequantized<T: GgmlType>(
     let tiles = n.div_ceil(most).div_ceil(threads) * threads;
     let tile = n.div_ceil(tiles).div_ceil(16) * 16;
     let dst_at = dst.as_mut_ptr() as usize;
-    let xq = &xq;
     (0..n.div_ceil(tile)).into_par_iter().for_each_init(
         || vec![0f32; tile * k],
         |wf, t| {
             let j0 = t * tile;
             let rows = tile.min(n - j0);
             let wf = &mut wf[..rows * k];
-            T::to_float(&w[j0 * per_row..(j0 + rows) * per_row], wf);
-            // SAFETY: `dst` is `[m, n]` (asserted above) and outlives this
-            // parallel loop; this task writes only columns `j0..j0 + rows`
-            // of it, which no other task writes, and nothing reads `dst`
-            // until the loop ends. `xq` is `[m, k]` and `wf` `[rows, k]`,
-            // both row-major: the strides below stay inside them.
+            dequantize(j0, wf);
+            // SAFETY: `dst` is `[m, n]` (asserted by the callers) and
+            // outlives this parallel loop; this task writes only columns
+            // `j0..j0 + rows` of it, which no other task writes, and
+            // nothing reads `dst` until the loop ends. `xq` is `[m, k]`
+            // and `wf` `[rows, k]`, both row-major: the strides below stay
+            // inside them.
             unsafe {
                 gemm::gemm(
                     m,
@@ -372,6 +449,37 @@ mod tests {
         assert!(forward_cpu(&f16, &x).unwrap().is_none());
         let lin = QLinear::from_qtensor(f16).unwrap();
         assert_eq!(lin.forward(&x).unwrap().dims(), &[20, n]);
+    }
+
+    /// A CPU Q8_0 matrix is interleaved (where the CPU has the kernels)
+    /// and gives candle's result through both paths: the decoding
+    /// kernels below [`MIN_ROWS`] rows, dequantized tiles above, with a
+    /// leading batch dimension.
+    #[test]
+    fn interleaved_q8_0_matches_candle_at_every_row_count() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        let (k, n) = (896, 68);
+        let w = Tensor::from_vec(random(&mut rng, n * k), (n, k), &Device::Cpu).unwrap();
+        let theirs =
+            QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
+        let ours = QLinear::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
+        assert_eq!(
+            matches!(ours.inner, Weights::Interleaved(_)),
+            interleaved::available()
+        );
+        for m in [1, 3, MIN_ROWS - 1, MIN_ROWS, 40] {
+            let x = Tensor::from_vec(random(&mut rng, m * k), (1, m, k), &Device::Cpu).unwrap();
+            let a = ours.forward(&x).unwrap();
+            let b = theirs.forward(&x).unwrap();
+            assert_eq!(a.dims(), &[1, m, n]);
+            let diff = max_abs(&(&a - &b).unwrap());
+            assert!(
+                diff <= 1e-4 * max_abs(&b).max(1.0),
+                "m={m}: differs by {diff}"
+            );
+        }
+        let x = Tensor::zeros((2, 100), DType::F32, &Device::Cpu).unwrap();
+        assert!(ours.forward(&x).is_err());
     }
 
     #[test]

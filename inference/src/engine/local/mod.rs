@@ -36,6 +36,7 @@ pub mod batched;
 pub mod cache;
 pub mod decode;
 pub mod gguf;
+pub mod interleaved;
 #[cfg(test)]
 mod kernel_tests;
 pub mod matvec;

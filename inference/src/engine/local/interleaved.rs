@@ -1,0 +1,646 @@
+//! Q8_0 weights stored four rows interleaved, for decoding on x86.
+//!
+//! A GGUF file stores each output row's blocks one after the other, so a
+//! dot product per row ([`super::matvec`]) converts one f16 scale, runs
+//! one multiply-add chain and ends in one horizontal sum per row and
+//! block, and reads four rows as four streams. That kept one core at
+//! ~15 GB/s where the memory gives it ~26 (measured on this project's
+//! 2-core AMD EPYC), and decoding was at 0.86x llama.cpp, which stores its
+//! weights repacked the same way (ggml-cpu's `repack.cpp`).
+//!
+//! Here each group of 4 rows is one stream, block by block:
+//!
+//! ```text
+//! group g, block b (136 bytes, at (g * blocks per row + b) * 136):
+//!   [0..8)     f16 scale of rows 4g, 4g+1, 4g+2, 4g+3
+//!   [8..136)   4 chunks c of 32 bytes: rows 4g..4g+4, values 8c..8c+8 of
+//!              each, stored as value + 128 (u8)
+//! ```
+//!
+//! One 32-byte load then holds 8 values of 4 rows; the token's 8 values,
+//! broadcast to the 4 row lanes, meet them in one `vpdpbusd` (AVX-512
+//! VNNI: unsigned weight bytes times signed token bytes, summed in i32;
+//! the +128 comes back out with the token's block sums) or, without VNNI,
+//! the AVX2 sign trick. The 4 rows' scales are one f16 load and one
+//! conversion, and a block ends in one multiply-add for all 4 rows.
+//! `tests::speed` (by hand, see there) measures it against the per-row
+//! kernel and the f32 tiles.
+//!
+//! The bytes are a rearrangement of the file's (same size) and the same
+//! kernels serve any number of tokens: from 16 tokens (prefill) on they
+//! also beat dequantizing tiles to f32 for the `gemm` crate
+//! ([`super::batched`]), as each weight block meets 4 tokens in int8.
+//! So the matrix needs no other copy (candle's VNNI tiles, faster still
+//! for long prompts where rows are whole 256-blocks, were a second one).
+//! The activations are quantized as candle quantizes them for Q8_0
+//! weights (`BlockQ8_0::from_float`), so results are candle's up to the
+//! order of float additions.
+
+use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
+use rayon::prelude::*;
+
+/// Values per Q8_0 block.
+const BLOCK: usize = 32;
+/// Bytes of one Q8_0 block in the file: f16 scale, 32 signed bytes.
+const Q8_0_BYTES: usize = 34;
+/// Rows per group.
+const ROWS: usize = 4;
+/// Bytes of one group's block: 4 scales, 4 x 32 values.
+const GROUP_BLOCK: usize = ROWS * Q8_0_BYTES;
+/// Weight bytes per rayon task (as in [`super::matvec`]).
+const TASK_BYTES: usize = 48 * 1024;
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == Q8_0_BYTES);
+
+/// Why a matrix cannot be interleaved (it then stays as it was).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InterleaveError {
+    #[error("{rows} rows are not a multiple of {ROWS}")]
+    Rows { rows: usize },
+    #[error("rows of {columns} values are not whole {BLOCK}-value blocks")]
+    Columns { columns: usize },
+    #[error("{len} bytes are not a [{rows}, {columns}] Q8_0 matrix ({expected} bytes)")]
+    Length {
+        len: usize,
+        rows: usize,
+        columns: usize,
+        expected: usize,
+    },
+}
+
+/// An `[n, k]` Q8_0 matrix in the layout of the module documentation.
+#[derive(Clone)]
+pub struct Interleaved {
+    n: usize,
+    k: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Interleaved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interleaved")
+            .field("n", &self.n)
+            .field("k", &self.k)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether this CPU runs the kernels here (AVX2, FMA, F16C; VNNI used
+/// when present).
+pub fn available() -> bool {
+    super::matvec::available()
+}
+
+impl Interleaved {
+    /// Rearranges the GGUF bytes of an `[n, k]` Q8_0 matrix.
+    pub fn from_q8_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, InterleaveError> {
+        if !n.is_multiple_of(ROWS) {
+            return Err(InterleaveError::Rows { rows: n });
+        }
+        if !k.is_multiple_of(BLOCK) {
+            return Err(InterleaveError::Columns { columns: k });
+        }
+        let nb = k / BLOCK;
+        let expected = n * nb * Q8_0_BYTES;
+        if bytes.len() != expected {
+            return Err(InterleaveError::Length {
+                len: bytes.len(),
+                rows: n,
+                columns: k,
+                expected,
+            });
+        }
+        let mut data = vec![0u8; expected];
+        let row_bytes = nb * Q8_0_BYTES;
+        data.par_chunks_mut(nb * GROUP_BLOCK)
+            .enumerate()
+            .for_each(|(g, out)| {
+                for (b, o) in out.chunks_exact_mut(GROUP_BLOCK).enumerate() {
+                    for r in 0..ROWS {
+                        let at = (g * ROWS + r) * row_bytes + b * Q8_0_BYTES;
+                        let blk = &bytes[at..at + Q8_0_BYTES];
+                        o[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
+                        for c in 0..4 {
+                            for i in 0..8 {
+                                o[8 + 32 * c + 8 * r + i] = blk[2 + 8 * c + i] ^ 0x80;
+                            }
+                        }
+                    }
+                }
+            });
+        Ok(Self { n, k, data })
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Values per row.
+    pub fn columns(&self) -> usize {
+        self.k
+    }
+
+    /// `dst[m, n] = x[m, k] · wᵀ` for `m` tokens; `false`, `dst`
+    /// untouched, where this CPU has no kernel ([`available`]).
+    pub fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        let vnni = x86::has_vnni();
+        #[cfg(not(target_arch = "x86_64"))]
+        let vnni = false;
+        self.matmul_using(x, m, dst, vnni)
+    }
+
+    /// [`Self::matmul`] with the VNNI kernel or not (`vnni` only where
+    /// the CPU has it).
+    fn matmul_using(&self, x: &[f32], m: usize, dst: &mut [f32], vnni: bool) -> bool {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(x.len(), m * k, "x is not [{m}, {k}]");
+        assert_eq!(dst.len(), m * n, "dst is not [{m}, {n}]");
+        if !available() {
+            return false;
+        }
+        if m == 0 || n == 0 {
+            return true;
+        }
+        let act = Activations::new(x, m, k);
+        let nb = k / BLOCK;
+        let group_bytes = nb * GROUP_BLOCK;
+        let chunk = (TASK_BYTES / group_bytes).max(1) * ROWS;
+        let dst_at = dst.as_mut_ptr() as usize;
+        (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let j0 = c * chunk;
+            let rows = chunk.min(n - j0);
+            let w = &self.data[j0 / ROWS * group_bytes..(j0 + rows) / ROWS * group_bytes];
+            // SAFETY: `dst` is `[m, n]` (asserted above) and outlives this
+            // parallel loop; this task writes only its columns
+            // `j0..j0 + rows`, which no other task writes, and nothing
+            // reads `dst` until the loop ends.
+            let mut out = unsafe { Columns::new(dst_at as *mut f32, m, n, j0, rows) };
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `available()` held above: the CPU has AVX2, FMA and
+            // F16C, and `vnni` says whether it also has AVX-512 VNNI/VL.
+            unsafe {
+                x86::groups(w, &act, nb, vnni, &mut out)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (w, &act, vnni, &mut out);
+                unreachable!("available() is false off x86")
+            }
+        });
+        true
+    }
+}
+
+/// One task's columns `j0..j0 + cols` of a row-major `[m, n]` output that
+/// other tasks write other columns of: each token's results go where they
+/// belong, with no per-task buffer transposed afterwards.
+struct Columns {
+    dst: *mut f32,
+    m: usize,
+    n: usize,
+    j0: usize,
+    cols: usize,
+}
+
+impl Columns {
+    /// # Safety
+    /// `dst` must be valid for writes of `m * n` floats while this lives,
+    /// with no one else reading or writing columns `j0..j0 + cols`.
+    unsafe fn new(dst: *mut f32, m: usize, n: usize, j0: usize, cols: usize) -> Self {
+        assert!(j0 + cols <= n);
+        Self {
+            dst,
+            m,
+            n,
+            j0,
+            cols,
+        }
+    }
+
+    /// This task's column `j` for token `i`.
+    fn set(&mut self, i: usize, j: usize, v: f32) {
+        assert!(
+            i < self.m && j < self.cols,
+            "({i}, {j}) outside {}x{}",
+            self.m,
+            self.cols
+        );
+        // SAFETY: in bounds of the `[m, n]` output (checked just above and
+        // in `new`) and in this task's own columns, as `new` requires.
+        unsafe { *self.dst.add(i * self.n + self.j0 + j) = v }
+    }
+}
+
+/// The tokens quantized as candle quantizes them for Q8_0 weights, laid
+/// out for the kernels.
+struct Activations {
+    m: usize,
+    /// Token `i`'s values, `k` signed bytes from `i * k`.
+    q: Vec<i8>,
+    /// Token `i`'s block scales from `i * nb`.
+    d: Vec<f32>,
+    /// Per token and block, 128 times the sums of the values that the
+    /// even and the odd i32 lanes of the kernel's dot products cover
+    /// (values `8c..8c+4` and `8c+4..8c+8` of every chunk `c`), as
+    /// `(even, odd)`: what the weights' +128 added.
+    offset: Vec<[i32; 2]>,
+}
+
+impl Activations {
+    fn new(x: &[f32], m: usize, k: usize) -> Self {
+        let nb = k / BLOCK;
+        let mut blocks = vec![BlockQ8_0::zeros(); m * nb];
+        for (row, b) in x.chunks_exact(k).zip(blocks.chunks_exact_mut(nb)) {
+            BlockQ8_0::from_float(row, b);
+        }
+        // SAFETY: `BlockQ8_0` is a `repr(C)` f16 and 32 i8s with no
+        // padding (its size is asserted above), so `blocks` is that many
+        // initialized bytes; the view ends before `blocks` is dropped.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                blocks.as_ptr().cast::<u8>(),
+                std::mem::size_of_val(&blocks[..]),
+            )
+        };
+        let mut q = Vec::with_capacity(m * k);
+        let mut d = Vec::with_capacity(m * nb);
+        let mut offset = Vec::with_capacity(m * nb);
+        for blk in bytes.chunks_exact(Q8_0_BYTES) {
+            d.push(half_to_f32(u16::from_le_bytes([blk[0], blk[1]])));
+            let vals = &blk[2..];
+            let mut even_odd = [0i32; 2];
+            for (i, &v) in vals.iter().enumerate() {
+                q.push(v as i8);
+                even_odd[(i % 8) / 4] += v as i8 as i32;
+            }
+            offset.push(even_odd.map(|s| s * 128));
+        }
+        Self { m, q, d, offset }
+    }
+}
+
+/// An f16's bits as f32.
+fn half_to_f32(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Activations, Columns, BLOCK, GROUP_BLOCK, ROWS};
+    use std::arch::x86_64::*;
+
+    /// Whether the CPU has `vpdpbusd` on 256-bit registers.
+    pub fn has_vnni() -> bool {
+        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+    }
+
+    /// One group of 4 rows (the task's columns `j..j + 4`) · tokens
+    /// `i0..i0 + R`.
+    type Group = unsafe fn(
+        w: *const u8,
+        act: &Activations,
+        i0: usize,
+        nb: usize,
+        j: usize,
+        out: &mut Columns,
+    );
+
+    /// All groups of `w` (whole groups of `nb` blocks) · all tokens of
+    /// `act`, into `out` (`ROWS` columns per group).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C, and AVX-512 VNNI and VL when
+    /// `vnni` is true.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn groups(w: &[u8], act: &Activations, nb: usize, vnni: bool, out: &mut Columns) {
+        let m = act.m;
+        let group_bytes = nb * GROUP_BLOCK;
+        assert_eq!(w.len() / group_bytes * ROWS, out.cols);
+        assert!(
+            act.q.len() >= m * nb * BLOCK && act.d.len() >= m * nb && act.offset.len() >= m * nb
+        );
+        let kernels: [Group; 4] = if vnni {
+            [
+                group_vnni::<1>,
+                group_vnni::<2>,
+                group_vnni::<3>,
+                group_vnni::<4>,
+            ]
+        } else {
+            [
+                group_avx2::<1>,
+                group_avx2::<2>,
+                group_avx2::<3>,
+                group_avx2::<4>,
+            ]
+        };
+        for (g, group) in w.chunks_exact(group_bytes).enumerate() {
+            let mut i = 0;
+            while i < m {
+                let r = (m - i).min(4);
+                // SAFETY: the caller vouches for the CPU features; `group`
+                // is one group of `nb` blocks, `act` holds `m >= i + r`
+                // tokens of `nb` blocks (asserted above), and `out` has
+                // columns `4g..4g + 4`.
+                unsafe { kernels[r - 1](group.as_ptr(), act, i, nb, ROWS * g, out) };
+                i += r;
+            }
+        }
+    }
+
+    /// Pulls the group block 8 ahead of `blk` into cache.
+    #[inline(always)]
+    fn prefetch_ahead(blk: *const u8) {
+        let at = blk.wrapping_add(8 * GROUP_BLOCK);
+        for off in [0, 64, 128] {
+            // SAFETY: a prefetch only hints the cache: it reads nothing
+            // architecturally and cannot fault, whatever the address
+            // (`wrapping_add`: past the end it is never dereferenced).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off).cast()) };
+        }
+    }
+
+    /// The 4 rows' scales of a group block, each twice (the two i32 lanes
+    /// a row's dot products end in), times the token's block scale.
+    #[inline(always)]
+    fn scales(blk: *const u8, dx: f32) -> __m256 {
+        // SAFETY: `blk` starts a group block, whose first 8 bytes are the
+        // four f16 scales; F16C is enabled in every caller.
+        unsafe {
+            let s = _mm_loadl_epi64(blk.cast());
+            _mm256_mul_ps(
+                _mm256_cvtph_ps(_mm_unpacklo_epi16(s, s)),
+                _mm256_set1_ps(dx),
+            )
+        }
+    }
+
+    /// The 4 row sums from per-row lane pairs `[r0, r0, r1, r1, ...]`.
+    #[inline(always)]
+    fn finish<const R: usize>(acc: &[__m256; R], i0: usize, j: usize, out: &mut Columns) {
+        for (t, a) in acc.iter().enumerate() {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` is 8 floats; unaligned store.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
+            for r in 0..ROWS {
+                out.set(i0 + t, j + r, lanes[2 * r] + lanes[2 * r + 1]);
+            }
+        }
+    }
+
+    /// [`Group`] with `vpdpbusd`.
+    ///
+    /// # Safety
+    /// AVX2, FMA, F16C, AVX-512 VNNI and VL; `w` one group of `nb`
+    /// blocks; `act` at least `i0 + R` tokens; `out` columns `j..j + 4`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
+    unsafe fn group_vnni<const R: usize>(
+        w: *const u8,
+        act: &Activations,
+        i0: usize,
+        nb: usize,
+        j: usize,
+        out: &mut Columns,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let xq = act.q.as_ptr().cast::<u8>();
+        // SAFETY: block `b < nb` of the group is 136 bytes from
+        // `b * 136`; token `i0 + t < act.m` has `nb * 32` values from
+        // `(i0 + t) * nb * 32` and `nb` scales and offsets from
+        // `(i0 + t) * nb` (the caller's contract); loads are unaligned.
+        unsafe {
+            for b in 0..nb {
+                let blk = w.add(b * GROUP_BLOCK);
+                prefetch_ahead(blk);
+                let mut sum = [_mm256_setzero_si256(); R];
+                for c in 0..4 {
+                    let q = _mm256_loadu_si256(blk.add(8 + 32 * c).cast());
+                    for (t, s) in sum.iter_mut().enumerate() {
+                        let at = ((i0 + t) * nb + b) * BLOCK + 8 * c;
+                        let x = _mm256_set1_epi64x(xq.add(at).cast::<i64>().read_unaligned());
+                        *s = _mm256_dpbusd_epi32(*s, q, x);
+                    }
+                }
+                for (t, (s, a)) in sum.iter().zip(acc.iter_mut()).enumerate() {
+                    let at = (i0 + t) * nb + b;
+                    let [even, odd] = *act.offset.get_unchecked(at);
+                    let s = _mm256_sub_epi32(
+                        *s,
+                        _mm256_set_epi32(odd, even, odd, even, odd, even, odd, even),
+                    );
+                    *a = _mm256_fmadd_ps(
+                        scales(blk, *act.d.get_unchecked(at)),
+                        _mm256_cvtepi32_ps(s),
+                        *a,
+                    );
+                }
+            }
+        }
+        finish(&acc, i0, j, out);
+    }
+
+    /// [`Group`] with AVX2 only: the weights back to signed bytes, then
+    /// `|w| · (x with w's sign)` by `maddubs`.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; the rest as [`group_vnni`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group_avx2<const R: usize>(
+        w: *const u8,
+        act: &Activations,
+        i0: usize,
+        nb: usize,
+        j: usize,
+        out: &mut Columns,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let ones = _mm256_set1_epi16(1);
+        let flip = _mm256_set1_epi8(0x80u8 as i8);
+        let xq = act.q.as_ptr().cast::<u8>();
+        // SAFETY: as in `group_vnni`.
+        unsafe {
+            for b in 0..nb {
+                let blk = w.add(b * GROUP_BLOCK);
+                prefetch_ahead(blk);
+                let mut sum = [_mm256_setzero_si256(); R];
+                for c in 0..4 {
+                    let q = _mm256_xor_si256(_mm256_loadu_si256(blk.add(8 + 32 * c).cast()), flip);
+                    let aq = _mm256_sign_epi8(q, q);
+                    for (t, s) in sum.iter_mut().enumerate() {
+                        let at = ((i0 + t) * nb + b) * BLOCK + 8 * c;
+                        let x = _mm256_set1_epi64x(xq.add(at).cast::<i64>().read_unaligned());
+                        // |q| ≤ 127 and |x| ≤ 127: pairs of products fit i16.
+                        let p = _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(aq, _mm256_sign_epi8(x, q)),
+                            ones,
+                        );
+                        *s = _mm256_add_epi32(*s, p);
+                    }
+                }
+                for (t, (s, a)) in sum.iter().zip(acc.iter_mut()).enumerate() {
+                    let at = (i0 + t) * nb + b;
+                    *a = _mm256_fmadd_ps(
+                        scales(blk, *act.d.get_unchecked(at)),
+                        _mm256_cvtepi32_ps(*s),
+                        *a,
+                    );
+                }
+            }
+        }
+        finish(&acc, i0, j, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::local::kernel_tests::random;
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Module, Tensor};
+    use rand::SeedableRng;
+
+    fn quantized(rng: &mut rand::rngs::StdRng, n: usize, k: usize) -> QTensor {
+        let w = Tensor::from_vec(random(rng, n * k), (n, k), &Device::Cpu).unwrap();
+        QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()
+    }
+
+    /// Against candle's own Q8_0 kernel on the file layout, for 1-9
+    /// tokens (the 1-4 token kernels and their mixes), with both kernels
+    /// this CPU has, on shapes with odd block counts.
+    #[test]
+    fn matches_candles_kernel() {
+        if !available() {
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        #[cfg(target_arch = "x86_64")]
+        let kernels = if x86::has_vnni() {
+            vec![false, true]
+        } else {
+            vec![false]
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let kernels = vec![false];
+        for (n, k) in [(4, 32), (12, 96), (40, 896), (1000, 64)] {
+            let q = quantized(&mut rng, n, k);
+            let w = Interleaved::from_q8_0(&q.data().unwrap(), n, k).unwrap();
+            let theirs = QMatMul::from_qtensor(q).unwrap();
+            for m in [1, 2, 3, 4, 5, 9] {
+                let x = random(&mut rng, m * k);
+                let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+                let want = theirs
+                    .forward(&xt)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                for &vnni in &kernels {
+                    let mut got = vec![f32::NAN; m * n];
+                    assert!(w.matmul_using(&x, m, &mut got, vnni));
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                            "n={n} k={k} m={m} vnni={vnni}: output {i} is {a}, candle {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Extreme weights: -128 (not written by candle's quantizer, but a
+    /// valid Q8_0 byte) and 127, against a float reference.
+    #[test]
+    fn extreme_bytes_are_exact() {
+        if !available() {
+            return;
+        }
+        let (n, k) = (4, 32);
+        let mut bytes = Vec::new();
+        for r in 0..n {
+            bytes.extend_from_slice(&half::f16::from_f32(1.0).to_bits().to_le_bytes());
+            bytes.extend((0..k).map(|i| if (i + r) % 2 == 0 { 0x80u8 } else { 127 }));
+        }
+        let w = Interleaved::from_q8_0(&bytes, n, k).unwrap();
+        let x = vec![1.0f32; k];
+        let mut got = vec![0f32; n];
+        assert!(w.matmul(&x, 1, &mut got));
+        // 16 values of -128 and 16 of 127, times x quantized to 127 with
+        // scale 1/127.
+        for v in got {
+            assert!((v - 16.0 * (127.0 - 128.0)).abs() < 1e-3, "{v}");
+        }
+    }
+
+    #[test]
+    fn shapes_that_do_not_fit_are_refused() {
+        let row = [0u8; 34];
+        assert_eq!(
+            Interleaved::from_q8_0(&row.repeat(3), 3, 32).unwrap_err(),
+            InterleaveError::Rows { rows: 3 }
+        );
+        assert_eq!(
+            Interleaved::from_q8_0(&row.repeat(4), 4, 48).unwrap_err(),
+            InterleaveError::Columns { columns: 48 }
+        );
+        assert!(matches!(
+            Interleaved::from_q8_0(&row.repeat(5), 4, 32).unwrap_err(),
+            InterleaveError::Length { expected: 136, .. }
+        ));
+    }
+    /// GB/s of weights per matmul on Qwen2.5 shapes, against the per-row
+    /// kernel ([`super::super::matvec`]) for decoding and the f32 tiles
+    /// for prefill:
+    /// `cargo test --release -p clawpen-inference --lib interleaved::tests::speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, run by hand in release"]
+    fn speed() {
+        use crate::engine::local::kernel_tests::median_seconds;
+        use candle_core::quantized::k_quants::BlockQ8_0;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        for (k, n) in [(896, 4864), (4864, 896), (896, 151936), (1536, 8960)] {
+            let q = quantized(&mut rng, n, k);
+            let data = q.data().unwrap().to_vec();
+            let w = Interleaved::from_q8_0(&data, n, k).unwrap();
+            // SAFETY: `data` is whole Q8_0 blocks (a quantized tensor's
+            // bytes), `BlockQ8_0` is `repr(C)` with alignment 2 and any bit
+            // pattern valid; the slice ends before `data` does.
+            assert!((data.as_ptr() as usize).is_multiple_of(2));
+            let blocks: &[BlockQ8_0] =
+                unsafe { std::slice::from_raw_parts(data.as_ptr().cast(), data.len() / 34) };
+            for m in [1, 4, 16, 256] {
+                let x = random(&mut rng, m * k);
+                let ours = median_seconds(5, &|| {
+                    let mut dst = vec![0f32; m * n];
+                    assert!(w.matmul(&x, m, &mut dst));
+                });
+                let rows = median_seconds(5, &|| {
+                    let mut dst = vec![0f32; m * n];
+                    if m < 16 {
+                        assert!(super::super::matvec::matmul(
+                            GgmlDType::Q8_0,
+                            &data,
+                            &x,
+                            m,
+                            k,
+                            n,
+                            &mut dst
+                        ));
+                    } else {
+                        super::super::batched::gemm_dequantized(blocks, &x, m, k, n, &mut dst);
+                    }
+                });
+                let gb = data.len() as f64 / 1e9;
+                println!(
+                    "k={k} n={n} m={m}: interleaved {:.1} GB/s, {} {:.1} GB/s, {:.2}x",
+                    gb / ours,
+                    if m < 16 { "per-row" } else { "f32 tiles" },
+                    gb / rows,
+                    rows / ours
+                );
+            }
+        }
+    }
+}
