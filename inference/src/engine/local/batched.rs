@@ -62,9 +62,13 @@ impl QLinear {
     /// Interleaves a CPU Q8_0 matrix where this CPU has the kernels
     /// ([`super::interleaved`]); keeps candle's tensor otherwise.
     pub fn from_qtensor(t: QTensor) -> Result<Self> {
-        if t.device().is_cpu() && t.dtype() == GgmlDType::Q8_0 && interleaved::available() {
+        let dtype = t.dtype();
+        if t.device().is_cpu()
+            && matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K)
+            && interleaved::available()
+        {
             let (n, k) = t.shape().dims2()?;
-            if let Ok(w) = Interleaved::from_q8_0(&t.data()?, n, k) {
+            if let Ok(w) = Interleaved::new(dtype, &t.data()?, n, k) {
                 return Ok(Self {
                     inner: Weights::Interleaved(w),
                 });

@@ -37,7 +37,11 @@
 //! order of float additions.
 
 use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
+use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
+
+mod q4k;
+mod q6k;
 
 /// Values per Q8_0 block.
 const BLOCK: usize = 32;
@@ -56,9 +60,11 @@ const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == Q8_0_BYTES);
 pub enum InterleaveError {
     #[error("{rows} rows are not a multiple of {ROWS}")]
     Rows { rows: usize },
-    #[error("rows of {columns} values are not whole {BLOCK}-value blocks")]
-    Columns { columns: usize },
-    #[error("{len} bytes are not a [{rows}, {columns}] Q8_0 matrix ({expected} bytes)")]
+    #[error("rows of {columns} values are not whole {block}-value blocks")]
+    Columns { columns: usize, block: usize },
+    #[error("{dtype:?} has no interleaved layout (Q8_0, Q4_K and Q6_K have)")]
+    Type { dtype: GgmlDType },
+    #[error("{len} bytes are not a [{rows}, {columns}] matrix of its type ({expected} bytes)")]
     Length {
         len: usize,
         rows: usize,
@@ -67,9 +73,32 @@ pub enum InterleaveError {
     },
 }
 
-/// An `[n, k]` Q8_0 matrix in the layout of the module documentation.
+/// A block type with an interleaved layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// The layout of the module documentation.
+    Q8_0,
+    /// [`q4k`]'s layout.
+    Q4K,
+    /// [`q6k`]'s layout.
+    Q6K,
+}
+
+impl Format {
+    /// Values per block, bytes per block in the file and per group here.
+    fn sizes(self) -> (usize, usize, usize) {
+        match self {
+            Self::Q8_0 => (BLOCK, Q8_0_BYTES, GROUP_BLOCK),
+            Self::Q4K => (q4k::BLOCK, q4k::FILE_BLOCK, q4k::GROUP_BLOCK),
+            Self::Q6K => (q6k::BLOCK, q6k::FILE_BLOCK, q6k::GROUP_BLOCK),
+        }
+    }
+}
+
+/// An `[n, k]` matrix interleaved four rows at a time.
 #[derive(Clone)]
 pub struct Interleaved {
+    format: Format,
     n: usize,
     k: usize,
     data: Vec<u8>,
@@ -78,6 +107,7 @@ pub struct Interleaved {
 impl std::fmt::Debug for Interleaved {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Interleaved")
+            .field("format", &self.format)
             .field("n", &self.n)
             .field("k", &self.k)
             .finish_non_exhaustive()
@@ -91,16 +121,29 @@ pub fn available() -> bool {
 }
 
 impl Interleaved {
-    /// Rearranges the GGUF bytes of an `[n, k]` Q8_0 matrix.
-    pub fn from_q8_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, InterleaveError> {
+    /// Rearranges the GGUF bytes of an `[n, k]` matrix of `dtype` (Q8_0,
+    /// Q4_K or Q6_K).
+    pub fn new(
+        dtype: GgmlDType,
+        bytes: &[u8],
+        n: usize,
+        k: usize,
+    ) -> Result<Self, InterleaveError> {
+        let format = match dtype {
+            GgmlDType::Q8_0 => Format::Q8_0,
+            GgmlDType::Q4K => Format::Q4K,
+            GgmlDType::Q6K => Format::Q6K,
+            _ => return Err(InterleaveError::Type { dtype }),
+        };
+        let (block, file_block, group_block) = format.sizes();
         if !n.is_multiple_of(ROWS) {
             return Err(InterleaveError::Rows { rows: n });
         }
-        if !k.is_multiple_of(BLOCK) {
-            return Err(InterleaveError::Columns { columns: k });
+        if !k.is_multiple_of(block) {
+            return Err(InterleaveError::Columns { columns: k, block });
         }
-        let nb = k / BLOCK;
-        let expected = n * nb * Q8_0_BYTES;
+        let nb = k / block;
+        let expected = n * nb * file_block;
         if bytes.len() != expected {
             return Err(InterleaveError::Length {
                 len: bytes.len(),
@@ -109,25 +152,15 @@ impl Interleaved {
                 expected,
             });
         }
-        let mut data = vec![0u8; expected];
-        let row_bytes = nb * Q8_0_BYTES;
-        data.par_chunks_mut(nb * GROUP_BLOCK)
+        let mut data = vec![0u8; n / ROWS * nb * group_block];
+        data.par_chunks_mut(nb * group_block)
             .enumerate()
-            .for_each(|(g, out)| {
-                for (b, o) in out.chunks_exact_mut(GROUP_BLOCK).enumerate() {
-                    for r in 0..ROWS {
-                        let at = (g * ROWS + r) * row_bytes + b * Q8_0_BYTES;
-                        let blk = &bytes[at..at + Q8_0_BYTES];
-                        o[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
-                        for c in 0..4 {
-                            for i in 0..8 {
-                                o[8 + 32 * c + 8 * r + i] = blk[2 + 8 * c + i] ^ 0x80;
-                            }
-                        }
-                    }
-                }
+            .for_each(|(g, out)| match format {
+                Format::Q8_0 => repack_q8_0_group(bytes, g, nb, out),
+                Format::Q4K => q4k::repack_group(bytes, g, nb, out),
+                Format::Q6K => q6k::repack_group(bytes, g, nb, out),
             });
-        Ok(Self { n, k, data })
+        Ok(Self { format, n, k, data })
     }
 
     /// Output rows.
@@ -162,10 +195,15 @@ impl Interleaved {
         if m == 0 || n == 0 {
             return true;
         }
-        let act = Activations::new(x, m, k);
-        let nb = k / BLOCK;
-        let group_bytes = nb * GROUP_BLOCK;
+        let (block, _, group_block) = self.format.sizes();
+        let nb = k / block;
+        let group_bytes = nb * group_block;
         let chunk = (TASK_BYTES / group_bytes).max(1) * ROWS;
+        let acts = match self.format {
+            Format::Q8_0 => Acts::Q8_0(Activations::new(x, m, k)),
+            Format::Q4K => Acts::Q4K(q4k::Activations::new(x, m, k)),
+            Format::Q6K => Acts::Q6K(q6k::Activations::new(x, m, k)),
+        };
         let dst_at = dst.as_mut_ptr() as usize;
         (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
             let j0 = c * chunk;
@@ -178,17 +216,48 @@ impl Interleaved {
             let mut out = unsafe { Columns::new(dst_at as *mut f32, m, n, j0, rows) };
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `available()` held above: the CPU has AVX2, FMA and
-            // F16C, and `vnni` says whether it also has AVX-512 VNNI/VL.
+            // F16C, and `vnni` says whether it also has AVX-512 VNNI/VL;
+            // `w` is whole groups of `nb` blocks of the activations'
+            // format.
             unsafe {
-                x86::groups(w, &act, nb, vnni, &mut out)
+                match &acts {
+                    Acts::Q8_0(act) => x86::groups(w, act, nb, vnni, &mut out),
+                    Acts::Q4K(act) => q4k::x86::groups(w, act, nb, vnni, &mut out),
+                    Acts::Q6K(act) => q6k::x86::groups(w, act, nb, vnni, &mut out),
+                }
             }
             #[cfg(not(target_arch = "x86_64"))]
             {
-                let _ = (w, &act, vnni, &mut out);
+                let _ = (w, &acts, vnni, &mut out);
                 unreachable!("available() is false off x86")
             }
         });
         true
+    }
+}
+
+/// The tokens, quantized for the matrix's format.
+enum Acts {
+    Q8_0(Activations),
+    Q4K(q4k::Activations),
+    Q6K(q6k::Activations),
+}
+
+/// Group `g`'s Q8_0 blocks from the file's rows `4g..4g + 4` (`nb`
+/// blocks each), into `out` (`nb * GROUP_BLOCK` bytes).
+fn repack_q8_0_group(file: &[u8], g: usize, nb: usize, out: &mut [u8]) {
+    let row_bytes = nb * Q8_0_BYTES;
+    for (b, o) in out.chunks_exact_mut(GROUP_BLOCK).enumerate() {
+        for r in 0..ROWS {
+            let at = (g * ROWS + r) * row_bytes + b * Q8_0_BYTES;
+            let blk = &file[at..at + Q8_0_BYTES];
+            o[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
+            for c in 0..4 {
+                for i in 0..8 {
+                    o[8 + 32 * c + 8 * r + i] = blk[2 + 8 * c + i] ^ 0x80;
+                }
+            }
+        }
     }
 }
 
@@ -378,7 +447,12 @@ mod x86 {
 
     /// The 4 row sums from per-row lane pairs `[r0, r0, r1, r1, ...]`.
     #[inline(always)]
-    fn finish<const R: usize>(acc: &[__m256; R], i0: usize, j: usize, out: &mut Columns) {
+    pub(super) fn finish<const R: usize>(
+        acc: &[__m256; R],
+        i0: usize,
+        j: usize,
+        out: &mut Columns,
+    ) {
         for (t, a) in acc.iter().enumerate() {
             let mut lanes = [0f32; 8];
             // SAFETY: `lanes` is 8 floats; unaligned store.
@@ -500,14 +574,14 @@ mod tests {
     use candle_core::{Device, Module, Tensor};
     use rand::SeedableRng;
 
-    fn quantized(rng: &mut rand::rngs::StdRng, n: usize, k: usize) -> QTensor {
+    fn quantized(rng: &mut rand::rngs::StdRng, dtype: GgmlDType, n: usize, k: usize) -> QTensor {
         let w = Tensor::from_vec(random(rng, n * k), (n, k), &Device::Cpu).unwrap();
-        QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()
+        QTensor::quantize(&w, dtype).unwrap()
     }
 
-    /// Against candle's own Q8_0 kernel on the file layout, for 1-9
-    /// tokens (the 1-4 token kernels and their mixes), with both kernels
-    /// this CPU has, on shapes with odd block counts.
+    /// Against candle's own kernels on the file layout, per format, for
+    /// 1-9 tokens (the 1-4 token kernels and their mixes), with both
+    /// kernels this CPU has, on shapes with odd block counts.
     #[test]
     fn matches_candles_kernel() {
         if !available() {
@@ -522,9 +596,20 @@ mod tests {
         };
         #[cfg(not(target_arch = "x86_64"))]
         let kernels = vec![false];
-        for (n, k) in [(4, 32), (12, 96), (40, 896), (1000, 64)] {
-            let q = quantized(&mut rng, n, k);
-            let w = Interleaved::from_q8_0(&q.data().unwrap(), n, k).unwrap();
+        for (dtype, n, k) in [
+            (GgmlDType::Q8_0, 4, 32),
+            (GgmlDType::Q8_0, 12, 96),
+            (GgmlDType::Q8_0, 40, 896),
+            (GgmlDType::Q8_0, 1000, 64),
+            (GgmlDType::Q4K, 4, 256),
+            (GgmlDType::Q4K, 12, 768),
+            (GgmlDType::Q4K, 200, 1536),
+            (GgmlDType::Q6K, 4, 256),
+            (GgmlDType::Q6K, 12, 768),
+            (GgmlDType::Q6K, 200, 1536),
+        ] {
+            let q = quantized(&mut rng, dtype, n, k);
+            let w = Interleaved::new(dtype, &q.data().unwrap(), n, k).unwrap();
             let theirs = QMatMul::from_qtensor(q).unwrap();
             for m in [1, 2, 3, 4, 5, 9] {
                 let x = random(&mut rng, m * k);
@@ -542,7 +627,7 @@ mod tests {
                     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                         assert!(
                             (a - b).abs() <= 1e-4 * b.abs().max(1.0),
-                            "n={n} k={k} m={m} vnni={vnni}: output {i} is {a}, candle {b}"
+                            "{dtype:?} n={n} k={k} m={m} vnni={vnni}: output {i} is {a}, candle {b}"
                         );
                     }
                 }
@@ -563,7 +648,7 @@ mod tests {
             bytes.extend_from_slice(&half::f16::from_f32(1.0).to_bits().to_le_bytes());
             bytes.extend((0..k).map(|i| if (i + r) % 2 == 0 { 0x80u8 } else { 127 }));
         }
-        let w = Interleaved::from_q8_0(&bytes, n, k).unwrap();
+        let w = Interleaved::new(GgmlDType::Q8_0, &bytes, n, k).unwrap();
         let x = vec![1.0f32; k];
         let mut got = vec![0f32; n];
         assert!(w.matmul(&x, 1, &mut got));
@@ -578,65 +663,73 @@ mod tests {
     fn shapes_that_do_not_fit_are_refused() {
         let row = [0u8; 34];
         assert_eq!(
-            Interleaved::from_q8_0(&row.repeat(3), 3, 32).unwrap_err(),
+            Interleaved::new(GgmlDType::Q8_0, &row.repeat(3), 3, 32).unwrap_err(),
             InterleaveError::Rows { rows: 3 }
         );
         assert_eq!(
-            Interleaved::from_q8_0(&row.repeat(4), 4, 48).unwrap_err(),
-            InterleaveError::Columns { columns: 48 }
+            Interleaved::new(GgmlDType::Q8_0, &row.repeat(4), 4, 48).unwrap_err(),
+            InterleaveError::Columns {
+                columns: 48,
+                block: 32
+            }
         );
         assert!(matches!(
-            Interleaved::from_q8_0(&row.repeat(5), 4, 32).unwrap_err(),
+            Interleaved::new(GgmlDType::Q8_0, &row.repeat(5), 4, 32).unwrap_err(),
             InterleaveError::Length { expected: 136, .. }
         ));
+        assert_eq!(
+            Interleaved::new(GgmlDType::Q5K, &row, 4, 256).unwrap_err(),
+            InterleaveError::Type {
+                dtype: GgmlDType::Q5K
+            }
+        );
     }
     /// GB/s of weights per matmul on Qwen2.5 shapes, against the per-row
-    /// kernel ([`super::super::matvec`]) for decoding and the f32 tiles
-    /// for prefill:
+    /// kernel ([`super::super::matvec`]) for decoding and candle's own
+    /// matmul (its VNNI tiles where rows are whole 256-blocks) for
+    /// prefill:
     /// `cargo test --release -p clawpen-inference --lib interleaved::tests::speed -- --ignored --nocapture`.
     #[test]
     #[ignore = "a measurement, run by hand in release"]
     fn speed() {
         use crate::engine::local::kernel_tests::median_seconds;
-        use candle_core::quantized::k_quants::BlockQ8_0;
         let mut rng = rand::rngs::StdRng::seed_from_u64(13);
-        for (k, n) in [(896, 4864), (4864, 896), (896, 151936), (1536, 8960)] {
-            let q = quantized(&mut rng, n, k);
+        for (dtype, k, n) in [
+            (GgmlDType::Q8_0, 896, 4864),
+            (GgmlDType::Q8_0, 4864, 896),
+            (GgmlDType::Q8_0, 896, 151936),
+            (GgmlDType::Q8_0, 1536, 8960),
+            (GgmlDType::Q4K, 1536, 8960),
+            (GgmlDType::Q4K, 8960, 1536),
+            (GgmlDType::Q6K, 8960, 1536),
+            (GgmlDType::Q6K, 1536, 151936),
+        ] {
+            let q = quantized(&mut rng, dtype, n, k);
             let data = q.data().unwrap().to_vec();
-            let w = Interleaved::from_q8_0(&data, n, k).unwrap();
-            // SAFETY: `data` is whole Q8_0 blocks (a quantized tensor's
-            // bytes), `BlockQ8_0` is `repr(C)` with alignment 2 and any bit
-            // pattern valid; the slice ends before `data` does.
-            assert!((data.as_ptr() as usize).is_multiple_of(2));
-            let blocks: &[BlockQ8_0] =
-                unsafe { std::slice::from_raw_parts(data.as_ptr().cast(), data.len() / 34) };
+            let w = Interleaved::new(dtype, &data, n, k).unwrap();
+            let candle = QMatMul::from_qtensor(q).unwrap();
             for m in [1, 4, 16, 256] {
                 let x = random(&mut rng, m * k);
                 let ours = median_seconds(5, &|| {
                     let mut dst = vec![0f32; m * n];
                     assert!(w.matmul(&x, m, &mut dst));
                 });
+                let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
                 let rows = median_seconds(5, &|| {
                     let mut dst = vec![0f32; m * n];
                     if m < 16 {
                         assert!(super::super::matvec::matmul(
-                            GgmlDType::Q8_0,
-                            &data,
-                            &x,
-                            m,
-                            k,
-                            n,
-                            &mut dst
+                            dtype, &data, &x, m, k, n, &mut dst
                         ));
                     } else {
-                        super::super::batched::gemm_dequantized(blocks, &x, m, k, n, &mut dst);
+                        candle.forward(&xt).unwrap();
                     }
                 });
                 let gb = data.len() as f64 / 1e9;
                 println!(
-                    "k={k} n={n} m={m}: interleaved {:.1} GB/s, {} {:.1} GB/s, {:.2}x",
+                    "{dtype:?} k={k} n={n} m={m}: interleaved {:.1} GB/s, {} {:.1} GB/s, {:.2}x",
                     gb / ours,
-                    if m < 16 { "per-row" } else { "f32 tiles" },
+                    if m < 16 { "per-row" } else { "candle" },
                     gb / rows,
                     rows / ours
                 );

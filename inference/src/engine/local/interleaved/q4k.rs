@@ -1,0 +1,324 @@
+//! Q4_K in the interleaved layout: 4 rows per 256-value block.
+//!
+//! ```text
+//! group g, block b (592 bytes, at (g * blocks per row + b) * 592):
+//!   [0..8)      f16 d of the 4 rows
+//!   [8..16)     f16 dmin of the 4 rows
+//!   [16..48)    the 8 sub-block scales of each row, unpacked from 6 bits
+//!               to bytes: row 0's 8, row 1's, row 2's, row 3's
+//!   [48..80)    the 8 sub-block mins, the same way
+//!   [80..592)   the nibbles: for sub-block pair j (0..4), chunk c (0..4),
+//!               row r: the row's 8 bytes 32j + 8c.. (low nibbles are
+//!               sub-block 2j's values 8c..8c+8, high ones 2j+1's)
+//! ```
+//!
+//! 592 bytes where the file has 4 x 144: the scales are kept unpacked
+//! (2.8% more) so that the kernel gets a sub-block's 4 scales with one
+//! byte shuffle. A value is `d * scale * q - dmin * min` with `q` in
+//! 0..16; the token is quantized as candle does for Q4_K weights
+//! (`BlockQ8K`), whose sums of 16 values meet the mins.
+
+use candle_core::quantized::k_quants::{BlockQ8K, GgmlType};
+
+use super::ROWS;
+
+/// Values per block.
+pub(super) const BLOCK: usize = 256;
+/// Bytes of one Q4_K block in the file.
+pub(super) const FILE_BLOCK: usize = 144;
+/// Bytes of one group's block here.
+pub(super) const GROUP_BLOCK: usize = 592;
+/// Bytes of one Q8_K activation block: f32 scale, 256 i8, 16 i16 sums.
+const Q8K_BYTES: usize = 292;
+const _: () = assert!(std::mem::size_of::<BlockQ8K>() == Q8K_BYTES);
+
+/// Group `g`'s blocks from the file's rows `4g..4g + 4` (`nb` blocks
+/// each), into `out` (`nb * GROUP_BLOCK` bytes).
+pub(super) fn repack_group(file: &[u8], g: usize, nb: usize, out: &mut [u8]) {
+    let row_bytes = nb * FILE_BLOCK;
+    for (b, o) in out.chunks_exact_mut(GROUP_BLOCK).enumerate() {
+        for r in 0..ROWS {
+            let at = (g * ROWS + r) * row_bytes + b * FILE_BLOCK;
+            let blk = &file[at..at + FILE_BLOCK];
+            o[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+            o[8 + 2 * r..8 + 2 * r + 2].copy_from_slice(&blk[2..4]);
+            let (scales, mins) = unpack_scales(blk[4..16].try_into().expect("12 bytes"));
+            o[16 + 8 * r..16 + 8 * r + 8].copy_from_slice(&scales);
+            o[48 + 8 * r..48 + 8 * r + 8].copy_from_slice(&mins);
+            let qs = &blk[16..];
+            for j in 0..4 {
+                for c in 0..4 {
+                    let to = 80 + 128 * j + 32 * c + 8 * r;
+                    o[to..to + 8].copy_from_slice(&qs[32 * j + 8 * c..32 * j + 8 * c + 8]);
+                }
+            }
+        }
+    }
+}
+
+/// ggml's `get_scale_min_k4` for all 8 sub-blocks: 6-bit scales and mins
+/// packed in 12 bytes.
+fn unpack_scales(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let mut scales = [0u8; 8];
+    let mut mins = [0u8; 8];
+    for j in 0..8 {
+        if j < 4 {
+            scales[j] = q[j] & 63;
+            mins[j] = q[j + 4] & 63;
+        } else {
+            scales[j] = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+            mins[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+        }
+    }
+    (scales, mins)
+}
+
+/// The tokens quantized as candle quantizes them for Q4_K weights.
+pub(super) struct Activations {
+    pub m: usize,
+    /// Token `i`'s values, `k` signed bytes from `i * k`.
+    pub q: Vec<i8>,
+    /// Token `i`'s block scales from `i * nb`.
+    pub d: Vec<f32>,
+    /// Per token and block, the sums of each 32-value sub-block, twice
+    /// (the two 128-bit lanes of the kernel's min products).
+    pub sums: Vec<[i16; 16]>,
+}
+
+impl Activations {
+    pub fn new(x: &[f32], m: usize, k: usize) -> Self {
+        let nb = k / BLOCK;
+        let mut blocks = vec![BlockQ8K::zeros(); m * nb];
+        for (row, b) in x.chunks_exact(k).zip(blocks.chunks_exact_mut(nb)) {
+            BlockQ8K::from_float(row, b);
+        }
+        // SAFETY: `BlockQ8K` is a `repr(C)` f32, 256 i8s and 16 i16s with
+        // no padding (its size is asserted above), so `blocks` is that
+        // many initialized bytes; the view ends before `blocks` is
+        // dropped.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                blocks.as_ptr().cast::<u8>(),
+                std::mem::size_of_val(&blocks[..]),
+            )
+        };
+        let mut q = Vec::with_capacity(m * k);
+        let mut d = Vec::with_capacity(m * nb);
+        let mut sums = Vec::with_capacity(m * nb);
+        for blk in bytes.chunks_exact(Q8K_BYTES) {
+            d.push(f32::from_le_bytes(blk[0..4].try_into().expect("4 bytes")));
+            q.extend(blk[4..260].iter().map(|&v| v as i8));
+            let bsum = |i: usize| i16::from_le_bytes([blk[260 + 2 * i], blk[261 + 2 * i]]);
+            let mut s = [0i16; 16];
+            for sub in 0..8 {
+                s[sub] = bsum(2 * sub) + bsum(2 * sub + 1);
+                s[8 + sub] = s[sub];
+            }
+            sums.push(s);
+        }
+        Self { m, q, d, sums }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod x86 {
+    use super::super::Columns;
+    use super::{Activations, BLOCK, GROUP_BLOCK};
+    use crate::engine::local::interleaved::ROWS;
+    use std::arch::x86_64::*;
+
+    /// One group of 4 rows (the task's columns `j..j + 4`) · tokens
+    /// `i0..i0 + R`.
+    type Group = unsafe fn(
+        w: *const u8,
+        act: &Activations,
+        i0: usize,
+        nb: usize,
+        j: usize,
+        out: &mut Columns,
+    );
+
+    /// All groups of `w` · all tokens of `act`, into `out`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C, and AVX-512 VNNI and VL when
+    /// `vnni` is true.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn groups(w: &[u8], act: &Activations, nb: usize, vnni: bool, out: &mut Columns) {
+        let m = act.m;
+        let group_bytes = nb * GROUP_BLOCK;
+        assert_eq!(w.len() / group_bytes * ROWS, out.cols);
+        assert!(act.q.len() >= m * nb * BLOCK && act.d.len() >= m * nb && act.sums.len() >= m * nb);
+        let kernels: [Group; 4] = if vnni {
+            [
+                group_vnni::<1>,
+                group_vnni::<2>,
+                group_vnni::<3>,
+                group_vnni::<4>,
+            ]
+        } else {
+            [
+                group_avx2::<1>,
+                group_avx2::<2>,
+                group_avx2::<3>,
+                group_avx2::<4>,
+            ]
+        };
+        for (g, group) in w.chunks_exact(group_bytes).enumerate() {
+            let mut i = 0;
+            while i < m {
+                let r = (m - i).min(4);
+                // SAFETY: the caller vouches for the CPU features; `group`
+                // is one group of `nb` blocks, `act` holds `m >= i + r`
+                // tokens of `nb` blocks (asserted above), and `out` has
+                // columns `4g..4g + 4`.
+                unsafe { kernels[r - 1](group.as_ptr(), act, i, nb, ROWS * g, out) };
+                i += r;
+            }
+        }
+    }
+
+    /// The kernel body, for one way of summing unsigned weight bytes times
+    /// signed token bytes into i32 lanes (`$dot(acc, w, x)`).
+    macro_rules! group_body {
+        ($w:ident, $act:ident, $i0:ident, $nb:ident, $j:ident, $out:ident, $R:ident, $dot:expr) => {{
+            let mut acc = [_mm256_setzero_ps(); $R];
+            let m4 = _mm256_set1_epi8(0x0F);
+            let xq = $act.q.as_ptr().cast::<u8>();
+            // Row pairs' min lanes [r0, r0, r2, r2 | r1, r1, r3, r3] back
+            // to [r0, r0, r1, r1, r2, r2, r3, r3].
+            let order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+            // SAFETY: block `b < nb` of the group is GROUP_BLOCK bytes from
+            // `b * GROUP_BLOCK`; token `i0 + t < act.m` has `nb * 256`
+            // values from `(i0 + t) * nb * 256` and `nb` scales and sums
+            // from `(i0 + t) * nb` (the caller's contract); loads are
+            // unaligned ones.
+            unsafe {
+                for b in 0..$nb {
+                    let blk = $w.add(b * GROUP_BLOCK);
+                    for off in [0, 64, 128, 192, 256, 320, 384, 448, 512, 576] {
+                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(4 * GROUP_BLOCK + off).cast());
+                    }
+                    let scales = _mm256_loadu_si256(blk.add(16).cast());
+                    let mut isum = [_mm256_setzero_si256(); $R];
+                    for j in 0..4 {
+                        let mut lo = [_mm256_setzero_si256(); $R];
+                        let mut hi = [_mm256_setzero_si256(); $R];
+                        for c in 0..4 {
+                            let bits = _mm256_loadu_si256(blk.add(80 + 128 * j + 32 * c).cast());
+                            let ql = _mm256_and_si256(bits, m4);
+                            let qh = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                            for t in 0..$R {
+                                let at = (($i0 + t) * $nb + b) * BLOCK + 64 * j + 8 * c;
+                                let xl =
+                                    _mm256_set1_epi64x(xq.add(at).cast::<i64>().read_unaligned());
+                                let xh = _mm256_set1_epi64x(
+                                    xq.add(at + 32).cast::<i64>().read_unaligned(),
+                                );
+                                lo[t] = $dot(lo[t], ql, xl);
+                                hi[t] = $dot(hi[t], qh, xh);
+                            }
+                        }
+                        // Each row's scale of sub-blocks 2j and 2j+1 in
+                        // its two i32 lanes.
+                        let pick = |s: i32| {
+                            let z = -128i8 as i32 & 0xFF;
+                            let word = |byte: i32| byte | (z << 8) | (z << 16) | (z << 24);
+                            _mm256_setr_epi32(
+                                word(s),
+                                word(s),
+                                word(8 + s),
+                                word(8 + s),
+                                word(s),
+                                word(s),
+                                word(8 + s),
+                                word(8 + s),
+                            )
+                        };
+                        let sl = _mm256_shuffle_epi8(scales, pick(2 * j as i32));
+                        let sh = _mm256_shuffle_epi8(scales, pick(2 * j as i32 + 1));
+                        for t in 0..$R {
+                            isum[t] = _mm256_add_epi32(
+                                isum[t],
+                                _mm256_add_epi32(
+                                    _mm256_mullo_epi32(lo[t], sl),
+                                    _mm256_mullo_epi32(hi[t], sh),
+                                ),
+                            );
+                        }
+                    }
+                    let mins = _mm256_loadu_si256(blk.add(48).cast());
+                    let mins01 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(mins));
+                    let mins23 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(mins, 1));
+                    let ds = _mm_loadl_epi64(blk.cast());
+                    let d = _mm256_cvtph_ps(_mm_unpacklo_epi16(ds, ds));
+                    let dms = _mm_loadl_epi64(blk.add(8).cast());
+                    let dmin = _mm256_cvtph_ps(_mm_unpacklo_epi16(dms, dms));
+                    for t in 0..$R {
+                        let at = ($i0 + t) * $nb + b;
+                        let sums = _mm256_loadu_si256($act.sums.as_ptr().add(at).cast());
+                        let msum = _mm256_permutevar8x32_epi32(
+                            _mm256_hadd_epi32(
+                                _mm256_madd_epi16(mins01, sums),
+                                _mm256_madd_epi16(mins23, sums),
+                            ),
+                            order,
+                        );
+                        let dx = _mm256_set1_ps(*$act.d.get_unchecked(at));
+                        acc[t] = _mm256_fmadd_ps(
+                            _mm256_mul_ps(d, dx),
+                            _mm256_cvtepi32_ps(isum[t]),
+                            acc[t],
+                        );
+                        acc[t] = _mm256_fnmadd_ps(
+                            _mm256_mul_ps(dmin, dx),
+                            _mm256_cvtepi32_ps(msum),
+                            acc[t],
+                        );
+                    }
+                }
+            }
+            super::super::x86::finish(&acc, $i0, $j, $out);
+        }};
+    }
+
+    /// [`Group`] with `vpdpbusd`.
+    ///
+    /// # Safety
+    /// AVX2, FMA, F16C, AVX-512 VNNI and VL; `w` one group of `nb`
+    /// blocks; `act` at least `i0 + R` tokens; `out` columns `j..j + 4`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
+    unsafe fn group_vnni<const R: usize>(
+        w: *const u8,
+        act: &Activations,
+        i0: usize,
+        nb: usize,
+        j: usize,
+        out: &mut Columns,
+    ) {
+        group_body!(w, act, i0, nb, j, out, R, |a, w, x| _mm256_dpbusd_epi32(
+            a, w, x
+        ))
+    }
+
+    /// [`Group`] with AVX2 only: `maddubs` (weights ≤ 15, so pairs of
+    /// products fit i16) and `madd` into i32.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; the rest as [`group_vnni`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group_avx2<const R: usize>(
+        w: *const u8,
+        act: &Activations,
+        i0: usize,
+        nb: usize,
+        j: usize,
+        out: &mut Columns,
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        group_body!(w, act, i0, nb, j, out, R, |a, w, x| _mm256_add_epi32(
+            a,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones)
+        ))
+    }
+}
