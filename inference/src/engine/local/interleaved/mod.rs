@@ -42,6 +42,7 @@ use rayon::prelude::*;
 
 mod q4k;
 mod q6k;
+mod q8k;
 
 /// Values per Q8_0 block.
 const BLOCK: usize = 32;

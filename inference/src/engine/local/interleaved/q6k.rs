@@ -21,8 +21,7 @@
 //! 32-byte loads give 8 values of each quarter for 4 rows, unsigned
 //! (0..64); the -32 comes back out through the token's 16-value sums.
 
-use candle_core::quantized::k_quants::{BlockQ8K, GgmlType};
-
+use super::q8k::Q8K;
 use super::ROWS;
 
 /// Values per block.
@@ -31,9 +30,6 @@ pub(super) const BLOCK: usize = 256;
 pub(super) const FILE_BLOCK: usize = 210;
 /// Bytes of one group's block here.
 pub(super) const GROUP_BLOCK: usize = ROWS * FILE_BLOCK;
-/// Bytes of one Q8_K activation block: f32 scale, 256 i8, 16 i16 sums.
-const Q8K_BYTES: usize = 292;
-const _: () = assert!(std::mem::size_of::<BlockQ8K>() == Q8K_BYTES);
 
 /// Group `g`'s blocks from the file's rows `4g..4g + 4` (`nb` blocks
 /// each), into `out` (`nb * GROUP_BLOCK` bytes).
@@ -74,37 +70,18 @@ pub(super) struct Activations {
 
 impl Activations {
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
-        let nb = k / BLOCK;
-        let mut blocks = vec![BlockQ8K::zeros(); m * nb];
-        for (row, b) in x.chunks_exact(k).zip(blocks.chunks_exact_mut(nb)) {
-            BlockQ8K::from_float(row, b);
-        }
-        // SAFETY: `BlockQ8K` is a `repr(C)` f32, 256 i8s and 16 i16s with
-        // no padding (its size is asserted above), so `blocks` is that
-        // many initialized bytes; the view ends before `blocks` is
-        // dropped.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                blocks.as_ptr().cast::<u8>(),
-                std::mem::size_of_val(&blocks[..]),
-            )
-        };
-        let mut q = Vec::with_capacity(m * k);
-        let mut d = Vec::with_capacity(m * nb);
-        let mut sums = Vec::with_capacity(m * nb);
-        for blk in bytes.chunks_exact(Q8K_BYTES) {
-            d.push(f32::from_le_bytes(blk[0..4].try_into().expect("4 bytes")));
-            q.extend(blk[4..260].iter().map(|&v| v as i8));
-            let bsum = |i: usize| i16::from_le_bytes([blk[260 + 2 * i], blk[261 + 2 * i]]);
-            let mut s = [[0i16; 16]; 2];
-            for (h, half) in s.iter_mut().enumerate() {
-                for t in 0..8 {
-                    half[t] = bsum(8 * h + t);
-                    half[8 + t] = half[t];
+        let Q8K { q, d, bsums } = Q8K::new(x, k);
+        let sums = bsums
+            .iter()
+            .map(|b| {
+                let mut s = [[0i16; 16]; 2];
+                for (h, half) in s.iter_mut().enumerate() {
+                    half[..8].copy_from_slice(&b[8 * h..8 * h + 8]);
+                    half[8..].copy_from_slice(&b[8 * h..8 * h + 8]);
                 }
-            }
-            sums.push(s);
-        }
+                s
+            })
+            .collect();
         Self { m, q, d, sums }
     }
 }
