@@ -36,7 +36,7 @@
 //! weights (`BlockQ8_0::from_float`), so results are candle's up to the
 //! order of float additions.
 
-use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::BlockQ8_0;
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
@@ -318,41 +318,28 @@ struct Activations {
 }
 
 impl Activations {
+    /// As candle's `BlockQ8_0::from_float`: per 32 values the scale
+    /// `max |x| / 127` (kept as f16) and the values times its inverse,
+    /// rounded half away from zero.
     fn new(x: &[f32], m: usize, k: usize) -> Self {
-        let nb = k / BLOCK;
-        let mut blocks = vec![BlockQ8_0::zeros(); m * nb];
-        for (row, b) in x.chunks_exact(k).zip(blocks.chunks_exact_mut(nb)) {
-            BlockQ8_0::from_float(row, b);
-        }
-        // SAFETY: `BlockQ8_0` is a `repr(C)` f16 and 32 i8s with no
-        // padding (its size is asserted above), so `blocks` is that many
-        // initialized bytes; the view ends before `blocks` is dropped.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                blocks.as_ptr().cast::<u8>(),
-                std::mem::size_of_val(&blocks[..]),
-            )
-        };
-        let mut q = Vec::with_capacity(m * k);
-        let mut d = Vec::with_capacity(m * nb);
-        let mut offset = Vec::with_capacity(m * nb);
-        for blk in bytes.chunks_exact(Q8_0_BYTES) {
-            d.push(half_to_f32(u16::from_le_bytes([blk[0], blk[1]])));
-            let vals = &blk[2..];
+        let blocks = m * k / BLOCK;
+        let mut q = vec![0i8; m * k];
+        let mut d = Vec::with_capacity(blocks);
+        let mut offset = Vec::with_capacity(blocks);
+        for (xs, qs) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)) {
+            let amax = xs.iter().fold(0f32, |a, x| a.max(x.abs()));
+            let scale = amax / 127.0;
+            let inverse = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            q8k::scaled_bytes(xs, inverse, qs);
+            d.push(half::f16::from_f32(scale).to_f32());
             let mut even_odd = [0i32; 2];
-            for (i, &v) in vals.iter().enumerate() {
-                q.push(v as i8);
-                even_odd[(i % 8) / 4] += v as i8 as i32;
+            for (i, &v) in qs.iter().enumerate() {
+                even_odd[(i % 8) / 4] += v as i32;
             }
             offset.push(even_odd.map(|s| s * 128));
         }
         Self { m, q, d, offset }
     }
-}
-
-/// An f16's bits as f32.
-fn half_to_f32(bits: u16) -> f32 {
-    half::f16::from_bits(bits).to_f32()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -633,6 +620,40 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The Q8_0 activations are candle's bytes: values and (f16) scales,
+    /// on random blocks, a zero block and one of rounding ties.
+    #[test]
+    fn q8_0_activations_are_candles() {
+        use candle_core::quantized::k_quants::GgmlType;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+        let mut x = random(&mut rng, 6 * BLOCK);
+        x[BLOCK..2 * BLOCK].fill(0.0);
+        // max |x| = 127: scale 1, every k + 0.5 a tie.
+        for (i, v) in x[2 * BLOCK..3 * BLOCK].iter_mut().enumerate() {
+            *v = i as f32 - 15.5;
+        }
+        x[2 * BLOCK] = 127.0;
+        let ours = Activations::new(&x, 2, 3 * BLOCK);
+        let mut theirs = vec![BlockQ8_0::zeros(); 6];
+        BlockQ8_0::from_float(&x, &mut theirs);
+        // SAFETY: `BlockQ8_0` is `repr(C)`: an f16 and 32 i8, no padding.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                theirs.as_ptr().cast::<u8>(),
+                std::mem::size_of_val(&theirs[..]),
+            )
+        };
+        for (b, blk) in bytes.chunks_exact(Q8_0_BYTES).enumerate() {
+            let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            assert_eq!(ours.d[b], d, "block {b}'s scale");
+            let q: Vec<u8> = ours.q[b * BLOCK..(b + 1) * BLOCK]
+                .iter()
+                .map(|&v| v as u8)
+                .collect();
+            assert_eq!(q, blk[2..], "block {b}'s values");
         }
     }
 

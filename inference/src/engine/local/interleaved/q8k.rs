@@ -1,6 +1,7 @@
 //! Tokens quantized to Q8_K blocks (256 values: an f32 scale, 256 signed
 //! bytes, sums of 16) exactly as candle's `BlockQ8K::from_float` does it,
-//! for the Q4_K and Q6_K kernels.
+//! for the Q4_K and Q6_K kernels; [`scaled_bytes`] also ends the Q8_0
+//! quantization for the Q8_0 kernels.
 //!
 //! candle's version is scalar (a libm `roundf` per value) and ran on the
 //! calling thread before every matmul while the other rayon threads
@@ -58,33 +59,40 @@ fn block(xs: &[f32], qs: &mut [i8; BLOCK]) -> f32 {
         .find(|x| x.abs() == amax)
         .expect("amax is one of the values");
     let iscale = -127f32 / max;
+    scaled_bytes(xs, iscale, qs);
+    1.0 / iscale
+}
+
+/// `qs[i] = round(scale * xs[i])` clamped to an i8 (which is also what
+/// `as i8` does), rounding half away from zero like `f32::round`; the
+/// lengths are equal multiples of 32. Both candle quantizers (Q8_K here,
+/// Q8_0 for the Q8_0 kernels) end this way.
+pub(super) fn scaled_bytes(xs: &[f32], scale: f32, qs: &mut [i8]) {
+    assert!(xs.len() == qs.len() && xs.len().is_multiple_of(32));
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected; `xs` and `qs` are 256 long.
-        unsafe { x86::scale_round(xs, iscale, qs) };
-        return 1.0 / iscale;
+        // SAFETY: AVX2 was just detected; the lengths were checked above.
+        unsafe { x86::scaled_bytes(xs, scale, qs) };
+        return;
     }
     for (q, &x) in qs.iter_mut().zip(xs) {
-        *q = (iscale * x).round().clamp(-128.0, 127.0) as i8;
+        *q = (scale * x).round().clamp(-128.0, 127.0) as i8;
     }
-    1.0 / iscale
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::BLOCK;
     use std::arch::x86_64::*;
 
-    /// `qs[i] = clamp(round(iscale * xs[i]))`, rounding half away from
-    /// zero like `f32::round`: the value truncated, plus its sign where
+    /// [`super::scaled_bytes`]: the value truncated, plus its sign where
     /// the (exact) remainder is at least one half.
     ///
     /// # Safety
-    /// The CPU must have AVX2; `xs` must hold 256 values.
+    /// The CPU must have AVX2; `xs` and `qs` equally long, in 32s.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn scale_round(xs: &[f32], iscale: f32, qs: &mut [i8; BLOCK]) {
-        assert!(xs.len() >= BLOCK);
-        let s = _mm256_set1_ps(iscale);
+    pub unsafe fn scaled_bytes(xs: &[f32], scale: f32, qs: &mut [i8]) {
+        assert!(xs.len() == qs.len() && xs.len().is_multiple_of(32));
+        let s = _mm256_set1_ps(scale);
         let half = _mm256_set1_ps(0.5);
         let one = _mm256_set1_ps(1.0);
         let sign = _mm256_set1_ps(-0.0);
@@ -93,7 +101,8 @@ mod x86 {
         for (i, out) in qs.chunks_exact_mut(32).enumerate() {
             let mut ints = [_mm256_setzero_si256(); 4];
             for (j, int) in ints.iter_mut().enumerate() {
-                // SAFETY: 8 values from `32i + 8j < 256`, inside `xs`.
+                // SAFETY: 8 values from `32i + 8j`, inside `xs` (as long
+                // as `qs`, whose 32s `i` counts).
                 let v = _mm256_mul_ps(s, unsafe {
                     _mm256_loadu_ps(xs.as_ptr().add(32 * i + 8 * j))
                 });
