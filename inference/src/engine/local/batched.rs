@@ -64,7 +64,10 @@ impl QLinear {
     pub fn from_qtensor(t: QTensor) -> Result<Self> {
         let dtype = t.dtype();
         if t.device().is_cpu()
-            && matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K)
+            && matches!(
+                dtype,
+                GgmlDType::Q8_0 | GgmlDType::Q5_0 | GgmlDType::Q4K | GgmlDType::Q6K
+            )
             && interleaved::available()
         {
             let (n, k) = t.shape().dims2()?;

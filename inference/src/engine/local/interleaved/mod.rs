@@ -52,6 +52,11 @@ const Q8_0_BYTES: usize = 34;
 const ROWS: usize = 4;
 /// Bytes of one group's block: 4 scales, 4 x 32 values.
 const GROUP_BLOCK: usize = ROWS * Q8_0_BYTES;
+/// Bytes of one Q5_0 block in the file: f16 scale, 4 bytes of fifth
+/// bits, 16 bytes of nibbles.
+const Q5_0_BYTES: usize = 22;
+/// Bytes of one Q5_0 group's block.
+const Q5_0_GROUP_BLOCK: usize = ROWS * Q5_0_BYTES;
 /// Weight bytes per rayon task (as in [`super::matvec`]).
 const TASK_BYTES: usize = 48 * 1024;
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == Q8_0_BYTES);
@@ -63,7 +68,7 @@ pub enum InterleaveError {
     Rows { rows: usize },
     #[error("rows of {columns} values are not whole {block}-value blocks")]
     Columns { columns: usize, block: usize },
-    #[error("{dtype:?} has no interleaved layout (Q8_0, Q4_K and Q6_K have)")]
+    #[error("{dtype:?} has no interleaved layout (Q8_0, Q5_0, Q4_K and Q6_K have)")]
     Type { dtype: GgmlDType },
     #[error("{len} bytes are not a [{rows}, {columns}] matrix of its type ({expected} bytes)")]
     Length {
@@ -79,6 +84,14 @@ pub enum InterleaveError {
 enum Format {
     /// The layout of the module documentation.
     Q8_0,
+    /// Like Q8_0's, 88 bytes per group block: the 4 rows' f16 scales;
+    /// 64 bytes of nibbles, for each half (values 0..8 and 16..24, then
+    /// 8..16 and 24..32) the 4 rows' 8 file bytes, whose low nibbles are
+    /// the first chunk and high nibbles the second; then per chunk `c`
+    /// the 4 rows' fifth bits of values 8c..8c+8 (byte `c` of each row's
+    /// `qh`). Values are unsigned (0..32); the -16 comes back out through
+    /// the token's sums.
+    Q5_0,
     /// [`q4k`]'s layout.
     Q4K,
     /// [`q6k`]'s layout.
@@ -90,6 +103,7 @@ impl Format {
     fn sizes(self) -> (usize, usize, usize) {
         match self {
             Self::Q8_0 => (BLOCK, Q8_0_BYTES, GROUP_BLOCK),
+            Self::Q5_0 => (BLOCK, Q5_0_BYTES, Q5_0_GROUP_BLOCK),
             Self::Q4K => (q4k::BLOCK, q4k::FILE_BLOCK, q4k::GROUP_BLOCK),
             Self::Q6K => (q6k::BLOCK, q6k::FILE_BLOCK, q6k::GROUP_BLOCK),
         }
@@ -123,7 +137,7 @@ pub fn available() -> bool {
 
 impl Interleaved {
     /// Rearranges the GGUF bytes of an `[n, k]` matrix of `dtype` (Q8_0,
-    /// Q4_K or Q6_K).
+    /// Q5_0, Q4_K or Q6_K).
     pub fn new(
         dtype: GgmlDType,
         bytes: &[u8],
@@ -132,6 +146,7 @@ impl Interleaved {
     ) -> Result<Self, InterleaveError> {
         let format = match dtype {
             GgmlDType::Q8_0 => Format::Q8_0,
+            GgmlDType::Q5_0 => Format::Q5_0,
             GgmlDType::Q4K => Format::Q4K,
             GgmlDType::Q6K => Format::Q6K,
             _ => return Err(InterleaveError::Type { dtype }),
@@ -158,6 +173,7 @@ impl Interleaved {
             .enumerate()
             .for_each(|(g, out)| match format {
                 Format::Q8_0 => repack_q8_0_group(bytes, g, nb, out),
+                Format::Q5_0 => repack_q5_0_group(bytes, g, nb, out),
                 Format::Q4K => q4k::repack_group(bytes, g, nb, out),
                 Format::Q6K => q6k::repack_group(bytes, g, nb, out),
             });
@@ -201,7 +217,7 @@ impl Interleaved {
         let group_bytes = nb * group_block;
         let chunk = (TASK_BYTES / group_bytes).max(1) * ROWS;
         let acts = match self.format {
-            Format::Q8_0 => Acts::Q8_0(Activations::new(x, m, k)),
+            Format::Q8_0 | Format::Q5_0 => Acts::Q8_0(Activations::new(x, m, k)),
             Format::Q4K => Acts::Q4K(q4k::Activations::new(x, m, k)),
             Format::Q6K => Acts::Q6K(q6k::Activations::new(x, m, k)),
         };
@@ -222,7 +238,9 @@ impl Interleaved {
             // format.
             unsafe {
                 match &acts {
-                    Acts::Q8_0(act) => x86::groups(w, act, nb, vnni, &mut out),
+                    Acts::Q8_0(act) => {
+                        x86::groups(w, act, nb, vnni, self.format == Format::Q5_0, &mut out)
+                    }
                     Acts::Q4K(act) => q4k::x86::groups(w, act, nb, vnni, &mut out),
                     Acts::Q6K(act) => q6k::x86::groups(w, act, nb, vnni, &mut out),
                 }
@@ -239,6 +257,7 @@ impl Interleaved {
 
 /// The tokens, quantized for the matrix's format.
 enum Acts {
+    /// For Q8_0 and Q5_0.
     Q8_0(Activations),
     Q4K(q4k::Activations),
     Q6K(q6k::Activations),
@@ -257,6 +276,26 @@ fn repack_q8_0_group(file: &[u8], g: usize, nb: usize, out: &mut [u8]) {
                 for i in 0..8 {
                     o[8 + 32 * c + 8 * r + i] = blk[2 + 8 * c + i] ^ 0x80;
                 }
+            }
+        }
+    }
+}
+
+/// Group `g`'s Q5_0 blocks from the file's rows `4g..4g + 4`, into
+/// `out` ([`Format::Q5_0`]'s layout).
+fn repack_q5_0_group(file: &[u8], g: usize, nb: usize, out: &mut [u8]) {
+    let row_bytes = nb * Q5_0_BYTES;
+    for (b, o) in out.chunks_exact_mut(Q5_0_GROUP_BLOCK).enumerate() {
+        for r in 0..ROWS {
+            let at = (g * ROWS + r) * row_bytes + b * Q5_0_BYTES;
+            let blk = &file[at..at + Q5_0_BYTES];
+            o[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
+            for half in 0..2 {
+                let to = 8 + 32 * half + 8 * r;
+                o[to..to + 8].copy_from_slice(&blk[6 + 8 * half..14 + 8 * half]);
+            }
+            for c in 0..4 {
+                o[72 + 4 * c + r] = blk[2 + c];
             }
         }
     }
@@ -310,10 +349,11 @@ struct Activations {
     q: Vec<i8>,
     /// Token `i`'s block scales from `i * nb`.
     d: Vec<f32>,
-    /// Per token and block, 128 times the sums of the values that the
-    /// even and the odd i32 lanes of the kernel's dot products cover
-    /// (values `8c..8c+4` and `8c+4..8c+8` of every chunk `c`), as
-    /// `(even, odd)`: what the weights' +128 added.
+    /// Per token and block, the sums of the values that the even and the
+    /// odd i32 lanes of the kernel's dot products cover (values
+    /// `8c..8c+4` and `8c+4..8c+8` of every chunk `c`), as `(even, odd)`:
+    /// times the weights' offset (128 for Q8_0, 16 for Q5_0), what the
+    /// unsigned weights added.
     offset: Vec<[i32; 2]>,
 }
 
@@ -336,7 +376,7 @@ impl Activations {
             for (i, &v) in qs.iter().enumerate() {
                 even_odd[(i % 8) / 4] += v as i32;
             }
-            offset.push(even_odd.map(|s| s * 128));
+            offset.push(even_odd);
         }
         Self { m, q, d, offset }
     }
@@ -344,7 +384,7 @@ impl Activations {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Activations, Columns, BLOCK, GROUP_BLOCK, ROWS};
+    use super::{Activations, Columns, BLOCK, GROUP_BLOCK, Q5_0_GROUP_BLOCK, ROWS};
     use std::arch::x86_64::*;
 
     /// Whether the CPU has `vpdpbusd` on 256-bit registers.
@@ -370,27 +410,30 @@ mod x86 {
     /// The CPU must have AVX2, FMA and F16C, and AVX-512 VNNI and VL when
     /// `vnni` is true.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn groups(w: &[u8], act: &Activations, nb: usize, vnni: bool, out: &mut Columns) {
+    pub unsafe fn groups(
+        w: &[u8],
+        act: &Activations,
+        nb: usize,
+        vnni: bool,
+        q5: bool,
+        out: &mut Columns,
+    ) {
         let m = act.m;
-        let group_bytes = nb * GROUP_BLOCK;
+        let group_bytes = nb * if q5 { Q5_0_GROUP_BLOCK } else { GROUP_BLOCK };
         assert_eq!(w.len() / group_bytes * ROWS, out.cols);
         assert!(
             act.q.len() >= m * nb * BLOCK && act.d.len() >= m * nb && act.offset.len() >= m * nb
         );
-        let kernels: [Group; 4] = if vnni {
-            [
-                group_vnni::<1>,
-                group_vnni::<2>,
-                group_vnni::<3>,
-                group_vnni::<4>,
-            ]
-        } else {
-            [
-                group_avx2::<1>,
-                group_avx2::<2>,
-                group_avx2::<3>,
-                group_avx2::<4>,
-            ]
+        macro_rules! kernels {
+            ($k:ident, $q5:literal) => {
+                [$k::<1, $q5>, $k::<2, $q5>, $k::<3, $q5>, $k::<4, $q5>]
+            };
+        }
+        let kernels: [Group; 4] = match (vnni, q5) {
+            (true, false) => kernels!(group_vnni, false),
+            (true, true) => kernels!(group_vnni, true),
+            (false, false) => kernels!(group_avx2, false),
+            (false, true) => kernels!(group_avx2, true),
         };
         for (g, group) in w.chunks_exact(group_bytes).enumerate() {
             let mut i = 0;
@@ -406,15 +449,54 @@ mod x86 {
         }
     }
 
-    /// Pulls the group block 8 ahead of `blk` into cache.
+    /// Pulls the group block 8 ahead of `blk` (blocks of `size` bytes)
+    /// into cache.
     #[inline(always)]
-    fn prefetch_ahead(blk: *const u8) {
-        let at = blk.wrapping_add(8 * GROUP_BLOCK);
-        for off in [0, 64, 128] {
+    fn prefetch_ahead(blk: *const u8, size: usize) {
+        let at = blk.wrapping_add(8 * size);
+        for off in (0..size).step_by(64) {
             // SAFETY: a prefetch only hints the cache: it reads nothing
             // architecturally and cannot fault, whatever the address
             // (`wrapping_add`: past the end it is never dereferenced).
             unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off).cast()) };
+        }
+    }
+
+    /// Chunk `c` (values 8c..8c+8 of each of the 4 rows) of a group block
+    /// as unsigned bytes: Q8_0's stored value + 128, or Q5_0's nibble and
+    /// fifth bit (0..32).
+    #[inline(always)]
+    fn chunk<const Q5: bool>(blk: *const u8, c: usize) -> __m256i {
+        // SAFETY: `blk` starts a group block of the format, and `c < 4`:
+        // the loads are inside it (Q8_0: bytes 8 + 32c..; Q5_0: nibbles
+        // 8 + 32(c % 2).., fifth bits 72 + 4c..); AVX2 is enabled in
+        // every caller.
+        unsafe {
+            if !Q5 {
+                return _mm256_loadu_si256(blk.add(8 + 32 * c).cast());
+            }
+            let low = _mm256_set1_epi8(0x0F);
+            let bytes = _mm256_loadu_si256(blk.add(8 + 32 * (c % 2)).cast());
+            let nibbles = if c < 2 {
+                _mm256_and_si256(bytes, low)
+            } else {
+                _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low)
+            };
+            // Row r's byte of fifth bits to bytes 8r..8r+8, then bit i of
+            // it to byte 8r + i.
+            let qh = _mm256_set1_epi32(blk.add(72 + 4 * c).cast::<i32>().read_unaligned());
+            let spread = _mm256_shuffle_epi8(
+                qh,
+                _mm256_setr_epi64x(
+                    0,
+                    0x0101010101010101,
+                    0x0202020202020202,
+                    0x0303030303030303,
+                ),
+            );
+            let select = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
+            _mm256_or_si256(nibbles, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
         }
     }
 
@@ -457,7 +539,7 @@ mod x86 {
     /// AVX2, FMA, F16C, AVX-512 VNNI and VL; `w` one group of `nb`
     /// blocks; `act` at least `i0 + R` tokens; `out` columns `j..j + 4`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
-    unsafe fn group_vnni<const R: usize>(
+    unsafe fn group_vnni<const R: usize, const Q5: bool>(
         w: *const u8,
         act: &Activations,
         i0: usize,
@@ -467,17 +549,22 @@ mod x86 {
     ) {
         let mut acc = [_mm256_setzero_ps(); R];
         let xq = act.q.as_ptr().cast::<u8>();
-        // SAFETY: block `b < nb` of the group is 136 bytes from
-        // `b * 136`; token `i0 + t < act.m` has `nb * 32` values from
+        let (size, shift) = if Q5 {
+            (Q5_0_GROUP_BLOCK, 4)
+        } else {
+            (GROUP_BLOCK, 7)
+        };
+        // SAFETY: block `b < nb` of the group is `size` bytes from
+        // `b * size`; token `i0 + t < act.m` has `nb * 32` values from
         // `(i0 + t) * nb * 32` and `nb` scales and offsets from
         // `(i0 + t) * nb` (the caller's contract); loads are unaligned.
         unsafe {
             for b in 0..nb {
-                let blk = w.add(b * GROUP_BLOCK);
-                prefetch_ahead(blk);
+                let blk = w.add(b * size);
+                prefetch_ahead(blk, size);
                 let mut sum = [_mm256_setzero_si256(); R];
                 for c in 0..4 {
-                    let q = _mm256_loadu_si256(blk.add(8 + 32 * c).cast());
+                    let q = chunk::<Q5>(blk, c);
                     for (t, s) in sum.iter_mut().enumerate() {
                         let at = ((i0 + t) * nb + b) * BLOCK + 8 * c;
                         let x = _mm256_set1_epi64x(xq.add(at).cast::<i64>().read_unaligned());
@@ -487,6 +574,7 @@ mod x86 {
                 for (t, (s, a)) in sum.iter().zip(acc.iter_mut()).enumerate() {
                     let at = (i0 + t) * nb + b;
                     let [even, odd] = *act.offset.get_unchecked(at);
+                    let (even, odd) = (even << shift, odd << shift);
                     let s = _mm256_sub_epi32(
                         *s,
                         _mm256_set_epi32(odd, even, odd, even, odd, even, odd, even),
@@ -502,13 +590,15 @@ mod x86 {
         finish(&acc, i0, j, out);
     }
 
-    /// [`Group`] with AVX2 only: the weights back to signed bytes, then
-    /// `|w| · (x with w's sign)` by `maddubs`.
+    /// [`Group`] with AVX2 only. Q8_0: the weights back to signed bytes,
+    /// then `|w| · (x with w's sign)` by `maddubs`; Q5_0: the unsigned
+    /// values (< 32, so pairs of products fit i16) by `maddubs`, minus 16
+    /// times the token's sums.
     ///
     /// # Safety
     /// AVX2, FMA and F16C; the rest as [`group_vnni`].
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group_avx2<const R: usize>(
+    unsafe fn group_avx2<const R: usize, const Q5: bool>(
         w: *const u8,
         act: &Activations,
         i0: usize,
@@ -520,31 +610,46 @@ mod x86 {
         let ones = _mm256_set1_epi16(1);
         let flip = _mm256_set1_epi8(0x80u8 as i8);
         let xq = act.q.as_ptr().cast::<u8>();
+        let size = if Q5 { Q5_0_GROUP_BLOCK } else { GROUP_BLOCK };
         // SAFETY: as in `group_vnni`.
         unsafe {
             for b in 0..nb {
-                let blk = w.add(b * GROUP_BLOCK);
-                prefetch_ahead(blk);
+                let blk = w.add(b * size);
+                prefetch_ahead(blk, size);
                 let mut sum = [_mm256_setzero_si256(); R];
                 for c in 0..4 {
-                    let q = _mm256_xor_si256(_mm256_loadu_si256(blk.add(8 + 32 * c).cast()), flip);
-                    let aq = _mm256_sign_epi8(q, q);
+                    let q = chunk::<Q5>(blk, c);
+                    let (aq, q) = if Q5 {
+                        (q, q)
+                    } else {
+                        let q = _mm256_xor_si256(q, flip);
+                        (_mm256_sign_epi8(q, q), q)
+                    };
                     for (t, s) in sum.iter_mut().enumerate() {
                         let at = ((i0 + t) * nb + b) * BLOCK + 8 * c;
                         let x = _mm256_set1_epi64x(xq.add(at).cast::<i64>().read_unaligned());
-                        // |q| ≤ 127 and |x| ≤ 127: pairs of products fit i16.
-                        let p = _mm256_madd_epi16(
-                            _mm256_maddubs_epi16(aq, _mm256_sign_epi8(x, q)),
-                            ones,
-                        );
+                        // Q8_0: |q| ≤ 127 and |x| ≤ 127; Q5_0: q < 32:
+                        // pairs of products fit i16.
+                        let x = if Q5 { x } else { _mm256_sign_epi8(x, q) };
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, x), ones);
                         *s = _mm256_add_epi32(*s, p);
                     }
                 }
                 for (t, (s, a)) in sum.iter().zip(acc.iter_mut()).enumerate() {
                     let at = (i0 + t) * nb + b;
+                    let s = if Q5 {
+                        let [even, odd] = *act.offset.get_unchecked(at);
+                        let (even, odd) = (even << 4, odd << 4);
+                        _mm256_sub_epi32(
+                            *s,
+                            _mm256_set_epi32(odd, even, odd, even, odd, even, odd, even),
+                        )
+                    } else {
+                        *s
+                    };
                     *a = _mm256_fmadd_ps(
                         scales(blk, *act.d.get_unchecked(at)),
-                        _mm256_cvtepi32_ps(*s),
+                        _mm256_cvtepi32_ps(s),
                         *a,
                     );
                 }
@@ -589,6 +694,10 @@ mod tests {
             (GgmlDType::Q8_0, 12, 96),
             (GgmlDType::Q8_0, 40, 896),
             (GgmlDType::Q8_0, 1000, 64),
+            // candle's Q5_0 kernel wants an even number of blocks.
+            (GgmlDType::Q5_0, 4, 64),
+            (GgmlDType::Q5_0, 12, 192),
+            (GgmlDType::Q5_0, 40, 896),
             (GgmlDType::Q4K, 4, 256),
             (GgmlDType::Q4K, 12, 768),
             (GgmlDType::Q4K, 200, 1536),
