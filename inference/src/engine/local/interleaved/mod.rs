@@ -36,6 +36,10 @@
 //! weights (`BlockQ8_0::from_float`), so results are candle's up to the
 //! order of float additions.
 
+// Off x86 there are no kernels: `available()` is false, nothing is
+// interleaved, and what only the kernels read is never read.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use candle_core::quantized::k_quants::BlockQ8_0;
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
