@@ -397,15 +397,39 @@ mod x86 {
     }
 
     /// One group of 4 rows (the task's columns `j..j + 4`) · tokens
-    /// `i0..i0 + R`.
-    type Group = unsafe fn(
-        w: *const u8,
-        act: &Activations,
-        i0: usize,
+    /// `i0..i0 + R`, the tokens quantized as `A`.
+    pub(super) type Group<A> =
+        unsafe fn(w: *const u8, act: &A, i0: usize, nb: usize, j: usize, out: &mut Columns);
+
+    /// Every group of `w` (whole groups of `group_bytes`) · the `m`
+    /// tokens of `act`, by `kernels[r - 1]` for `r` tokens at a time (up
+    /// to `kernels.len()`), into `out` (`ROWS` columns per group).
+    ///
+    /// # Safety
+    /// The CPU must have what the kernels need; `act` must hold `m`
+    /// tokens of `nb` blocks of the format whose groups `w` holds.
+    pub(super) unsafe fn each_group<A>(
+        w: &[u8],
+        group_bytes: usize,
+        act: &A,
+        m: usize,
         nb: usize,
-        j: usize,
+        kernels: &[Group<A>],
         out: &mut Columns,
-    );
+    ) {
+        assert_eq!(w.len() / group_bytes * ROWS, out.cols);
+        for (g, group) in w.chunks_exact(group_bytes).enumerate() {
+            let mut i = 0;
+            while i < m {
+                let r = (m - i).min(kernels.len());
+                // SAFETY: the caller vouches for the CPU features and the
+                // tokens; `group` is one group of `nb` blocks and `out`
+                // has columns `4g..4g + 4`.
+                unsafe { kernels[r - 1](group.as_ptr(), act, i, nb, ROWS * g, out) };
+                i += r;
+            }
+        }
+    }
 
     /// All groups of `w` (whole groups of `nb` blocks) · all tokens of
     /// `act`, into `out` (`ROWS` columns per group).
@@ -424,7 +448,6 @@ mod x86 {
     ) {
         let m = act.m;
         let group_bytes = nb * if q5 { Q5_0_GROUP_BLOCK } else { GROUP_BLOCK };
-        assert_eq!(w.len() / group_bytes * ROWS, out.cols);
         assert!(
             act.q.len() >= m * nb * BLOCK && act.d.len() >= m * nb && act.offset.len() >= m * nb
         );
@@ -433,24 +456,14 @@ mod x86 {
                 [$k::<1, $q5>, $k::<2, $q5>, $k::<3, $q5>, $k::<4, $q5>]
             };
         }
-        let kernels: [Group; 4] = match (vnni, q5) {
+        let kernels: [Group<Activations>; 4] = match (vnni, q5) {
             (true, false) => kernels!(group_vnni, false),
             (true, true) => kernels!(group_vnni, true),
             (false, false) => kernels!(group_avx2, false),
             (false, true) => kernels!(group_avx2, true),
         };
-        for (g, group) in w.chunks_exact(group_bytes).enumerate() {
-            let mut i = 0;
-            while i < m {
-                let r = (m - i).min(4);
-                // SAFETY: the caller vouches for the CPU features; `group`
-                // is one group of `nb` blocks, `act` holds `m >= i + r`
-                // tokens of `nb` blocks (asserted above), and `out` has
-                // columns `4g..4g + 4`.
-                unsafe { kernels[r - 1](group.as_ptr(), act, i, nb, ROWS * g, out) };
-                i += r;
-            }
-        }
+        // SAFETY: as this function's contract, sizes asserted above.
+        unsafe { each_group(w, group_bytes, act, m, nb, &kernels, out) };
     }
 
     /// Pulls the group block 8 ahead of `blk` (blocks of `size` bytes)
@@ -465,6 +478,56 @@ mod x86 {
             unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off).cast()) };
         }
     }
+
+    /// `group_vnni` and `group_avx2`, the two [`Group`]s of a format, from
+    /// the macro `$body` that writes the kernel given the operation that
+    /// sums unsigned weight bytes times signed token bytes into i32 lanes
+    /// (`vpdpbusd`, or AVX2's `maddubs` and `madd`: for formats whose
+    /// unsigned values stay below 128, so pairs of products fit i16).
+    macro_rules! vnni_and_avx2_kernels {
+        ($body:ident, $what:literal) => {
+            #[doc = concat!("[`Group`] with `vpdpbusd`, ", $what, ".")]
+            ///
+            /// # Safety
+            /// AVX2, FMA, F16C, AVX-512 VNNI and VL; `w` one group of `nb`
+            /// blocks; `act` at least `i0 + R` tokens; `out` columns
+            /// `j..j + 4`.
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
+            unsafe fn group_vnni<const R: usize>(
+                w: *const u8,
+                act: &Activations,
+                i0: usize,
+                nb: usize,
+                j: usize,
+                out: &mut Columns,
+            ) {
+                $body!(w, act, i0, nb, j, out, R, |a, w, x| _mm256_dpbusd_epi32(
+                    a, w, x
+                ))
+            }
+
+            #[doc = concat!("[`Group`] with AVX2 only, ", $what, ".")]
+            ///
+            /// # Safety
+            /// AVX2, FMA and F16C; the rest as [`group_vnni`].
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn group_avx2<const R: usize>(
+                w: *const u8,
+                act: &Activations,
+                i0: usize,
+                nb: usize,
+                j: usize,
+                out: &mut Columns,
+            ) {
+                let ones = _mm256_set1_epi16(1);
+                $body!(w, act, i0, nb, j, out, R, |a, w, x| _mm256_add_epi32(
+                    a,
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones)
+                ))
+            }
+        };
+    }
+    pub(super) use vnni_and_avx2_kernels;
 
     /// Chunk `c` (values 8c..8c+8 of each of the 4 rows) of a group block
     /// as unsigned bytes: Q8_0's stored value + 128, or Q5_0's nibble and

@@ -101,21 +101,12 @@ impl Activations {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
+    use super::super::x86::each_group;
     use super::super::Columns;
     use super::{Activations, BLOCK, GROUP_BLOCK};
-    use crate::engine::local::interleaved::ROWS;
     use std::arch::x86_64::*;
 
-    /// One group of 4 rows (the task's columns `j..j + 4`) · tokens
-    /// `i0..i0 + R`.
-    type Group = unsafe fn(
-        w: *const u8,
-        act: &Activations,
-        i0: usize,
-        nb: usize,
-        j: usize,
-        out: &mut Columns,
-    );
+    type Group = super::super::x86::Group<Activations>;
 
     /// All groups of `w` · all tokens of `act`, into `out`.
     ///
@@ -126,7 +117,6 @@ pub(super) mod x86 {
     pub unsafe fn groups(w: &[u8], act: &Activations, nb: usize, vnni: bool, out: &mut Columns) {
         let m = act.m;
         let group_bytes = nb * GROUP_BLOCK;
-        assert_eq!(w.len() / group_bytes * ROWS, out.cols);
         assert!(act.q.len() >= m * nb * BLOCK && act.d.len() >= m * nb && act.sums.len() >= m * nb);
         let kernels: [Group; 4] = if vnni {
             [
@@ -143,18 +133,8 @@ pub(super) mod x86 {
                 group_avx2::<4>,
             ]
         };
-        for (g, group) in w.chunks_exact(group_bytes).enumerate() {
-            let mut i = 0;
-            while i < m {
-                let r = (m - i).min(4);
-                // SAFETY: the caller vouches for the CPU features; `group`
-                // is one group of `nb` blocks, `act` holds `m >= i + r`
-                // tokens of `nb` blocks (asserted above), and `out` has
-                // columns `4g..4g + 4`.
-                unsafe { kernels[r - 1](group.as_ptr(), act, i, nb, ROWS * g, out) };
-                i += r;
-            }
-        }
+        // SAFETY: as this function's contract, sizes asserted above.
+        unsafe { each_group(w, group_bytes, act, m, nb, &kernels, out) };
     }
 
     /// The kernel body, for one way of summing unsigned weight bytes times
@@ -261,43 +241,5 @@ pub(super) mod x86 {
         }};
     }
 
-    /// [`Group`] with `vpdpbusd`.
-    ///
-    /// # Safety
-    /// AVX2, FMA, F16C, AVX-512 VNNI and VL; `w` one group of `nb`
-    /// blocks; `act` at least `i0 + R` tokens; `out` columns `j..j + 4`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
-    unsafe fn group_vnni<const R: usize>(
-        w: *const u8,
-        act: &Activations,
-        i0: usize,
-        nb: usize,
-        j: usize,
-        out: &mut Columns,
-    ) {
-        group_body!(w, act, i0, nb, j, out, R, |a, w, x| _mm256_dpbusd_epi32(
-            a, w, x
-        ))
-    }
-
-    /// [`Group`] with AVX2 only: `maddubs` (weights ≤ 15, so pairs of
-    /// products fit i16) and `madd` into i32.
-    ///
-    /// # Safety
-    /// AVX2, FMA and F16C; the rest as [`group_vnni`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group_avx2<const R: usize>(
-        w: *const u8,
-        act: &Activations,
-        i0: usize,
-        nb: usize,
-        j: usize,
-        out: &mut Columns,
-    ) {
-        let ones = _mm256_set1_epi16(1);
-        group_body!(w, act, i0, nb, j, out, R, |a, w, x| _mm256_add_epi32(
-            a,
-            _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones)
-        ))
-    }
+    super::super::x86::vnni_and_avx2_kernels!(group_body, "Q4_K (values below 16)");
 }
