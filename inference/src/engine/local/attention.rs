@@ -13,6 +13,9 @@
 //! buffer the thread reuses), the causal cut and softmax in place, and the
 //! weighted sum of the values (a second `gemm`); a block's scores stay in
 //! the core's cache, and nothing is allocated per block.
+//! Decoding (one token per query head) skips `gemm` on x86: direct
+//! AVX2/FMA dot products with the query, then the output row, in
+//! registers (`x86::decode`).
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
