@@ -90,15 +90,26 @@ impl Browser {
     }
 
     /// Clicks the first element matching `css`; panics naming it if there
-    /// is none or it cannot be clicked.
+    /// is none or it cannot be clicked. A live update may re-render the
+    /// element between finding and clicking it (webdriver's "stale element
+    /// reference"): then it is found again, a few times at most, as a user
+    /// would click the new one.
     pub async fn click(&self, css: &str) {
-        self.client
-            .find(fantoccini::Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+        const TRIES: usize = 5;
+        for attempt in 1..=TRIES {
+            let element = self
+                .client
+                .find(fantoccini::Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("no {css}: {e}"));
+            match element.click().await {
+                Ok(_) => return,
+                Err(e) if attempt < TRIES && e.to_string().contains("stale element") => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot click {css}: {e}"),
+            }
+        }
     }
 
     /// Attribute `name` of the first element matching `css`, if both exist.
