@@ -1,22 +1,27 @@
 //! Q4_K in the interleaved layout: 4 rows per 256-value block.
 //!
 //! ```text
-//! group g, block b (592 bytes, at (g * blocks per row + b) * 592):
+//! group g, block b (576 bytes, at (g * blocks per row + b) * 576):
 //!   [0..8)      f16 d of the 4 rows
 //!   [8..16)     f16 dmin of the 4 rows
-//!   [16..48)    the 8 sub-block scales of each row, unpacked from 6 bits
-//!               to bytes: row 0's 8, row 1's, row 2's, row 3's
-//!   [48..80)    the 8 sub-block mins, the same way
-//!   [80..592)   the nibbles: for sub-block pair j (0..4), chunk c (0..4),
+//!   [16..48)    per sub-block i = 8 * row + s (row 0..4, sub-block 0..8):
+//!               low 4 bits of its scale | low 4 bits of its min << 4
+//!   [48..64)    byte i (0..16): the top 2 bits of scale i, of scale
+//!               i + 16, of min i and of min i + 16, from bit 0 up
+//!   [64..576)   the nibbles: for sub-block pair j (0..4), chunk c (0..4),
 //!               row r: the row's 8 bytes 32j + 8c.. (low nibbles are
 //!               sub-block 2j's values 8c..8c+8, high ones 2j+1's)
 //! ```
 //!
-//! 592 bytes where the file has 4 x 144: the scales are kept unpacked
-//! (2.8% more) so that the kernel gets a sub-block's 4 scales with one
-//! byte shuffle. A value is `d * scale * q - dmin * min` with `q` in
-//! 0..16; the token is quantized as candle does for Q4_K weights
-//! (`BlockQ8K`), whose sums of 16 values meet the mins.
+//! As many bytes as the file's 4 x 144: decoding reads every weight byte
+//! once per token and is bound by memory, so the layout adds none. The
+//! 6-bit scales and mins are packed so that a few shifts and masks on two
+//! loads give the 32 scales and the 32 mins of a group block as bytes
+//! (the file's packing, `get_scale_min_k4`, needs per-byte selects);
+//! unpacking them to bytes at load time instead cost 2.8% more bytes.
+//! A value is `d * scale * q - dmin * min` with `q` in 0..16; the token
+//! is quantized as candle does for Q4_K weights (`BlockQ8K`), whose sums
+//! of 16 values meet the mins.
 
 use super::q8k::Q8K;
 use super::ROWS;
@@ -26,7 +31,9 @@ pub(super) const BLOCK: usize = 256;
 /// Bytes of one Q4_K block in the file.
 pub(super) const FILE_BLOCK: usize = 144;
 /// Bytes of one group's block here.
-pub(super) const GROUP_BLOCK: usize = 592;
+pub(super) const GROUP_BLOCK: usize = 576;
+/// Where a group block's nibbles start.
+const NIBBLES: usize = 64;
 
 /// Group `g`'s blocks from the file's rows `4g..4g + 4` (`nb` blocks
 /// each), into `out` (`nb * GROUP_BLOCK` bytes).
@@ -39,12 +46,19 @@ pub(super) fn repack_group(file: &[u8], g: usize, nb: usize, out: &mut [u8]) {
             o[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
             o[8 + 2 * r..8 + 2 * r + 2].copy_from_slice(&blk[2..4]);
             let (scales, mins) = unpack_scales(blk[4..16].try_into().expect("12 bytes"));
-            o[16 + 8 * r..16 + 8 * r + 8].copy_from_slice(&scales);
-            o[48 + 8 * r..48 + 8 * r + 8].copy_from_slice(&mins);
+            if r == 0 {
+                o[48..NIBBLES].fill(0);
+            }
+            for s in 0..8 {
+                let i = 8 * r + s;
+                o[16 + i] = (scales[s] & 15) | (mins[s] & 15) << 4;
+                let (byte, shift) = (i % 16, 2 * (i / 16));
+                o[48 + byte] |= (scales[s] >> 4) << shift | (mins[s] >> 4) << (4 + shift);
+            }
             let qs = &blk[16..];
             for j in 0..4 {
                 for c in 0..4 {
-                    let to = 80 + 128 * j + 32 * c + 8 * r;
+                    let to = NIBBLES + 128 * j + 32 * c + 8 * r;
                     o[to..to + 8].copy_from_slice(&qs[32 * j + 8 * c..32 * j + 8 * c + 8]);
                 }
             }
@@ -103,7 +117,7 @@ impl Activations {
 pub(super) mod x86 {
     use super::super::x86::each_group;
     use super::super::Columns;
-    use super::{Activations, BLOCK, GROUP_BLOCK};
+    use super::{Activations, BLOCK, GROUP_BLOCK, NIBBLES};
     use std::arch::x86_64::*;
 
     type Group = super::super::x86::Group<Activations>;
@@ -137,6 +151,37 @@ pub(super) mod x86 {
         unsafe { each_group(w, group_bytes, act, m, nb, &kernels, out) };
     }
 
+    /// A group block's 32 scales and 32 mins, one byte each (row `r`'s
+    /// sub-block `s` at byte `8r + s`), from their packing in the block.
+    ///
+    /// # Safety
+    /// AVX2; `blk` must point at a whole group block.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn unpack_scales_mins(blk: *const u8) -> (__m256i, __m256i) {
+        // SAFETY: bytes 16..64 of the group block, unaligned loads.
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let m2 = _mm256_set1_epi8(0x03);
+            let low = _mm256_loadu_si256(blk.add(16).cast());
+            // Bytes 48..64 in both lanes: the low lane holds the top bits of
+            // sub-blocks 0..16, the high lane (shifted 2 further) 16..32.
+            let top = _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.add(48).cast()));
+            let top_of = |shift: __m256i| {
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srlv_epi32(top, shift), m2), 4)
+            };
+            let scales = _mm256_or_si256(
+                _mm256_and_si256(low, m4),
+                top_of(_mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)),
+            );
+            let mins = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(low, 4), m4),
+                top_of(_mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)),
+            );
+            (scales, mins)
+        }
+    }
+
     /// The kernel body, for one way of summing unsigned weight bytes times
     /// signed token bytes into i32 lanes (`$dot(acc, w, x)`).
     macro_rules! group_body {
@@ -158,13 +203,14 @@ pub(super) mod x86 {
                     for off in [0, 64, 128, 192, 256, 320, 384, 448, 512, 576] {
                         _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(4 * GROUP_BLOCK + off).cast());
                     }
-                    let scales = _mm256_loadu_si256(blk.add(16).cast());
+                    let (scales, mins) = unpack_scales_mins(blk);
                     let mut isum = [_mm256_setzero_si256(); $R];
                     for j in 0..4 {
                         let mut lo = [_mm256_setzero_si256(); $R];
                         let mut hi = [_mm256_setzero_si256(); $R];
                         for c in 0..4 {
-                            let bits = _mm256_loadu_si256(blk.add(80 + 128 * j + 32 * c).cast());
+                            let bits =
+                                _mm256_loadu_si256(blk.add(NIBBLES + 128 * j + 32 * c).cast());
                             let ql = _mm256_and_si256(bits, m4);
                             let qh = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
                             for t in 0..$R {
@@ -206,7 +252,6 @@ pub(super) mod x86 {
                             );
                         }
                     }
-                    let mins = _mm256_loadu_si256(blk.add(48).cast());
                     let mins01 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(mins));
                     let mins23 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(mins, 1));
                     let ds = _mm_loadl_epi64(blk.cast());
