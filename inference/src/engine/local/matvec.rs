@@ -194,6 +194,10 @@ fn kernel(f: Format, w: &[u8], xb: &[u8], m: usize, nb: usize, j0: usize, out: &
     }
 }
 
+/// The attention's decoding kernel sums its lanes the same way.
+#[cfg(target_arch = "x86_64")]
+pub(super) use x86::hsum;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Format, Q8K_BYTES, Q8_0_BYTES};
@@ -299,9 +303,9 @@ mod x86 {
         }
     }
 
-    /// The horizontal sum of 8 floats.
+    /// The horizontal sum of 8 floats (also the attention's).
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(a: __m256) -> f32 {
+    pub(crate) fn hsum(a: __m256) -> f32 {
         hsum4(_mm_add_ps(
             _mm256_castps256_ps128(a),
             _mm256_extractf128_ps(a, 1),
