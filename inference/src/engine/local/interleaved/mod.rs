@@ -175,12 +175,7 @@ impl Interleaved {
         let mut data = vec![0u8; n / ROWS * nb * group_block];
         data.par_chunks_mut(nb * group_block)
             .enumerate()
-            .for_each(|(g, out)| match format {
-                Format::Q8_0 => repack_q8_0_group(bytes, g, nb, out),
-                Format::Q5_0 => repack_q5_0_group(bytes, g, nb, out),
-                Format::Q4K => q4k::repack_group(bytes, g, nb, out),
-                Format::Q6K => q6k::repack_group(bytes, g, nb, out),
-            });
+            .for_each(|(g, out)| format.repack_group(bytes, g, nb, out));
         Ok(Self { format, n, k, data })
     }
 
@@ -267,41 +262,47 @@ enum Acts {
     Q6K(q6k::Activations),
 }
 
-/// Group `g`'s Q8_0 blocks from the file's rows `4g..4g + 4` (`nb`
-/// blocks each), into `out` (`nb * GROUP_BLOCK` bytes).
-fn repack_q8_0_group(file: &[u8], g: usize, nb: usize, out: &mut [u8]) {
-    let row_bytes = nb * Q8_0_BYTES;
-    for (b, o) in out.chunks_exact_mut(GROUP_BLOCK).enumerate() {
-        for r in 0..ROWS {
-            let at = (g * ROWS + r) * row_bytes + b * Q8_0_BYTES;
-            let blk = &file[at..at + Q8_0_BYTES];
-            o[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
-            for c in 0..4 {
-                for i in 0..8 {
-                    o[8 + 32 * c + 8 * r + i] = blk[2 + 8 * c + i] ^ 0x80;
+impl Format {
+    /// Group `g`'s blocks from the file's rows `4g..4g + 4` (`nb` blocks
+    /// each), into `out` (`nb` group blocks).
+    fn repack_group(self, file: &[u8], g: usize, nb: usize, out: &mut [u8]) {
+        let (_, file_block, group_block) = self.sizes();
+        let row_bytes = nb * file_block;
+        for (b, o) in out.chunks_exact_mut(group_block).enumerate() {
+            for r in 0..ROWS {
+                let at = (g * ROWS + r) * row_bytes + b * file_block;
+                let blk = &file[at..at + file_block];
+                match self {
+                    Self::Q8_0 => put_q8_0_row(o, r, blk),
+                    Self::Q5_0 => put_q5_0_row(o, r, blk),
+                    Self::Q4K => q4k::put_row(o, r, blk),
+                    Self::Q6K => q6k::put_row(o, r, blk),
                 }
             }
         }
     }
 }
 
-/// Group `g`'s Q5_0 blocks from the file's rows `4g..4g + 4`, into
-/// `out` ([`Format::Q5_0`]'s layout).
-fn repack_q5_0_group(file: &[u8], g: usize, nb: usize, out: &mut [u8]) {
-    let row_bytes = nb * Q5_0_BYTES;
-    for (b, o) in out.chunks_exact_mut(Q5_0_GROUP_BLOCK).enumerate() {
-        for r in 0..ROWS {
-            let at = (g * ROWS + r) * row_bytes + b * Q5_0_BYTES;
-            let blk = &file[at..at + Q5_0_BYTES];
-            o[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
-            for half in 0..2 {
-                let to = 8 + 32 * half + 8 * r;
-                o[to..to + 8].copy_from_slice(&blk[6 + 8 * half..14 + 8 * half]);
-            }
-            for c in 0..4 {
-                o[72 + 4 * c + r] = blk[2 + c];
-            }
+/// Row `r`'s Q8_0 block `blk` into its group block `o`.
+fn put_q8_0_row(o: &mut [u8], r: usize, blk: &[u8]) {
+    o[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
+    for c in 0..4 {
+        for i in 0..8 {
+            o[8 + 32 * c + 8 * r + i] = blk[2 + 8 * c + i] ^ 0x80;
         }
+    }
+}
+
+/// Row `r`'s Q5_0 block `blk` into its group block `o` ([`Format::Q5_0`]'s
+/// layout).
+fn put_q5_0_row(o: &mut [u8], r: usize, blk: &[u8]) {
+    o[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
+    for half in 0..2 {
+        let to = 8 + 32 * half + 8 * r;
+        o[to..to + 8].copy_from_slice(&blk[6 + 8 * half..14 + 8 * half]);
+    }
+    for c in 0..4 {
+        o[72 + 4 * c + r] = blk[2 + c];
     }
 }
 

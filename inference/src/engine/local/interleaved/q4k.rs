@@ -24,7 +24,6 @@
 //! of 16 values meet the mins.
 
 use super::q8k::Q8K;
-use super::ROWS;
 
 /// Values per block.
 pub(super) const BLOCK: usize = 256;
@@ -35,33 +34,26 @@ pub(super) const GROUP_BLOCK: usize = 576;
 /// Where a group block's nibbles start.
 const NIBBLES: usize = 64;
 
-/// Group `g`'s blocks from the file's rows `4g..4g + 4` (`nb` blocks
-/// each), into `out` (`nb * GROUP_BLOCK` bytes).
-pub(super) fn repack_group(file: &[u8], g: usize, nb: usize, out: &mut [u8]) {
-    let row_bytes = nb * FILE_BLOCK;
-    for (b, o) in out.chunks_exact_mut(GROUP_BLOCK).enumerate() {
-        for r in 0..ROWS {
-            let at = (g * ROWS + r) * row_bytes + b * FILE_BLOCK;
-            let blk = &file[at..at + FILE_BLOCK];
-            o[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
-            o[8 + 2 * r..8 + 2 * r + 2].copy_from_slice(&blk[2..4]);
-            let (scales, mins) = unpack_scales(blk[4..16].try_into().expect("12 bytes"));
-            if r == 0 {
-                o[48..NIBBLES].fill(0);
-            }
-            for s in 0..8 {
-                let i = 8 * r + s;
-                o[16 + i] = (scales[s] & 15) | (mins[s] & 15) << 4;
-                let (byte, shift) = (i % 16, 2 * (i / 16));
-                o[48 + byte] |= (scales[s] >> 4) << shift | (mins[s] >> 4) << (4 + shift);
-            }
-            let qs = &blk[16..];
-            for j in 0..4 {
-                for c in 0..4 {
-                    let to = NIBBLES + 128 * j + 32 * c + 8 * r;
-                    o[to..to + 8].copy_from_slice(&qs[32 * j + 8 * c..32 * j + 8 * c + 8]);
-                }
-            }
+/// Row `r`'s block `blk` of the file into its group block `o`; rows in
+/// order from 0, which clears the top bits the 4 rows share.
+pub(super) fn put_row(o: &mut [u8], r: usize, blk: &[u8]) {
+    o[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+    o[8 + 2 * r..8 + 2 * r + 2].copy_from_slice(&blk[2..4]);
+    let (scales, mins) = unpack_scales(blk[4..16].try_into().expect("12 bytes"));
+    if r == 0 {
+        o[48..NIBBLES].fill(0);
+    }
+    for s in 0..8 {
+        let i = 8 * r + s;
+        o[16 + i] = (scales[s] & 15) | (mins[s] & 15) << 4;
+        let (byte, shift) = (i % 16, 2 * (i / 16));
+        o[48 + byte] |= (scales[s] >> 4) << shift | (mins[s] >> 4) << (4 + shift);
+    }
+    let qs = &blk[16..];
+    for j in 0..4 {
+        for c in 0..4 {
+            let to = NIBBLES + 128 * j + 32 * c + 8 * r;
+            o[to..to + 8].copy_from_slice(&qs[32 * j + 8 * c..32 * j + 8 * c + 8]);
         }
     }
 }

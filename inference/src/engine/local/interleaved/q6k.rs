@@ -31,27 +31,18 @@ pub(super) const FILE_BLOCK: usize = 210;
 /// Bytes of one group's block here.
 pub(super) const GROUP_BLOCK: usize = ROWS * FILE_BLOCK;
 
-/// Group `g`'s blocks from the file's rows `4g..4g + 4` (`nb` blocks
-/// each), into `out` (`nb * GROUP_BLOCK` bytes).
-pub(super) fn repack_group(file: &[u8], g: usize, nb: usize, out: &mut [u8]) {
-    let row_bytes = nb * FILE_BLOCK;
-    for (b, o) in out.chunks_exact_mut(GROUP_BLOCK).enumerate() {
-        for r in 0..ROWS {
-            let at = (g * ROWS + r) * row_bytes + b * FILE_BLOCK;
-            let blk = &file[at..at + FILE_BLOCK];
-            let (ql, qh, scales, d) =
-                (&blk[0..128], &blk[128..192], &blk[192..208], &blk[208..210]);
-            o[2 * r..2 * r + 2].copy_from_slice(d);
-            for h in 0..2 {
-                let to = 8 + 32 * h + 16 * (r / 2) + 8 * (r % 2);
-                o[to..to + 8].copy_from_slice(&scales[8 * h..8 * h + 8]);
-                for c in 0..4 {
-                    let base = 72 + 384 * h + 96 * c + 8 * r;
-                    o[base..base + 8].copy_from_slice(&ql[64 * h + 8 * c..][..8]);
-                    o[base + 32..base + 40].copy_from_slice(&ql[64 * h + 32 + 8 * c..][..8]);
-                    o[base + 64..base + 72].copy_from_slice(&qh[32 * h + 8 * c..][..8]);
-                }
-            }
+/// Row `r`'s block `blk` of the file into its group block `o`.
+pub(super) fn put_row(o: &mut [u8], r: usize, blk: &[u8]) {
+    let (ql, qh, scales, d) = (&blk[0..128], &blk[128..192], &blk[192..208], &blk[208..210]);
+    o[2 * r..2 * r + 2].copy_from_slice(d);
+    for h in 0..2 {
+        let to = 8 + 32 * h + 16 * (r / 2) + 8 * (r % 2);
+        o[to..to + 8].copy_from_slice(&scales[8 * h..8 * h + 8]);
+        for c in 0..4 {
+            let base = 72 + 384 * h + 96 * c + 8 * r;
+            o[base..base + 8].copy_from_slice(&ql[64 * h + 8 * c..][..8]);
+            o[base + 32..base + 40].copy_from_slice(&ql[64 * h + 32 + 8 * c..][..8]);
+            o[base + 64..base + 72].copy_from_slice(&qh[32 * h + 8 * c..][..8]);
         }
     }
 }
