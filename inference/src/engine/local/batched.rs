@@ -53,28 +53,29 @@ pub struct QLinear {
 enum Weights {
     /// As the file has them, in candle's tensor.
     Candle(QMatMul),
-    /// Q8_0 on a CPU with the kernels, rows interleaved for decoding
-    /// (the file's bytes rearranged, no second copy).
+    /// Q8_0, Q5_0, Q4_K or Q6_K on a CPU with the kernels, rows
+    /// interleaved (the file's bytes rearranged, no second copy).
     Interleaved(Interleaved),
 }
 
 impl QLinear {
-    /// Interleaves a CPU Q8_0 matrix where this CPU has the kernels
-    /// ([`super::interleaved`]); keeps candle's tensor otherwise.
+    /// Interleaves a CPU matrix of a type and shape
+    /// [`super::interleaved`] takes, where this CPU has its kernels;
+    /// keeps candle's tensor otherwise.
     pub fn from_qtensor(t: QTensor) -> Result<Self> {
-        let dtype = t.dtype();
-        if t.device().is_cpu()
-            && matches!(
-                dtype,
-                GgmlDType::Q8_0 | GgmlDType::Q5_0 | GgmlDType::Q4K | GgmlDType::Q6K
-            )
-            && interleaved::available()
-        {
-            let (n, k) = t.shape().dims2()?;
-            if let Ok(w) = Interleaved::new(dtype, &t.data()?, n, k) {
-                return Ok(Self {
-                    inner: Weights::Interleaved(w),
-                });
+        if t.device().is_cpu() && interleaved::available() {
+            if let Ok((n, k)) = t.shape().dims2() {
+                match Interleaved::new(t.dtype(), &t.data()?, n, k) {
+                    Ok(w) => {
+                        return Ok(Self {
+                            inner: Weights::Interleaved(w),
+                        })
+                    }
+                    Err(why) => tracing::trace!(
+                        "{:?} [{n}, {k}] stays as the file has it: {why}",
+                        t.dtype()
+                    ),
+                }
             }
         }
         Ok(Self {
@@ -133,7 +134,7 @@ fn forward_interleaved(w: &Interleaved, x: &Tensor) -> Result<Tensor> {
     let mut dst = vec![0f32; m * n];
     if !w.matmul(&xs, m, &mut dst) {
         // Not reached: `from_qtensor` interleaves only where the kernels run.
-        candle_core::bail!("no interleaved Q8_0 kernel on this CPU");
+        candle_core::bail!("no interleaved kernel on this CPU");
     }
     Tensor::from_vec(dst, out_dims, x.device())?.to_dtype(dtype)
 }
