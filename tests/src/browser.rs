@@ -104,7 +104,7 @@ impl Browser {
                 .unwrap_or_else(|e| panic!("no {css}: {e}"));
             match element.click().await {
                 Ok(_) => return,
-                Err(e) if attempt < TRIES && e.to_string().contains("stale element") => {
+                Err(e) if attempt < TRIES && e.is_stale_element_reference() => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => panic!("cannot click {css}: {e}"),
