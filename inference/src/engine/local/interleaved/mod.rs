@@ -467,11 +467,11 @@ mod x86 {
         unsafe { each_group(w, group_bytes, act, m, nb, &kernels, out) };
     }
 
-    /// Pulls the group block 8 ahead of `blk` (blocks of `size` bytes)
-    /// into cache.
+    /// Pulls the group block `ahead` blocks after `blk` (blocks of `size`
+    /// bytes) into cache.
     #[inline(always)]
-    fn prefetch_ahead(blk: *const u8, size: usize) {
-        let at = blk.wrapping_add(8 * size);
+    pub(super) fn prefetch_ahead(blk: *const u8, size: usize, ahead: usize) {
+        let at = blk.wrapping_add(ahead * size);
         for off in (0..size).step_by(64) {
             // SAFETY: a prefetch only hints the cache: it reads nothing
             // architecturally and cannot fault, whatever the address
@@ -629,7 +629,7 @@ mod x86 {
         unsafe {
             for b in 0..nb {
                 let blk = w.add(b * size);
-                prefetch_ahead(blk, size);
+                prefetch_ahead(blk, size, 8);
                 let mut sum = [_mm256_setzero_si256(); R];
                 for c in 0..4 {
                     let q = chunk::<Q5>(blk, c);
@@ -683,7 +683,7 @@ mod x86 {
         unsafe {
             for b in 0..nb {
                 let blk = w.add(b * size);
-                prefetch_ahead(blk, size);
+                prefetch_ahead(blk, size, 8);
                 let mut sum = [_mm256_setzero_si256(); R];
                 for c in 0..4 {
                     let q = chunk::<Q5>(blk, c);

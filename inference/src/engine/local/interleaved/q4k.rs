@@ -107,7 +107,7 @@ impl Activations {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
-    use super::super::x86::each_group;
+    use super::super::x86::{each_group, prefetch_ahead};
     use super::super::Columns;
     use super::{Activations, BLOCK, GROUP_BLOCK, NIBBLES};
     use std::arch::x86_64::*;
@@ -192,9 +192,7 @@ pub(super) mod x86 {
             unsafe {
                 for b in 0..$nb {
                     let blk = $w.add(b * GROUP_BLOCK);
-                    for off in [0, 64, 128, 192, 256, 320, 384, 448, 512, 576] {
-                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(4 * GROUP_BLOCK + off).cast());
-                    }
+                    prefetch_ahead(blk, GROUP_BLOCK, 4);
                     let (scales, mins) = unpack_scales_mins(blk);
                     let mut isum = [_mm256_setzero_si256(); $R];
                     for j in 0..4 {

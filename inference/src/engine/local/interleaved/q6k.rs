@@ -79,7 +79,7 @@ impl Activations {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
-    use super::super::x86::each_group;
+    use super::super::x86::{each_group, prefetch_ahead};
     use super::super::Columns;
     use super::{Activations, BLOCK, GROUP_BLOCK};
     use std::arch::x86_64::*;
@@ -137,9 +137,7 @@ pub(super) mod x86 {
             unsafe {
                 for b in 0..$nb {
                     let blk = $w.add(b * GROUP_BLOCK);
-                    for off in (0..GROUP_BLOCK).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(4 * GROUP_BLOCK + off).cast());
-                    }
+                    prefetch_ahead(blk, GROUP_BLOCK, 4);
                     let mut isum = [_mm256_setzero_si256(); $R];
                     for h in 0..2 {
                         let scales = _mm256_loadu_si256(blk.add(8 + 32 * h).cast());
