@@ -264,7 +264,8 @@ enum Acts {
 
 impl Format {
     /// Group `g`'s blocks from the file's rows `4g..4g + 4` (`nb` blocks
-    /// each), into `out` (`nb` group blocks).
+    /// each), into `out` (`nb` group blocks, zeroed: a format may OR
+    /// several rows into one byte).
     fn repack_group(self, file: &[u8], g: usize, nb: usize, out: &mut [u8]) {
         let (_, file_block, group_block) = self.sizes();
         let row_bytes = nb * file_block;

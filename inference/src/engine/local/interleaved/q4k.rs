@@ -34,15 +34,13 @@ pub(super) const GROUP_BLOCK: usize = 576;
 /// Where a group block's nibbles start.
 const NIBBLES: usize = 64;
 
-/// Row `r`'s block `blk` of the file into its group block `o`; rows in
-/// order from 0, which clears the top bits the 4 rows share.
+/// Row `r`'s block `blk` of the file into its group block `o`, which
+/// starts zeroed ([`super::Format::repack_group`]): the top bits of rows
+/// `r` and `r + 2` share bytes, so they are ORed in.
 pub(super) fn put_row(o: &mut [u8], r: usize, blk: &[u8]) {
     o[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
     o[8 + 2 * r..8 + 2 * r + 2].copy_from_slice(&blk[2..4]);
     let (scales, mins) = unpack_scales(blk[4..16].try_into().expect("12 bytes"));
-    if r == 0 {
-        o[48..NIBBLES].fill(0);
-    }
     for s in 0..8 {
         let i = 8 * r + s;
         o[16 + i] = (scales[s] & 15) | (mins[s] & 15) << 4;
