@@ -1,7 +1,7 @@
 //! Bad input gets an OpenAI-shaped 4xx that says what and where, and the
 //! server keeps serving.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //!
 //! Needs: `pip install 'llama-cpp-python[server]' gguf numpy openai`.
 
-mod common;
+use crate::common;
 
 use common::clients::run_python;
 use common::llama::LlamaServer;

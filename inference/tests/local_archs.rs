@@ -3,7 +3,7 @@
 //! after token, whether the prompt is fed at once or continued from a KV
 //! cache cut back to a prefix (what the prefix cache does).
 
-mod local_common;
+use crate::local_common;
 
 use std::io::BufReader;
 

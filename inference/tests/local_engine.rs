@@ -1,8 +1,8 @@
 //! The local (candle) engine end to end: tiny GGUF files written here are
 //! loaded by the real loader and generate through the real HTTP API.
 
-mod common;
-mod local_common;
+use crate::common;
+use crate::local_common;
 
 use std::time::Duration;
 

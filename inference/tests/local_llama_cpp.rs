@@ -7,8 +7,8 @@
 //! Needs `pip install 'llama-cpp-python[server]' gguf numpy`; fails with
 //! that instruction when missing.
 
-mod common;
-mod local_common;
+use crate::common;
+use crate::local_common;
 
 use std::process::Command;
 

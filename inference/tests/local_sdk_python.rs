@@ -5,8 +5,8 @@
 //! Needs `python3` with `pip install openai` (`CLAWPEN_PYTHON` picks
 //! another interpreter); fails with that instruction when missing.
 
-mod common;
-mod local_common;
+use crate::common;
+use crate::local_common;
 
 use std::process::Command;
 use std::time::Duration;

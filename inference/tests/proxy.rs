@@ -2,7 +2,7 @@
 //! and whole, keep-alives, repair of tool calls left in `content`,
 //! cancellation, `previous_response_id`, keys and metrics.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

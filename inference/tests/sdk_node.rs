@@ -6,7 +6,7 @@
 //! Needs `node` (≥ 20) and `npm ci` run in `tests/clients/node`; fails
 //! with that instruction when missing.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! Needs `python3` with `pip install openai` (`CLAWPEN_PYTHON` picks
 //! another interpreter); fails with that instruction when missing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -22,11 +22,9 @@ use clawpen_tests::browser::{build_console_assets, until, Browser};
 use clawpen_tests::{temp_home, Up};
 use fantoccini::Locator;
 
-#[path = "../../inference/tests/local_common/mod.rs"]
-mod local_common;
+use crate::local_common;
 
-#[path = "../../inference/tests/common/clients.rs"]
-mod clients;
+use crate::clients;
 
 const STATE: &str = "tr[data-vm=demo] .vm-state";
 const SNAPSHOTS: &str = "tr[data-vm=demo] td.vm-snapshots";

@@ -1,7 +1,6 @@
 //! `clawpen inference serve` wires its flags into the service.
 
-#[path = "../../inference/tests/local_common/mod.rs"]
-mod local_common;
+use crate::local_common;
 
 use std::process::Command;
 use std::time::Duration;

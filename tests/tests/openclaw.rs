@@ -12,8 +12,7 @@
 //! gateway's first start under TCG takes minutes): the image is cached in
 //! `target/clawpen-test-images` and the limits are generous.
 
-#[path = "../../inference/tests/local_common/mod.rs"]
-mod local_common;
+use crate::local_common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

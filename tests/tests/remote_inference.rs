@@ -3,8 +3,7 @@
 //! and a VM host (`clawpen up --inference-url --inference-key`) whose demo
 //! guest asks the remote model through its gateway with its own key.
 
-#[path = "../../inference/tests/local_common/mod.rs"]
-mod local_common;
+use crate::local_common;
 
 use std::ffi::OsStr;
 use std::path::Path;

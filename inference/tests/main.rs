@@ -1,0 +1,18 @@
+//! The inference crate's integration tests, one module per subject, linked
+//! into one test binary: each separate binary linked all of candle again
+//! (about 117 MB and a link step apiece), which CI's disk and two cores paid
+//! for ten times over. nextest still runs each test in its own process.
+
+mod common;
+mod local_common;
+
+mod bad_input;
+mod llama_cpp;
+mod local_archs;
+mod local_engine;
+mod local_llama_cpp;
+mod local_sdk_python;
+mod proxy;
+mod sdk_node;
+mod sdk_python;
+mod server;
