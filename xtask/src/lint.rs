@@ -5,24 +5,13 @@
 
 use anyhow::{bail, Context, Result};
 
+use crate::cargo_ok;
+
 /// The Mac target the VZ backend and the `metal` inference feature are
 /// checked for. `cargo check` needs no Mac SDK for it: nothing links, and
 /// no crate compiles C for macOS (SQLite is the system's there, see the
 /// root Cargo.toml).
 const MAC_TARGET: &str = "aarch64-apple-darwin";
-
-fn cargo_ok(args: &[&str]) -> Result<()> {
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let status = crate::cargo()
-        .args(args)
-        .current_dir(crate::workspace_root())
-        .status()
-        .with_context(|| format!("cargo {}", args.join(" ")))?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
 
 /// Installs the Mac target's standard library (idempotent, no-op when present).
 fn ensure_target(target: &str) -> Result<()> {
@@ -35,6 +24,9 @@ fn ensure_target(target: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The fuzz targets' package (see [`crate::fuzz`]).
+const FUZZ: &str = "clawpen-fuzz";
 
 /// GPU architecture the CUDA kernels are compiled for in the check: there is
 /// no GPU here to ask (the H100/H200 generation; any value nvcc knows does).
@@ -88,34 +80,56 @@ fn check_cuda() -> Result<()> {
 }
 
 pub fn run() -> Result<()> {
-    cargo_ok(&["fmt", "--all", "--check"])?;
-    cargo_ok(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
+    cargo_ok(&["fmt", "--all", "--check"], &[])?;
+    cargo_ok(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
     check_cuda()?;
     ensure_target(MAC_TARGET)?;
-    cargo_ok(&["check", "--workspace", "--target", MAC_TARGET])?;
-    cargo_ok(&[
-        "check",
-        "-p",
-        "clawpen-inference",
-        "--features",
-        "metal",
-        "--target",
-        MAC_TARGET,
-    ])?;
-    cargo_ok(&[
-        "clippy",
-        "--workspace",
-        "--target",
-        MAC_TARGET,
-        "--",
-        "-D",
-        "warnings",
-    ])
+    // The fuzz targets link libFuzzer (C++, built for the target): Linux only.
+    cargo_ok(
+        &[
+            "check",
+            "--workspace",
+            "--exclude",
+            FUZZ,
+            "--target",
+            MAC_TARGET,
+        ],
+        &[],
+    )?;
+    cargo_ok(
+        &[
+            "check",
+            "-p",
+            "clawpen-inference",
+            "--features",
+            "metal",
+            "--target",
+            MAC_TARGET,
+        ],
+        &[],
+    )?;
+    cargo_ok(
+        &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            FUZZ,
+            "--target",
+            MAC_TARGET,
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )
 }

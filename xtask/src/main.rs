@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod console;
 mod deps;
+mod fuzz;
 mod lint;
 mod test;
 mod up;
@@ -30,6 +31,8 @@ enum Command {
     Test(test::Args),
     /// rustfmt check and clippy with warnings as errors.
     Lint,
+    /// Build the fuzz targets instrumented and run each for a while.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => up::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Lint => lint::run(),
+        Command::Fuzz(args) => fuzz::run(&args),
     }
 }
 
@@ -62,6 +66,22 @@ pub fn target_dir() -> PathBuf {
         }
         None => workspace_root().join("target"),
     }
+}
+
+/// Runs `cargo ARGS EXTRA` in the workspace root, echoing the command;
+/// an unsuccessful exit is an error naming it.
+pub fn cargo_ok(args: &[&str], extra: &[String]) -> anyhow::Result<()> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = cargo()
+        .args(args)
+        .args(extra)
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| anyhow::anyhow!("cargo {}: {e}", args.join(" ")))?;
+    if !status.success() {
+        anyhow::bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
 }
 
 /// The cargo that runs us (`$CARGO`), so a `+toolchain` choice carries over.

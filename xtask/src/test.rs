@@ -2,27 +2,15 @@
 //! real inference clients, the console's wasm bundle, the `clawpen` binary),
 //! then every test of the workspace with cargo-nextest (ARGS go to nextest).
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+
+use crate::cargo_ok;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Arguments passed to `cargo nextest run`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     rest: Vec<String>,
-}
-
-fn cargo_ok(args: &[&str], extra: &[String]) -> Result<()> {
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let status = crate::cargo()
-        .args(args)
-        .args(extra)
-        .current_dir(crate::workspace_root())
-        .status()
-        .with_context(|| format!("cargo {}", args.join(" ")))?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok(())
 }
 
 pub fn run(args: &Args) -> Result<()> {

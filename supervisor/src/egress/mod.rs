@@ -36,6 +36,18 @@ pub(crate) mod tests;
 mod udp;
 mod wire;
 
+/// The parsers of what a guest sends (frames, DHCP, DNS, the first bytes of
+/// a connection, HTTP request streams), re-exported for the fuzz targets
+/// (`fuzz/`) through the library's `fuzzing` module.
+pub(crate) mod fuzzing {
+    pub use super::dhcp::reply as dhcp_reply;
+    pub use super::dns::{answer as dns_answer, DnsPolicy};
+    pub use super::http_stream::HttpRequests;
+    pub use super::rules::Verdict;
+    pub use super::sniff::{http_host, tls_sni, Sniffed};
+    pub use super::wire::{classify, GuestFrame, Ipv4Frame, L4};
+}
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;

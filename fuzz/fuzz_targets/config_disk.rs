@@ -1,0 +1,14 @@
+//! A config disk's bytes (the VM's settings, read back from a disk image):
+//! decoding never panics, and what decodes round-trips through `encode`.
+
+#![no_main]
+
+use clawpen_vmimage::config_disk::{decode, encode};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|disk: &[u8]| {
+    if let Ok(json) = decode(disk) {
+        let again = encode(json).expect("what decoded fits");
+        assert_eq!(decode(&again).expect("re-encoded disk decodes"), json);
+    }
+});

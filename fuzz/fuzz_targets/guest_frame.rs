@@ -1,0 +1,95 @@
+//! A frame from the guest, as the gateway first meets it: `classify` takes
+//! any bytes without panicking. When the first input byte is odd, valid
+//! IPv4, UDP and TCP checksums are written in first, so the fuzzer gets past
+//! the checksum checks to what lies behind them; a UDP datagram for the
+//! gateway's DHCP or DNS port then goes on to those servers, as in the
+//! gateway.
+
+#![no_main]
+
+use std::net::Ipv4Addr;
+
+use clawpen_supervisor::fuzzing::{
+    classify, dhcp_reply, dns_answer, DnsPolicy, GuestFrame, Ipv4Frame, Verdict, L4,
+};
+use libfuzzer_sys::fuzz_target;
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
+};
+
+/// Allows names of even length, with an address for two names in three.
+struct Policy;
+
+impl DnsPolicy for Policy {
+    fn resolve(&mut self, name: &str) -> Verdict {
+        if name.len().is_multiple_of(2) {
+            Verdict::allow(None, "fuzz: even")
+        } else {
+            Verdict::deny(None, "fuzz: odd")
+        }
+    }
+
+    fn address(&mut self, name: &str) -> Option<Ipv4Addr> {
+        (!name.len().is_multiple_of(3)).then_some(Ipv4Addr::new(198, 18, 0, 1))
+    }
+}
+
+/// Writes valid checksums into an Ethernet/IPv4 frame, as far as it parses.
+fn fill_checksums(frame: &mut [u8]) {
+    let Ok(mut eth) = EthernetFrame::new_checked(frame) else {
+        return;
+    };
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return;
+    }
+    let Ok(mut ip) = Ipv4Packet::new_checked(eth.payload_mut()) else {
+        return;
+    };
+    ip.fill_checksum();
+    let (src, dst) = (
+        IpAddress::Ipv4(ip.src_addr()),
+        IpAddress::Ipv4(ip.dst_addr()),
+    );
+    let protocol = ip.next_header();
+    let payload = ip.payload_mut();
+    match protocol {
+        IpProtocol::Udp => {
+            if let Ok(mut udp) = UdpPacket::new_checked(payload) {
+                udp.fill_checksum(&src, &dst);
+            }
+        }
+        IpProtocol::Tcp => {
+            if let Ok(mut tcp) = TcpPacket::new_checked(payload) {
+                tcp.fill_checksum(&src, &dst);
+            }
+        }
+        _ => {}
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, frame)) = data.split_first() else {
+        return;
+    };
+    let mut frame = frame.to_vec();
+    if mode % 2 == 1 {
+        fill_checksums(&mut frame);
+    }
+    if let GuestFrame::Ipv4(Ipv4Frame {
+        l4: L4::Udp {
+            dst_port, payload, ..
+        },
+        ..
+    }) = classify(&frame)
+    {
+        match dst_port {
+            53 => {
+                let _ = dns_answer(payload, &mut Policy);
+            }
+            67 => {
+                let _ = dhcp_reply(payload);
+            }
+            _ => {}
+        }
+    }
+});

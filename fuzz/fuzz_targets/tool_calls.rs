@@ -1,0 +1,42 @@
+//! Raw model output through each model family's tool-call and reasoning
+//! parser, as it streams: no panic, the same events however the output is
+//! split into chunks, and no more visible text than the output held.
+
+#![no_main]
+
+use clawpen_inference::parse::{merge_events, parse_complete, Family, ParseEvent, ParserOptions};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let [which, step, rest @ ..] = data else {
+        return;
+    };
+    let family = Family::ALL[usize::from(*which) % Family::ALL.len()];
+    let output = String::from_utf8_lossy(rest);
+    let whole = parse_complete(&mut *family.parser(ParserOptions::default()), &output);
+
+    let mut parser = family.parser(ParserOptions::default());
+    let step = 1 + usize::from(*step % 16);
+    let mut events = Vec::new();
+    let mut at = 0;
+    while at < output.len() {
+        let mut end = (at + step).min(output.len());
+        while !output.is_char_boundary(end) {
+            end += 1;
+        }
+        events.extend(parser.feed(&output[at..end]));
+        at = end;
+    }
+    events.extend(parser.finish());
+    let chunked = merge_events(events);
+    assert_eq!(whole, chunked, "{family:?} in chunks of {step} bytes");
+
+    let visible: usize = whole
+        .iter()
+        .map(|e| match e {
+            ParseEvent::Text(s) | ParseEvent::Reasoning(s) => s.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(visible <= output.len(), "{family:?}: more text out than in");
+});
