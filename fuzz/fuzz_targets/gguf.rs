@@ -1,8 +1,8 @@
 //! A GGUF file from anywhere (half downloaded, damaged, hostile): loading it
 //! ends in a model or an error, never a panic (the loader's `catch_unwind`
 //! is a last line of defence, not a plan: libFuzzer's panic hook aborts on
-//! any panic, caught or not) and never an allocation the input's size does
-//! not justify (libFuzzer's `-malloc_limit_mb`).
+//! any panic, caught or not) and never memory the input's size does not
+//! justify (`-rss_limit_mb`, set by `cargo xtask fuzz`).
 
 #![no_main]
 

@@ -7,7 +7,7 @@ use crate::local_common;
 use std::time::Duration;
 
 use candle_core::quantized::gguf_file::{Content as Gguf, Value};
-use candle_core::quantized::GgmlDType;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 use clawpen_inference::engine::local::tokenizer::TextTokenizer;
 use clawpen_inference::engine::local::{gguf, LocalEngine, LocalOptions, CHANNEL_DEPTH};
@@ -50,7 +50,17 @@ fn bad_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let zero_align = TinyModel::new("llama")
         .set("general.alignment", Value::U32(0))
         .write(dir, "zero-align");
-    vec![corrupt, truncated, wrong_arch, zero_align]
+    // A tensor the model loads, with no values: candle would view its empty
+    // buffer through a misaligned pointer (an abort in this debug build).
+    let mut no_values = TinyModel::new("llama");
+    for (name, t) in &mut no_values.tensors {
+        if name == "output_norm.weight" {
+            let empty = candle_core::Tensor::zeros(0, candle_core::DType::F32, &Device::Cpu);
+            *t = QTensor::quantize(&empty.unwrap(), GgmlDType::F32).unwrap();
+        }
+    }
+    let no_values = no_values.write(dir, "no-values");
+    vec![corrupt, truncated, wrong_arch, zero_align, no_values]
 }
 
 #[test]
@@ -95,6 +105,11 @@ fn bad_files_are_clear_errors() {
         errors[2]
     );
     assert!(errors[3].contains("not a readable GGUF"), "{}", errors[3]);
+    assert!(
+        errors[4].contains("tensor output_norm.weight has 0 values, not whole blocks"),
+        "{}",
+        errors[4]
+    );
     let missing = gguf::load(&dir.path().join("absent.gguf"), &Device::Cpu).unwrap_err();
     assert!(missing.to_string().contains("cannot open"), "{missing}");
 }
@@ -125,7 +140,13 @@ async fn engine_loads_both_architectures_and_reports_failures() {
     let names: Vec<&str> = failed.iter().map(|(m, _)| m.as_str()).collect();
     assert_eq!(
         names,
-        ["corrupt", "truncated", "wrong-arch", "zero-align"],
+        [
+            "corrupt",
+            "truncated",
+            "wrong-arch",
+            "zero-align",
+            "no-values"
+        ],
         "{failed:?}"
     );
     assert_eq!(

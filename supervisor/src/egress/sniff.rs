@@ -164,10 +164,9 @@ pub fn http_host(bytes: &[u8]) -> Sniffed {
     let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
         // Refuse early what cannot become a request line (TLS on port 80, ...).
         let method_end = bytes.iter().position(|b| *b == b' ').unwrap_or(bytes.len());
-        let method_ok = method_end <= 16 && bytes[..method_end].iter().all(u8::is_ascii_uppercase);
         return if bytes.len() >= MAX_SNIFF {
             refused("HTTP request head too long")
-        } else if !method_ok {
+        } else if !method_chars(&bytes[..method_end]) {
             refused("not an HTTP request")
         } else {
             Sniffed::NeedMore
@@ -184,7 +183,10 @@ pub fn http_host(bytes: &[u8]) -> Sniffed {
     else {
         return refused("malformed HTTP request line");
     };
-    if !version.starts_with("HTTP/1.") || method.is_empty() {
+    if method.is_empty() || !method_chars(method.as_bytes()) {
+        return refused("not an HTTP request");
+    }
+    if !version.starts_with("HTTP/1.") {
         return refused("not an HTTP/1.x request");
     }
     if method == "CONNECT" {
@@ -227,6 +229,15 @@ pub fn http_host(bytes: &[u8]) -> Sniffed {
         }
     }
     Sniffed::Name(name)
+}
+
+/// Whether `method` (or the start of one) is at most 16 uppercase letters,
+/// as every method clients send is (GET ... PROPFIND). The same test on a
+/// whole request and on its first bytes: a request split across reads is
+/// judged as if it came at once (the `sniff` fuzz target found a method
+/// refused early but accepted whole).
+fn method_chars(method: &[u8]) -> bool {
+    method.len() <= 16 && method.iter().all(u8::is_ascii_uppercase)
 }
 
 /// `host:port` → `host`; an IPv6 literal in brackets is not a name: `None`.
@@ -322,5 +333,27 @@ mod tests {
             http_host(b"GET http://a.test:80/p HTTP/1.1\r\nhost: a.test\r\n\r\n"),
             Sniffed::Name("a.test".into())
         );
+    }
+
+    #[test]
+    fn a_method_is_judged_alike_whole_and_in_its_first_bytes() {
+        for request in [
+            &b"GE$ / HTTP/1.1\r\nHost: a.test\r\n\r\n"[..],
+            b"get / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            b"SEVENTEENLETTERSX / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        ] {
+            let method = &request[..request.iter().position(|b| *b == b' ').unwrap()];
+            assert!(
+                matches!(http_host(request), Sniffed::Refused(_)),
+                "{request:?}"
+            );
+            assert!(
+                matches!(http_host(method), Sniffed::Refused(_)),
+                "{method:?}"
+            );
+        }
+        let propfind = b"PROPFIND / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+        assert_eq!(http_host(propfind), Sniffed::Name("a.test".into()));
+        assert_eq!(http_host(&propfind[..4]), Sniffed::NeedMore);
     }
 }

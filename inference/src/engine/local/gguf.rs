@@ -175,6 +175,7 @@ fn read_unguarded(
         });
     };
     let (config, context_length) = check_shape(path, arch, md)?;
+    check_tensors(path, &content)?;
     let tokenizer = TextTokenizer::from_metadata(md).map_err(|source| LoadError::Tokenizer {
         path: path.to_owned(),
         source,
@@ -207,6 +208,29 @@ fn read_unguarded(
         template,
         context_length,
     })
+}
+
+/// Checks that every tensor holds whole blocks of its type, at least one:
+/// candle views a tensor's bytes as a slice of blocks without checking, and
+/// a tensor of no whole block (a dimension of 0, or 16 values of a 256-value
+/// type) is an empty buffer viewed through a misaligned pointer — undefined
+/// behaviour, and a process abort (not a panic) in builds with debug
+/// assertions. Found by the `gguf` fuzz target.
+fn check_tensors(path: &Path, content: &Content) -> Result<(), LoadError> {
+    for (name, info) in &content.tensor_infos {
+        let values = info.shape.elem_count();
+        let block = info.ggml_dtype.block_size();
+        if values == 0 || !values.is_multiple_of(block) {
+            return Err(LoadError::Corrupt {
+                path: path.to_owned(),
+                reason: format!(
+                    "tensor {name} has {values} values, not whole blocks of {block} ({:?})",
+                    info.ggml_dtype
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks the hyper-parameters the model divides by or allocates for;
