@@ -60,7 +60,19 @@ fn bad_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     let no_values = no_values.write(dir, "no-values");
-    vec![corrupt, truncated, wrong_arch, zero_align, no_values]
+    // Dimensions whose product does not fit a usize (2^33 × 2^33): the
+    // tensor info's two u64 dimensions follow its name and a u32 count.
+    let huge_dims = dir.join("huge-dims.gguf");
+    let mut h = bytes.clone();
+    let name = b"token_embd.weight";
+    let at = h.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    assert_eq!(h[at..at + 4], 2u32.to_le_bytes(), "a matrix");
+    h[at + 4..at + 12].copy_from_slice(&(1u64 << 33).to_le_bytes());
+    h[at + 12..at + 20].copy_from_slice(&(1u64 << 33).to_le_bytes());
+    std::fs::write(&huge_dims, h).unwrap();
+    vec![
+        corrupt, truncated, wrong_arch, zero_align, no_values, huge_dims,
+    ]
 }
 
 #[test]
@@ -104,11 +116,21 @@ fn bad_files_are_clear_errors() {
         "{}",
         errors[2]
     );
-    assert!(errors[3].contains("not a readable GGUF"), "{}", errors[3]);
+    assert!(
+        errors[3].contains("metadata general.alignment: 0 (tensor data cannot be aligned"),
+        "{}",
+        errors[3]
+    );
     assert!(
         errors[4].contains("tensor output_norm.weight has 0 values, not whole blocks"),
         "{}",
         errors[4]
+    );
+    assert!(
+        errors[5]
+            .contains("tensor token_embd.weight has dimensions [8589934592, 8589934592] too large"),
+        "{}",
+        errors[5]
     );
     let missing = gguf::load(&dir.path().join("absent.gguf"), &Device::Cpu).unwrap_err();
     assert!(missing.to_string().contains("cannot open"), "{missing}");
@@ -145,7 +167,8 @@ async fn engine_loads_both_architectures_and_reports_failures() {
             "truncated",
             "wrong-arch",
             "zero-align",
-            "no-values"
+            "no-values",
+            "huge-dims"
         ],
         "{failed:?}"
     );

@@ -3,10 +3,13 @@
 //! GGUF bytes are untrusted (a half-downloaded file, a file from anywhere
 //! on disk). candle's reader bounds every length against the file size,
 //! but some values would still make it or the model builders divide by
-//! zero or allocate without limit (`general.alignment = 0`, a head count
-//! of 0, a context length of 2^31), so those are checked first, and the
-//! whole load runs under `catch_unwind` as a last line of defence: a
-//! corrupt file is an error naming the file, never a crashed service.
+//! zero, overflow, read through a misaligned pointer or allocate without
+//! limit (`general.alignment = 0`, dimensions whose product overflows, a
+//! tensor of no whole block, a head count of 0, a context length of 2^31),
+//! so those are checked first, and the whole load runs under
+//! `catch_unwind` as a last line of defence: a corrupt file is an error
+//! naming the file, never a crashed service. The `gguf` fuzz target holds
+//! the checks to that: any panic, even a caught one, fails it.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,6 +20,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
 
+use super::gguf_alignment;
 use super::model::{Config, Transformer};
 
 use super::template::{ChatTemplate, TemplateError};
@@ -162,6 +166,13 @@ fn read_unguarded(
         path: path.to_owned(),
         reason,
     };
+    if gguf_alignment::declared(&mut reader) == Some(0) {
+        return Err(LoadError::Metadata {
+            path: path.to_owned(),
+            key: "general.alignment".into(),
+            reason: "0 (tensor data cannot be aligned to 0 bytes)".into(),
+        });
+    }
     let content = Content::read(&mut reader).map_err(|e| corrupt(e.to_string()))?;
     let md = &content.metadata;
     let name = md
@@ -210,25 +221,39 @@ fn read_unguarded(
     })
 }
 
-/// Checks that every tensor holds whole blocks of its type, at least one:
-/// candle views a tensor's bytes as a slice of blocks without checking, and
-/// a tensor of no whole block (a dimension of 0, or 16 values of a 256-value
-/// type) is an empty buffer viewed through a misaligned pointer — undefined
-/// behaviour, and a process abort (not a panic) in builds with debug
-/// assertions. Found by the `gguf` fuzz target.
+/// Checks that every tensor's size can be computed and is whole blocks of
+/// its type, at least one. candle multiplies the dimensions unchecked (a
+/// product that wraps around makes a small buffer for a huge shape, which
+/// the kernels would then index past), and views a tensor's bytes as a
+/// slice of blocks without checking: a tensor of no whole block (a
+/// dimension of 0, or 16 values of a 256-value type) is an empty buffer
+/// seen through a misaligned pointer, undefined behaviour and a process
+/// abort (not a panic) in builds with debug assertions. Both found by the
+/// `gguf` fuzz target. (candle itself checks the bytes against the file.)
 fn check_tensors(path: &Path, content: &Content) -> Result<(), LoadError> {
+    let bad = |name: &str, what: String| LoadError::Corrupt {
+        path: path.to_owned(),
+        reason: format!("tensor {name} {what}"),
+    };
     for (name, info) in &content.tensor_infos {
-        let values = info.shape.elem_count();
+        let dims = info.shape.dims();
         let block = info.ggml_dtype.block_size();
+        let values = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad(name, format!("has dimensions {dims:?} too large to hold")))?;
         if values == 0 || !values.is_multiple_of(block) {
-            return Err(LoadError::Corrupt {
-                path: path.to_owned(),
-                reason: format!(
-                    "tensor {name} has {values} values, not whole blocks of {block} ({:?})",
+            return Err(bad(
+                name,
+                format!(
+                    "has {values} values, not whole blocks of {block} ({:?})",
                     info.ggml_dtype
                 ),
-            });
+            ));
         }
+        (values / block)
+            .checked_mul(info.ggml_dtype.type_size())
+            .ok_or_else(|| bad(name, format!("of {values} values is too large to hold")))?;
     }
     Ok(())
 }

@@ -36,6 +36,7 @@ pub mod batched;
 pub mod cache;
 pub mod decode;
 pub mod gguf;
+mod gguf_alignment;
 pub mod interleaved;
 #[cfg(test)]
 mod kernel_tests;
