@@ -51,7 +51,7 @@ const MAX_LEN: usize = 64 * 1024;
 /// sanitizer's malloc hooks; an allocation that cannot be had aborts anyway.)
 const RSS_LIMIT_MB: usize = 2048;
 
-#[derive(clap::Args, Default)]
+#[derive(clap::Args)]
 pub struct Args {
     /// Seconds per target.
     #[arg(long, default_value_t = 60)]
@@ -168,7 +168,10 @@ fn build() -> Result<PathBuf> {
         .arg(&target_dir)
         .current_dir(crate::workspace_root())
         .env("RUSTFLAGS", flags)
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "line-tables-only")
+        // No debug info: a panic still prints its file and line, and the
+        // binaries (each links the supervisor, console included) shrink.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
         .status()
         .context("cargo build -p clawpen-fuzz")?;
     if !status.success() {

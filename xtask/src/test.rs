@@ -1,6 +1,7 @@
 //! `cargo xtask test [ARGS]`: everything the tests need (host packages, the
 //! real inference clients, the console's wasm bundle, the `clawpen` binary),
-//! then every test of the workspace with cargo-nextest (ARGS go to nextest).
+//! then every test of the workspace with cargo-nextest (ARGS go to nextest),
+//! then, on a whole run, each fuzz target briefly (`crate::fuzz`).
 
 use anyhow::Result;
 
@@ -31,5 +32,19 @@ pub fn run(args: &Args) -> Result<()> {
     cargo_ok(
         &["nextest", "run", "--workspace", "--no-fail-fast"],
         &args.rest,
-    )
+    )?;
+    // A whole run (no filter for nextest) also gives every fuzz target a
+    // short run from its seeds and the corpus kept in target/fuzz.
+    if args.rest.is_empty() {
+        crate::fuzz::run(&crate::fuzz::Args {
+            seconds: SMOKE_FUZZ_SECONDS,
+            targets: Vec::new(),
+        })?;
+    }
+    Ok(())
 }
+
+/// Seconds per fuzz target in `cargo xtask test`: enough to replay the
+/// seeds and corpus and try a few hundred thousand mutations of the fast
+/// targets; `cargo xtask fuzz --seconds N` is for searching longer.
+const SMOKE_FUZZ_SECONDS: u64 = 10;
