@@ -3,31 +3,13 @@
 
 #![no_main]
 
-use std::net::Ipv4Addr;
-
-use clawpen_supervisor::fuzzing::{dns_answer, DnsPolicy, Verdict};
+use clawpen_fuzz::NameLengthPolicy;
+use clawpen_supervisor::fuzzing::dns_answer;
 use hickory_proto::op::{Message, MessageType};
 use libfuzzer_sys::fuzz_target;
 
-/// Allows names of even length, with an address for two names in three.
-struct Policy;
-
-impl DnsPolicy for Policy {
-    fn resolve(&mut self, name: &str) -> Verdict {
-        if name.len().is_multiple_of(2) {
-            Verdict::allow(None, "fuzz: even")
-        } else {
-            Verdict::deny(None, "fuzz: odd")
-        }
-    }
-
-    fn address(&mut self, name: &str) -> Option<Ipv4Addr> {
-        (!name.len().is_multiple_of(3)).then_some(Ipv4Addr::new(198, 18, 0, 1))
-    }
-}
-
 fuzz_target!(|query: &[u8]| {
-    let Some((reply, _decision)) = dns_answer(query, &mut Policy) else {
+    let Some((reply, _decision)) = dns_answer(query, &mut NameLengthPolicy) else {
         return;
     };
     let reply = Message::from_vec(&reply).expect("the gateway's answer parses");

@@ -7,32 +7,12 @@
 
 #![no_main]
 
-use std::net::Ipv4Addr;
-
-use clawpen_supervisor::fuzzing::{
-    classify, dhcp_reply, dns_answer, DnsPolicy, GuestFrame, Ipv4Frame, Verdict, L4,
-};
+use clawpen_fuzz::NameLengthPolicy;
+use clawpen_supervisor::fuzzing::{classify, dhcp_reply, dns_answer, GuestFrame, Ipv4Frame, L4};
 use libfuzzer_sys::fuzz_target;
 use smoltcp::wire::{
     EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
 };
-
-/// Allows names of even length, with an address for two names in three.
-struct Policy;
-
-impl DnsPolicy for Policy {
-    fn resolve(&mut self, name: &str) -> Verdict {
-        if name.len().is_multiple_of(2) {
-            Verdict::allow(None, "fuzz: even")
-        } else {
-            Verdict::deny(None, "fuzz: odd")
-        }
-    }
-
-    fn address(&mut self, name: &str) -> Option<Ipv4Addr> {
-        (!name.len().is_multiple_of(3)).then_some(Ipv4Addr::new(198, 18, 0, 1))
-    }
-}
 
 /// Writes valid checksums into an Ethernet/IPv4 frame, as far as it parses.
 fn fill_checksums(frame: &mut [u8]) {
@@ -84,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     {
         match dst_port {
             53 => {
-                let _ = dns_answer(payload, &mut Policy);
+                let _ = dns_answer(payload, &mut NameLengthPolicy);
             }
             67 => {
                 let _ = dhcp_reply(payload);
