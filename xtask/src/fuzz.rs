@@ -149,34 +149,22 @@ fn build() -> Result<PathBuf> {
     }
     // An explicit --target keeps RUSTFLAGS off build scripts and proc
     // macros, which must not be instrumented (they do not link libFuzzer).
-    let args = [
-        "build",
-        "--release",
-        "-p",
-        "clawpen-fuzz",
-        "--target",
-        host.as_str(),
-        "--target-dir",
-    ];
-    eprintln!(
-        "xtask: cargo {} {} (instrumented for libFuzzer)",
-        args.join(" "),
-        target_dir.display()
-    );
-    let status = crate::cargo()
-        .args(args)
-        .arg(&target_dir)
-        .current_dir(crate::workspace_root())
-        .env("RUSTFLAGS", flags)
-        // No debug info: a panic still prints its file and line, and the
-        // binaries (each links the supervisor, console included) shrink.
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
-        .status()
-        .context("cargo build -p clawpen-fuzz")?;
-    if !status.success() {
-        bail!("building the fuzz targets failed ({status})");
-    }
+    crate::run_ok(
+        crate::cargo()
+            .args(["build", "--release", "-p", "clawpen-fuzz", "--target"])
+            .arg(&host)
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .env("RUSTFLAGS", flags)
+            // No debug info: a panic still prints its file and line, and the
+            // binaries (each links the supervisor, console included) shrink.
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+            .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo"),
+        &format!(
+            "cargo build --release -p clawpen-fuzz --target {host} --target-dir {} (instrumented for libFuzzer)",
+            target_dir.display()
+        ),
+    )?;
     Ok(target_dir.join(host).join("release"))
 }
 

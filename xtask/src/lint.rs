@@ -15,14 +15,10 @@ const MAC_TARGET: &str = "aarch64-apple-darwin";
 
 /// Installs the Mac target's standard library (idempotent, no-op when present).
 fn ensure_target(target: &str) -> Result<()> {
-    let status = std::process::Command::new("rustup")
-        .args(["target", "add", target])
-        .status()
-        .context("rustup target add")?;
-    if !status.success() {
-        bail!("rustup target add {target} failed ({status})");
-    }
-    Ok(())
+    crate::run_ok(
+        std::process::Command::new("rustup").args(["target", "add", target]),
+        &format!("rustup target add {target}"),
+    )
 }
 
 /// The fuzz targets' package (see [`crate::fuzz`]).
@@ -64,19 +60,14 @@ fn check_cuda() -> Result<()> {
         "-D",
         "warnings",
     ];
-    eprintln!("xtask: cargo {} (CUDA_ROOT={cuda_root})", args.join(" "));
-    let status = crate::cargo()
-        .args(args)
-        .current_dir(&root)
-        .env("PATH", path)
-        .env("CUDA_ROOT", &cuda_root)
-        .env("CUDA_COMPUTE_CAP", CUDA_COMPUTE_CAP)
-        .status()
-        .context("cargo clippy --features cuda")?;
-    if !status.success() {
-        bail!("cargo clippy -p clawpen-inference --features cuda failed ({status})");
-    }
-    Ok(())
+    crate::run_ok(
+        crate::cargo()
+            .args(args)
+            .env("PATH", path)
+            .env("CUDA_ROOT", &cuda_root)
+            .env("CUDA_COMPUTE_CAP", CUDA_COMPUTE_CAP),
+        &format!("cargo {} (CUDA_ROOT={cuda_root})", args.join(" ")),
+    )
 }
 
 pub fn run() -> Result<()> {

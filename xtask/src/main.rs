@@ -71,15 +71,22 @@ pub fn target_dir() -> PathBuf {
 /// Runs `cargo ARGS EXTRA` in the workspace root, echoing the command;
 /// an unsuccessful exit is an error naming it.
 pub fn cargo_ok(args: &[&str], extra: &[String]) -> anyhow::Result<()> {
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let status = cargo()
-        .args(args)
-        .args(extra)
+    run_ok(
+        cargo().args(args).args(extra),
+        &format!("cargo {}", args.join(" ")),
+    )
+}
+
+/// Runs `command` in the workspace root, echoing `what` first; failing to
+/// start it or an unsuccessful exit is an error naming `what`.
+pub fn run_ok(command: &mut std::process::Command, what: &str) -> anyhow::Result<()> {
+    eprintln!("xtask: {what}");
+    let status = command
         .current_dir(workspace_root())
         .status()
-        .map_err(|e| anyhow::anyhow!("cargo {}: {e}", args.join(" ")))?;
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     if !status.success() {
-        anyhow::bail!("cargo {} failed ({status})", args.join(" "));
+        anyhow::bail!("{what} failed ({status})");
     }
     Ok(())
 }
