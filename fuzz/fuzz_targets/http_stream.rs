@@ -4,6 +4,7 @@
 
 #![no_main]
 
+use clawpen_fuzz::read_size_and_rest;
 use clawpen_supervisor::fuzzing::HttpRequests;
 use libfuzzer_sys::fuzz_target;
 
@@ -14,10 +15,9 @@ fn verdict<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Result<(), String>
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&step, bytes)) = data.split_first() else {
+    let Some((step, bytes)) = read_size_and_rest(data) else {
         return;
     };
-    let step = 1 + usize::from(step % 32);
     assert_eq!(
         verdict([bytes]),
         verdict(bytes.chunks(step)),

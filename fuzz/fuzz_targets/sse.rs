@@ -4,6 +4,7 @@
 
 #![no_main]
 
+use clawpen_fuzz::read_size_and_rest;
 use clawpen_inference::engine::sse::{SseDecoder, SseEvent};
 use libfuzzer_sys::fuzz_target;
 
@@ -20,10 +21,9 @@ fn events<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> Vec<SseEvent> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&step, body)) = data.split_first() else {
+    let Some((step, body)) = read_size_and_rest(data) else {
         return;
     };
-    let step = 1 + usize::from(step % 32);
     assert_eq!(
         events([body]),
         events(body.chunks(step)),

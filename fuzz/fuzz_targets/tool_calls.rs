@@ -4,19 +4,22 @@
 
 #![no_main]
 
+use clawpen_fuzz::read_size_and_rest;
 use clawpen_inference::parse::{merge_events, parse_complete, Family, ParseEvent, ParserOptions};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let [which, step, rest @ ..] = data else {
+    let Some((&which, data)) = data.split_first() else {
         return;
     };
-    let family = Family::ALL[usize::from(*which) % Family::ALL.len()];
+    let Some((step, rest)) = read_size_and_rest(data) else {
+        return;
+    };
+    let family = Family::ALL[usize::from(which) % Family::ALL.len()];
     let output = String::from_utf8_lossy(rest);
     let whole = parse_complete(&mut *family.parser(ParserOptions::default()), &output);
 
     let mut parser = family.parser(ParserOptions::default());
-    let step = 1 + usize::from(*step % 16);
     let mut events = Vec::new();
     let mut at = 0;
     while at < output.len() {

@@ -22,3 +22,11 @@ impl DnsPolicy for NameLengthPolicy {
         (!name.len().is_multiple_of(3)).then_some(Ipv4Addr::new(198, 18, 0, 1))
     }
 }
+
+/// An input's first byte as a read size of 1 to 32 bytes, and the rest:
+/// how the targets that check "the same however the bytes are split" cut
+/// their input.
+pub fn read_size_and_rest(data: &[u8]) -> Option<(usize, &[u8])> {
+    let (&size, rest) = data.split_first()?;
+    Some((1 + usize::from(size % 32), rest))
+}
