@@ -25,9 +25,7 @@ mod vm;
 
 /// The parsers that read what a guest sends, for the fuzz targets only.
 #[doc(hidden)]
-pub mod fuzzing {
-    pub use crate::egress::fuzzing::*;
-}
+pub use egress::fuzzing;
 
 use std::process::ExitCode;
 

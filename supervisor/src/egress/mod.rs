@@ -38,8 +38,9 @@ mod wire;
 
 /// The parsers of what a guest sends (frames, DHCP, DNS, the first bytes of
 /// a connection, HTTP request streams), re-exported for the fuzz targets
-/// (`fuzz/`) through the library's `fuzzing` module.
-pub(crate) mod fuzzing {
+/// (`fuzz/`): the library re-exports this module, and nothing else of
+/// `egress`.
+pub mod fuzzing {
     pub use super::dhcp::reply as dhcp_reply;
     pub use super::dns::{answer as dns_answer, DnsPolicy};
     pub use super::http_stream::HttpRequests;
