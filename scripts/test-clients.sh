@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real clients the inference tests drive, idempotently:
-# the official OpenAI SDKs (PyPI `openai`, npm `openai` + `undici`), and
+# the official OpenAI SDKs (PyPI `openai`, npm `openai` + `undici`), `jsonschema`
+# (the real-model tests validate call arguments with it), and
 # llama.cpp's server from PyPI (`llama-cpp-python[server]`, compiled from
 # source: ~6 min the first time, then pip's wheel cache) with `gguf` + `numpy`
 # to write the tiny test model.
@@ -8,10 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${CLAWPEN_PYTHON:-python3}
 
-if ! "$python" -c 'import openai, gguf, numpy, llama_cpp.server' 2>/dev/null; then
+if ! "$python" -c 'import openai, jsonschema, gguf, numpy, llama_cpp.server' 2>/dev/null; then
   echo "clawpen: installing Python test clients (llama-cpp-python compiles llama.cpp; minutes)" >&2
   CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "$python" -m pip install -q \
-    openai gguf numpy 'llama-cpp-python[server]'
+    openai jsonschema gguf numpy 'llama-cpp-python[server]'
 fi
 
 node_dir=tests/clients/node

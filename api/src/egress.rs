@@ -386,7 +386,8 @@ pub struct NewEgressRule {
     /// `None`: every port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<PortRange>,
-    /// `None`: TCP and UDP.
+    /// `None`: TCP for an allow rule (UDP, which no name's traffic is
+    /// checked in, must be asked for), both for a deny rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proto: Option<EgressProto>,
 }
@@ -406,12 +407,18 @@ pub struct EgressRule {
 
 impl EgressRule {
     /// True if the rule applies to this protocol and port (the target aside).
+    /// A rule without a protocol allows TCP only (UDP to a name is relayed
+    /// unchecked, so it must be asked for) but denies both.
     pub fn covers(&self, proto: EgressProto, port: u16) -> bool {
-        self.proto.is_none_or(|p| p == proto) && self.ports.is_none_or(|r| r.contains(port))
+        let proto_ok = match self.proto {
+            Some(p) => p == proto,
+            None => proto == EgressProto::Tcp || self.action == EgressAction::Deny,
+        };
+        proto_ok && self.ports.is_none_or(|r| r.contains(port))
     }
 
-    /// True if the rule applies whatever the protocol and port.
-    pub fn covers_everything(&self) -> bool {
+    /// True if the rule was written without a port range or protocol.
+    pub fn unrestricted(&self) -> bool {
         self.proto.is_none() && self.ports.is_none_or(|r| r.is_all())
     }
 }
@@ -440,6 +447,9 @@ pub enum EgressLogProto {
     Icmp,
     /// Any IPv6 frame: the guest gets no IPv6 address and every one is dropped.
     Ipv6,
+    /// A line about the log itself: how many lines a VM over its rate
+    /// limit had suppressed.
+    Suppressed,
 }
 
 impl EgressLogProto {
@@ -450,6 +460,7 @@ impl EgressLogProto {
             EgressLogProto::Dns => "dns",
             EgressLogProto::Icmp => "icmp",
             EgressLogProto::Ipv6 => "ipv6",
+            EgressLogProto::Suppressed => "suppressed",
         }
     }
 
@@ -460,6 +471,7 @@ impl EgressLogProto {
             "dns" => EgressLogProto::Dns,
             "icmp" => EgressLogProto::Icmp,
             "ipv6" => EgressLogProto::Ipv6,
+            "suppressed" => EgressLogProto::Suppressed,
             _ => return None,
         })
     }

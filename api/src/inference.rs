@@ -44,6 +44,11 @@ pub struct InferenceRecord {
     /// engine; `None` when it did not queue or the engine has no queue).
     #[serde(default)]
     pub queue_wait_ms: Option<f64>,
+    /// How many of `calls` clawpen repaired: the model wrote them as text
+    /// (a JSON object or fence, or a call tag outside its place), and the
+    /// parser turned them into calls. Shown beside them in the console.
+    #[serde(default)]
+    pub repaired_tool_calls: u32,
 }
 
 /// The inference service between requests: what it serves and how many

@@ -67,6 +67,7 @@ li.turn pre.model-text.empty { display: none; }
 .tool-call pre { background: #3a7bd51a; }
 .tool-result pre { background: #2a9d4b1a; }
 .tool-call .label, .tool-result .label { font-size: .8rem; opacity: .75; }
+.repaired { color: #b35c00; font-size: .8rem; }
 li.egress-line { font-size: .8rem; opacity: .75; }
 li.egress-line[data-decision=deny] .decision { color: #d03838; }
 p.charts { display: flex; flex-wrap: wrap; gap: .3rem 1.2rem; font-size: .82rem; margin: .2rem 0 .5rem; }
@@ -818,7 +819,7 @@ fn EgressPanel(name: String, live: Live) -> impl IntoView {
                                     r.as_ref().is_some_and(|list| {
                                         list.iter().any(|rule| {
                                             rule.action == EgressAction::Allow
-                                                && rule.covers_everything()
+                                                && rule.unrestricted()
                                                 && wanted.as_ref() == Some(&rule.target)
                                         })
                                     })
@@ -1027,7 +1028,14 @@ fn InferencePanel(live: Live) -> impl IntoView {
                             <td class="num wait">{decimals(r.queue_wait_ms, 0)}</td>
                             <td class="num ttft">{decimals(r.time_to_first_token_ms, 0)}</td>
                             <td class="num decode">{decimals(r.decode_tokens_per_s, 1)}</td>
-                            <td class="tools mono">{r.tool_calls.join(", ")}</td>
+                            <td class="tools mono">
+                                {r.tool_calls.join(", ")}
+                                {(r.repaired_tool_calls > 0).then(|| view! {
+                                    " " <span class="repaired" title="written as text by the model, repaired into calls by clawpen">
+                                        "repaired"
+                                    </span>
+                                })}
+                            </td>
                         </tr>
                     }
                 })

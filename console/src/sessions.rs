@@ -238,6 +238,14 @@ fn step_view(step: Step) -> impl IntoView {
                 })
                 .collect_view();
             let error = t.error.clone().map(|e| view! { <p class="error">{e}</p> });
+            let repaired = (t.repaired_tool_calls > 0).then(|| {
+                let n = t.repaired_tool_calls;
+                view! {
+                    <p class="repaired" data-count=n.to_string()>
+                        {format!("{n} of these calls came as text and were repaired by clawpen")}
+                    </p>
+                }
+            });
             let text_class = if t.output_text.is_empty() {
                 "model-text empty"
             } else {
@@ -256,6 +264,7 @@ fn step_view(step: Step) -> impl IntoView {
                     {results}
                     <pre class=text_class>{t.output_text.clone()}</pre>
                     {calls}
+                    {repaired}
                     {error}
                 </li>
             })
@@ -365,6 +374,22 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["a", "e2", "b", "e3"]);
+    }
+
+    #[test]
+    fn a_turn_says_when_its_calls_were_repaired_from_text() {
+        let mut t = rec("resp_1", "demo", Some("k"), None, 1000);
+        t.calls = vec![ToolCallRecord {
+            id: "call_r0".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        }];
+        let plain = step_view(Step::Turn(Box::new(t.clone()))).to_html();
+        assert!(!plain.contains(r#"class="repaired""#), "{plain}");
+        t.repaired_tool_calls = 1;
+        let html = step_view(Step::Turn(Box::new(t))).to_html();
+        assert!(html.contains(r#"class="repaired""#), "{html}");
+        assert!(html.contains(r#"data-count="1""#), "{html}");
     }
 
     #[test]

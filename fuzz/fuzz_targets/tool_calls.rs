@@ -1,11 +1,15 @@
 //! Raw model output through each model family's tool-call and reasoning
-//! parser, as it streams: no panic, the same events however the output is
-//! split into chunks, and no more visible text than the output held.
+//! parser, as it streams, with and without tools declared (with them, the
+//! repair of bare and fenced JSON calls runs too): no panic, the same
+//! events however the output is split into chunks, and no more visible
+//! text than the output held.
 
 #![no_main]
 
 use clawpen_fuzz::read_size_and_rest;
-use clawpen_inference::parse::{merge_events, parse_complete, Family, ParseEvent, ParserOptions};
+use clawpen_inference::parse::{
+    merge_events, parse_complete, Family, ParseEvent, ParserOptions, ToolSpec,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,10 +20,24 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let family = Family::ALL[usize::from(which) % Family::ALL.len()];
+    let options = if (usize::from(which) / Family::ALL.len()) % 2 == 1 {
+        ParserOptions {
+            tools: ["get_weather", "read"]
+                .map(|name| ToolSpec {
+                    name: name.into(),
+                    parameters: serde_json::json!({"type": "object",
+                        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}),
+                })
+                .to_vec(),
+            ..ParserOptions::default()
+        }
+    } else {
+        ParserOptions::default()
+    };
     let output = String::from_utf8_lossy(rest);
-    let whole = parse_complete(&mut *family.parser(ParserOptions::default()), &output);
+    let whole = parse_complete(&mut *family.parser(options.clone()), &output);
 
-    let mut parser = family.parser(ParserOptions::default());
+    let mut parser = family.parser(options);
     let mut events = Vec::new();
     let mut at = 0;
     while at < output.len() {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use crate::engine::{EngineError, EngineEvent, EngineStream, FinishReason, Usage};
+use crate::parse::grammar::{GrammarError, ToolChoice};
 use crate::parse::{schema, Family, ParseEvent, ParserOptions, ToolCallParser, ToolSpec};
 
 /// One piece of clean output.
@@ -103,14 +104,18 @@ pub struct OutputOptions {
 
 /// The tools the model may call: none under `tool_choice: "none"` (a call
 /// written anyway stays visible text, as the client asked for no calls).
+/// A `tool_choice` that is no choice, or names a function the request did
+/// not offer, is an error (the request is refused before it starts).
 pub fn callable_tools(
     tools: Vec<ToolSpec>,
     tool_choice: Option<&serde_json::Value>,
-) -> Vec<ToolSpec> {
-    if tool_choice.and_then(|c| c.as_str()) == Some("none") {
-        Vec::new()
-    } else {
-        tools
+) -> Result<Vec<ToolSpec>, GrammarError> {
+    match ToolChoice::from_wire(tool_choice)? {
+        ToolChoice::None => Ok(Vec::new()),
+        ToolChoice::Function(name) if !tools.iter().any(|t| t.name == name) => {
+            Err(GrammarError::UnknownFunction(name))
+        }
+        _ => Ok(tools),
     }
 }
 
@@ -238,7 +243,9 @@ impl Generation {
                 if id.is_some() && call.id.is_none() {
                     call.id = id;
                 }
-                if let Some(n) = name {
+                // Fragments of a name add up; llama-cpp-python repeats the
+                // whole name in every chunk of the call instead.
+                if let Some(n) = name.filter(|n| *n != call.name) {
                     call.name.push_str(&n);
                 }
                 call.arguments.push_str(&arguments);
@@ -461,7 +468,8 @@ mod tests {
         };
         let events = vec![
             d(0, Some("a"), Some("get_weather"), "{\"days\":"),
-            d(0, None, None, "\"2\"}"),
+            // llama-cpp-python sends the whole name again with each piece.
+            d(0, None, Some("get_weather"), "\"2\"}"),
             d(1, Some("b"), Some("other"), ""),
             EngineEvent::Finished {
                 reason: FinishReason::ToolCalls,

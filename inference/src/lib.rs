@@ -23,8 +23,10 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::sync::broadcast;
 
+pub mod constrain;
 pub mod engine;
 pub mod generation;
+pub mod guest_link;
 pub mod ids;
 pub mod keys;
 pub mod metrics;
@@ -242,7 +244,9 @@ impl Inference {
 
     /// Serves on `listener` until `shutdown` completes; then in-flight
     /// requests get [`SHUTDOWN_GRACE`] to finish before they are cut off
-    /// (a long generation must not hold a shutdown hostage).
+    /// (a long generation must not hold a shutdown hostage). A service made
+    /// by [`Inference::for_guests`] reads each connection's VM line first
+    /// ([`guest_link`]): only gateways dial it.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -251,6 +255,23 @@ impl Inference {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, upstream = ?self.state.config.upstream, "inference service listening");
         }
+        if self.state.key_policy == keys::KeyPolicy::Required {
+            let guests = guest_link::GuestListener::new(listener)?;
+            self.serve_on(guests, shutdown).await
+        } else {
+            self.serve_on(listener, shutdown).await
+        }
+    }
+
+    async fn serve_on<L>(
+        self,
+        listener: L,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), InferenceError>
+    where
+        L: axum::serve::Listener<Io = tokio::net::TcpStream>,
+        L::Addr: Clone + Sync + std::fmt::Debug + 'static,
+    {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let signal = tokio::spawn(async move {
             shutdown.await;
@@ -264,11 +285,15 @@ impl Inference {
                 tracing::debug!("TCP_NODELAY: {e}");
             }
         });
-        let server = axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move {
-                let _ = graceful_rx.wait_for(|s| *s).await;
-            })
-            .into_future();
+        let server = axum::serve(
+            listener,
+            self.router()
+                .into_make_service_with_connect_info::<L::Addr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = graceful_rx.wait_for(|s| *s).await;
+        })
+        .into_future();
         let mut cutoff_rx = stop_rx;
         let cutoff = async move {
             if cutoff_rx.wait_for(|s| *s).await.is_err() {

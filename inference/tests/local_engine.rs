@@ -907,7 +907,7 @@ async fn the_prefix_cache_evicts_least_recently_used_at_its_bound() {
 /// What the scripted model says after the prompt: a Hermes tool call.
 const TOOL_CALL_SCRIPT: &[&str] = &[
     "<tool_call>",
-    "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": \"2\"}}",
+    "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 2}}",
     "</tool_call>",
     "<|im_end|>",
 ];
@@ -936,7 +936,6 @@ async fn tool_calls_parse_with_the_family_of_the_chat_template() {
     let call = &choice["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "get_weather", "{v}");
     let args: Json = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
-    // Coerced to the schema: "2" → 2.
     assert_eq!(args, json!({"city": "Paris", "days": 2}));
 
     // The same through Responses: a function_call item.
@@ -954,6 +953,51 @@ async fn tool_calls_parse_with_the_family_of_the_chat_template() {
     let item = &r["output"][0];
     assert_eq!(item["type"], "function_call", "{r}");
     assert_eq!(item["name"], "get_weather");
+    svc.shutdown().await;
+}
+
+/// A tool schema the grammar engine cannot compile: a 400 naming the tool,
+/// the path inside its schema and why; the server goes on serving.
+#[tokio::test]
+async fn a_tool_schema_that_cannot_be_enforced_is_a_400_naming_where() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::scripted("llama", TOOL_CALL_SCRIPT).write(dir.path(), "scripted");
+    let svc = common::start(config(vec![path])).await;
+    let http = reqwest::Client::new();
+    let tools = json!([{"type": "function", "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string"},
+            "when": {"type": "object", "properties": {
+                "at": {"type": "string", "pattern": "(?<=a)b"}}}}}}}]);
+    let resp = http
+        .post(format!("{}/v1/chat/completions", svc.base))
+        .json(&json!({
+            "messages": [{"role": "user", "content": "weather in paris?"}],
+            "tools": tools, "tool_choice": "required", "max_tokens": 20,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Json = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    for part in [
+        "tools[0] 'get_weather'",
+        "at /properties/when/properties/at",
+        "look-around",
+    ] {
+        assert!(message.contains(part), "{part:?} missing: {message}");
+    }
+    assert!(!message.contains("%json"), "the grammar echo: {message}");
+    // the next request is served
+    let v = chat(
+        &svc.base,
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}),
+    )
+    .await;
+    assert!(v["choices"][0]["message"].is_object(), "{v}");
     svc.shutdown().await;
 }
 

@@ -13,6 +13,7 @@ mod local_engine;
 mod local_llama_cpp;
 mod local_sdk_python;
 mod proxy;
+mod real_models;
 mod sdk_node;
 mod sdk_python;
 mod server;

@@ -125,3 +125,82 @@ async fn empty_locations_list_no_models() {
     assert_eq!(body, json!({"object": "list", "data": []}));
     server.shutdown().await;
 }
+
+/// One HTTP/1.1 exchange on a fresh connection to the guests' listener,
+/// after `first_line` (the gateway's VM line, or a guest's forgery):
+/// the status code, or `None` when the listener closed the connection.
+async fn guest_exchange(
+    addr: std::net::SocketAddr,
+    first_line: &str,
+    request: &str,
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("{first_line}{request}").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer or a close")
+        .ok()?;
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn the_guests_listener_holds_each_vm_to_its_own_key_and_has_no_metrics() {
+    use clawpen_inference::guest_link::preamble;
+    let home = tempfile::tempdir().unwrap();
+    let service = clawpen_inference::Inference::new(InferenceConfig {
+        locations: ModelLocations::under_home(home.path()),
+        ..InferenceConfig::default()
+    })
+    .unwrap();
+    let keys = service.keys();
+    keys.insert("key-of-vm-a", "vm-a");
+    keys.insert("key-of-vm-b", "vm-b");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(service.for_guests().serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let models = |key: &str| {
+        format!(
+            "GET /v1/models HTTP/1.1\r\nHost: inference\r\nAuthorization: Bearer {key}\r\n\
+             Connection: close\r\n\r\n"
+        )
+    };
+    // its own key, on its own VM's connection
+    assert_eq!(
+        guest_exchange(addr, &preamble("vm-a"), &models("key-of-vm-a")).await,
+        Some(200)
+    );
+    // another VM's key
+    assert_eq!(
+        guest_exchange(addr, &preamble("vm-a"), &models("key-of-vm-b")).await,
+        Some(401)
+    );
+    // no metrics for guests (they name every VM)
+    let metrics = "GET /metrics HTTP/1.1\r\nHost: inference\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        guest_exchange(addr, &preamble("vm-a"), metrics).await,
+        Some(404)
+    );
+    // no VM line (a local process, or a guest's own forgery after it): closed
+    assert_eq!(guest_exchange(addr, "", &models("key-of-vm-a")).await, None);
+    assert_eq!(
+        guest_exchange(
+            addr,
+            &format!("{}{}", preamble("vm-b"), preamble("vm-a")),
+            &models("key-of-vm-a")
+        )
+        .await,
+        Some(400),
+        "a second VM line is no header: the request is malformed"
+    );
+    stop.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}

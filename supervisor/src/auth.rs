@@ -68,9 +68,14 @@ impl Token {
         Ok(Self(token.to_string()))
     }
 
-    fn create(path: &Path) -> Result<Self, TokenError> {
+    /// A fresh secret from the OS random source (32 bytes, hex).
+    pub fn generate() -> Self {
         let bytes: [u8; 32] = rand::rng().random();
-        let token = hex::encode(bytes);
+        Self(hex::encode(bytes))
+    }
+
+    fn create(path: &Path) -> Result<Self, TokenError> {
+        let token = Self::generate().0;
         let write_err = |source| TokenError::Write {
             path: path.to_owned(),
             source,

@@ -123,6 +123,7 @@ fn record(m: &RequestMetrics) -> InferenceRecord {
         calls: m.calls.clone(),
         tool_results: m.tool_results.clone(),
         queue_wait_ms: m.queue_wait_ms,
+        repaired_tool_calls: u32::try_from(m.repaired_tool_calls).unwrap_or(u32::MAX),
     }
 }
 

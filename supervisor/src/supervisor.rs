@@ -59,6 +59,8 @@ pub struct SupervisorConfig {
 pub struct Supervisor {
     pub state_dir: StateDir,
     pub token: Arc<Token>,
+    /// The console's browser sessions (cookies exchanged for the token).
+    sessions: crate::api::Sessions,
     pub events: EventBus,
     pub vms: Arc<VmManager>,
     pub egress: Arc<Egress>,
@@ -122,6 +124,7 @@ impl Supervisor {
             recent_inference: RecentInference::default(),
             state_dir: config.state_dir,
             token,
+            sessions: Default::default(),
             events,
             vms,
             egress,
@@ -144,7 +147,9 @@ impl Supervisor {
         }
     }
 
-    pub fn router(&self) -> axum::Router {
+    /// The API and console app for one listener; `secure_cookies` when it
+    /// is TLS (see `api::router`).
+    pub fn router(&self, secure_cookies: bool) -> axum::Router {
         let source: Arc<dyn clawpen_console::VmSource> = Arc::new(ConsoleSource(
             self.vms.clone(),
             self.recent_inference.clone(),
@@ -155,10 +160,12 @@ impl Supervisor {
                 vms: self.vms.clone(),
                 events: self.events.clone(),
                 token: self.token.clone(),
+                sessions: self.sessions.clone(),
                 egress: self.egress.clone(),
                 recent_inference: self.recent_inference.clone(),
             },
             console,
+            secure_cookies,
         )
     }
 

@@ -44,6 +44,41 @@ async fn bad_calls_get_clear_errors_and_change_nothing() {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.headers().get("set-cookie").is_none());
 
+    // The right one: a session cookie (not the token, no `Secure` on plain
+    // loopback HTTP) that opens the API as a cookie; the token itself is no
+    // cookie, and a made-up session is refused.
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_redirect.get(up.login_url()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    let pair = cookie.split(';').next().unwrap().to_string();
+    assert!(pair.starts_with("clawpen_session="), "{cookie}");
+    assert!(!cookie.contains(&up.token), "{cookie}");
+    assert!(!cookie.to_lowercase().contains("secure"), "{cookie}");
+    for (cookie, status) in [
+        (pair.clone(), StatusCode::OK),
+        (
+            format!("clawpen_session={}", up.token),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            format!("clawpen_token={}", up.token),
+            StatusCode::UNAUTHORIZED,
+        ),
+        ("clawpen_session=0123".to_string(), StatusCode::UNAUTHORIZED),
+    ] {
+        let resp = http
+            .get(up.api("/vms"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{cookie}");
+    }
+
     // A state change from another origin (another local web page using the
     // browser's cookie) is refused; the same origin and the CLI (no Origin)
     // are not.

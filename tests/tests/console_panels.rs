@@ -268,7 +268,8 @@ async fn console_panels_work_without_a_reload() {
         .await
         .expect("the port 8080 link");
     assert_eq!(web, format!("http://{}/", opened[0].host_addr));
-    assert!(web.starts_with("http://127.0.0.1:"), "{web}");
+    // forwards listen on a loopback address of their own, not the console's
+    assert!(web.starts_with("http://127.0.0.2:"), "{web}");
     assert_eq!(
         browser.text(&link(8080)).await.as_deref(),
         Some("port 8080")
@@ -304,7 +305,87 @@ async fn console_panels_work_without_a_reload() {
         browser.fits_width().await,
         "the page is wider than the phone"
     );
+    no_clawpen_credential_reaches_a_guest_server(&up, &browser, &mut serial).await;
     browser.close().await;
+}
+
+/// Run in the guest: a server on port 8082 that answers each request with
+/// the request's head, as text (busybox `nc` and `sh`).
+const ECHO_SERVER: &str = r#"printf '%s\n' '#!/bin/sh' 'while IFS= read -r l; do l=$(printf %s "$l" | tr -d "\r"); [ -z "$l" ] && break; echo "$l" >> /tmp/head.$$; done' 'printf "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"' 'cat /tmp/head.$$; rm -f /tmp/head.$$' > /tmp/echo.sh && chmod +x /tmp/echo.sh && (nc -ll -p 8082 -e /tmp/echo.sh >/dev/null 2>&1 &) && echo echo-up"#;
+
+/// What a guest's server gets from the logged-in browser: the console's
+/// cookie is a session of its own (HttpOnly, SameSite=Strict, not the API
+/// token), and opening a forward sends a guest-run server no clawpen
+/// cookie or token, though that server does see the cookies of its own
+/// origin (the control: a cookie the page sets itself comes back).
+async fn no_clawpen_credential_reaches_a_guest_server(
+    up: &clawpen_tests::Up,
+    browser: &Browser,
+    serial: &mut clawpen_tests::serial::Serial,
+) {
+    let cookies = browser.client.get_all_cookies().await.unwrap();
+    let session = cookies
+        .iter()
+        .find(|c| c.name() == "clawpen_session")
+        .unwrap_or_else(|| panic!("no session cookie: {cookies:?}"));
+    assert_ne!(session.value(), up.token, "the cookie is the API token");
+    assert_eq!(session.http_only(), Some(true), "{session:?}");
+    assert_eq!(
+        format!("{:?}", session.same_site()),
+        "Some(Strict)",
+        "{session:?}"
+    );
+    // The session cookie is no bearer token for the API.
+    let as_bearer = reqwest::Client::new()
+        .get(format!("{}{}/vms", up.url, clawpen_api::API_PREFIX))
+        .bearer_auth(session.value())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_bearer.status(), 401);
+
+    // A guest server that answers with the request head it was sent.
+    tokio::task::block_in_place(|| serial.run(ECHO_SERVER, Duration::from_secs(60))).unwrap();
+    let (status, forward) = up
+        .post(
+            "/vms/demo/forwards",
+            serde_json::json!({ "guest_port": 8082 }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{forward}");
+    let forward: clawpen_api::ForwardInfo = serde_json::from_value(forward).unwrap();
+    let echo = format!("http://{}/", forward.host_addr);
+    let head_seen = |probe: &'static str| {
+        let echo = echo.clone();
+        async move {
+            until("the guest's echo", Duration::from_secs(30), || async {
+                browser.client.goto(&echo).await.ok()?;
+                let head = browser.text("body").await?;
+                (head.contains("GET / HTTP/1.1") && head.contains(probe)).then_some(head)
+            })
+            .await
+        }
+    };
+    let head = head_seen("Host:").await;
+    assert!(!head.contains("clawpen"), "{head}");
+    assert!(!head.contains(up.token.as_str()), "{head}");
+    assert!(!head.contains(session.value()), "{head}");
+    // the control: the guest's server is sent its own origin's cookies
+    browser
+        .client
+        .execute("document.cookie = 'probe=guest-origin'", vec![])
+        .await
+        .unwrap();
+    let head = head_seen("probe=guest-origin").await;
+    assert!(!head.contains("clawpen"), "{head}");
+
+    // the console still works in the same browser
+    browser.client.goto(&up.url).await.unwrap();
+    browser
+        .wait_for("tr[data-vm=demo]", Duration::from_secs(60))
+        .await
+        .unwrap();
 }
 
 /// What the scripted model writes after any prompt: one `get_weather` call.

@@ -97,7 +97,7 @@ async fn openclaw_thinks_with_the_host_model_and_a_reset_brings_it_back() {
         .unwrap_or_else(|| panic!("no forward to the gateway: {forwards:?}"))
         .host_addr
         .clone();
-    assert!(gateway.starts_with("127.0.0.1:"), "{gateway}");
+    assert!(gateway.starts_with("127.0.0.2:"), "{gateway}");
     let body = wait_healthy(&gateway, Duration::from_secs(60)).await;
     assert!(body.contains("\"ok\":true"), "{body}");
 

@@ -1,7 +1,9 @@
 //! `clawpen up --tls`: the console over HTTPS with a self-signed certificate
 //! whose fingerprint `up` prints; a real TLS client (curl) that trusts only
 //! that certificate logs in, one that trusts nothing refuses it, and the CLI
-//! keeps working. Serving beyond loopback without TLS is refused.
+//! keeps working; the session cookie login sets is `Secure`. Serving beyond
+//! loopback without TLS is refused, and so is serving the console where
+//! forwards into guests listen.
 
 use std::process::Command;
 
@@ -45,7 +47,16 @@ async fn console_over_https_with_the_printed_fingerprint() {
     let out = curl(&["--cacert", cert, "-D", "-", "-o", "/dev/null", &login]);
     let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
     assert!(out.status.success(), "{out:?}");
-    assert!(head.contains("set-cookie:"), "{head}");
+    let cookie = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie set: {head}"));
+    // a session of its own, never the token, and never sent over plain HTTP
+    assert!(cookie.contains("clawpen_session="), "{cookie}");
+    assert!(!cookie.contains(&up.token.to_lowercase()), "{cookie}");
+    for attribute in ["; httponly", "; samesite=strict", "; secure"] {
+        assert!(cookie.contains(attribute), "{attribute} missing: {cookie}");
+    }
     let api = format!("{}/api/v1/vms", up.url);
     let auth = format!("Authorization: Bearer {}", up.token);
     let out = curl(&["--cacert", cert, "-H", &auth, &api]);
@@ -74,17 +85,27 @@ async fn console_over_https_with_the_printed_fingerprint() {
     assert!(out.status.success(), "{out:?}");
 }
 
-#[test]
-fn beyond_loopback_without_tls_is_refused() {
+/// `clawpen up --listen ADDR` exits with the bad-input code (2), saying `says`.
+fn up_refuses_to_listen_on(addr: &str, says: &str) {
     let home = temp_home();
     let out = Command::new(clawpen_bin())
-        .args(["up", "--listen", "0.0.0.0:0", "--no-demo"])
+        .args(["up", "--listen", addr, "--no-demo"])
         .env("CLAWPEN_HOME", home.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--tls"),
+        String::from_utf8_lossy(&out.stderr).contains(says),
         "{out:?}"
     );
+}
+
+#[test]
+fn beyond_loopback_without_tls_is_refused() {
+    up_refuses_to_listen_on("0.0.0.0:0", "--tls");
+}
+
+#[test]
+fn the_console_is_not_served_where_forwards_listen() {
+    up_refuses_to_listen_on("127.0.0.2:0", "forwards into guests");
 }

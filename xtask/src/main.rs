@@ -81,10 +81,13 @@ pub fn cargo_ok(args: &[&str], extra: &[String]) -> anyhow::Result<()> {
 /// start it or an unsuccessful exit is an error naming `what`.
 pub fn run_ok(command: &mut std::process::Command, what: &str) -> anyhow::Result<()> {
     eprintln!("xtask: {what}");
+    let started = std::time::Instant::now();
     let status = command
         .current_dir(workspace_root())
         .status()
         .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    // Each step's time, so a slow CI run tells where its minutes went.
+    eprintln!("xtask: {what}: {:.0} s", started.elapsed().as_secs_f64());
     if !status.success() {
         anyhow::bail!("{what} failed ({status})");
     }

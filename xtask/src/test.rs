@@ -1,5 +1,6 @@
 //! `cargo xtask test [ARGS]`: everything the tests need (host packages, the
-//! real inference clients, the console's wasm bundle, the `clawpen` binary),
+//! real inference clients, the real test models, the console's wasm bundle,
+//! the `clawpen` binary in debug and release builds),
 //! then every test of the workspace with cargo-nextest (ARGS go to nextest),
 //! then, on a whole run, each fuzz target briefly (`crate::fuzz`).
 
@@ -17,9 +18,23 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<()> {
     crate::deps::install(true)?;
     crate::deps::install_test_clients()?;
+    crate::deps::install_test_models()?;
     crate::console::run(&crate::console::Args::default())?;
     cargo_ok(
         &["build", "-p", "clawpen-supervisor", "--bin", "clawpen"],
+        &[],
+    )?;
+    // The real-model tests run what a user runs: the release binary (a
+    // debug build decodes a real model at under 1 token/s).
+    cargo_ok(
+        &[
+            "build",
+            "--release",
+            "-p",
+            "clawpen-supervisor",
+            "--bin",
+            "clawpen",
+        ],
         &[],
     )?;
     let has_nextest = crate::cargo()

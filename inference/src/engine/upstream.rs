@@ -185,27 +185,41 @@ impl Engine for UpstreamEngine {
     }
 
     async fn generate(&self, request: GenerateRequest) -> Result<EngineStream, EngineError> {
-        let body = request_body(&request);
-        let mut post = self.post("/chat/completions");
-        if let (true, Some(client)) = (self.settings.forward_client, &request.client) {
-            post = post.header(crate::keys::ON_BEHALF_OF, client);
-        }
-        let resp = post
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| EngineError::Unreachable {
-                url: self.base.clone(),
-                reason: e.to_string(),
-            })?;
-        let status = resp.status();
-        if !status.is_success() {
+        let mut body = request_body(&request);
+        let mut fallback = request.response_format.as_ref().and_then(json_object_form);
+        let resp = loop {
+            let mut post = self.post("/chat/completions");
+            if let (true, Some(client)) = (self.settings.forward_client, &request.client) {
+                post = post.header(crate::keys::ON_BEHALF_OF, client);
+            }
+            let resp = post
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| EngineError::Unreachable {
+                    url: self.base.clone(),
+                    reason: e.to_string(),
+                })?;
+            let status = resp.status();
+            if status.is_success() {
+                break resp;
+            }
             let message = read_error(resp).await;
-            return Err(EngineError::Refused {
-                status: status.as_u16(),
-                message,
-            });
-        }
+            // A server that does not know `json_schema` (llama-cpp-python)
+            // is asked once more in its own form.
+            match fallback.take() {
+                Some(format) if message.contains("response_format") => {
+                    tracing::debug!(%message, "upstream refused json_schema; sending json_object + schema");
+                    body["response_format"] = format;
+                }
+                _ => {
+                    return Err(EngineError::Refused {
+                        status: status.as_u16(),
+                        message,
+                    })
+                }
+            }
+        };
         let is_sse = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -266,6 +280,16 @@ pub fn request_body(r: &GenerateRequest) -> Value {
     );
     set("stop", r.stop.clone());
     Value::Object(body)
+}
+
+/// `response_format` `json_schema` in the form llama-cpp-python (and older
+/// llama.cpp servers) take: `{"type": "json_object", "schema": ...}`.
+fn json_object_form(format: &Value) -> Option<Value> {
+    if format.get("type")?.as_str()? != "json_schema" {
+        return None;
+    }
+    let schema = format.get("json_schema")?.get("schema")?.clone();
+    Some(json!({"type": "json_object", "schema": schema}))
 }
 
 /// An error with its causes ("error sending request: ... Connection
@@ -427,5 +451,17 @@ mod tests {
         let b = request_body(&r);
         assert_eq!(b["tool_choice"], "auto");
         assert_eq!(b["tools"][0]["function"]["name"], "f");
+    }
+
+    #[test]
+    fn json_schema_has_a_json_object_form_for_older_servers() {
+        let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+        let format = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}});
+        assert_eq!(
+            json_object_form(&format),
+            Some(json!({"type": "json_object", "schema": schema}))
+        );
+        assert_eq!(json_object_form(&json!({"type": "json_object"})), None);
+        assert_eq!(json_object_form(&json!({"type": "json_schema"})), None);
     }
 }

@@ -61,3 +61,22 @@ fn unfence(text: &str) -> &str {
     let inner = inner.split_once('\n').map_or("", |(_lang, rest)| rest);
     inner.trim_end().strip_suffix("```").unwrap_or(inner)
 }
+
+/// The V3 / R1 form: `function<｜tool▁sep｜>NAME` and fenced JSON
+/// arguments, inside the calls section.
+pub(crate) fn grammar(tools: &[super::ToolSpec]) -> super::grammar::FamilyGrammar {
+    use super::grammar::{lit, named_json_alternatives, FamilyGrammar};
+    let alternatives = named_json_alternatives(tools, &format!("function{SEP}"), "\n```json\n");
+    FamilyGrammar {
+        rules: format!(
+            "call: {begin} one {end}\n\
+             calls: {begin} one (\"\\n\" one)* {end}\n\
+             one: {call_begin} ({alternatives}) \"\\n```\" {call_end}\n",
+            begin = lit(CALLS_BEGIN),
+            end = lit(CALLS_END),
+            call_begin = lit(CALL_BEGIN),
+            call_end = lit(CALL_END),
+        ),
+        triggers: vec![(CALLS_BEGIN.into(), false, "calls".into())],
+    }
+}

@@ -57,3 +57,20 @@ fn parse_body(body: &str, options: &ParserOptions) -> Option<ParsedCall> {
         arguments: schema::object_text(&members),
     })
 }
+
+/// `<tool_call>NAME\n<arg_key>K</arg_key>\n<arg_value>V</arg_value>\n</tool_call>`.
+pub(crate) fn grammar(tools: &[super::ToolSpec]) -> super::grammar::FamilyGrammar {
+    use super::grammar::{FamilyGrammar, XmlCall};
+    let (rules, pick) = XmlCall {
+        rule: "fn",
+        head: &|name| format!("<tool_call>{name}\n"),
+        open: &|param| format!("<arg_key>{param}</arg_key>\n<arg_value>"),
+        close: "</arg_value>\n",
+        tail: "</tool_call>",
+    }
+    .rules(tools);
+    FamilyGrammar {
+        rules: format!("call: {pick}\ncalls: call (\"\\n\" call)*\n{rules}"),
+        triggers: vec![("<tool_call>".into(), false, "calls".into())],
+    }
+}

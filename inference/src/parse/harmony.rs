@@ -248,3 +248,19 @@ impl ToolCallParser for HarmonyParser {
         self.out.drain()
     }
 }
+
+/// `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{..}`;
+/// the model then ends the message with `<|call|>`, an end-of-generation
+/// token (the parser completes a call open at the end). One call per turn.
+pub(crate) fn grammar(tools: &[super::ToolSpec]) -> super::grammar::FamilyGrammar {
+    use super::grammar::{named_json_alternatives, FamilyGrammar};
+    let head = format!("{CHANNEL}commentary to=functions.");
+    let alternatives = named_json_alternatives(tools, "", &format!(" <|constrain|>json{MESSAGE}"));
+    FamilyGrammar {
+        rules: format!(
+            "call: {} ({alternatives})\ncalls: call\n",
+            super::grammar::lit(&head)
+        ),
+        triggers: vec![(head, false, "calls".into())],
+    }
+}

@@ -97,3 +97,21 @@ pub(crate) fn arguments_text(raw: Option<&RawValue>) -> Option<String> {
         _ => None,
     }
 }
+
+/// `<tool_call>\n{"name": .., "arguments": {..}}\n</tool_call>`, one per
+/// line; also the bare and fenced JSON Qwen models write (read by
+/// [`super::repair`]).
+pub(crate) fn grammar(tools: &[super::ToolSpec]) -> super::grammar::FamilyGrammar {
+    use super::grammar::{json_call_rule, json_line_triggers, FamilyGrammar};
+    let mut triggers = vec![("<tool_call>".to_owned(), false, "calls".to_owned())];
+    triggers.extend(json_line_triggers());
+    FamilyGrammar {
+        rules: format!(
+            "call: \"<tool_call>\" \"\\n\"? json_call \"\\n\"? \"</tool_call>\"\n\
+             calls: call (\"\\n\" call)*\n\
+             json_call: {}\n",
+            json_call_rule(tools, "arguments")
+        ),
+        triggers,
+    }
+}

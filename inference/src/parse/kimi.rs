@@ -41,3 +41,27 @@ fn parse_body(body: &str, _options: &ParserOptions) -> Option<ParsedCall> {
         arguments: json_object(args)?,
     })
 }
+
+/// `<|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:IDX<|tool_call_argument_begin|>{..}<|tool_call_end|>...<|tool_calls_section_end|>`.
+pub(crate) fn grammar(tools: &[super::ToolSpec]) -> super::grammar::FamilyGrammar {
+    use super::grammar::{arguments_schema, json_rule, lit, FamilyGrammar};
+    let one: Vec<String> = tools
+        .iter()
+        .map(|t| {
+            format!(
+                "({} /[0-9]{{1,3}}/ \"<|tool_call_argument_begin|>\" {})",
+                lit(&format!("functions.{}:", t.name)),
+                json_rule(&arguments_schema(t))
+            )
+        })
+        .collect();
+    FamilyGrammar {
+        rules: format!(
+            "call: \"<|tool_calls_section_begin|>\" one \"<|tool_calls_section_end|>\"\n\
+             calls: \"<|tool_calls_section_begin|>\" one+ \"<|tool_calls_section_end|>\"\n\
+             one: \"<|tool_call_begin|>\" ({}) \"<|tool_call_end|>\"\n",
+            one.join(" | ")
+        ),
+        triggers: vec![("<|tool_calls_section_begin|>".into(), false, "calls".into())],
+    }
+}

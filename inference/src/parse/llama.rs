@@ -204,3 +204,23 @@ impl ToolCallParser for LlamaParser {
         self.out.drain()
     }
 }
+
+/// `{"name": .., "parameters": {..}}`, several separated by `; `,
+/// optionally after `<|python_tag|>`.
+pub(crate) fn grammar(tools: &[super::ToolSpec]) -> super::grammar::FamilyGrammar {
+    use super::grammar::{json_call_rule, lit, FamilyGrammar};
+    FamilyGrammar {
+        rules: format!(
+            "call: json_call\ncalls: json_call (\"; \" json_call)*\njson_call: {}\n",
+            json_call_rule(tools, "parameters")
+        ),
+        triggers: vec![
+            (
+                PYTHON_TAG.into(),
+                false,
+                format!("{} calls", lit(PYTHON_TAG)),
+            ),
+            ("{\"name\"".into(), true, "calls".into()),
+        ],
+    }
+}

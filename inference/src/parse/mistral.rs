@@ -357,3 +357,19 @@ impl ToolCallParser for MistralParser {
         self.out.drain()
     }
 }
+
+/// `[TOOL_CALLS][{"name": .., "arguments": {..}}, ...]` (the array form
+/// every Mistral template reads back).
+pub(crate) fn grammar(tools: &[super::ToolSpec]) -> super::grammar::FamilyGrammar {
+    use super::grammar::{json_call_rule, lit, FamilyGrammar};
+    let open = lit(&format!("{TOOL_CALLS}["));
+    FamilyGrammar {
+        rules: format!(
+            "call: {open} json_call \"]\"\n\
+             calls: {open} json_call (\", \" json_call)* \"]\"\n\
+             json_call: {}\n",
+            json_call_rule(tools, "arguments")
+        ),
+        triggers: vec![(TOOL_CALLS.into(), false, "calls".into())],
+    }
+}

@@ -27,12 +27,14 @@ use serde_json::Value;
 
 pub mod deepseek;
 pub mod glm;
+pub mod grammar;
 pub mod harmony;
 pub mod hermes;
 pub mod kimi;
 pub mod llama;
 pub mod mistral;
 pub mod qwen3_coder;
+pub mod repair;
 pub mod scan;
 pub mod schema;
 mod tagged;
@@ -272,8 +274,34 @@ impl Family {
             .is_some_and(|(open, _)| rendered_prompt.trim_end().ends_with(open))
     }
 
-    /// A new parser for one output.
+    /// The family's call syntax as grammar rules (see [`grammar`]).
+    pub(crate) fn grammar(self, tools: &[ToolSpec]) -> grammar::FamilyGrammar {
+        match self {
+            Family::Hermes => hermes::grammar(tools),
+            Family::Qwen3Coder => qwen3_coder::grammar(tools),
+            Family::Glm45 => glm::grammar(tools),
+            Family::KimiK2 => kimi::grammar(tools),
+            Family::DeepSeek => deepseek::grammar(tools),
+            Family::Harmony => harmony::grammar(tools),
+            Family::Mistral => mistral::grammar(tools),
+            Family::Llama3Json => llama::grammar(tools),
+            Family::Plain => grammar::json_lines_grammar(tools),
+        }
+    }
+
+    /// A new parser for one output. With tools declared, calls written as
+    /// bare or fenced JSON are read too ([`repair::Repairing`]).
     pub fn parser(self, options: ParserOptions) -> Box<dyn ToolCallParser> {
+        let inner = self.syntax_parser(options.clone());
+        if options.tools.is_empty() {
+            inner
+        } else {
+            Box::new(repair::Repairing::new(inner, options))
+        }
+    }
+
+    /// The parser of the family's own syntax alone.
+    fn syntax_parser(self, options: ParserOptions) -> Box<dyn ToolCallParser> {
         match self {
             Family::Hermes => Box::new(tagged::TaggedParser::new(hermes::syntax(), options)),
             Family::Qwen3Coder => {
@@ -344,6 +372,12 @@ impl Emitter {
             events: Vec::new(),
             alnum9_ids: false,
         }
+    }
+
+    /// Numbers the next call `index` (a wrapper numbering calls of
+    /// several emitters).
+    pub fn skip_to(&mut self, index: usize) {
+        self.next_index = index;
     }
 
     pub fn with_alnum9_ids(mut self) -> Self {

@@ -75,3 +75,23 @@ pub(crate) fn parse_function(body: &str, options: &ParserOptions) -> Option<Pars
         arguments: schema::object_text(&members),
     })
 }
+
+/// `<tool_call>\n<function=NAME>\n<parameter=P>\nV\n</parameter>\n</function>\n</tool_call>`.
+pub(crate) fn grammar(tools: &[super::ToolSpec]) -> super::grammar::FamilyGrammar {
+    use super::grammar::{FamilyGrammar, XmlCall};
+    let (rules, pick) = XmlCall {
+        rule: "fn",
+        head: &|name| format!("<function={name}>\n"),
+        open: &|param| format!("<parameter={param}>\n"),
+        close: "\n</parameter>\n",
+        tail: "</function>",
+    }
+    .rules(tools);
+    FamilyGrammar {
+        rules: format!(
+            "call: \"<tool_call>\\n\" ({pick}) \"\\n</tool_call>\"\n\
+             calls: call (\"\\n\" call)*\n{rules}"
+        ),
+        triggers: vec![("<tool_call>".into(), false, "calls".into())],
+    }
+}

@@ -481,9 +481,9 @@ mod tests {
             [
                 "arguments.city: is required",
                 "arguments.days: expected integer, got string",
-                "arguments.extra: is not a known parameter",
-                "arguments.tags[1]: expected integer, got string",
                 "arguments.unit: must be one of \"c\", \"f\"",
+                "arguments.tags[1]: expected integer, got string",
+                "arguments.extra: is not a known parameter",
             ]
         );
         assert!(check_arguments("[1]", &schema()).is_err());

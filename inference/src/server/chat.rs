@@ -158,7 +158,8 @@ async fn prepare(
             parameters: t.function.parameters.clone().unwrap_or(Value::Null),
         })
         .collect();
-    let callable = crate::generation::callable_tools(specs, r.tool_choice.as_ref());
+    let callable = crate::generation::callable_tools(specs, r.tool_choice.as_ref())
+        .map_err(|e| ApiError::invalid_param("tool_choice", e.to_string()))?;
     let prompt_chars = r
         .messages
         .iter()

@@ -1,6 +1,7 @@
 //! The HTTP layer: OpenAI wire formats on axum.
 //!
-//! Open routes: `GET /healthz`, `GET /metrics` (Prometheus text). Behind
+//! Open routes: `GET /healthz`, `GET /metrics` (Prometheus text; not on
+//! the guests' listener). Behind
 //! the API key ([`auth`]): `GET /v1/models`, `POST /v1/chat/completions`
 //! ([`chat`]), `POST /v1/responses`, `GET`/`DELETE /v1/responses/{id}`
 //! ([`responses`]). Handlers translate; generation lives in
@@ -105,10 +106,15 @@ pub fn routes(state: AppState) -> Router {
             state.clone(),
             auth::require_key,
         ));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .merge(v1)
+    let open = Router::new().route("/healthz", get(healthz));
+    // Metrics name every client (every VM) and what it does: the host's
+    // listener has them, the guests' listener does not.
+    let open = if state.key_policy == KeyPolicy::Required {
+        open
+    } else {
+        open.route("/metrics", get(metrics))
+    };
+    open.merge(v1)
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

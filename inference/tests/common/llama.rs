@@ -44,11 +44,24 @@ impl LlamaServer {
             "tiny_gguf.py: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Self::serve(dir, &model, "tiny", 2048, 1)
+    }
+
+    /// Serves the GGUF at `model` as `alias`, with a context of `n_ctx`
+    /// tokens on `threads` threads.
+    pub fn start_model(model: &std::path::Path, alias: &str, n_ctx: u32, threads: u32) -> Self {
+        require_python(&["llama_cpp.server"], INSTALL);
+        Self::serve(tempfile::tempdir().unwrap(), model, alias, n_ctx, threads)
+    }
+
+    fn serve(
+        dir: tempfile::TempDir,
+        model: &std::path::Path,
+        alias: &str,
+        n_ctx: u32,
+        threads: u32,
+    ) -> Self {
+        let port = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let child = Command::new(python())
             .args([
@@ -57,12 +70,18 @@ impl LlamaServer {
                 "--host",
                 "127.0.0.1",
                 "--n_ctx",
-                "2048",
+                &n_ctx.to_string(),
             ])
-            .args(["--n_threads", "1", "--model_alias", "tiny", "--port"])
+            .args([
+                "--n_threads",
+                &threads.to_string(),
+                "--model_alias",
+                alias,
+                "--port",
+            ])
             .arg(port.to_string())
             .arg("--model")
-            .arg(&model)
+            .arg(model)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -70,7 +89,7 @@ impl LlamaServer {
         let mut server = Self {
             child,
             url: format!("http://127.0.0.1:{port}/v1"),
-            model: "tiny".into(),
+            model: alias.into(),
             _dir: dir,
         };
         server.wait_ready();
@@ -95,8 +114,17 @@ impl LlamaServer {
     }
 }
 
+/// A loopback port nothing listens on (for a server the test spawns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Whether `GET {base}/models` answers 200 (plain std, no client needed).
-fn http_ok(base: &str) -> bool {
+pub fn http_ok(base: &str) -> bool {
     use std::io::{Read, Write};
     let Some(rest) = base.strip_prefix("http://") else {
         return false;

@@ -22,6 +22,7 @@ use crate::auth::Token;
 use crate::egress::Egress;
 use crate::events::EventBus;
 use crate::vm::VmManager;
+pub use auth::Sessions;
 pub use error::HttpError;
 
 #[derive(Clone, FromRef)]
@@ -29,6 +30,8 @@ pub struct AppState {
     pub vms: Arc<VmManager>,
     pub events: EventBus,
     pub token: Arc<Token>,
+    /// The console's browser sessions (shared by every listener).
+    pub sessions: auth::Sessions,
     pub egress: Arc<Egress>,
     /// The last finished inference requests (the console's backlog).
     pub recent_inference: crate::inference_relay::RecentInference,
@@ -50,8 +53,14 @@ async fn api_not_found(uri: Uri) -> HttpError {
     )
 }
 
-/// The whole app: login (open), API and console (token required).
-pub fn router(state: AppState, console: Router) -> Router {
+/// The whole app: login (open), API and console (token or session
+/// required). `secure_cookies`: the listener is TLS, so the session cookie
+/// is marked `Secure`.
+pub fn router(state: AppState, console: Router, secure_cookies: bool) -> Router {
+    let credentials = auth::Credentials {
+        token: state.token.clone(),
+        sessions: state.sessions.clone(),
+    };
     let api = Router::new()
         .route("/vms", get(vms::list).post(vms::create))
         .route("/vms/{name}", get(vms::get).delete(vms::delete))
@@ -91,10 +100,13 @@ pub fn router(state: AppState, console: Router) -> Router {
     let protected = Router::new()
         .nest(clawpen_api::API_PREFIX, api)
         .merge(console)
-        .layer(from_fn_with_state(state.token.clone(), auth::require_token))
+        .layer(from_fn_with_state(credentials.clone(), auth::require_token))
         .layer(axum::middleware::from_fn(auth::same_origin));
     Router::new()
         .route("/login", get(auth::login))
-        .with_state(state.token)
+        .with_state(auth::Login {
+            credentials,
+            secure: secure_cookies,
+        })
         .merge(protected)
 }

@@ -64,7 +64,7 @@ pub struct RuleArgs {
     /// A port (443) or a range (8000-9000); default every port.
     #[arg(long)]
     port: Option<String>,
-    /// tcp or udp; default both.
+    /// tcp or udp; default: tcp for allow (UDP must be asked for), both for deny.
     #[arg(long)]
     proto: Option<String>,
 }

@@ -80,6 +80,13 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
             args.listen
         )));
     }
+    if crate::egress::FORWARD_IPS.contains(&args.listen.ip()) {
+        return Err(CliError::BadInput(format!(
+            "--listen {}: forwards into guests listen there (the console's cookie \
+             must never reach them); serve the console on another address",
+            args.listen
+        )));
+    }
     let state_dir = StateDir::resolve(home).context("state directory")?;
     let mut engine_config = args.engine.config(&state_dir);
     let remote = super::remote::Remote::from_args(
@@ -159,7 +166,6 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
             .serve(guest_listener, until_stopped(stop_rx.clone())),
     );
     let inference = tokio::spawn(service.serve(inference_listener, until_stopped(stop_rx.clone())));
-    let app = supervisor.router();
     #[cfg(target_os = "macos")]
     if args.tls {
         return Err(CliError::BadInput(
@@ -180,7 +186,8 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
             .await
             .context("loopback listener for the CLI")?;
         let local_url = format!("http://{}", local.local_addr().context("local address")?);
-        let local_app = app.clone();
+        let app = supervisor.router(true);
+        let local_app = supervisor.router(false);
         let server = tokio::spawn(async move {
             let plain = tokio::spawn(async move { axum::serve(local, local_app).await });
             let served = axum::serve(listener, app).await;
@@ -194,10 +201,10 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
         );
         (format!("https://{api_addr}"), local_url, server)
     } else {
-        plain(api_listener, api_addr, app)
+        plain(api_listener, api_addr, supervisor.router(false))
     };
     #[cfg(target_os = "macos")]
-    let (url, local_url, server) = plain(api_listener, api_addr, app);
+    let (url, local_url, server) = plain(api_listener, api_addr, supervisor.router(false));
 
     if !args.no_demo {
         supervisor.ensure_demo().context("creating the demo VM")?;

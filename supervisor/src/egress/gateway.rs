@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use super::fakeip::FakeIps;
 use super::host;
 use super::link::LinkSource;
-use super::log::{LogOp, LogSender};
+use super::log::{LogOp, VmLog};
 use super::resolve::Resolver;
 use super::rules::RuleSet;
 use super::stack::{Action, DialError, FlowId, FlowIo, Now, Stack};
@@ -39,7 +39,7 @@ pub struct GatewayContext {
     pub ids: Arc<AtomicU64>,
     pub resolver: Arc<Resolver>,
     pub inference: watch::Receiver<Option<SocketAddr>>,
-    pub log: LogSender,
+    pub log: VmLog,
     /// Host connections to carry into the guest (supervisor forwards).
     pub forwards: mpsc::UnboundedReceiver<Forwarded>,
 }
@@ -97,6 +97,9 @@ impl Clock {
 
 type DialResult = (FlowId, Result<(FlowIo, SocketAddr), DialError>);
 
+/// How often dropped UDP replies are reported (with their running total).
+const DROP_REPORT_EVERY: Duration = Duration::from_secs(10);
+
 async fn run(mut ctx: GatewayContext) {
     let clock = Clock(std::time::Instant::now());
     let mut stack = Stack::new(
@@ -108,8 +111,12 @@ async fn run(mut ctx: GatewayContext) {
     );
     let wake = Arc::new(Notify::new());
     let (dial_tx, mut dial_rx) = mpsc::unbounded_channel::<DialResult>();
-    let (udp_tx, mut udp_rx) = mpsc::unbounded_channel::<UdpEvent>();
+    let (udp_tx, mut udp_rx) = mpsc::channel::<UdpEvent>(super::udp::EVENT_QUEUE);
     let mut udp = UdpRelays::new(udp_tx);
+    // Drops are reported with their running total, at most every
+    // DROP_REPORT_EVERY (not once per datagram).
+    let mut udp_dropped_reported = 0;
+    let mut udp_reported_at: Option<std::time::Instant> = None;
     let mut attached_once = false;
     loop {
         let mut link = match ctx.link.open().await {
@@ -162,7 +169,9 @@ async fn run(mut ctx: GatewayContext) {
                 () = wake.notified() => {}
                 () = tokio::time::sleep(delay) => {}
             }
-            stack.poll(clock.now());
+            let now = clock.now();
+            stack.poll(now);
+            ctx.log.flush(now.unix_ms);
             for action in stack.take_actions() {
                 match action {
                     Action::UdpOpen { key, target, first } => udp.open(
@@ -176,6 +185,17 @@ async fn run(mut ctx: GatewayContext) {
                     Action::UdpClose { key } => udp.close(key),
                     other => act(&ctx, other, &dial_tx, &wake),
                 }
+            }
+            if udp.dropped() > udp_dropped_reported
+                && udp_reported_at.is_none_or(|at| at.elapsed() >= DROP_REPORT_EVERY)
+            {
+                udp_dropped_reported = udp.dropped();
+                udp_reported_at = Some(std::time::Instant::now());
+                tracing::warn!(
+                    vm = %ctx.vm,
+                    dropped = udp_dropped_reported,
+                    "UDP replies dropped: the guest is not taking frames"
+                );
             }
             if link.send(stack.take_frames()).await.is_err() {
                 break;
@@ -212,8 +232,9 @@ fn act(
             let inference = *ctx.inference.borrow();
             let dial_tx = dial_tx.clone();
             let wake = wake.clone();
+            let vm = ctx.vm.clone();
             tokio::spawn(async move {
-                let result = host::dial(target, &rules, &resolver, inference)
+                let result = host::dial(target, &rules, &resolver, inference, vm.as_str())
                     .await
                     .map(|(stream, peer)| (host::spawn_io(stream, wake), peer));
                 let _ = dial_tx.send((id, result));

@@ -87,19 +87,31 @@ pub async fn open_udp(
     Ok((socket, addr))
 }
 
-/// Opens the host connection for a flow.
+/// Opens the host connection for a flow of `vm`. A connection to the
+/// inference service starts with the line naming the VM
+/// (`clawpen_inference::guest_link`), written before any guest byte, so
+/// the service holds each VM to its own key.
 pub async fn dial(
     target: DialTarget,
     rules: &RuleSet,
     resolver: &Resolver,
     inference: Option<SocketAddr>,
+    vm: &str,
 ) -> Result<(TcpStream, SocketAddr), DialError> {
+    let to_inference = matches!(target, DialTarget::Inference);
     let candidates = candidates(target, EgressProto::Tcp, rules, resolver, inference).await?;
     let mut last = String::from("no address to try");
     for addr in candidates {
         match tokio::time::timeout(CONNECT_LIMIT, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
+            Ok(Ok(mut stream)) => {
                 let _ = stream.set_nodelay(true);
+                if to_inference {
+                    let line = clawpen_inference::guest_link::preamble(vm);
+                    stream
+                        .write_all(line.as_bytes())
+                        .await
+                        .map_err(|e| DialError::Failed(format!("{addr}: naming the VM: {e}")))?;
+                }
                 return Ok((stream, addr));
             }
             Ok(Err(e)) => last = format!("{addr}: {e}"),

@@ -9,8 +9,10 @@
 //! name the connection's name. Ambiguous framing (both headers, two
 //! different lengths) is refused rather than guessed, since a server that
 //! guesses differently would see a request the gateway never checked
-//! (request smuggling). After an `Upgrade` request the stream is no longer
-//! HTTP and is passed through.
+//! (request smuggling). An `Upgrade` request stops the checks only once
+//! the server answered `101 Switching Protocols` ([`HttpRequests::response`]):
+//! until then the guest may send nothing more (a client waits for the
+//! answer), and any other answer puts the stream back to HTTP.
 //!
 //! Input is untrusted: bounded buffers, checked arithmetic, no panics.
 
@@ -34,9 +36,14 @@ enum At {
     ChunkEnd(u8),
     /// Trailer fields after the last chunk, up to an empty line.
     Trailers,
-    /// After an upgrade: no longer HTTP, passed through.
+    /// An `Upgrade` request was sent: waiting for the server's status.
+    UpgradeAsked,
+    /// After a `101` to an upgrade: no longer HTTP, passed through.
     Opaque,
 }
+
+/// Bytes of a status line that decide an upgrade (`HTTP/1.1 101`).
+const STATUS_PREFIX: usize = 12;
 
 /// One connection's request stream.
 #[derive(Debug)]
@@ -45,6 +52,8 @@ pub struct HttpRequests {
     at: At,
     buf: Vec<u8>,
     requests: u64,
+    /// The start of the server's answer to an upgrade request.
+    status: Vec<u8>,
 }
 
 impl HttpRequests {
@@ -55,7 +64,26 @@ impl HttpRequests {
             at: At::Head,
             buf: Vec::new(),
             requests: 0,
+            status: Vec::new(),
         }
+    }
+
+    /// Takes the next bytes the server sends the guest (they pass either
+    /// way): after an upgrade request, its status decides whether the
+    /// stream stays HTTP.
+    pub fn response(&mut self, bytes: &[u8]) {
+        if self.at != At::UpgradeAsked {
+            return;
+        }
+        let room = STATUS_PREFIX - self.status.len();
+        self.status
+            .extend_from_slice(&bytes[..room.min(bytes.len())]);
+        if self.status.len() < STATUS_PREFIX {
+            return;
+        }
+        let switched = self.status.starts_with(b"HTTP/1.") && &self.status[8..] == b" 101";
+        self.status.clear();
+        self.at = if switched { At::Opaque } else { At::Head };
     }
 
     /// Requests whose heads were checked so far.
@@ -70,6 +98,12 @@ impl HttpRequests {
         while !bytes.is_empty() {
             match self.at {
                 At::Opaque => return Ok(()),
+                At::UpgradeAsked => {
+                    return Err(
+                        "bytes after an Upgrade request before the server switched protocols"
+                            .into(),
+                    )
+                }
                 At::Body(left) => {
                     let n = take(left, bytes.len());
                     bytes = &bytes[n..];
@@ -183,8 +217,11 @@ fn framing(head: &[u8]) -> Result<At, String> {
     }
     Ok(match (length, chunked) {
         (Some(_), true) => return Err("both Content-Length and chunked".into()),
+        (Some(1..), _) | (_, true) if upgrade => {
+            return Err("an Upgrade request with a body".into())
+        }
         (_, true) => At::ChunkSize,
-        _ if upgrade => At::Opaque,
+        _ if upgrade => At::UpgradeAsked,
         (Some(0) | None, false) => At::Head,
         (Some(n), false) => At::Body(n),
     })
@@ -284,13 +321,39 @@ mod tests {
         }
     }
 
+    const UPGRADE: &[u8] =
+        b"GET /ws HTTP/1.1\r\nHost: web.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+
     #[test]
-    fn an_upgraded_connection_is_passed_through() {
+    fn an_upgraded_connection_is_passed_through_after_the_servers_101() {
         let mut s = HttpRequests::new("web.test");
-        s.feed(b"GET /ws HTTP/1.1\r\nHost: web.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            .unwrap();
+        s.feed(UPGRADE).unwrap();
+        // the status line may come in pieces
+        s.response(b"HTTP/1.1 1");
+        s.response(b"01 Switching Protocols\r\n\r\n");
         s.feed(get("other.test").as_bytes()).unwrap();
         assert_eq!(s.requests(), 1);
+    }
+
+    #[test]
+    fn an_upgrade_the_server_did_not_grant_checks_on() {
+        // H2: bytes before the server's answer are refused...
+        let mut s = HttpRequests::new("web.test");
+        let mut stream = UPGRADE.to_vec();
+        stream.extend_from_slice(get("other.test").as_bytes());
+        assert!(s.feed(&stream).is_err());
+        // ...and after a refusal the stream is HTTP again.
+        let mut s = HttpRequests::new("web.test");
+        s.feed(UPGRADE).unwrap();
+        s.response(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        let err = s.feed(get("other.test").as_bytes()).unwrap_err();
+        assert!(err.contains("other.test"), "{err}");
+        // an upgrade request with a body is ambiguous
+        let with_body =
+            "POST / HTTP/1.1\r\nHost: web.test\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\nabc";
+        assert!(HttpRequests::new("web.test")
+            .feed(with_body.as_bytes())
+            .is_err());
     }
 
     proptest! {

@@ -14,9 +14,9 @@
 //!   connections, name resolution (with the `CLAWPEN_EGRESS_HOSTS` test seam).
 //! - `log` — the batched log writer.
 //!
-//! Per-VM inference API keys are a later step: the inference flow is dialled
-//! in `host::dial` knowing which VM it serves, which is where a key would be
-//! added (an HTTP-aware forwarder instead of the plain TCP one).
+//! A VM's inference flow is dialled in `host::dial`, which first writes
+//! the line naming the VM (`clawpen_inference::guest_link`): the service
+//! accepts a VM's key only on its own VM's connections.
 
 mod dhcp;
 mod dns;
@@ -50,7 +50,7 @@ pub mod fuzzing {
 }
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -115,6 +115,31 @@ impl Drop for Forward {
     fn drop(&mut self) {
         self.accept.abort();
     }
+}
+
+/// Where forwards into guests listen, the first that binds: a loopback
+/// address of their own, never the console's. Browsers send a host's
+/// cookies to every port of that host, so a forward on the console's
+/// address would hand the console's session cookie to a server the guest
+/// controls. 127.0.0.2 is loopback on Linux; macOS has only 127.0.0.1 on
+/// `lo0` unless aliased, so there `[::1]` is used. `clawpen up` refuses to
+/// serve the console on either.
+pub const FORWARD_IPS: [IpAddr; 2] = [
+    IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)),
+    IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+];
+
+async fn bind_forward() -> Result<tokio::net::TcpListener, EgressError> {
+    let mut last = None;
+    for ip in FORWARD_IPS {
+        match tokio::net::TcpListener::bind((ip, 0)).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(EgressError::Forward(
+        last.expect("FORWARD_IPS is not empty"),
+    ))
 }
 
 impl Egress {
@@ -211,7 +236,7 @@ impl Egress {
             ids: self.ids.clone(),
             resolver: self.resolver.clone(),
             inference: self.inference.subscribe(),
-            log: self.log.clone(),
+            log: self.log.for_vm(vm.clone(), self.ids.clone()),
             forwards,
         })
         .map_err(|source| EgressError::Spawn {
@@ -221,17 +246,16 @@ impl Egress {
     }
 
     /// A loopback address whose connections reach the VM's `guest_port`
-    /// through its gateway (the same one on a second call). The guest is
-    /// reachable from the host this way only, never from the LAN; while
-    /// the VM has no gateway, connections are closed at once.
+    /// through its gateway (the same one on a second call), on one of
+    /// [`FORWARD_IPS`]. The guest is reachable from the host this way only,
+    /// never from the LAN; while the VM has no gateway, connections are
+    /// closed at once.
     pub async fn forward(&self, vm: &VmName, guest_port: u16) -> Result<SocketAddr, EgressError> {
         let key = (vm.clone(), guest_port);
         if let Some(existing) = self.lock_forwards().get(&key) {
             return Ok(existing.addr);
         }
-        let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
-            .await
-            .map_err(EgressError::Forward)?;
+        let listener = bind_forward().await?;
         let addr = listener.local_addr().map_err(EgressError::Forward)?;
         let routes = self.forward_to.clone();
         let name = vm.clone();

@@ -78,7 +78,7 @@ impl RuleSet {
     /// are then checked port by port.
     pub fn resolve(&self, name: &str) -> Verdict {
         if let Some(rule) = self.first(EgressAction::Deny, |r| {
-            r.target.matches_name(name) && r.covers_everything()
+            r.target.matches_name(name) && r.unrestricted()
         }) {
             return Verdict::by(rule);
         }
@@ -86,6 +86,15 @@ impl RuleSet {
             Some(rule) => Verdict::by(rule),
             None => Verdict::deny(None, "default deny: no rule names it"),
         }
+    }
+
+    /// Whether the rule `rule` (the one that allowed a flow) names `port`
+    /// in a port range of its own, rather than allowing every port: there
+    /// the gateway lets any protocol through uninspected (H1).
+    pub fn names_port(&self, rule: Option<u64>, port: u16) -> bool {
+        self.rules
+            .iter()
+            .any(|r| Some(r.id) == rule && r.ports.is_some_and(|p| !p.is_all() && p.contains(port)))
     }
 
     /// A connection to a name (through its synthetic address).
@@ -221,6 +230,34 @@ mod tests {
         let v = rules.connect_name("api.telegram.org", Tcp, 8443);
         assert!(!v.allow && v.rule.is_none());
         assert!(!rules.resolve("github.com").allow);
+    }
+
+    #[test]
+    fn a_rule_without_a_protocol_allows_tcp_only_and_denies_both() {
+        // H6: UDP to a name (QUIC with any SNI) only through a UDP rule.
+        let rules = RuleSet::new(vec![rule(1, Allow, "a.test", None)]);
+        assert!(rules.connect_name("a.test", Tcp, 443).allow);
+        assert!(!rules.connect_name("a.test", EgressProto::Udp, 443).allow);
+        let cidr = RuleSet::new(vec![rule(1, Allow, "140.82.0.0/16", None)]);
+        let ip: IpAddr = "140.82.112.1".parse().unwrap();
+        assert!(cidr.connect_ip(ip, Tcp, 443).allow);
+        assert!(!cidr.connect_ip(ip, EgressProto::Udp, 443).allow);
+        let udp = RuleSet::new(vec![EgressRule {
+            proto: Some(EgressProto::Udp),
+            ..rule(1, Allow, "a.test", None)
+        }]);
+        assert!(udp.connect_name("a.test", EgressProto::Udp, 443).allow);
+        let denied = RuleSet::new(vec![
+            rule(1, Deny, "a.test", None),
+            EgressRule {
+                proto: Some(EgressProto::Udp),
+                ..rule(2, Allow, "a.test", None)
+            },
+        ]);
+        assert_eq!(
+            denied.connect_name("a.test", EgressProto::Udp, 53).rule,
+            Some(1)
+        );
     }
 
     #[test]

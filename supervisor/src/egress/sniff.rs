@@ -115,6 +115,15 @@ pub fn tls_sni(bytes: &[u8]) -> Sniffed {
     client_hello_sni(body).unwrap_or_else(|| refused("malformed ClientHello"))
 }
 
+/// The `encrypted_client_hello` extension (RFC 9849). Refused: the name the
+/// server acts on is inside it, so the outer SNI the gateway checks would
+/// prove nothing (a guest holding an ECH config for a CDN could reach any
+/// name that CDN serves from behind an allowed one). The gateway's DNS
+/// serves no HTTPS/SVCB records, so clients that take ECH configs from DNS
+/// never send it; Chromium's GREASE ECH is refused too, so a browser in a
+/// guest needs `--disable-features=EncryptedClientHello`.
+const ENCRYPTED_CLIENT_HELLO: u16 = 0xfe0d;
+
 /// The SNI in a complete ClientHello body; `None` when it is malformed.
 fn client_hello_sni(body: &[u8]) -> Option<Sniffed> {
     let mut r = Reader::new(body);
@@ -131,6 +140,11 @@ fn client_hello_sni(body: &[u8]) -> Option<Sniffed> {
     while exts.pos < exts.bytes.len() {
         let kind = exts.u16()?;
         let data = exts.vec16()?;
+        if kind == ENCRYPTED_CLIENT_HELLO {
+            return Some(refused(
+                "TLS Encrypted Client Hello hides the name asked for (turn ECH off in the guest)",
+            ));
+        }
         if kind != 0 {
             continue;
         }
@@ -161,7 +175,15 @@ fn client_hello_sni(body: &[u8]) -> Option<Sniffed> {
 /// absolute-form target (`GET http://host/ HTTP/1.1`), the target's host too;
 /// both must agree.
 pub fn http_host(bytes: &[u8]) -> Sniffed {
-    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+    // Parsed as strictly as the strictest server, so no server reads the
+    // head another way than the gateway did: CRLF line ends only, no
+    // control characters, no folded or malformed field lines.
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
+    let head_so_far = head_end.map_or(bytes, |end| &bytes[..end + 2]);
+    if let Some(why) = ambiguous_bytes(head_so_far) {
+        return refused(why);
+    }
+    let Some(end) = head_end else {
         // Refuse early what cannot become a request line (TLS on port 80, ...).
         let method_end = bytes.iter().position(|b| *b == b' ').unwrap_or(bytes.len());
         return if bytes.len() >= MAX_SNIFF {
@@ -194,9 +216,15 @@ pub fn http_host(bytes: &[u8]) -> Sniffed {
     }
     let mut host = None;
     for line in lines {
+        if line.starts_with([' ', '\t']) {
+            return refused("folded HTTP header line (obsolete, read differently by servers)");
+        }
         let Some((field, value)) = line.split_once(':') else {
             return refused("malformed HTTP header line");
         };
+        if field.is_empty() || !field.bytes().all(is_token_byte) {
+            return refused("malformed HTTP header name");
+        }
         if field.eq_ignore_ascii_case("host") {
             if host.is_some() {
                 return refused("two Host headers");
@@ -215,10 +243,17 @@ pub fn http_host(bytes: &[u8]) -> Sniffed {
         Sniffed::Name(n) => n,
         other => return other,
     };
-    if let Some(rest) = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    {
+    let scheme_rest = |scheme: &str| {
+        target
+            .get(..scheme.len())
+            .filter(|start| start.eq_ignore_ascii_case(scheme))
+            .map(|_| &target[scheme.len()..])
+    };
+    let absolute = scheme_rest("http://").or_else(|| scheme_rest("https://"));
+    if absolute.is_none() && !target.starts_with('/') && target != "*" {
+        return refused("request target is neither a path nor an http(s) URL");
+    }
+    if let Some(rest) = absolute {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         let authority = authority.rsplit('@').next().unwrap_or_default();
         let same = strip_port(authority)
@@ -229,6 +264,31 @@ pub fn http_host(bytes: &[u8]) -> Sniffed {
         }
     }
     Sniffed::Name(name)
+}
+
+/// Why the bytes of a request head (so far) could be read two ways, if
+/// they could: a bare LF or CR (servers that take either as a line end see
+/// other requests than one that does not) or another control character.
+fn ambiguous_bytes(head: &[u8]) -> Option<&'static str> {
+    for (i, &b) in head.iter().enumerate() {
+        match b {
+            b'\n' if i == 0 || head[i - 1] != b'\r' => {
+                return Some("bare LF in an HTTP head (only CRLF ends a line)")
+            }
+            b'\r' if head.get(i + 1).is_some_and(|next| *next != b'\n') => {
+                return Some("bare CR in an HTTP head")
+            }
+            b'\r' | b'\n' | b'\t' => {}
+            0..=0x1f | 0x7f => return Some("control character in an HTTP head"),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A header name's bytes: RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Whether `method` (or the start of one) is at most 16 uppercase letters,
@@ -255,6 +315,12 @@ fn strip_port(authority: &str) -> Option<&str> {
 /// A minimal TLS 1.2/1.3 ClientHello naming `host`, for tests.
 #[cfg(test)]
 pub fn client_hello(host: &str) -> Vec<u8> {
+    client_hello_with(host, &[])
+}
+
+/// [`client_hello`] with more extensions after the SNI, for tests.
+#[cfg(test)]
+pub fn client_hello_with(host: &str, extra: &[(u16, &[u8])]) -> Vec<u8> {
     let host = host.as_bytes();
     let mut sni = Vec::new();
     let list_len = 3 + host.len();
@@ -266,6 +332,11 @@ pub fn client_hello(host: &str) -> Vec<u8> {
     exts.extend_from_slice(&0u16.to_be_bytes());
     exts.extend_from_slice(&(sni.len() as u16).to_be_bytes());
     exts.extend_from_slice(&sni);
+    for (kind, data) in extra {
+        exts.extend_from_slice(&kind.to_be_bytes());
+        exts.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        exts.extend_from_slice(data);
+    }
     let mut body = vec![3, 3];
     body.extend_from_slice(&[7; 32]);
     body.push(0);
@@ -304,6 +375,20 @@ mod tests {
         assert_eq!(tls_sni(&two), Sniffed::Name("allowed.test".into()));
     }
 
+    /// H5: a ClientHello with Encrypted Client Hello is refused whatever
+    /// its outer SNI says; other extensions are fine.
+    #[test]
+    fn encrypted_client_hello_is_refused() {
+        let ech = client_hello_with("allowed.test", &[(0xfe0d, &[0, 0, 1, 0, 1, 7])]);
+        assert!(
+            matches!(&tls_sni(&ech), Sniffed::Refused(why) if why.contains("Encrypted Client Hello")),
+            "{:?}",
+            tls_sni(&ech)
+        );
+        let alpn = client_hello_with("allowed.test", &[(16, &[0, 3, 2, b'h', b'2'])]);
+        assert_eq!(tls_sni(&alpn), Sniffed::Name("allowed.test".into()));
+    }
+
     #[test]
     fn non_tls_is_refused() {
         assert!(matches!(
@@ -331,6 +416,44 @@ mod tests {
         }
         assert_eq!(
             http_host(b"GET http://a.test:80/p HTTP/1.1\r\nhost: a.test\r\n\r\n"),
+            Sniffed::Name("a.test".into())
+        );
+    }
+
+    #[test]
+    fn http_heads_that_servers_could_read_another_way_are_refused() {
+        for bad in [
+            // H4: bare LF (one request here, two to a lenient server)
+            &b"GET / HTTP/1.1\nHost: a.test\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a.test\n\nGET / HTTP/1.1\r\nHost: b.test\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.test\rX: y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.test\r\nX: a\x00b\r\n\r\n",
+            // H3: absolute target compared whatever the scheme's case
+            b"GET HTTP://b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            b"GET hTtPs://b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            b"GET ftp://b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            b"GET b.test:80 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            // folded or malformed field lines
+            b"GET / HTTP/1.1\r\nX: y\r\n Host: b.test\r\nHost: a.test\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : b.test\r\nHost: a.test\r\n\r\n",
+        ] {
+            assert!(
+                matches!(http_host(bad), Sniffed::Refused(_)),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // a bare LF is refused as soon as it arrives, not after a timeout
+        assert!(matches!(
+            http_host(b"GET / HTTP/1.1\nHost: a.test\n\n"),
+            Sniffed::Refused(_)
+        ));
+        assert_eq!(
+            http_host(b"GET HTTP://A.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"),
+            Sniffed::Name("a.test".into())
+        );
+        assert_eq!(
+            http_host(b"OPTIONS * HTTP/1.1\r\nHost: a.test\r\nX:\tv\r\n\r\n"),
             Sniffed::Name("a.test".into())
         );
     }

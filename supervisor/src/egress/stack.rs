@@ -135,6 +135,8 @@ pub type UdpKey = (u16, Ipv4Addr, u16);
 /// An allowed UDP flow (datagrams relayed both ways until idle).
 struct UdpFlow {
     entry: EgressLogEntry,
+    /// How the flow is decided again when the rules change.
+    recheck: Recheck,
     guest: (EthernetAddress, Ipv4Addr),
     up: u64,
     down: u64,
@@ -194,10 +196,28 @@ impl Device for Queues {
     }
 }
 
+/// What a flow's first bytes must be to name the flow's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SniffKind {
     Tls,
     Http,
+    /// A port its rule does not name: TLS or HTTP, by the first byte.
+    TlsOrHttp,
+}
+
+impl SniffKind {
+    /// The kind the first bytes show; `Err` when they are neither TLS nor
+    /// HTTP where only those may go.
+    fn resolve(self, first: Option<u8>) -> Result<Self, &'static str> {
+        match (self, first) {
+            (Self::TlsOrHttp, Some(22)) => Ok(Self::Tls),
+            (Self::TlsOrHttp, Some(b)) if b.is_ascii_uppercase() => Ok(Self::Http),
+            (Self::TlsOrHttp, Some(_)) => {
+                Err("neither TLS nor HTTP: other protocols go only to ports a rule names")
+            }
+            (kind, _) => Ok(kind),
+        }
+    }
 }
 
 enum Phase {
@@ -236,7 +256,59 @@ struct Flow {
     fin_sent: bool,
     /// Port 80 flows: every later request's Host is checked too.
     http: Option<HttpRequests>,
+    /// How the flow is decided again when the rules change.
+    recheck: Recheck,
+    /// When bytes last moved either way (or the flow began).
+    last_active: Instant,
 }
+
+/// What a flow is decided on, to decide it again when the rules change:
+/// removing a rule ends the flows it allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Recheck {
+    Name(String),
+    Literal(IpAddr),
+    Inference,
+    /// DNS to the gateway and forwards from the host: no rule allowed them.
+    Never,
+}
+
+impl Recheck {
+    /// The verdict under `rules` for the flow logged as `entry`, when it is
+    /// a deny; `None` when the flow may go on (or is never decided again).
+    fn denies(
+        &self,
+        rules: &RuleSet,
+        proto: EgressProto,
+        entry: &EgressLogEntry,
+    ) -> Option<Verdict> {
+        let port = entry.port.unwrap_or_default();
+        let verdict = match self {
+            Self::Name(name) => rules.connect_name(name, proto, port),
+            Self::Literal(ip) => rules.connect_ip(*ip, proto, port),
+            Self::Inference => rules.inference(INFERENCE_NAME, IpAddr::V4(GATEWAY_IP), port),
+            Self::Never => return None,
+        };
+        (!verdict.allow).then_some(verdict)
+    }
+}
+
+/// Turns a flow's log entry into the deny that ended it on a rule change.
+fn ended_by_rules(entry: &mut EgressLogEntry, verdict: Verdict) {
+    entry.decision = EgressAction::Deny;
+    entry.rule = verdict.rule;
+    entry.reason = format!(
+        "{}; ended when the rules changed: {}",
+        entry.reason, verdict.reason
+    );
+}
+
+/// HTTP/3's port; see the UDP decision in `Stack::on_udp`.
+const QUIC_PORT: u16 = 443;
+
+/// An open TCP flow that moves no byte either way for this long is ended:
+/// a guest must not pin host connections (and their buffers) for ever.
+const TCP_IDLE: Duration = Duration::from_secs(10 * 60);
 
 /// One VM's gateway state.
 pub struct Stack {
@@ -367,6 +439,18 @@ impl Stack {
     #[cfg(test)]
     pub fn flow_count(&self) -> usize {
         self.flows.len()
+    }
+
+    /// DNS-over-TCP bytes held (queries read, replies unsent), all flows.
+    #[cfg(test)]
+    pub fn dns_backlog(&self) -> usize {
+        self.flows
+            .values()
+            .map(|f| match &f.phase {
+                Phase::Dns { inbox, outbox } => inbox.len() + outbox.len(),
+                _ => 0,
+            })
+            .sum()
     }
 
     fn new_entry(
@@ -527,6 +611,20 @@ impl Stack {
         let (name, verdict) = match self.destination(v4.dst) {
             Destination::Name(name) => {
                 let v = rules.connect_name(&name, EgressProto::Udp, dst_port);
+                // QUIC (UDP 443) carries the name asked for in an Initial
+                // the gateway does not decrypt: it goes only where the rule
+                // names the port; elsewhere clients fall back to TLS on TCP,
+                // whose SNI is checked.
+                let v = if v.allow && dst_port == QUIC_PORT && !rules.names_port(v.rule, QUIC_PORT)
+                {
+                    Verdict::deny(
+                        None,
+                        "QUIC (UDP 443) hides the name from the gateway: it goes only \
+                         where a rule names port 443 (clients fall back to TCP)",
+                    )
+                } else {
+                    v
+                };
                 (Some(name), v)
             }
             Destination::Literal => (
@@ -559,12 +657,18 @@ impl Stack {
             self.note(now, EgressLogProto::Udp, name, place, &verdict);
             return;
         }
-        let target = match &name {
-            Some(name) => DialTarget::Name {
-                name: name.clone(),
-                port: dst_port,
-            },
-            None => DialTarget::Addr(SocketAddr::new(IpAddr::V4(v4.dst), dst_port)),
+        let (target, recheck) = match &name {
+            Some(name) => (
+                DialTarget::Name {
+                    name: name.clone(),
+                    port: dst_port,
+                },
+                Recheck::Name(name.clone()),
+            ),
+            None => (
+                DialTarget::Addr(SocketAddr::new(IpAddr::V4(v4.dst), dst_port)),
+                Recheck::Literal(IpAddr::V4(v4.dst)),
+            ),
         };
         let entry = self.new_entry(
             now,
@@ -579,6 +683,7 @@ impl Stack {
             key,
             UdpFlow {
                 entry,
+                recheck,
                 guest: (v4.src_mac, v4.src),
                 up: payload.len() as u64,
                 down: 0,
@@ -628,6 +733,59 @@ impl Stack {
             }
         }
         self.end_udp(flow, now);
+    }
+
+    /// Decides every open flow again under changed `rules`: those no rule
+    /// allows now are ended (TCP reset, UDP closed) and logged as denied.
+    fn recheck(&mut self, rules: &RuleSet, now: Now) {
+        for flow in self.flows.values_mut() {
+            if flow.ended || matches!(flow.phase, Phase::Closing) {
+                continue;
+            }
+            let Some(verdict) = flow.recheck.denies(rules, EgressProto::Tcp, &flow.entry) else {
+                continue;
+            };
+            let socket = self.sockets.get_mut::<tcp::Socket>(flow.handle);
+            socket.abort();
+            flow.phase = Phase::Closing;
+            ended_by_rules(&mut flow.entry, verdict);
+            flow.logged = true;
+            finish(flow, now, &mut self.actions);
+        }
+        let denied: Vec<(UdpKey, Verdict)> = self
+            .udp
+            .iter()
+            .filter_map(|(key, flow)| {
+                let verdict = flow.recheck.denies(rules, EgressProto::Udp, &flow.entry)?;
+                Some((*key, verdict))
+            })
+            .collect();
+        for (key, verdict) in denied {
+            if let Some(mut flow) = self.udp.remove(&key) {
+                self.actions.push(Action::UdpClose { key });
+                ended_by_rules(&mut flow.entry, verdict);
+                self.end_udp(flow, now);
+            }
+        }
+    }
+
+    /// Ends the guest's TCP flows that moved nothing for [`TCP_IDLE`].
+    fn end_idle(&mut self, now: Now) {
+        for flow in self.flows.values_mut() {
+            let open = matches!(flow.phase, Phase::Open) && flow.recheck != Recheck::Never;
+            if !open || flow.ended || now.mono < flow.last_active + TCP_IDLE {
+                continue;
+            }
+            let socket = self.sockets.get_mut::<tcp::Socket>(flow.handle);
+            socket.abort();
+            flow.phase = Phase::Closing;
+            flow.entry.reason = format!(
+                "{}; ended after {} s without a byte either way",
+                flow.entry.reason,
+                TCP_IDLE.secs()
+            );
+            finish(flow, now, &mut self.actions);
+        }
     }
 
     /// Closes UDP flows that went idle, logging their byte counts.
@@ -758,10 +916,14 @@ impl Stack {
             ),
             Destination::Name(name) => {
                 let verdict = rules.connect_name(&name, EgressProto::Tcp, dst_port);
+                // H1: every flow to a name is inspected, but for the ports
+                // its rule names: there any protocol may go (a server that
+                // speaks first, SSH, SMTP, needs no bytes from the guest).
                 let sniff = match dst_port {
                     443 => Some(SniffKind::Tls),
                     80 => Some(SniffKind::Http),
-                    _ => None,
+                    _ if rules.names_port(verdict.rule, dst_port) => None,
+                    _ => Some(SniffKind::TlsOrHttp),
                 };
                 let (phase, target) = match sniff {
                     Some(kind) => (
@@ -793,6 +955,12 @@ impl Stack {
                     Some(DialTarget::Addr(target)),
                 )
             }
+        };
+        let recheck = match (&target, &name) {
+            (Some(DialTarget::Inference), _) => Recheck::Inference,
+            (Some(DialTarget::Addr(addr)), _) => Recheck::Literal(addr.ip()),
+            (_, Some(name)) => Recheck::Name(name.clone()),
+            _ => Recheck::Never,
         };
         let verdict = if verdict.allow && self.flows.len() >= MAX_FLOWS {
             Verdict::deny(
@@ -865,6 +1033,8 @@ impl Stack {
                 host_eof: false,
                 fin_sent: false,
                 http: None,
+                recheck,
+                last_active: now.mono,
             },
         );
     }
@@ -968,6 +1138,8 @@ impl Stack {
                 host_eof: false,
                 fin_sent: false,
                 http: None,
+                recheck: Recheck::Never,
+                last_active: now.mono,
             },
         );
         true
@@ -975,6 +1147,11 @@ impl Stack {
 
     /// Runs smoltcp and moves data between sockets and host connections.
     pub fn poll(&mut self, now: Now) {
+        if self.rules.has_changed().unwrap_or(false) {
+            let rules = self.rules.borrow_and_update().clone();
+            self.recheck(&rules, now);
+        }
+        self.end_idle(now);
         self.reap(now);
         self.expire_udp(now);
         self.iface
@@ -1123,15 +1300,24 @@ fn sniff_step(
             _ => break,
         }
     }
+    let port = flow.entry.port.unwrap_or_default();
+    let kind = match kind.resolve(buf.first().copied()) {
+        Ok(kind) => kind,
+        Err(why) => {
+            let reason = format!("port {port} to {name}: {why}");
+            refuse(flow, socket, reason, actions);
+            return;
+        }
+    };
     let (what, sniffed) = match kind {
         SniffKind::Tls => ("TLS SNI", sniff::tls_sni(buf)),
         SniffKind::Http => ("HTTP Host", sniff::http_host(buf)),
+        SniffKind::TlsOrHttp => ("TLS SNI or HTTP Host", Sniffed::NeedMore),
     };
     let name = name.clone();
-    let port = flow.entry.port.unwrap_or_default();
     match sniffed {
         Sniffed::Name(asked) if asked == name => {
-            if *kind == SniffKind::Http {
+            if kind == SniffKind::Http {
                 let mut requests = HttpRequests::new(&name);
                 if let Err(why) = requests.feed(buf) {
                     let reason = format!("port {port}: {why}");
@@ -1179,6 +1365,15 @@ fn sniff_step(
 }
 
 fn open_step(flow: &mut Flow, socket: &mut tcp::Socket<'_>, now: Now, actions: &mut Vec<Action>) {
+    let moved_before = (flow.up, flow.down);
+    open_moves(flow, socket, now, actions);
+    if (flow.up, flow.down) != moved_before {
+        flow.last_active = now.mono;
+    }
+}
+
+/// [`open_step`]'s work: bytes both ways, with backpressure.
+fn open_moves(flow: &mut Flow, socket: &mut tcp::Socket<'_>, now: Now, actions: &mut Vec<Action>) {
     // Guest → host, stopping when the host connection is full: the guest's
     // window then closes (backpressure), nothing is buffered without bound.
     loop {
@@ -1236,7 +1431,12 @@ fn open_step(flow: &mut Flow, socket: &mut tcp::Socket<'_>, now: Now, actions: &
                     break;
                 };
                 match from_host.try_recv() {
-                    Ok(HostData::Data(chunk)) => chunk,
+                    Ok(HostData::Data(chunk)) => {
+                        if let Some(http) = flow.http.as_mut() {
+                            http.response(&chunk);
+                        }
+                        chunk
+                    }
                     Ok(HostData::Reset) => {
                         socket.abort();
                         flow.phase = Phase::Closing;
@@ -1278,11 +1478,22 @@ fn open_step(flow: &mut Flow, socket: &mut tcp::Socket<'_>, now: Now, actions: &
     }
 }
 
-/// Reads length-prefixed DNS messages (RFC 1035 4.2.2) from the guest.
+/// Replies (bytes) a DNS-over-TCP flow may hold for a guest that does not
+/// read them; past this its queries wait unread in its own TCP window.
+const DNS_OUTBOX_LIMIT: usize = 16 * 1024;
+/// Queries answered per step, so one step adds a bounded amount of replies.
+const DNS_QUERIES_PER_STEP: usize = 8;
+
+/// Reads length-prefixed DNS messages (RFC 1035 4.2.2) from the guest, as
+/// long as the guest reads the replies (H7: a client that never reads must
+/// not make the gateway queue replies without bound).
 fn dns_step(flow: &mut Flow, socket: &mut tcp::Socket<'_>) -> Vec<Vec<u8>> {
-    let Phase::Dns { inbox, .. } = &mut flow.phase else {
+    let Phase::Dns { inbox, outbox } = &mut flow.phase else {
         return Vec::new();
     };
+    if outbox.len() >= DNS_OUTBOX_LIMIT {
+        return Vec::new();
+    }
     let most = 2 + usize::from(u16::MAX);
     while socket.can_recv() && inbox.len() < most {
         let room = most - inbox.len();
@@ -1300,6 +1511,7 @@ fn dns_step(flow: &mut Flow, socket: &mut tcp::Socket<'_>) -> Vec<Vec<u8>> {
     let mut queries = Vec::new();
     while let Some(len) = inbox
         .get(..2)
+        .filter(|_| queries.len() < DNS_QUERIES_PER_STEP)
         .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
     {
         let Some(message) = inbox.get(2..2 + len) else {

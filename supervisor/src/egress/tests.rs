@@ -269,7 +269,11 @@ fn unknown_names_get_nxdomain_and_allowed_ones_a_synthetic_address() {
 /// A whole flow: SYN held until the host answers, data both ways, FIN.
 #[test]
 fn allowed_flow_moves_bytes_both_ways() {
-    let mut h = Harness::new(vec![rule(1, EgressAction::Allow, "allowed.test")]);
+    // A port the rule names: any protocol, dialled at the SYN.
+    let mut h = Harness::new(vec![EgressRule {
+        ports: Some(clawpen_api::PortRange::parse("8080").unwrap()),
+        ..rule(1, EgressAction::Allow, "allowed.test")
+    }]);
     let ip = h.resolve("allowed.test").unwrap();
     let dst = (ip, 8080);
     let syn = Seg {
@@ -392,6 +396,77 @@ fn sni_of_another_name_is_refused_before_any_dial() {
         denied[0].reason
     );
     assert!(segments(&frames).iter().any(|s| s.0 == TcpControl::Rst));
+}
+
+/// A connection to `port` of allowed.test whose first bytes are
+/// `first`: whether it was dialled, and the deny reason if refused.
+fn first_bytes_verdict(rules: Vec<EgressRule>, port: u16, first: &[u8]) -> (bool, Option<String>) {
+    let mut h = Harness::new(rules);
+    let ip = h.resolve("allowed.test").unwrap();
+    let dst = (ip, port);
+    let (frames, mut actions) = h.send(&tcp_frame(&Seg {
+        dst,
+        src_port: 50003,
+        control: TcpControl::Syn,
+        seq: 1,
+        ack: None,
+        payload: b"",
+    }));
+    let server_seq = segments(&frames)[0].2.wrapping_add(1);
+    let (_, more) = h.send(&tcp_frame(&Seg {
+        dst,
+        src_port: 50003,
+        control: TcpControl::Psh,
+        seq: 2,
+        ack: Some(server_seq),
+        payload: first,
+    }));
+    actions.extend(more);
+    let dialled = actions.iter().any(|a| matches!(a, Action::Dial { .. }));
+    let denied = logs(&actions)
+        .into_iter()
+        .find(|e| e.decision == EgressAction::Deny)
+        .map(|e| e.reason.clone());
+    (dialled, denied)
+}
+
+/// H1: on a port its rule does not name, a flow to a name must be TLS
+/// naming it or HTTP asking for it; raw bytes or TLS for another name are
+/// refused before any dial. A port the rule names takes any protocol.
+#[test]
+fn flows_to_a_name_are_inspected_on_every_port_the_rule_does_not_name() {
+    let any_port = || vec![rule(1, EgressAction::Allow, "allowed.test")];
+    let (dialled, denied) = first_bytes_verdict(any_port(), 8443, &client_hello("other.test"));
+    assert!(
+        !dialled && denied.as_deref().unwrap().contains("other.test"),
+        "{denied:?}"
+    );
+    let (dialled, denied) = first_bytes_verdict(any_port(), 2222, b"SSH-2.0-OpenSSH_9.6\r\n");
+    assert!(!dialled && denied.is_some(), "{denied:?}");
+    let (dialled, denied) =
+        first_bytes_verdict(any_port(), 5432, b"\x00\x00\x00\x08\x04\xd2\x16\x2f");
+    assert!(!dialled, "{denied:?}");
+    assert!(denied.unwrap().contains("neither TLS nor HTTP"));
+    let (dialled, _) = first_bytes_verdict(any_port(), 8443, &client_hello("allowed.test"));
+    assert!(dialled, "TLS naming the name is dialled on any port");
+    let (dialled, denied) = first_bytes_verdict(
+        any_port(),
+        8080,
+        b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n",
+    );
+    assert!(!dialled && denied.is_some());
+    let (dialled, _) = first_bytes_verdict(
+        any_port(),
+        8080,
+        b"GET / HTTP/1.1\r\nHost: allowed.test:8080\r\n\r\n",
+    );
+    assert!(dialled);
+    let ssh = vec![EgressRule {
+        ports: Some(clawpen_api::PortRange::parse("22-2222").unwrap()),
+        ..rule(1, EgressAction::Allow, "allowed.test")
+    }];
+    let (dialled, denied) = first_bytes_verdict(ssh, 2222, b"SSH-2.0-OpenSSH_9.6\r\n");
+    assert!(dialled && denied.is_none(), "{denied:?}");
 }
 
 #[test]
@@ -631,4 +706,239 @@ proptest! {
         }
         let _ = super::dns::answer(&bytes, &mut Deny);
     }
+}
+
+/// H7: a DNS-over-TCP client that sends queries and never reads the
+/// replies gets a bounded backlog: the gateway stops reading its queries
+/// (its TCP window closes) instead of queueing replies without end.
+#[test]
+fn dns_over_tcp_replies_stay_bounded_for_a_guest_that_never_reads() {
+    let mut h = Harness::new(vec![rule(1, EgressAction::Allow, "allowed.test")]);
+    let dst = (GATEWAY_IP, 53);
+    let (frames, _) = h.send(&tcp_frame(&Seg {
+        dst,
+        src_port: 50053,
+        control: TcpControl::Syn,
+        seq: 5000,
+        ack: None,
+        payload: b"",
+    }));
+    let server_seq = segments(&frames)[0].2.wrapping_add(1);
+    let mut query = Message::new(9, MessageType::Query, OpCode::Query);
+    query.add_query(Query::query(
+        Name::from_ascii("allowed.test").unwrap(),
+        RecordType::A,
+    ));
+    let query = query.to_vec().unwrap();
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    let per_segment: Vec<u8> = framed.repeat(1400 / framed.len());
+    let mut seq: u32 = 5001;
+    let mut most = 0;
+    for _ in 0..1000 {
+        // The guest acknowledges only the SYN-ACK, never a reply.
+        h.send(&tcp_frame(&Seg {
+            dst,
+            src_port: 50053,
+            control: TcpControl::Psh,
+            seq,
+            ack: Some(server_seq),
+            payload: &per_segment,
+        }));
+        seq = seq.wrapping_add(per_segment.len() as u32);
+        most = most.max(h.stack.dns_backlog());
+    }
+    // 1000 segments of ~30 queries: ~1.4 MB of replies, were they all
+    // answered; held are at most one read buffer of queries (64 KiB) and
+    // the bounded replies.
+    assert!(
+        most <= 66 * 1024 + 24 * 1024,
+        "the DNS-over-TCP backlog grew to {most} bytes"
+    );
+}
+
+/// An allowed, dialled flow to allowed.test:8080 (a rule naming the port):
+/// the harness, the host side's ends (what the guest sent arrives on the
+/// first; the second feeds the guest).
+fn open_flow() -> (
+    Harness,
+    mpsc::Receiver<bytes::Bytes>,
+    mpsc::Sender<HostData>,
+) {
+    let mut h = Harness::new(vec![EgressRule {
+        ports: Some(clawpen_api::PortRange::parse("8080").unwrap()),
+        ..rule(1, EgressAction::Allow, "allowed.test")
+    }]);
+    let ip = h.resolve("allowed.test").unwrap();
+    let (frames, actions) = h.send(&tcp_frame(&Seg {
+        dst: (ip, 8080),
+        src_port: 50010,
+        control: TcpControl::Syn,
+        seq: 1000,
+        ack: None,
+        payload: b"",
+    }));
+    // the guest completes the handshake
+    let server_seq = segments(&frames)[0].2.wrapping_add(1);
+    h.send(&tcp_frame(&Seg {
+        dst: (ip, 8080),
+        src_port: 50010,
+        control: TcpControl::None,
+        seq: 1001,
+        ack: Some(server_seq),
+        payload: b"",
+    }));
+    let Some(Action::Dial { id, .. }) = actions
+        .iter()
+        .find(|a| matches!(a, Action::Dial { .. }))
+        .cloned()
+    else {
+        panic!("no dial: {actions:?}");
+    };
+    let (to_host, up) = mpsc::channel(8);
+    let (down, from_host) = mpsc::channel(8);
+    let now = h.now();
+    h.stack.dialed(
+        id,
+        Ok((
+            FlowIo { to_host, from_host },
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
+        )),
+        now,
+    );
+    h.poll();
+    assert_eq!(h.stack.flow_count(), 1);
+    (h, up, down)
+}
+
+/// Removing the rule that allowed a flow ends it: the guest gets a reset,
+/// the host side is closed, and the log says why.
+#[test]
+fn removing_a_rule_ends_the_flows_it_allowed() {
+    let (mut h, mut up, _down) = open_flow();
+    h.rules.send(Arc::new(RuleSet::new(vec![]))).unwrap();
+    let (frames, actions) = h.poll();
+    assert!(
+        segments(&frames).iter().any(|s| s.0 == TcpControl::Rst),
+        "no reset to the guest"
+    );
+    let ended = logs(&actions);
+    assert_eq!(ended.len(), 1, "{actions:?}");
+    assert_eq!(ended[0].decision, EgressAction::Deny);
+    assert!(
+        ended[0].reason.contains("rules changed"),
+        "{}",
+        ended[0].reason
+    );
+    assert!(ended[0].ended_unix_ms.is_some());
+    // the host side's channel is closed
+    assert!(matches!(
+        up.try_recv(),
+        Err(mpsc::error::TryRecvError::Disconnected)
+    ));
+    // a UDP flow the same way
+    let mut udp_rule = rule(1, EgressAction::Allow, "udp.test");
+    udp_rule.proto = Some(clawpen_api::EgressProto::Udp);
+    let mut udp = Harness::new(vec![udp_rule]);
+    let synthetic = udp.resolve("udp.test").unwrap();
+    let datagram = from_guest(
+        udp_frame(
+            EthernetAddress(GATEWAY_MAC),
+            (GUEST_IP, 41000),
+            (synthetic, 5000),
+            b"ping",
+        )
+        .unwrap(),
+    );
+    let (_, actions) = udp.send(&datagram);
+    assert!(actions.iter().any(|a| matches!(a, Action::UdpOpen { .. })));
+    udp.rules.send(Arc::new(RuleSet::new(vec![]))).unwrap();
+    let (_, actions) = udp.poll();
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::UdpClose { .. })),
+        "{actions:?}"
+    );
+    let ended = logs(&actions);
+    assert_eq!(ended.len(), 1, "{actions:?}");
+    assert_eq!(ended[0].decision, EgressAction::Deny);
+    assert!(
+        ended[0].reason.contains("rules changed"),
+        "{}",
+        ended[0].reason
+    );
+
+    // a change that still allows it leaves a flow alone
+    let (mut h, _up, _down) = open_flow();
+    h.rules
+        .send(Arc::new(RuleSet::new(vec![rule(
+            2,
+            EgressAction::Allow,
+            "*.test",
+        )])))
+        .unwrap();
+    let (_, actions) = h.poll();
+    assert!(logs(&actions).is_empty(), "{actions:?}");
+    assert_eq!(h.stack.flow_count(), 1);
+}
+
+/// A flow that moves nothing for ten minutes is ended (no pinned host
+/// connections); one that keeps moving bytes is not.
+#[test]
+fn idle_tcp_flows_are_ended() {
+    let (mut h, _up, down) = open_flow();
+    h.ms += 9 * 60 * 1000;
+    down.try_send(HostData::Data(bytes::Bytes::from_static(b"tick")))
+        .unwrap();
+    h.poll();
+    h.ms += 9 * 60 * 1000;
+    let (_, actions) = h.poll();
+    assert!(logs(&actions).is_empty(), "ended while active: {actions:?}");
+    h.ms += 2 * 60 * 1000;
+    // (the guest's ARP again: the gateway's neighbour entry expired)
+    let (frames, actions) = h.send(&arp_request());
+    let ended = logs(&actions);
+    assert_eq!(ended.len(), 1, "{actions:?}");
+    assert!(
+        ended[0].reason.contains("without a byte"),
+        "{}",
+        ended[0].reason
+    );
+    let segs = segments(&frames);
+    assert!(segs.iter().any(|s| s.0 == TcpControl::Rst), "{segs:?}");
+}
+
+/// QUIC: a UDP rule for a name does not carry UDP 443 (the name asked
+/// for is hidden in the Initial) unless the rule names port 443.
+#[test]
+fn quic_to_a_name_needs_a_rule_that_names_port_443() {
+    let udp_rule = |ports: Option<&str>| EgressRule {
+        proto: Some(clawpen_api::EgressProto::Udp),
+        ports: ports.map(|p| clawpen_api::PortRange::parse(p).unwrap()),
+        ..rule(1, EgressAction::Allow, "udp.test")
+    };
+    let first_datagram = |rules: Vec<EgressRule>, port: u16| {
+        let mut h = Harness::new(rules);
+        let synthetic = h.resolve("udp.test").unwrap();
+        let frame = from_guest(
+            udp_frame(
+                EthernetAddress(GATEWAY_MAC),
+                (GUEST_IP, 41000),
+                (synthetic, port),
+                b"\xc0\x00\x00\x00\x01initial",
+            )
+            .unwrap(),
+        );
+        let (_, actions) = h.send(&frame);
+        let opened = actions.iter().any(|a| matches!(a, Action::UdpOpen { .. }));
+        let reason = logs(&actions).first().map(|e| e.reason.clone());
+        (opened, reason)
+    };
+    let (opened, reason) = first_datagram(vec![udp_rule(None)], 443);
+    assert!(!opened);
+    assert!(reason.unwrap().contains("QUIC"));
+    assert!(
+        first_datagram(vec![udp_rule(None)], 4433).0,
+        "other UDP ports still go"
+    );
+    assert!(first_datagram(vec![udp_rule(Some("443"))], 443).0);
 }

@@ -9,6 +9,7 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use super::cache::PrefixCache;
 use super::model::{KvCache, Transformer};
 use super::tokenizer::{TextTokenizer, Utf8Stream};
+use crate::constrain::Constraint;
 use crate::engine::{EngineEvent, FinishReason, Usage};
 
 /// Prompt tokens fed per forward pass: bounds the attention mask's size
@@ -70,6 +71,7 @@ pub fn run(
     model: DecodeModel<'_>,
     prompt: &[u32],
     params: &SamplingParams,
+    constraint: Option<Constraint>,
     emit: &mut dyn FnMut(EngineEvent) -> bool,
     cancelled: &dyn Fn() -> bool,
 ) -> candle_core::Result<Option<(FinishReason, Usage)>> {
@@ -89,6 +91,7 @@ pub fn run(
             tokenizer,
             device,
             context_length,
+            constraint,
         },
         &mut kv,
         &mut fed,
@@ -101,12 +104,13 @@ pub fn run(
     Ok(outcome)
 }
 
-/// The model and what feeding it needs.
+/// The model, what feeding it needs, and what the output must follow.
 struct Step<'a> {
     weights: &'a Transformer,
     tokenizer: &'a TextTokenizer,
     device: &'a Device,
     context_length: usize,
+    constraint: Option<Constraint>,
 }
 
 impl Step<'_> {
@@ -125,7 +129,7 @@ impl Step<'_> {
 }
 
 fn generate(
-    step: Step<'_>,
+    mut step: Step<'_>,
     kv: &mut KvCache,
     fed: &mut Vec<u32>,
     prompt: &[u32],
@@ -149,11 +153,23 @@ fn generate(
     let mut stops = StopScanner::new(&params.stop);
     let mut completion = 0u64;
     let finish = loop {
-        let l = logits.squeeze(0)?.to_dtype(DType::F32)?;
+        let mut l = logits.squeeze(0)?.to_dtype(DType::F32)?;
+        if let Some(c) = step.constraint.as_mut().filter(|c| c.is_active()) {
+            let mut values = l.to_vec1::<f32>()?;
+            if !c.mask(&mut values) {
+                // No token can continue the grammar: end here.
+                break FinishReason::Stop;
+            }
+            let n = values.len();
+            l = Tensor::from_vec(values, n, l.device())?;
+        }
         let next = sampler.sample(&l)?;
         completion += 1;
         if step.tokenizer.ends_generation(next) {
             break FinishReason::Stop;
+        }
+        if let Some(c) = step.constraint.as_mut() {
+            c.accept(next, step.tokenizer.piece(next));
         }
         let text = utf8.push(step.tokenizer.piece(next));
         let (out, hit) = stops.push(&text);

@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -28,8 +28,10 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
+use crate::constrain::{ConstrainError, Constraint, Vocabulary};
 use crate::engine::{Engine, EngineError, EngineEvent, EngineStream, GenerateRequest};
-use crate::parse::Family;
+use crate::parse::grammar::{self, OutputGrammar, ToolChoice};
+use crate::parse::{Family, ToolSpec};
 
 pub mod attention;
 pub mod batched;
@@ -113,7 +115,10 @@ enum SlotState {
 struct Model {
     /// The transformer and what its KV cache holds; one generation at a time.
     session: Mutex<Session>,
-    tokenizer: tokenizer::TextTokenizer,
+    tokenizer: Arc<tokenizer::TextTokenizer>,
+    /// The vocabulary as the grammar engine sees it, built on the first
+    /// constrained request (a few hundred ms for 150k tokens).
+    vocabulary: OnceLock<Result<Arc<Vocabulary>, ConstrainError>>,
     template: template::ChatTemplate,
     context_length: usize,
     family: Family,
@@ -330,7 +335,8 @@ fn load_one(id: &str, path: &Path, device: &Device, options: &LocalOptions) -> S
                     cache: cache::PrefixCache::new(cache_tokens),
                     weights: m.weights,
                 }),
-                tokenizer: m.tokenizer,
+                tokenizer: Arc::new(m.tokenizer),
+                vocabulary: OnceLock::new(),
                 template: m.template,
                 context_length: m.context_length,
                 family,
@@ -370,6 +376,108 @@ fn pick_device() -> Device {
 
 /// The families' reasoning-tag check wants the rendered prompt; a model
 /// whose prompt opens `<think>` starts its output inside reasoning.
+/// The grammar a request's tools, `tool_choice` and `response_format`
+/// call for: calls when they are required, else the JSON format when one
+/// is asked for, else calls started lazily (see [`grammar`]).
+fn output_grammar(r: &GenerateRequest, family: Family) -> Result<Option<OutputGrammar>, String> {
+    let choice = ToolChoice::from_wire(r.tool_choice.as_ref()).map_err(|e| e.to_string())?;
+    let tools = tool_specs(r);
+    let parallel = r.parallel_tool_calls.unwrap_or(true);
+    let calls =
+        grammar::tool_grammar(family, &tools, &choice, parallel).map_err(|e| e.to_string())?;
+    if matches!(choice, ToolChoice::Required | ToolChoice::Function(_)) && calls.is_some() {
+        return Ok(calls);
+    }
+    match grammar::format_grammar(r.response_format.as_ref()).map_err(|e| e.to_string())? {
+        Some(format) => Ok(Some(format)),
+        None => Ok(calls),
+    }
+}
+
+fn tool_specs(r: &GenerateRequest) -> Vec<ToolSpec> {
+    r.tools
+        .iter()
+        .map(|t| ToolSpec {
+            name: t.function.name.clone(),
+            parameters: t.function.parameters.clone().unwrap_or(Value::Null),
+        })
+        .collect()
+}
+
+impl Model {
+    /// The model's vocabulary for grammars (built once).
+    fn vocabulary(&self) -> Result<Arc<Vocabulary>, ConstrainError> {
+        self.vocabulary
+            .get_or_init(|| {
+                let started = Instant::now();
+                let tokenizer = Arc::clone(&self.tokenizer);
+                let encode: crate::constrain::Encoder = Arc::new(move |bytes: &[u8]| {
+                    tokenizer
+                        .encode(&String::from_utf8_lossy(bytes))
+                        .unwrap_or_default()
+                });
+                let v = Vocabulary::new(
+                    self.tokenizer.pieces(),
+                    self.tokenizer.len(),
+                    &self.tokenizer.end_ids(),
+                    encode,
+                )
+                .map(Arc::new);
+                tracing::info!(model = %self.id, ms = started.elapsed().as_millis() as u64, "grammar vocabulary built");
+                v
+            })
+            .clone()
+    }
+
+    /// A compiled constraint for `grammar`; an error names the tool whose
+    /// schema does not compile.
+    fn constraint(
+        &self,
+        grammar: &OutputGrammar,
+        tools: &[crate::engine::ChatTool],
+    ) -> Result<Constraint, String> {
+        let vocabulary = self.vocabulary().map_err(|e| e.to_string())?;
+        Constraint::new(Arc::clone(&vocabulary), grammar).map_err(|e| {
+            for (i, tool) in tools.iter().enumerate() {
+                let spec = ToolSpec {
+                    name: tool.function.name.clone(),
+                    parameters: tool.function.parameters.clone().unwrap_or(Value::Null),
+                };
+                let compile = |schema: &Value| {
+                    vocabulary.matcher(&format!("start: {}", grammar::json_rule(schema)))
+                };
+                if let Err(e) = compile(&grammar::arguments_schema(&spec)) {
+                    let path =
+                        grammar::failing_schema_path(&spec.parameters, &|sub| compile(sub).is_ok());
+                    let at = if path.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" at {path}")
+                    };
+                    return format!(
+                        "tools[{i}] '{}': its parameters schema cannot be enforced{at}: {}",
+                        spec.name,
+                        compile_reason(&e)
+                    );
+                }
+            }
+            format!(
+                "the requested output format cannot be enforced: {}",
+                compile_reason(&e)
+            )
+        })
+    }
+}
+
+/// llguidance's compile error without the echo of the grammar that it
+/// appends (the user wrote a schema, not that grammar).
+fn compile_reason(error: &impl std::fmt::Display) -> String {
+    let text = error.to_string();
+    let reason = text.split("\n   1 | ").next().unwrap_or(&text);
+    let reason = reason.split_once("): ").map_or(reason, |(_, rest)| rest);
+    reason.trim().to_string()
+}
+
 fn opening_tag(family: Family, prompt: &str) -> Option<&'static str> {
     if family.prompt_opens_reasoning(prompt) {
         family.reasoning_tags().map(|(open, _)| open)
@@ -476,19 +584,24 @@ impl Engine for LocalEngine {
             status: 400,
             message,
         };
-        // Rendering and tokenizing a long conversation takes milliseconds:
-        // off the async workers.
-        let (prompt_text, prompt) = {
+        let grammar = output_grammar(&request, model.family).map_err(rejected)?;
+        // Rendering and tokenizing a long conversation, and compiling a
+        // grammar, take milliseconds: off the async workers.
+        let (prompt_text, prompt, constraint) = {
             let model = Arc::clone(&model);
             let messages = std::mem::take(&mut request.messages);
             let tools = std::mem::take(&mut request.tools);
             tokio::task::spawn_blocking(move || {
+                let constraint = match &grammar {
+                    Some(g) => Some(model.constraint(g, &tools)?),
+                    None => None,
+                };
                 let text = model
                     .template
                     .render(&messages, &tools, true)
                     .map_err(|e| e.to_string())?;
                 let ids = model.tokenizer.encode(&text).map_err(|e| e.to_string())?;
-                Ok::<_, String>((text, ids))
+                Ok::<_, String>((text, ids, constraint))
             })
             .await
             .map_err(|e| EngineError::Failed(format!("prompt preparation: {e}")))?
@@ -529,7 +642,8 @@ impl Engine for LocalEngine {
             let spawned = std::thread::Builder::new()
                 .name("clawpen-generate".into())
                 .spawn(move || {
-                    let end = generate_blocking(&model, &prompt, &params, open, &scope, tx);
+                    let end =
+                        generate_blocking(&model, &prompt, &params, constraint, open, &scope, tx);
                     // The next in line may start only once the model's lock
                     // is free: `generate_blocking` has released it.
                     drop(turn);
@@ -575,6 +689,7 @@ fn generate_blocking(
     model: &Model,
     prompt: &[u32],
     params: &SamplingParams,
+    constraint: Option<Constraint>,
     open: Option<&'static str>,
     scope: &str,
     tx: mpsc::Sender<Result<EngineEvent, EngineError>>,
@@ -615,6 +730,7 @@ fn generate_blocking(
             },
             prompt,
             params,
+            constraint,
             &mut emit,
             &|| tx.is_closed(),
         );

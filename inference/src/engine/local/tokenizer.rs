@@ -224,6 +224,18 @@ impl TextTokenizer {
             .unwrap_or(&[])
     }
 
+    /// The bytes of every token, by id.
+    pub fn pieces(&self) -> &[Vec<u8>] {
+        &self.pieces
+    }
+
+    /// The ids that end the model's turn, in order.
+    pub fn end_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.end_of_generation.iter().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Whether `id` ends the model's turn.
     pub fn ends_generation(&self, id: u32) -> bool {
         self.end_of_generation.contains(&id)

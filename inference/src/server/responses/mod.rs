@@ -159,7 +159,8 @@ async fn prepare(
             parameters: t.function.parameters.clone().unwrap_or(Value::Null),
         })
         .collect();
-    let callable = crate::generation::callable_tools(specs, tool_choice.as_ref());
+    let callable = crate::generation::callable_tools(specs, tool_choice.as_ref())
+        .map_err(|e| ApiError::invalid_param("tool_choice", e.to_string()))?;
     let generate = GenerateRequest {
         model,
         messages,
