@@ -1,26 +1,5 @@
-//! A guest's HTTP/1.x request stream on an allowed connection (each
-//! request's Host checked, bodies skipped by their framing): no panic, and
-//! the verdict does not depend on how the bytes were split into reads.
+//! libFuzzer entry of [`clawpen_fuzz::targets::http_stream`].
 
 #![no_main]
 
-use clawpen_fuzz::read_size_and_rest;
-use clawpen_supervisor::fuzzing::HttpRequests;
-use libfuzzer_sys::fuzz_target;
-
-/// The first error feeding `chunks` in order, if any.
-fn verdict<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Result<(), String> {
-    let mut stream = HttpRequests::new("example.com");
-    chunks.into_iter().try_for_each(|c| stream.feed(c))
-}
-
-fuzz_target!(|data: &[u8]| {
-    let Some((step, bytes)) = read_size_and_rest(data) else {
-        return;
-    };
-    assert_eq!(
-        verdict([bytes]),
-        verdict(bytes.chunks(step)),
-        "reads of {step} bytes"
-    );
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| clawpen_fuzz::targets::http_stream::run(data));

@@ -1,32 +1,5 @@
-//! An upstream server's Server-Sent Events body, as it streams: no panic,
-//! and the same events however the bytes were split into network reads
-//! (a `\r\n` or a UTF-8 character may be cut anywhere).
+//! libFuzzer entry of [`clawpen_fuzz::targets::sse`].
 
 #![no_main]
 
-use clawpen_fuzz::read_size_and_rest;
-use clawpen_inference::engine::sse::{SseDecoder, SseEvent};
-use libfuzzer_sys::fuzz_target;
-
-/// Every event of `reads`, decoded in order (inputs stay far below the
-/// default limit, so no read fails).
-fn events<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> Vec<SseEvent> {
-    let mut decoder = SseDecoder::default();
-    let mut out = Vec::new();
-    for read in reads {
-        out.extend(decoder.push(read).expect("under the limit"));
-    }
-    out.extend(decoder.finish());
-    out
-}
-
-fuzz_target!(|data: &[u8]| {
-    let Some((step, body)) = read_size_and_rest(data) else {
-        return;
-    };
-    assert_eq!(
-        events([body]),
-        events(body.chunks(step)),
-        "reads of {step} bytes"
-    );
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| clawpen_fuzz::targets::sse::run(data));

@@ -1,4 +1,9 @@
-//! What the fuzz targets (`fuzz_targets/`) share.
+//! The fuzz targets' checks ([`targets`]) and what they share. The
+//! binaries in `fuzz_targets/` hand each of them to libFuzzer.
+
+pub mod targets;
+#[cfg(test)]
+mod replay;
 
 use std::net::Ipv4Addr;
 

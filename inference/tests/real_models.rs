@@ -1,12 +1,12 @@
 //! Tool calls from real trained models (Qwen2.5-Coder 0.5B and 1.5B, fetched
 //! from PyPI by `scripts/test-models.sh`), through the official Python SDK
-//! (`tests/clients/python/real_tools.py`), against the release `clawpen`
-//! binary: the local engine's constrained decoding, and clawpen in front of
+//! (`tests/clients/python/real_tools.py`), against the `clawpen` binary:
+//! the local engine's constrained decoding, and clawpen in front of
 //! llama.cpp's server on the same GGUF (repair of calls left in text).
 //!
-//! The release binary is what a user runs (`cargo xtask up`); a debug
-//! build decodes a real model at well under 1 token/s. `cargo xtask test`
-//! builds it.
+//! The binary is the one of this test's own profile, which `cargo xtask
+//! test` builds: dev builds optimise the dependencies and the engine (root
+//! Cargo.toml), without which a real model decodes at under 1 token/s.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,21 +37,26 @@ fn real_model(name: &str) -> PathBuf {
     workspace().join(path.trim())
 }
 
-fn release_clawpen() -> PathBuf {
+fn built_clawpen() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
-    let bin = target.join("release/clawpen");
+    let (profile, flag) = if cfg!(debug_assertions) {
+        ("debug", "")
+    } else {
+        ("release", " --release")
+    };
+    let bin = target.join(profile).join("clawpen");
     assert!(
         bin.exists(),
         "{} is missing: `cargo xtask test` builds it \
-         (or `cargo build --release -p clawpen-supervisor --bin clawpen`)",
+         (or `cargo build{flag} -p clawpen-supervisor --bin clawpen`)",
         bin.display()
     );
     bin
 }
 
-/// `clawpen inference serve` (release build), killed when dropped.
+/// `clawpen inference serve`, killed when dropped.
 struct Serve {
     child: Child,
     url: String,
@@ -64,7 +69,7 @@ impl Serve {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let child = Command::new(release_clawpen())
+        let child = Command::new(built_clawpen())
             .args(["inference", "serve", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .args(args)

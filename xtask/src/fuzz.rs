@@ -17,18 +17,22 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-/// Every target: one binary of the `clawpen-fuzz` package each.
-pub const TARGETS: &[&str] = &[
-    "guest_frame",
-    "dns",
-    "dhcp",
-    "sniff",
-    "http_stream",
-    "gguf",
-    "tool_calls",
-    "sse",
-    "config_disk",
-];
+/// Every target: the binaries of the `clawpen-fuzz` package, one file each
+/// in `fuzz/fuzz_targets/` (their checks are `clawpen_fuzz::targets`).
+fn all_targets() -> Result<Vec<String>> {
+    let dir = crate::workspace_root().join("fuzz/fuzz_targets");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+        let path = entry.with_context(|| format!("{}", dir.display()))?.path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            if let Some(stem) = path.file_stem() {
+                names.push(stem.to_string_lossy().into_owned());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
 
 /// What cargo-fuzz passes to instrument for libFuzzer (without a sanitizer),
 /// plus `--cfg fuzzing`, debug assertions and overflow checks.
@@ -71,12 +75,13 @@ struct Stats {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    let all = all_targets()?;
     let targets: Vec<&str> = if args.targets.is_empty() {
-        TARGETS.to_vec()
+        all.iter().map(String::as_str).collect()
     } else {
         for t in &args.targets {
-            if !TARGETS.contains(&t.as_str()) {
-                bail!("no fuzz target '{t}' (targets: {})", TARGETS.join(", "));
+            if !all.contains(t) {
+                bail!("no fuzz target '{t}' (targets: {})", all.join(", "));
             }
         }
         args.targets.iter().map(String::as_str).collect()

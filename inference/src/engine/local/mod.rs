@@ -374,8 +374,6 @@ fn pick_device() -> Device {
     Device::Cpu
 }
 
-/// The families' reasoning-tag check wants the rendered prompt; a model
-/// whose prompt opens `<think>` starts its output inside reasoning.
 /// The grammar a request's tools, `tool_choice` and `response_format`
 /// call for: calls when they are required, else the JSON format when one
 /// is asked for, else calls started lazily (see [`grammar`]).
@@ -478,6 +476,8 @@ fn compile_reason(error: &impl std::fmt::Display) -> String {
     reason.trim().to_string()
 }
 
+/// The reasoning tag a model's output starts inside, if any: a model whose
+/// rendered prompt opens `<think>` starts its output inside reasoning.
 fn opening_tag(family: Family, prompt: &str) -> Option<&'static str> {
     if family.prompt_opens_reasoning(prompt) {
         family.reasoning_tags().map(|(open, _)| open)
