@@ -11,7 +11,9 @@ python=${CLAWPEN_PYTHON:-python3}
 
 if ! "$python" -c 'import openai, jsonschema, gguf, numpy, llama_cpp.server' 2>/dev/null; then
   echo "clawpen: installing Python test clients (llama-cpp-python compiles llama.cpp; minutes)" >&2
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "$python" -m pip install -q \
+  # No llava/mtmd library: the tests serve text models, and llama-cpp-python
+  # only loads it for multimodal chat handlers.
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF}" "$python" -m pip install -q \
     openai jsonschema gguf numpy 'llama-cpp-python[server]'
 fi
 
