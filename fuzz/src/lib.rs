@@ -1,9 +1,9 @@
 //! The fuzz targets' checks ([`targets`]) and what they share. The
 //! binaries in `fuzz_targets/` hand each of them to libFuzzer.
 
-pub mod targets;
 #[cfg(test)]
 mod replay;
+pub mod targets;
 
 use std::net::Ipv4Addr;
 

@@ -25,7 +25,10 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
         .map(|entry| entry.unwrap().path())
         .collect();
     files.sort();
-    files.into_iter().map(|f| std::fs::read(f).unwrap()).collect()
+    files
+        .into_iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .collect()
 }
 
 /// xorshift64*: the same mutations on every run, so a failure reproduces.

@@ -41,11 +41,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     ]);
     if args.release {
         build.arg("--release");
-    } else {
-        // The root Cargo.toml optimises dependencies in dev builds for the
-        // engine's sake; the browser bundle does not need that, and its
-        // dependencies build faster without.
-        build.args(["--config", "profile.dev.package.\"*\".opt-level = 0"]);
     }
     let status = build.status().context("running cargo build")?;
     if !status.success() {

@@ -38,4 +38,3 @@ pub fn run(args: &Args) -> Result<()> {
     )?;
     Ok(())
 }
-

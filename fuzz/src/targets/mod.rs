@@ -22,13 +22,40 @@ pub struct Target {
 
 /// Every target, in the order `cargo xtask fuzz` runs them.
 pub const ALL: &[Target] = &[
-    Target { name: "guest_frame", run: guest_frame::run },
-    Target { name: "dns", run: dns::run },
-    Target { name: "dhcp", run: dhcp::run },
-    Target { name: "sniff", run: sniff::run },
-    Target { name: "http_stream", run: http_stream::run },
-    Target { name: "gguf", run: gguf::run },
-    Target { name: "tool_calls", run: tool_calls::run },
-    Target { name: "sse", run: sse::run },
-    Target { name: "config_disk", run: config_disk::run },
+    Target {
+        name: "guest_frame",
+        run: guest_frame::run,
+    },
+    Target {
+        name: "dns",
+        run: dns::run,
+    },
+    Target {
+        name: "dhcp",
+        run: dhcp::run,
+    },
+    Target {
+        name: "sniff",
+        run: sniff::run,
+    },
+    Target {
+        name: "http_stream",
+        run: http_stream::run,
+    },
+    Target {
+        name: "gguf",
+        run: gguf::run,
+    },
+    Target {
+        name: "tool_calls",
+        run: tool_calls::run,
+    },
+    Target {
+        name: "sse",
+        run: sse::run,
+    },
+    Target {
+        name: "config_disk",
+        run: config_disk::run,
+    },
 ];
