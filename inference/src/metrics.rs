@@ -286,6 +286,7 @@ impl Metrics {
             request = %m.request_id,
             model = %m.model,
             session = m.session.as_deref().unwrap_or(""),
+            continues = m.previous_response_id.as_deref().unwrap_or(""),
             status = m.status.as_str(),
             prompt_tokens = m.prompt_tokens,
             cached_tokens = m.cached_tokens,

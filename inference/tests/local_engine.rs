@@ -28,6 +28,47 @@ fn config(models: Vec<std::path::PathBuf>) -> InferenceConfig {
     }
 }
 
+/// A model's facts come from its header: the context length it declares,
+/// and reasoning when its template opens the family's reasoning tag.
+#[test]
+fn facts_of_a_model_come_from_its_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = TinyModel::new("qwen2").write(dir.path(), "plain");
+    let facts = gguf::facts(&plain).unwrap();
+    assert_eq!(facts.context_length, local_common::CONTEXT as usize);
+    assert!(!facts.reasoning, "a ChatML template without <think>");
+
+    let thinking = TinyModel::new("qwen3")
+        .set("qwen3.context_length", Value::U32(4096))
+        .set(
+            "tokenizer.chat_template",
+            Value::String(
+                "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+                 {% endfor %}<|im_start|>assistant\n<think>\n"
+                    .into(),
+            ),
+        )
+        .write(dir.path(), "thinking");
+    let facts = gguf::facts(&thinking).unwrap();
+    assert_eq!(facts.context_length, 4096);
+    assert!(facts.reasoning);
+
+    // Bad headers are errors naming the file, as when loading.
+    let bytes = std::fs::read(&plain).unwrap();
+    let corrupt = dir.path().join("corrupt.gguf");
+    std::fs::write(&corrupt, [b"NOPE", &bytes[4..]].concat()).unwrap();
+    let wrong_arch = TinyModel::new("qwen2")
+        .set("general.architecture", Value::String("mamba".into()))
+        .write(dir.path(), "wrong-arch");
+    let zero_align = TinyModel::new("llama")
+        .set("general.alignment", Value::U32(0))
+        .write(dir.path(), "zero-align");
+    for path in [&corrupt, &wrong_arch, &zero_align] {
+        let error = gguf::facts(path).map(|_| ()).unwrap_err().to_string();
+        assert!(error.contains(&path.display().to_string()), "{error}");
+    }
+}
+
 /// Bad files next to good ones: corrupt header, truncated weights, an
 /// unsupported architecture, and `general.alignment = 0` (which would
 /// make a naive reader divide by zero).
@@ -998,6 +1039,69 @@ async fn a_tool_schema_that_cannot_be_enforced_is_a_400_naming_where() {
     )
     .await;
     assert!(v["choices"][0]["message"].is_object(), "{v}");
+    svc.shutdown().await;
+}
+
+/// What OpenClaw replays on a later turn (its `openai-responses`
+/// transport, 2026.9.6): a developer message, function calls with item ids,
+/// `async` and no `status`, call ids clawpen never issued, reasoning with
+/// `encrypted_content` and an empty summary, assistant text with
+/// annotations. All of it is read; an image for a text-only model is a 400
+/// that says so, never an answer that pretends to have seen it.
+#[tokio::test]
+async fn what_openclaw_replays_is_accepted_and_an_image_for_a_text_model_is_a_clear_400() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::scripted("llama", &["done", "<|im_end|>"]).write(dir.path(), "scripted");
+    let svc = common::start(config(vec![path])).await;
+    let http = reqwest::Client::new();
+    let replay = json!([
+        {"type": "message", "role": "developer",
+         "content": [{"type": "input_text", "text": "You are an agent."}]},
+        {"type": "message", "role": "user",
+         "content": [{"type": "input_text", "text": "[Mon 2026-12-07 10:29 UTC] write it"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAAB-opaque"},
+        {"type": "function_call", "id": "fc_1", "call_id": "call_9f|fc_1_sanitised-id",
+         "name": "write", "async": true, "arguments": "{\"path\":\"a.txt\",\"content\":\"x\"}"},
+        {"type": "function_call_output", "call_id": "call_9f|fc_1_sanitised-id",
+         "output": "Successfully wrote 1 bytes to a.txt"},
+        {"type": "message", "role": "assistant", "id": "msg_0",
+         "content": [{"type": "output_text", "text": "Wrote it.", "annotations": []}]},
+        {"type": "reasoning", "summary": []},
+        {"type": "message", "role": "user",
+         "content": [{"type": "input_text", "text": "thanks"}]},
+    ]);
+    let resp = http
+        .post(format!("{}/v1/responses", svc.base))
+        .json(
+            &json!({"input": replay, "store": true, "max_output_tokens": 8,
+                      "prompt_cache_key": "S1:0"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: Json = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "completed", "{body}");
+
+    let with_image = json!([{"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "what is in this picture?"},
+        {"type": "input_image", "detail": "auto",
+         "image_url": "data:image/png;base64,iVBORw0KGgo="}]}]);
+    let resp = http
+        .post(format!("{}/v1/responses", svc.base))
+        .json(&json!({"input": with_image, "max_output_tokens": 8}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Json = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("messages[0]") && message.contains("reads text only"),
+        "{body}"
+    );
     svc.shutdown().await;
 }
 

@@ -2,7 +2,11 @@
 //! from PyPI by `scripts/test-models.sh`), through the official Python SDK
 //! (`tests/clients/python/real_tools.py`), against the `clawpen` binary:
 //! the local engine's constrained decoding, and clawpen in front of
-//! llama.cpp's server on the same GGUF (repair of calls left in text).
+//! llama.cpp's server on the same GGUF (repair of calls left in text);
+//! and the real OpenClaw agent (`openclaw agent --local`, on Node 24, both
+//! pinned as in the guest image, installed by `scripts/openclaw-host.sh`)
+//! configured by the file the guest image renders, doing a task that needs
+//! a tool.
 //!
 //! The binary is the one of this test's own profile, which `cargo xtask
 //! test` builds: dev builds optimise the dependencies and the engine (root
@@ -163,4 +167,216 @@ fn real_qwen_05b_calls_tools_through_llama_cpp_upstream() {
     let llama = LlamaServer::start_model(&real_model(name), name, 4096, 2);
     let serve = Serve::start(&["--upstream", &llama.url, "--model", name]);
     tool_suite(&serve.url, name, "upstream", &serve);
+}
+
+/// The real OpenClaw agent on the host, configured exactly as the guest
+/// image configures it (`RENDER_CONFIG_JS` reading a config disk), asked for
+/// something only a tool can do: the file appears in its workspace, and
+/// clawpen saw every request of the turn in one session, a `write` call
+/// among them and the later requests served from the prefix cache.
+#[test]
+fn real_openclaw_agent_writes_a_file_with_qwen_05b() {
+    use clawpen_vmimage::openclaw::{
+        GuestConfig, InferenceConfig, DEFAULT_REQUEST_TIMEOUT_SECONDS, NODE_VERSION,
+        OPENCLAW_VERSION, RENDER_CONFIG_JS,
+    };
+
+    let install = Command::new("bash")
+        .arg(workspace().join("scripts/openclaw-host.sh"))
+        .args([OPENCLAW_VERSION, NODE_VERSION])
+        .current_dir(workspace())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/openclaw-host.sh");
+    assert!(install.status.success(), "scripts/openclaw-host.sh failed");
+    let paths = String::from_utf8_lossy(&install.stdout);
+    let (node, openclaw) = paths
+        .trim()
+        .split_once(' ')
+        .map(|(n, o)| (workspace().join(n), workspace().join(o)))
+        .expect("openclaw-host.sh prints NODE OPENCLAW");
+
+    let name = "qwen2.5-coder-0.5b-instruct";
+    let dir = named(&real_model(name), name);
+    let file = dir.path().join(format!("{name}.gguf"));
+    let facts = clawpen_inference::engine::local::facts(&file).unwrap();
+    let serve = Serve::start(&["--model", file.to_str().unwrap()]);
+
+    // The guest's config disk, pointing at this host's service.
+    let home = tempfile::tempdir().unwrap();
+    let state = home.path().join("state");
+    let config = GuestConfig {
+        vm: "host".into(),
+        inference: InferenceConfig {
+            base_url: format!("{}/v1", serve.url),
+            api_key: "host-test".into(),
+            model: name.into(),
+            context_window: facts.context_length as u64,
+            max_tokens: 4096,
+            reasoning: facts.reasoning,
+            timeout_seconds: DEFAULT_REQUEST_TIMEOUT_SECONDS,
+        },
+        gateway_port: clawpen_vmimage::openclaw::DEFAULT_GATEWAY_PORT,
+        gateway_token: None,
+        shares: vec![],
+    };
+    let disk = home.path().join("config.img");
+    std::fs::write(&disk, config.to_config_disk().unwrap()).unwrap();
+    let render = home.path().join("render-config.mjs");
+    std::fs::write(&render, RENDER_CONFIG_JS).unwrap();
+    let config_path = state.join("openclaw.json");
+    let rendered = Command::new(&node)
+        .arg(&render)
+        .arg(&disk)
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "render-config.mjs: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+
+    let session = "host-test";
+    let started = Instant::now();
+    let mut agent = Command::new(&node)
+        .arg(&openclaw)
+        .args(["agent", "--local", "--json", "--session-id", session])
+        .args(["--timeout", &AGENT_LIMIT.as_secs().to_string()])
+        .args([
+            "-m",
+            "Create a file named hello.txt whose whole content is the word clawpen. \
+             Use the write tool.",
+        ])
+        .env("HOME", home.path())
+        .env("OPENCLAW_STATE_DIR", &state)
+        .env("OPENCLAW_CONFIG_PATH", &config_path)
+        .env("NO_COLOR", "1")
+        .stdout(std::fs::File::create(home.path().join("agent.out")).unwrap())
+        .stderr(std::fs::File::create(home.path().join("agent.err")).unwrap())
+        .spawn()
+        .expect("run openclaw");
+    let status = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > AGENT_LIMIT + Duration::from_secs(60) {
+            let _ = agent.kill();
+            break agent.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let wall = started.elapsed();
+    let read = |f: &str| std::fs::read_to_string(home.path().join(f)).unwrap_or_default();
+    let records = requests(&serve.log());
+    let report = format!(
+        "openclaw agent: {status} after {wall:?}\nstdout:\n{}\nstderr (tail):\n{}\nrequests: {records:#?}",
+        read("agent.out"),
+        tail(&read("agent.err"), 4000)
+    );
+    eprintln!("{report}");
+    assert!(status.success(), "{report}");
+
+    let written = std::fs::read_to_string(state.join("workspace/hello.txt"))
+        .unwrap_or_else(|e| panic!("no hello.txt in the agent's workspace ({e})\n{report}"));
+    assert_eq!(written.trim(), "clawpen", "{report}");
+
+    // Every request of the turn in one session: OpenClaw's prompt_cache_key.
+    assert!(records.len() >= 2, "a tool call and an answer: {report}");
+    assert!(
+        records.iter().all(|r| r.session.starts_with(session)),
+        "one session: {report}"
+    );
+    assert!(
+        records.iter().any(|r| r.tool_calls.contains("write")),
+        "a write call: {report}"
+    );
+    // Within the tool loop OpenClaw continues the stored response
+    // (`supportsResponsesContinuation`): it sends only the tool's result,
+    // which it does only when clawpen's output items are what it replays.
+    assert!(
+        !records[1].continues.is_empty(),
+        "the tool loop's second request continues the first: {report}"
+    );
+    // The tool loop's next request extends the first: its prompt is
+    // served from the prefix cache, not prefilled again.
+    assert!(
+        records[1].cached_tokens * 10 >= records[0].prompt_tokens * 9,
+        "the second request reuses the first's prefix: {report}"
+    );
+}
+
+/// How long the agent's one turn may take: an agent's first prompt is
+/// ~12k tokens, a few minutes of prefill on 2 cores.
+const AGENT_LIMIT: Duration = Duration::from_secs(25 * 60);
+
+/// One `inference request` line of the service's log.
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug in failure reports
+struct Record {
+    session: String,
+    /// The `previous_response_id` the request continues, if any.
+    continues: String,
+    status: String,
+    prompt_tokens: u64,
+    cached_tokens: u64,
+    ttft_ms: f64,
+    tool_calls: String,
+}
+
+/// The requests `log` records, in order (the fields `metrics.rs` logs).
+fn requests(log: &str) -> Vec<Record> {
+    let field = |line: &str, key: &str| -> String {
+        let Some(at) = line.find(&format!(" {key}=")) else {
+            return String::new();
+        };
+        let rest = &line[at + key.len() + 2..];
+        if let Some(quoted) = rest.strip_prefix('"') {
+            quoted.split('"').next().unwrap_or("").to_owned()
+        } else if rest.starts_with('[') {
+            rest[..rest.find(']').map_or(rest.len(), |e| e + 1)].to_owned()
+        } else {
+            rest.split(' ').next().unwrap_or("").to_owned()
+        }
+    };
+    log.lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("inference request"))
+        .map(|l| Record {
+            session: field(&l, "session"),
+            continues: field(&l, "continues"),
+            status: field(&l, "status"),
+            prompt_tokens: field(&l, "prompt_tokens").parse().unwrap_or(0),
+            cached_tokens: field(&l, "cached_tokens").parse().unwrap_or(0),
+            ttft_ms: field(&l, "ttft_ms").parse().unwrap_or(0.0),
+            tool_calls: field(&l, "tool_calls"),
+        })
+        .collect()
+}
+
+/// `line` without terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The last `max` bytes of `text` (at a character boundary).
+fn tail(text: &str, max: usize) -> &str {
+    let mut at = text.len().saturating_sub(max);
+    while !text.is_char_boundary(at) {
+        at += 1;
+    }
+    &text[at..]
 }

@@ -62,7 +62,14 @@ async fn openclaw_thinks_with_the_host_model_and_a_reset_brings_it_back() {
     assert!(build.success(), "image build: {build:?}");
 
     let models = tempfile::tempdir().unwrap();
+    // The guest's OpenClaw learns the context window from the GGUF, and
+    // refuses models under 4,000 tokens: declare an agent-sized one (the
+    // scripted model has no layers, so any length costs nothing).
     let model = local_common::TinyModel::scripted("llama", &["Hello from the host.", "<|im_end|>"])
+        .set(
+            "llama.context_length",
+            candle_core::quantized::gguf_file::Value::U32(32_768),
+        )
         .write(models.path(), "tiny");
     let home = temp_home();
     let up = Up::start(

@@ -261,6 +261,19 @@ pub struct InferenceConfig {
     pub max_tokens: u64,
     #[serde(default)]
     pub reasoning: bool,
+    /// How long OpenClaw waits on one model request (its provider's
+    /// `timeoutSeconds`: until the response headers, between body bytes,
+    /// and its stream idle watchdog). A CPU prefill of an agent's first
+    /// turn takes minutes; OpenClaw's own defaults end it at 5 minutes.
+    #[serde(default = "default_request_timeout")]
+    pub timeout_seconds: u64,
+}
+
+/// [`InferenceConfig::timeout_seconds`] when none is given: an hour.
+pub const DEFAULT_REQUEST_TIMEOUT_SECONDS: u64 = 3600;
+
+fn default_request_timeout() -> u64 {
+    DEFAULT_REQUEST_TIMEOUT_SECONDS
 }
 
 impl GuestConfig {
@@ -493,6 +506,9 @@ pub fn apt_mirror(suite: &str) -> Result<String, OpenClawError> {
 /// `gateway.mode=local` (else it refuses to start), `bind: "lan"` (0.0.0.0;
 /// needs auth, so a token), `models.mode: "replace"` (only the host's model,
 /// no hosted catalog), and the default agent model `clawpen/MODEL`.
+/// OpenClaw rejects the whole file on any key it does not know, so the
+/// host test `inference/tests/openclaw_host.rs` runs the real agent on
+/// exactly this output.
 pub const RENDER_CONFIG_JS: &str = r#"// clawpen: render OpenClaw's config from the supervisor's config disk.
 import {
   closeSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, writeFileSync,
@@ -585,6 +601,7 @@ const out = {
         baseUrl: str(inf.base_url, "http://10.200.0.1/v1"),
         apiKey: str(inf.api_key, "placeholder"),
         api: "openai-responses",
+        timeoutSeconds: int(inf.timeout_seconds, 3600, 86400),
         models: [
           {
             id: model,
@@ -594,6 +611,12 @@ const out = {
             cost: { input: 0, output: 0, cacheRead: 0, cacheWrite: 0 },
             contextWindow: int(inf.context_window, 32768, 1 << 30),
             maxTokens: int(inf.max_tokens, 8192, 1 << 30),
+            // What clawpen honours: the session's key on every request
+            // (prefix cache, the console's sessions), and `store` plus
+            // `previous_response_id` within a tool loop (clawpen answers
+            // `previous_response_not_found` when one is gone, and OpenClaw
+            // then resends the whole history).
+            compat: { supportsPromptCacheKey: true, supportsResponsesContinuation: true },
           },
         ],
       },
@@ -1709,6 +1732,7 @@ mod tests {
                 context_window: 65536,
                 max_tokens: 4096,
                 reasoning: true,
+                timeout_seconds: 1800,
             },
             gateway_port: 18790,
             gateway_token: Some("tok".into()),
@@ -1732,6 +1756,12 @@ mod tests {
         assert_eq!(p["models"][0]["contextWindow"], 65536);
         assert_eq!(p["models"][0]["maxTokens"], 4096);
         assert_eq!(p["models"][0]["reasoning"], true);
+        assert_eq!(p["timeoutSeconds"], 1800);
+        assert_eq!(p["models"][0]["compat"]["supportsPromptCacheKey"], true);
+        assert_eq!(
+            p["models"][0]["compat"]["supportsResponsesContinuation"],
+            true
+        );
         assert_eq!(
             v["agents"]["defaults"]["model"]["primary"],
             "clawpen/qwen3-8b"
@@ -1740,6 +1770,10 @@ mod tests {
         // No config: placeholders, default port, a random token...
         let v = render(None, None).unwrap();
         assert_eq!(v["gateway"]["port"], DEFAULT_GATEWAY_PORT);
+        assert_eq!(
+            v["models"]["providers"][PROVIDER_ID]["timeoutSeconds"],
+            DEFAULT_REQUEST_TIMEOUT_SECONDS
+        );
         let token = v["gateway"]["auth"]["token"].as_str().unwrap().to_owned();
         assert_eq!(token.len(), 48);
         assert_eq!(

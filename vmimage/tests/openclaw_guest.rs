@@ -108,6 +108,7 @@ fn build_and_boot(arch: Arch) {
             context_window: 32768,
             max_tokens: 8192,
             reasoning: false,
+            timeout_seconds: clawpen_vmimage::openclaw::DEFAULT_REQUEST_TIMEOUT_SECONDS,
         },
         gateway_port: openclaw::DEFAULT_GATEWAY_PORT,
         gateway_token: Some("test-token".into()),

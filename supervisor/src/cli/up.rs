@@ -145,10 +145,7 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     supervisor
         .vms
-        .set_served_model(crate::vm::guest_config::ServedModel {
-            model: served_model_name(&engine_config),
-            ..Default::default()
-        });
+        .set_served_model(crate::vm::guest_config::ServedModel::of(&engine_config));
     let service = clawpen_inference::Inference::new(engine_config)
         .context("inference service")?
         .with_keys(supervisor.inference_keys.clone());
@@ -271,19 +268,6 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => {}
         }
     })
-}
-
-/// The model name guests are configured with: the one `--model` names, else
-/// the only local model's, else `default` (what an upstream maps to its own).
-fn served_model_name(config: &clawpen_inference::InferenceConfig) -> String {
-    config
-        .model
-        .clone()
-        .or_else(|| match config.local_models.as_slice() {
-            [only] => only.file_stem().map(|s| s.to_string_lossy().into_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| "default".into())
 }
 
 type ServeTask = tokio::task::JoinHandle<std::io::Result<()>>;

@@ -48,11 +48,57 @@ impl Default for ServedModel {
         Self {
             model: "default".into(),
             context_window: 32_768,
-            max_tokens: 8_192,
+            max_tokens: MAX_OUTPUT_TOKENS,
             reasoning: false,
         }
     }
 }
+
+impl ServedModel {
+    /// What the service configured by `config` serves guests: the model
+    /// `--model` names, else the only local model's, else `default` (what
+    /// an upstream maps to its own). A local model's context window and
+    /// reasoning come from its GGUF header; an upstream's limits are not
+    /// known here, so they stay the defaults every supported model meets.
+    pub fn of(config: &clawpen_inference::InferenceConfig) -> Self {
+        let local = |name: &str| {
+            config
+                .local_models
+                .iter()
+                .find(|p| p.file_stem().is_some_and(|s| s.to_string_lossy() == name))
+        };
+        let (model, path) = match (&config.model, config.local_models.as_slice()) {
+            (Some(name), _) => (name.clone(), local(name)),
+            (None, [only]) => (
+                only.file_stem()
+                    .map_or_else(|| "default".into(), |s| s.to_string_lossy().into_owned()),
+                Some(only),
+            ),
+            (None, _) => ("default".into(), None),
+        };
+        let mut served = Self {
+            model,
+            ..Self::default()
+        };
+        let Some(path) = path else {
+            return served;
+        };
+        match clawpen_inference::engine::local::facts(path) {
+            Ok(facts) => {
+                served.context_window = facts.context_length as u64;
+                // Room for the prompt: an agent's first turn alone is
+                // thousands of tokens.
+                served.max_tokens = (served.context_window / 4).clamp(16, MAX_OUTPUT_TOKENS);
+                served.reasoning = facts.reasoning;
+            }
+            Err(e) => tracing::warn!("guests get default model limits: {e}"),
+        }
+        served
+    }
+}
+
+/// The most output tokens a guest's agent asks for in one request.
+const MAX_OUTPUT_TOKENS: u64 = 8_192;
 
 /// The configuration of VM `vm` with inference key `api_key` and `shares`,
 /// which the VMM offers as `share_fs`. The gateway
@@ -75,6 +121,7 @@ pub fn for_vm(
             context_window: served.context_window,
             max_tokens: served.max_tokens,
             reasoning: served.reasoning,
+            timeout_seconds: clawpen_vmimage::openclaw::DEFAULT_REQUEST_TIMEOUT_SECONDS,
         },
         gateway_port: DEFAULT_GATEWAY_PORT,
         gateway_token: Some(token),
@@ -113,6 +160,25 @@ pub fn write(config: &GuestConfig, json: &Path, disk: &Path) -> Result<(), Guest
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_served_model_is_named_by_the_config_and_unreadable_files_keep_defaults() {
+        let config = |model: Option<&str>, local: &[&str]| clawpen_inference::InferenceConfig {
+            model: model.map(str::to_owned),
+            local_models: local.iter().map(PathBuf::from).collect(),
+            ..Default::default()
+        };
+        assert_eq!(ServedModel::of(&config(None, &[])), ServedModel::default());
+        let only = ServedModel::of(&config(None, &["/nonexistent/qwen.gguf"]));
+        assert_eq!(only.model, "qwen");
+        assert_eq!(only.context_window, ServedModel::default().context_window);
+        let named = ServedModel::of(&config(Some("b"), &["/none/a.gguf", "/none/b.gguf"]));
+        assert_eq!(named.model, "b");
+        assert_eq!(
+            ServedModel::of(&config(None, &["/none/a.gguf", "/none/b.gguf"])).model,
+            "default"
+        );
+    }
 
     #[test]
     fn written_private_and_in_the_agreed_shape() {

@@ -134,6 +134,51 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel, LoadError> {
     read(path, BufReader::new(file), device)
 }
 
+/// What a client of a model configures itself with, read from the GGUF
+/// header alone (no weights): the guest's OpenClaw gets its context window
+/// and whether the model reasons from here, not from constants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFacts {
+    /// Prompt plus output may not exceed this many tokens.
+    pub context_length: usize,
+    /// The chat template opens the family's reasoning tag (Qwen3's
+    /// `<think>`): the model thinks before it answers.
+    pub reasoning: bool,
+}
+
+/// [`ModelFacts`] of the GGUF file `path`, checked as [`load`] checks them.
+pub fn facts(path: &Path) -> Result<ModelFacts, LoadError> {
+    let file = File::open(path).map_err(|source| LoadError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let content = guarded(path, || read_header(path, BufReader::new(file)))?;
+    let md = &content.metadata;
+    let text = |key: &str| {
+        md.get(key)
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str)
+    };
+    let name = text("general.architecture");
+    let Some(arch) = name.and_then(Architecture::from_name) else {
+        return Err(LoadError::Architecture {
+            path: path.to_owned(),
+            found: name.unwrap_or("(none)").to_owned(),
+        });
+    };
+    let (_, context_length) = check_shape(path, arch, md)?;
+    let template = text("tokenizer.chat_template");
+    let family = crate::parse::Family::detect(&path.to_string_lossy(), template);
+    let reasoning = match (family.reasoning_tags(), template) {
+        (Some((open, _)), Some(template)) => template.contains(open),
+        _ => false,
+    };
+    Ok(ModelFacts {
+        context_length,
+        reasoning,
+    })
+}
+
 /// [`load`] on GGUF bytes from `reader`; `path` names them in errors and
 /// in the [`LoadedModel`]. The fuzz target (`fuzz/`) feeds it directly.
 pub fn read(
@@ -141,7 +186,13 @@ pub fn read(
     reader: impl Read + Seek,
     device: &Device,
 ) -> Result<LoadedModel, LoadError> {
-    match catch_unwind(AssertUnwindSafe(|| read_unguarded(path, reader, device))) {
+    guarded(path, || read_unguarded(path, reader, device))
+}
+
+/// Runs `read` on the file `path`, a panic in candle's reader (which
+/// trusts some of a file's numbers) becoming [`LoadError::Malformed`].
+fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T, LoadError>) -> Result<T, LoadError> {
+    match catch_unwind(AssertUnwindSafe(read)) {
         Ok(r) => r,
         Err(panic) => {
             let reason = panic
@@ -157,6 +208,22 @@ pub fn read(
     }
 }
 
+/// The header of GGUF bytes from `reader`, refusing `general.alignment = 0`
+/// first (candle would divide by it).
+fn read_header(path: &Path, mut reader: impl Read + Seek) -> Result<Content, LoadError> {
+    if gguf_alignment::declared(&mut reader) == Some(0) {
+        return Err(LoadError::Metadata {
+            path: path.to_owned(),
+            key: "general.alignment".into(),
+            reason: "0 (tensor data cannot be aligned to 0 bytes)".into(),
+        });
+    }
+    Content::read(&mut reader).map_err(|e| LoadError::Corrupt {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
 fn read_unguarded(
     path: &Path,
     mut reader: impl Read + Seek,
@@ -166,14 +233,7 @@ fn read_unguarded(
         path: path.to_owned(),
         reason,
     };
-    if gguf_alignment::declared(&mut reader) == Some(0) {
-        return Err(LoadError::Metadata {
-            path: path.to_owned(),
-            key: "general.alignment".into(),
-            reason: "0 (tensor data cannot be aligned to 0 bytes)".into(),
-        });
-    }
-    let content = Content::read(&mut reader).map_err(|e| corrupt(e.to_string()))?;
+    let content = read_header(path, &mut reader)?;
     let md = &content.metadata;
     let name = md
         .get("general.architecture")

@@ -29,7 +29,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use crate::constrain::{ConstrainError, Constraint, Vocabulary};
-use crate::engine::{Engine, EngineError, EngineEvent, EngineStream, GenerateRequest};
+use crate::engine::{Content, Engine, EngineError, EngineEvent, EngineStream, GenerateRequest};
 use crate::parse::grammar::{self, OutputGrammar, ToolChoice};
 use crate::parse::{Family, ToolSpec};
 
@@ -49,7 +49,7 @@ pub mod template;
 pub mod tokenizer;
 
 pub use decode::SamplingParams;
-pub use gguf::{LoadError, LoadedModel, SUPPORTED_ARCHITECTURES};
+pub use gguf::{facts, LoadError, LoadedModel, ModelFacts, SUPPORTED_ARCHITECTURES};
 
 /// Temperature when a request sets none (llama.cpp's default: the OpenAI
 /// default of 1.0 makes small local models ramble).
@@ -476,6 +476,19 @@ fn compile_reason(error: &impl std::fmt::Display) -> String {
     reason.trim().to_string()
 }
 
+/// The type of `content`'s first part that is not text (an image, audio),
+/// if any: the template would drop it and the model answer as if it had
+/// seen it.
+fn not_text(content: &Content) -> Option<&str> {
+    let Content::Parts(parts) = content else {
+        return None;
+    };
+    parts.iter().find_map(|p| {
+        let kind = p.get("type").and_then(serde_json::Value::as_str);
+        (kind != Some("text")).then_some(kind.unwrap_or("untyped"))
+    })
+}
+
 /// The reasoning tag a model's output starts inside, if any: a model whose
 /// rendered prompt opens `<think>` starts its output inside reasoning.
 fn opening_tag(family: Family, prompt: &str) -> Option<&'static str> {
@@ -584,6 +597,18 @@ impl Engine for LocalEngine {
             status: 400,
             message,
         };
+        if let Some((at, kind)) = request
+            .messages
+            .iter()
+            .enumerate()
+            .find_map(|(at, m)| m.content.as_ref().and_then(not_text).map(|kind| (at, kind)))
+        {
+            return Err(rejected(format!(
+                "messages[{at}] holds a '{kind}' part, and model '{}' reads text only \
+                 (the local engine serves no vision or audio models).",
+                request.model
+            )));
+        }
         let grammar = output_grammar(&request, model.family).map_err(rejected)?;
         // Rendering and tokenizing a long conversation, and compiling a
         // grammar, take milliseconds: off the async workers.
