@@ -172,8 +172,8 @@ fn real_qwen_05b_calls_tools_through_llama_cpp_upstream() {
 /// The real OpenClaw agent on the host, configured exactly as the guest
 /// image configures it (`RENDER_CONFIG_JS` reading a config disk), asked for
 /// something only a tool can do: the file appears in its workspace, and
-/// clawpen saw every request of the turn in one session, a `write` call
-/// among them and the later requests served from the prefix cache.
+/// clawpen saw the turn's requests in one session, a `write` call among
+/// them, and the second continuing the first from the prefix cache.
 #[test]
 fn real_openclaw_agent_writes_a_file_with_qwen_05b() {
     use clawpen_vmimage::openclaw::{
@@ -237,6 +237,15 @@ fn real_openclaw_agent_writes_a_file_with_qwen_05b() {
         String::from_utf8_lossy(&rendered.stderr)
     );
 
+    // The provider is the guest's; the agent's tools are narrowed to the
+    // files ones (OpenClaw's `tools.allow`): with all fourteen, the 0.5B
+    // model sometimes hands the task to the `openclaw` sub-agent tool
+    // instead, which tests the model, not clawpen's tool calls.
+    let mut openclaw_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    openclaw_json["tools"] = serde_json::json!({"allow": ["read", "write", "edit", "ls"]});
+    std::fs::write(&config_path, openclaw_json.to_string()).unwrap();
+
     let session = "host-test";
     let started = Instant::now();
     let mut agent = Command::new(&node)
@@ -281,27 +290,33 @@ fn real_openclaw_agent_writes_a_file_with_qwen_05b() {
         .unwrap_or_else(|e| panic!("no hello.txt in the agent's workspace ({e})\n{report}"));
     assert_eq!(written.trim(), "clawpen", "{report}");
 
-    // Every request of the turn in one session: OpenClaw's prompt_cache_key.
-    assert!(records.len() >= 2, "a tool call and an answer: {report}");
+    // The agent's turn is one session, OpenClaw's `prompt_cache_key`
+    // (`<session>:<compactions>`); OpenClaw's small side requests (titles)
+    // carry keys of their own.
+    let turn: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.session.starts_with(&format!("{session}:")))
+        .collect();
+    assert!(turn.len() >= 2, "a tool call and an answer: {report}");
     assert!(
-        records.iter().all(|r| r.session.starts_with(session)),
-        "one session: {report}"
+        turn[0].tool_calls.len() > 2,
+        "the first answer calls a tool: {report}"
     );
     assert!(
-        records.iter().any(|r| r.tool_calls.contains("write")),
+        turn.iter().any(|r| r.tool_calls.contains("\"write\"")),
         "a write call: {report}"
     );
     // Within the tool loop OpenClaw continues the stored response
     // (`supportsResponsesContinuation`): it sends only the tool's result,
     // which it does only when clawpen's output items are what it replays.
     assert!(
-        !records[1].continues.is_empty(),
+        !turn[1].continues.is_empty(),
         "the tool loop's second request continues the first: {report}"
     );
     // The tool loop's next request extends the first: its prompt is
     // served from the prefix cache, not prefilled again.
     assert!(
-        records[1].cached_tokens * 10 >= records[0].prompt_tokens * 9,
+        turn[1].cached_tokens * 10 >= turn[0].prompt_tokens * 9,
         "the second request reuses the first's prefix: {report}"
     );
 }
