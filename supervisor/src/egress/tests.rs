@@ -21,7 +21,7 @@ use super::fakeip::FakeIps;
 use super::net::{GATEWAY_IP, GATEWAY_MAC, GUEST_IP};
 use super::rules::RuleSet;
 use super::sniff::client_hello;
-use super::stack::{Action, DialTarget, FlowIo, HostData, Now, Stack};
+use super::stack::{Action, DialTarget, FlowId, FlowIo, HostData, Now, Stack};
 use super::wire::{classify, udp_frame, GuestFrame, L4};
 
 pub(super) const GUEST_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0xc1, 0xa5, 2]);
@@ -80,6 +80,26 @@ impl Harness {
         let now = self.now();
         self.stack.receive(frame, now);
         self.poll()
+    }
+
+    /// The host side of dial `id` is up (a loopback peer): returns what the
+    /// flow sends the host and the sender of the host's data.
+    fn host_answers(
+        &mut self,
+        id: FlowId,
+    ) -> (mpsc::Receiver<bytes::Bytes>, mpsc::Sender<HostData>) {
+        let (to_host, up) = mpsc::channel(8);
+        let (down, from_host) = mpsc::channel(8);
+        let now = self.now();
+        self.stack.dialed(
+            id,
+            Ok((
+                FlowIo { to_host, from_host },
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
+            )),
+            now,
+        );
+        (up, down)
     }
 
     fn poll(&mut self) -> (Vec<Vec<u8>>, Vec<Action>) {
@@ -313,17 +333,7 @@ fn allowed_flow_moves_bytes_both_ways() {
         ack: Some(server_seq),
         payload: b"ping",
     }));
-    let (to_host, mut up) = mpsc::channel(8);
-    let (down, from_host) = mpsc::channel(8);
-    let now = h.now();
-    h.stack.dialed(
-        id,
-        Ok((
-            FlowIo { to_host, from_host },
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
-        )),
-        now,
-    );
+    let (mut up, down) = h.host_answers(id);
     let (_, actions) = h.poll();
     assert_eq!(logs(&actions)[0].decision, EgressAction::Allow);
     assert_eq!(&up.try_recv().unwrap()[..], b"ping");
@@ -795,17 +805,7 @@ fn open_flow() -> (
     else {
         panic!("no dial: {actions:?}");
     };
-    let (to_host, up) = mpsc::channel(8);
-    let (down, from_host) = mpsc::channel(8);
-    let now = h.now();
-    h.stack.dialed(
-        id,
-        Ok((
-            FlowIo { to_host, from_host },
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
-        )),
-        now,
-    );
+    let (up, down) = h.host_answers(id);
     h.poll();
     assert_eq!(h.stack.flow_count(), 1);
     (h, up, down)
