@@ -65,6 +65,8 @@ pub struct InferenceConfig {
     /// Memory for each local model's KV prefix cache, in bytes; `None`:
     /// [`engine::local::DEFAULT_PREFIX_CACHE_BYTES`], 0: off.
     pub prefix_cache_bytes: Option<u64>,
+    /// Sampling of the local engine for requests that leave it unset.
+    pub sampling: engine::local::SamplingDefaults,
     /// The model family whose tool-call / reasoning syntax the upstream's
     /// text is repaired with; `None`: guessed from the model name.
     pub tool_format: Option<Family>,
@@ -103,6 +105,7 @@ impl Default for InferenceConfig {
             model: None,
             local_models: Vec::new(),
             prefix_cache_bytes: None,
+            sampling: Default::default(),
             tool_format: None,
             upstream_api_key: None,
             upstream_is_clawpen: false,
@@ -162,6 +165,7 @@ impl Inference {
                         on_load: None,
                         observer: Some(metrics.clone()),
                         prefix_cache_bytes: config.prefix_cache_bytes,
+                        sampling: config.sampling,
                     },
                 )))
             }

@@ -199,3 +199,86 @@ async fn prefix_cache_size_is_a_flag_and_zero_turns_it_off() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `--temperature` and `--seed` set the local engine's sampling for requests
+/// that leave it unset: with a seed, the same request gets the same answer;
+/// with temperature 0, the greedy answer; a request's own setting wins.
+#[tokio::test(flavor = "multi_thread")]
+async fn sampling_defaults_are_flags() {
+    let models = tempfile::tempdir().unwrap();
+    let model = local_common::TinyModel::new("llama").write(models.path(), "tiny");
+    let answer = |base: String, extra: serde_json::Value| async move {
+        let mut body = serde_json::json!({
+            "messages": [{"role": "user", "content": "tell me a story"}],
+            "max_tokens": 24,
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/chat/completions"))
+            .json(&body)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let with = |flags: &[&str]| {
+        Serve::start(
+            [std::ffi::OsStr::new("--model"), model.as_os_str()]
+                .into_iter()
+                .chain(flags.iter().map(std::ffi::OsStr::new)),
+        )
+        .unwrap()
+    };
+
+    let seeded = with(&["--seed", "42"]);
+    let first = answer(seeded.base.clone(), serde_json::json!({})).await;
+    let again = answer(seeded.base.clone(), serde_json::json!({})).await;
+    assert_eq!(first, again, "--seed 42 gave two answers to one request");
+    drop(seeded);
+
+    let greedy = with(&["--temperature", "0"]);
+    let default = answer(greedy.base.clone(), serde_json::json!({})).await;
+    let asked = answer(greedy.base.clone(), serde_json::json!({"temperature": 0})).await;
+    assert_eq!(default, asked, "--temperature 0 is not greedy");
+    let hot: Vec<String> = {
+        let mut hot = Vec::new();
+        for seed in 0..4 {
+            let extra = serde_json::json!({"temperature": 1.5, "seed": seed});
+            hot.push(answer(greedy.base.clone(), extra).await);
+        }
+        hot
+    };
+    assert!(
+        hot.iter().any(|h| *h != default),
+        "a request's own temperature did not win over --temperature 0"
+    );
+    drop(greedy);
+
+    for bad in [
+        &["--temperature", "hot"][..],
+        &["--temperature", "-1"],
+        &["--temperature", "NaN"],
+        &["--seed", "-3"],
+        &[
+            "--temperature",
+            "0.2",
+            "--upstream",
+            "http://127.0.0.1:9/v1",
+        ],
+    ] {
+        let out = Command::new(clawpen_bin())
+            .args(["inference", "serve"])
+            .args(bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?} was accepted");
+    }
+}

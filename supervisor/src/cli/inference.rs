@@ -64,6 +64,23 @@ pub struct EngineArgs {
     /// its new tokens.
     #[arg(long = "prefix-cache-mib", value_name = "MIB")]
     prefix_cache_mib: Option<u64>,
+    /// Sampling temperature of the local engine for requests that set none
+    /// (default 0.8; 0 is greedy): agents rarely send one, and a small
+    /// model's tool calls are steadier cooler.
+    #[arg(long, value_name = "T", value_parser = parse_temperature, conflicts_with = "upstream")]
+    temperature: Option<f64>,
+    /// Seed of the local engine's sampling for requests that set none
+    /// (default: random per request): the same request then gets the same
+    /// answer.
+    #[arg(long, value_name = "N", conflicts_with = "upstream")]
+    seed: Option<u64>,
+}
+
+fn parse_temperature(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(t) if t.is_finite() && (0.0..=2.0).contains(&t) => Ok(t),
+        _ => Err(format!("{raw:?} is not a temperature from 0 to 2")),
+    }
 }
 
 fn parse_family(raw: &str) -> Result<Family, String> {
@@ -97,6 +114,10 @@ impl EngineArgs {
             upstream_api_key: self.upstream_api_key,
             store_path: Some(state.root().join("inference.db")),
             prefix_cache_bytes: self.prefix_cache_mib.map(|mib| mib.saturating_mul(1 << 20)),
+            sampling: clawpen_inference::engine::local::SamplingDefaults {
+                temperature: self.temperature,
+                seed: self.seed,
+            },
             ..Default::default()
         }
     }

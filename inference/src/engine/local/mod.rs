@@ -80,6 +80,21 @@ pub struct LocalOptions {
     /// Memory for each model's KV prefix cache, in bytes (`None`:
     /// [`DEFAULT_PREFIX_CACHE_BYTES`]; 0 turns the cache off).
     pub prefix_cache_bytes: Option<u64>,
+    /// Sampling for requests that leave it unset (`serve --temperature`,
+    /// `--seed`).
+    pub sampling: SamplingDefaults,
+}
+
+/// The server's sampling settings for requests that do not set their own,
+/// as llama.cpp's `--temp` and `--seed`: an operator who wants a small
+/// model's agent turns repeatable serves it greedy (`temperature` 0) or
+/// with one seed, whatever the client sends by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplingDefaults {
+    /// `None`: [`DEFAULT_TEMPERATURE`].
+    pub temperature: Option<f64>,
+    /// `None`: a random seed for each request.
+    pub seed: Option<u64>,
 }
 
 /// Each model's KV prefix cache when none is configured: 1 GiB holds
@@ -100,6 +115,7 @@ impl std::fmt::Debug for LocalOptions {
         f.debug_struct("LocalOptions")
             .field("default_model", &self.default_model)
             .field("tool_format", &self.tool_format)
+            .field("sampling", &self.sampling)
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +164,7 @@ struct Slot {
 pub struct LocalEngine {
     slots: Vec<Slot>,
     default_model: Option<String>,
+    sampling: SamplingDefaults,
     counters: Arc<Counters>,
 }
 
@@ -223,6 +240,7 @@ impl LocalEngine {
             .default_model
             .clone()
             .or_else(|| slots.first().map(|s| s.id.clone()));
+        let sampling = options.sampling;
         let spawned = std::thread::Builder::new()
             .name("clawpen-model-loader".into())
             .spawn(move || {
@@ -237,6 +255,7 @@ impl LocalEngine {
         Self {
             slots,
             default_model,
+            sampling,
             counters: Arc::default(),
         }
     }
@@ -499,14 +518,19 @@ fn opening_tag(family: Family, prompt: &str) -> Option<&'static str> {
     }
 }
 
-/// Reads the sampling settings of `r` for a model with `room` tokens left.
-fn sampling_params(r: &GenerateRequest, room: usize) -> Result<SamplingParams, EngineError> {
+/// Reads the sampling settings of `r` for a model with `room` tokens left;
+/// what `r` leaves unset comes from `defaults`.
+fn sampling_params(
+    r: &GenerateRequest,
+    room: usize,
+    defaults: SamplingDefaults,
+) -> Result<SamplingParams, EngineError> {
     let bad = |m: String| EngineError::Rejected {
         status: 400,
         message: m,
     };
     let seed = match r.extra.get("seed") {
-        None | Some(Value::Null) => rand::random(),
+        None | Some(Value::Null) => defaults.seed.unwrap_or_else(rand::random),
         Some(v) => v
             .as_u64()
             .or_else(|| v.as_i64().map(|i| i as u64))
@@ -538,7 +562,10 @@ fn sampling_params(r: &GenerateRequest, room: usize) -> Result<SamplingParams, E
         .map(|m| (m.min(usize::MAX as u64) as usize).min(room))
         .unwrap_or(room);
     Ok(SamplingParams {
-        temperature: r.temperature.unwrap_or(DEFAULT_TEMPERATURE),
+        temperature: r
+            .temperature
+            .or(defaults.temperature)
+            .unwrap_or(DEFAULT_TEMPERATURE),
         top_p: r.top_p,
         top_k,
         seed,
@@ -642,7 +669,7 @@ impl Engine for LocalEngine {
                 prompt.len()
             )));
         }
-        let params = sampling_params(&request, model.context_length - prompt.len())?;
+        let params = sampling_params(&request, model.context_length - prompt.len(), self.sampling)?;
         tracing::debug!(
             model = %request.model,
             prompt_tokens = prompt.len(),
