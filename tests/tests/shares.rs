@@ -153,4 +153,23 @@ async fn shares_are_scoped_enforced_and_survive_a_warm_reset() {
         out.contains("hi from host"),
         "share gone after warm reset: {out}"
     );
+
+    // A shared folder swapped for a symlink to a credential store after it
+    // was added: the next start refuses to attach it, and no VMM opens it.
+    drop(serial);
+    let (status, body) = up.post("/vms/demo/stop", json!({})).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let ro = host.home.join("projects/ro");
+    std::fs::rename(&ro, host.home.join("projects/ro-was")).unwrap();
+    std::os::unix::fs::symlink(host.home.join(".aws"), &ro).unwrap();
+    let (status, body) = up.post("/vms/demo/start", json!({})).await.unwrap();
+    assert_eq!(status, 409, "a swapped share was attached: {body}");
+    assert_eq!(body["error"]["code"], "share_changed", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("share ro") && message.contains(".aws"),
+        "{message}"
+    );
+    let vm = up.vm("demo").await.unwrap();
+    assert!(!matches!(vm.state, clawpen_api::VmState::Running), "{vm:?}");
 }

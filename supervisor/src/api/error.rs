@@ -72,6 +72,9 @@ impl From<VmError> for HttpError {
             VmError::ShareExists { .. } => {
                 Self::new(StatusCode::CONFLICT, "share_exists", message).field("body.tag")
             }
+            VmError::ShareChanged { .. } => {
+                Self::new(StatusCode::CONFLICT, "share_changed", message).field("tag")
+            }
             VmError::Agent(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "guest_agent", message)
             }

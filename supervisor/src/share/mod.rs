@@ -6,6 +6,12 @@
 //! credential store ([`denylist`]) or inside one or containing one, or
 //! outside every configured share root (`clawpen up --share-root DIR`; none by
 //! default, so sharing is opt-in).
+//!
+//! A stored share is checked again each time a VMM is started with it
+//! ([`ShareScope::recheck`]): a folder on the path swapped for a symlink
+//! since `share add` (by the user, or by a guest through another, writable
+//! share: 9p creates real symlinks on the host) would otherwise be followed
+//! by the VMM to wherever it now points.
 
 pub mod denylist;
 
@@ -32,6 +38,8 @@ pub enum ShareError {
     NoRoots { path: PathBuf },
     #[error("refusing to share {path}: it is outside the share roots ({roots})")]
     OutsideRoots { path: PathBuf, roots: String },
+    #[error("share path {path} now resolves to {now}: a symlink was put on its path since the share was added")]
+    Moved { path: PathBuf, now: PathBuf },
 }
 
 /// What may be shared on this host.
@@ -102,6 +110,20 @@ impl ShareScope {
         }
         Ok(path)
     }
+
+    /// Checks a stored share's path again before a VMM opens it: it must
+    /// still pass [`Self::check`] (the roots may have changed too) and still
+    /// be itself, canonical, with no symlink anywhere on it.
+    pub fn recheck(&self, stored: &str) -> Result<(), ShareError> {
+        let now = self.check(stored)?;
+        if now != Path::new(stored) {
+            return Err(ShareError::Moved {
+                path: stored.into(),
+                now,
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +181,33 @@ mod tests {
             assert!(format!("{err:?}").starts_with(want), "{path:?}: {err:?}");
             assert!(!err.to_string().contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn a_shared_folder_swapped_for_a_symlink_is_refused_at_attach() {
+        let f = fixture();
+        let app = f.home.join("projects/app");
+        let stored = f.scope.check(app.to_str().unwrap()).unwrap();
+        let stored = stored.to_str().unwrap();
+        f.scope.recheck(stored).unwrap();
+
+        // Swapped for a link to another folder inside the roots: moved.
+        std::fs::rename(&app, f.home.join("projects/app-was")).unwrap();
+        std::os::unix::fs::symlink(f.home.join("projects/app-was/.git"), &app).unwrap();
+        let err = f.scope.recheck(stored).unwrap_err();
+        assert!(matches!(err, ShareError::Moved { .. }), "{err:?}");
+        assert!(err.to_string().contains("app-was"), "{err}");
+
+        // Swapped for a link to a credential store: refused as that.
+        std::fs::remove_file(&app).unwrap();
+        std::os::unix::fs::symlink(f.home.join(".ssh"), &app).unwrap();
+        let err = f.scope.recheck(stored).unwrap_err();
+        assert!(matches!(err, ShareError::InStore { .. }), "{err:?}");
+
+        // Gone: refused, nothing to attach.
+        std::fs::remove_file(&app).unwrap();
+        let err = f.scope.recheck(stored).unwrap_err();
+        assert!(matches!(err, ShareError::Resolve { .. }), "{err:?}");
     }
 
     #[test]

@@ -76,6 +76,12 @@ pub enum VmError {
     NoShare { name: VmName, tag: ShareTag },
     #[error("VM {name} already has a share tagged {tag}")]
     ShareExists { name: VmName, tag: ShareTag },
+    #[error("VM {name}'s share {tag} cannot be attached: {source}; restore the folder, or remove the share")]
+    ShareChanged {
+        name: VmName,
+        tag: ShareTag,
+        source: crate::share::ShareError,
+    },
     #[error(transparent)]
     Agent(#[from] agent::AgentError),
 }

@@ -353,7 +353,7 @@ impl VmTask {
         if !self.dir.disk().exists() || self.base_changed(&image) {
             self.fresh_disk(&image).await?;
         }
-        let shares = self.ctx.store.shares(&spec.name)?;
+        let shares = self.attachable_shares()?;
         self.write_guest_config(&shares)?;
         let instance = self
             .ctx
@@ -386,6 +386,23 @@ impl VmTask {
             self.take_clean_snapshot().await;
         }
         self.record(VmState::Running)
+    }
+
+    /// The VM's shares, each checked again now that a VMM is about to open
+    /// it (see [`crate::share::ShareScope::recheck`]).
+    fn attachable_shares(&self) -> Result<Vec<clawpen_api::SharedFolder>, VmError> {
+        let shares = self.ctx.store.shares(&self.name())?;
+        for share in &shares {
+            self.ctx
+                .share_scope
+                .recheck(&share.host_path)
+                .map_err(|source| VmError::ShareChanged {
+                    name: self.name(),
+                    tag: share.tag.clone(),
+                    source,
+                })?;
+        }
+        Ok(shares)
     }
 
     /// Hands the guest its VM's inference key, model and shares for this
@@ -634,7 +651,7 @@ impl VmTask {
                     &spec,
                     &image,
                     Some(name),
-                    &self.ctx.store.shares(&spec.name)?,
+                    &self.attachable_shares()?,
                 )
                 .await
                 .map_err(|e| self.backend_error(e))?;
