@@ -906,3 +906,192 @@ async fn the_network_survives_warm_reset_and_supervisor_restart() {
         assert!(Instant::now() < deadline, "after restart: {out}");
     }
 }
+
+/// A host server that accepts connections and never reads from them:
+/// whatever a guest sends piles up on the way. Counts what it accepted.
+async fn sink() -> (u16, Arc<Mutex<Vec<tokio::net::TcpStream>>>) {
+    // A small receive buffer, so what the guest sends backs up into the
+    // gateway after a few KiB instead of megabytes of the host's kernel.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+    let listener = socket.listen(1024).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let hold = held.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            hold.lock().unwrap().push(stream);
+        }
+    });
+    (port, held)
+}
+
+/// The resident memory of process `pid`, in bytes (`None` once it is gone).
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
+
+/// How much a guest's floods may grow the supervisor's resident memory.
+/// Every queue on their way is bounded: a connection the guest fills holds
+/// its 256 KiB socket buffer and two chunks of at most 64 KiB (at most
+/// `MAX_FLOWS` = 256 connections: 96 MiB), the DNS outbox 16 KiB, the log
+/// queue 16 Ki lines; the rest is allocator slack. (With eight chunks
+/// queued per flow, as before, the same flood grew it by 155 MiB.)
+const FLOOD_RSS_BOUND: u64 = 128 << 20;
+
+/// A hostile guest floods every queue it can reach at once: 300 connections
+/// pushing bytes into a host server that never reads, DNS over TCP from a
+/// client that never reads its answers, and a DNS-over-TCP stream of
+/// thousands of questions, each a log line. The supervisor's memory stays
+/// under [`FLOOD_RSS_BOUND`], connections past the limit are refused and
+/// logged, the log says how many lines it suppressed, the API answers
+/// throughout, and once the floods stop the guest connects again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooding_guest_leaves_the_supervisor_bounded_and_serving() {
+    let (port, held) = sink().await;
+    let home = temp_home();
+    let up = boot(home.path(), &format!("sink.test=127.0.0.1:{port}"));
+    up.wait_state("demo", "Running", BOOT).await.unwrap();
+    add_rule(
+        &up,
+        json!({"action": "allow", "target": "sink.test", "ports": port}),
+    )
+    .await;
+    // The name resolves to loopback on the host, which needs its own rule
+    // (the port is the sink's: the rules see the port the guest dials).
+    add_rule(
+        &up,
+        json!({"action": "allow", "target": "127.0.0.1/32", "ports": port}),
+    )
+    .await;
+    let pid = up.pid().unwrap();
+    let before = rss(pid).expect("the supervisor's VmRSS");
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(now) = rss(pid) {
+                    peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+
+    let mut serial = Serial::connect(&up.vm_dir("demo")).unwrap();
+    // 2^14 framed questions for one name (half a megabyte), built by doubling.
+    serial
+        .run(
+            &format!(
+                "printf '{}' > /tmp/q; for i in $(seq 14); do cat /tmp/q /tmp/q > /tmp/q2; mv /tmp/q2 /tmp/q; done",
+                dns_tcp_query_printf("flood.test")
+            ),
+            ANSWER,
+        )
+        .unwrap();
+    // DNS first (its connections count towards the VM's limit too): one
+    // client that never reads its answers, one that reads them all.
+    serial
+        .run(
+            "nc 10.200.0.1 53 < /tmp/q 2>/dev/null | sleep 600 & \
+             timeout 120 nc -w 3 10.200.0.1 53 < /tmp/q > /dev/null 2>&1",
+            Duration::from_secs(150),
+        )
+        .unwrap();
+    serial
+        .run(
+            &format!(
+                "for i in $(seq 300); do nc sink.test {port} < /dev/zero > /dev/null 2>/tmp/nc.err & done; sleep 1"
+            ),
+            // The guest's shell competes with 300 busy senders.
+            Duration::from_secs(300),
+        )
+        .unwrap();
+    // Let the connections fill every buffer on their way (until the
+    // supervisor's memory stops growing), asking the API meanwhile.
+    let flooding = Instant::now();
+    let (mut last_peak, mut last_growth) = (0, Instant::now());
+    while flooding.elapsed() < Duration::from_secs(120)
+        && last_growth.elapsed() < Duration::from_secs(15)
+    {
+        let now_peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+        if now_peak > last_peak + (1 << 20) {
+            (last_peak, last_growth) = (now_peak, Instant::now());
+        }
+        let started = Instant::now();
+        up.vm("demo").await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the API took {:?} during the flood",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    let accepted = held.lock().unwrap().len();
+    if accepted == 0 {
+        let entries = log(&up).await;
+        let tail: Vec<_> = entries.iter().rev().take(8).collect();
+        eprintln!("log tail: {tail:#?}");
+        let ps = serial.run("cat /tmp/nc.err; ps | wc -l", Duration::from_secs(180));
+        panic!("nothing reached the sink; guest: {ps:?}");
+    }
+    assert!(
+        accepted > 0 && accepted <= 256,
+        "{accepted} connections reached the sink"
+    );
+    wait_log(&up, "the refused 257th connection", |e| {
+        e.reason.contains("too many open connections")
+    })
+    .await;
+    wait_log(&up, "the suppressed DNS lines", |e| {
+        e.reason.contains("more log lines suppressed")
+    })
+    .await;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let grown = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(before);
+    eprintln!(
+        "flood: supervisor RSS {} MiB before, peak +{} MiB; {accepted} connections held; \
+         filled in {:?}",
+        before >> 20,
+        grown >> 20,
+        flooding.elapsed()
+    );
+    assert!(
+        grown < FLOOD_RSS_BOUND,
+        "the supervisor grew by {} MiB under the flood (bound {} MiB)",
+        grown >> 20,
+        FLOOD_RSS_BOUND >> 20
+    );
+
+    // The floods end; the guest's next connection goes through.
+    serial
+        .run("killall nc sleep 2>/dev/null; sleep 2", ANSWER)
+        .unwrap();
+    held.lock().unwrap().clear();
+    let out = serial
+        .run(
+            &format!("echo again | timeout 5 nc sink.test {port}; echo done"),
+            ANSWER,
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no connection after the flood: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

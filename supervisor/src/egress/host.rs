@@ -18,8 +18,12 @@ use super::stack::{DialError, DialTarget, FlowIo, HostData};
 
 /// How long one connect attempt may take.
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
-/// Chunks queued each way per flow (of up to 64 KiB).
-const QUEUE: usize = 8;
+/// Chunks queued each way per flow (of up to 64 KiB). The flow's real
+/// buffer is its socket's (256 KiB each way, in the stack); these only keep
+/// the host writer busy while the stack refills, so two are enough, and a
+/// guest holding `MAX_FLOWS` flows full holds 128 KiB more per direction
+/// each, not 512 KiB.
+const QUEUE: usize = 2;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// The host addresses a flow may go to: every address a name resolves to

@@ -14,7 +14,7 @@
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clawpen_api::{EgressAction, EgressLogEntry, EgressLogProto, Event, VmName};
 use tokio::sync::mpsc;
@@ -31,6 +31,9 @@ const NAME_QUEUE: usize = 16 * 1024;
 const LINES_PER_SECOND: f64 = 200.0;
 /// ...and at once, after a quiet while.
 const LINES_BURST: f64 = 1000.0;
+/// A VM's "N more suppressed" line comes at most this often: under a
+/// steady flood, one line a second sums it up, not one per refilled token.
+const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 /// Entries written per transaction at most.
 const BATCH: usize = 512;
 /// Log lines kept per VM; older ones are pruned.
@@ -80,6 +83,7 @@ impl LogSender {
                 tokens: LINES_BURST,
                 refilled: Instant::now(),
                 suppressed: 0,
+                told: None,
             }),
         }
     }
@@ -87,7 +91,8 @@ impl LogSender {
 
 /// One VM's log lines: at most [`LINES_PER_SECOND`] on average (bursts of
 /// [`LINES_BURST`]); the rest are counted and told in one line when the
-/// VM is under its limit again. Name mappings are never limited.
+/// VM is under its limit again, at most once per [`SUMMARY_EVERY`]. Name
+/// mappings are never limited.
 pub struct VmLog {
     sender: LogSender,
     vm: VmName,
@@ -99,6 +104,8 @@ struct RateLimit {
     tokens: f64,
     refilled: Instant,
     suppressed: u64,
+    /// When the last "suppressed" line was written.
+    told: Option<Instant>,
 }
 
 impl VmLog {
@@ -122,7 +129,7 @@ impl VmLog {
     /// line comes even if the VM then logs nothing more).
     pub fn flush(&self, now_unix_ms: u64) {
         let mut limit = self.limit.lock().unwrap_or_else(|p| p.into_inner());
-        if limit.suppressed == 0 {
+        if !limit.summary_due() {
             return;
         }
         limit.refill();
@@ -133,7 +140,7 @@ impl VmLog {
     }
 
     fn tell_suppressed(&self, limit: &mut RateLimit, time_unix_ms: u64) {
-        if limit.suppressed == 0 {
+        if !limit.summary_due() {
             return;
         }
         let line = EgressLogEntry {
@@ -155,11 +162,17 @@ impl VmLog {
             ended_unix_ms: None,
         };
         limit.suppressed = 0;
+        limit.told = Some(Instant::now());
         self.sender.send(LogOp::Entry(line));
     }
 }
 
 impl RateLimit {
+    /// Something was suppressed, and the last line telling so is old enough.
+    fn summary_due(&self) -> bool {
+        self.suppressed > 0 && self.told.is_none_or(|t| t.elapsed() >= SUMMARY_EVERY)
+    }
+
     fn refill(&mut self) {
         let now = Instant::now();
         let seconds = now.duration_since(self.refilled).as_secs_f64();
@@ -298,7 +311,9 @@ mod tests {
             addr: Ipv4Addr::new(198, 18, 0, 7),
             name: "kept.test".into(),
         });
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // The flood's own lines told some of it; the rest is told once the
+        // summary is due again.
+        tokio::time::sleep(SUMMARY_EVERY + Duration::from_millis(50)).await;
         flooding.flush(99);
         let deadline = Instant::now() + std::time::Duration::from_secs(20);
         let (kept_a, kept_b) = loop {
@@ -338,5 +353,11 @@ mod tests {
             "{plain} lines of the flood kept"
         );
         assert_eq!(plain + suppressed, FLOOD, "{told:?}");
+        let seconds = started.elapsed().as_secs() + 1;
+        assert!(
+            told.len() as u64 <= seconds,
+            "{} suppressed lines in {seconds} s",
+            told.len()
+        );
     }
 }
