@@ -17,6 +17,11 @@ pub struct InferenceRecord {
     /// `prompt_cache_key` (OpenClaw's session id), if sent.
     pub session: Option<String>,
     pub previous_response_id: Option<String>,
+    /// The conversation the request continues, found from its messages
+    /// (the first request's id): what groups a client that sends neither
+    /// of the fields above.
+    #[serde(default)]
+    pub conversation: Option<String>,
     /// `completed`, `incomplete`, `failed`, `cancelled`.
     pub status: String,
     pub error: Option<String>,
@@ -77,7 +82,11 @@ pub struct ToolCallRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolResultRecord {
     pub call_id: String,
+    /// The output, cut at 2 KiB.
     pub output: String,
+    /// The whole output's size in bytes (what the model had to read).
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// How a VM's guest reaches the inference service

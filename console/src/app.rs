@@ -357,6 +357,21 @@ pub(crate) fn decimals(value: Option<f64>, places: usize) -> String {
     value.map_or_else(|| "–".to_string(), |v| format!("{v:.places$}"))
 }
 
+/// A size for people: `812 B`, `12.1 KiB`, `3.4 MiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// `/`: the VM table with each VM's egress, and the inference requests.
 #[component]
 fn VmsPage() -> impl IntoView {
@@ -1324,6 +1339,15 @@ mod tests {
         merge_records(&mut all, many);
         assert_eq!(all.len(), SESSION_RECORDS);
         assert_eq!(all[0].request_id, "r10");
+    }
+
+    #[test]
+    fn sizes_read_as_people_say_them() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(12_345), "12.1 KiB");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
+        assert_eq!(bytes(5 << 40), "5120.0 GiB");
     }
 
     #[test]

@@ -35,8 +35,9 @@ fn turn_end_ms(r: &InferenceRecord) -> u64 {
 /// The sessions of `vm` among `records` (any order, duplicates by
 /// `request_id` counted once), newest session first. A request with a
 /// `prompt_cache_key` belongs to that key's session; one without, to the
-/// session of the response it continues (`previous_response_id`), else it
-/// starts its own.
+/// session of the response it continues (`previous_response_id`), else to
+/// the conversation its messages continue (found by the inference service:
+/// a chat client replaying its history), else it starts its own.
 pub fn sessions_of(vm: &str, records: &[InferenceRecord]) -> Vec<Session> {
     let mut mine: Vec<&InferenceRecord> = records.iter().filter(|r| r.client == vm).collect();
     mine.sort_by_key(|r| r.started_at_ms);
@@ -57,6 +58,14 @@ pub fn sessions_of(vm: &str, records: &[InferenceRecord]) -> Vec<Session> {
                     .and_then(|p| key_of_response.get(p).cloned())
             })
             .or_else(|| r.previous_response_id.clone())
+            .or_else(|| {
+                r.conversation.as_deref().map(|c| {
+                    key_of_response
+                        .get(c)
+                        .cloned()
+                        .unwrap_or_else(|| c.to_owned())
+                })
+            })
             .unwrap_or_else(|| r.request_id.clone());
         key_of_response.insert(&r.request_id, key.clone());
         let i = *index.entry(key.clone()).or_insert_with(|| {
@@ -218,8 +227,11 @@ fn step_view(step: Step) -> impl IntoView {
                 .iter()
                 .map(|r| {
                     view! {
-                        <div class="tool-result" data-call=r.call_id.clone()>
-                            <span class="label">"tool result " <span class="mono">{r.call_id.clone()}</span></span>
+                        <div class="tool-result" data-call=r.call_id.clone() data-bytes=r.bytes.to_string()>
+                            <span class="label">
+                                "tool result " <span class="mono">{r.call_id.clone()}</span>
+                                " · " {crate::app::bytes(r.bytes)}
+                            </span>
                             <pre>{r.output.clone()}</pre>
                         </div>
                     }
@@ -333,6 +345,21 @@ mod tests {
         ];
         let sessions = sessions_of("demo", &records);
         assert_eq!(sessions.len(), 2);
+        // A chat client that sends neither: grouped by the conversation the
+        // service found (a turn starts its own; the next names it).
+        let mut chat = records.clone();
+        for (id, at) in [("h1", 100), ("h2", 200), ("h3", 300)] {
+            let mut r = rec(id, "demo", None, None, at);
+            r.conversation = Some("h1".into());
+            chat.push(r);
+        }
+        let mut alone = rec("solo", "demo", None, None, 400);
+        alone.conversation = Some("solo".into());
+        chat.push(alone);
+        let with_chat = sessions_of("demo", &chat);
+        assert_eq!(with_chat.len(), 4, "{with_chat:#?}");
+        let h = with_chat.iter().find(|s| s.key == "h1").unwrap();
+        assert_eq!(h.turns.len(), 3);
         // newest session first: the chain ends at 3600
         assert_eq!(sessions[0].key, "c1");
         let ids: Vec<&str> = sessions[0]
@@ -399,6 +426,7 @@ mod tests {
         t.tool_results = vec![ToolResultRecord {
             call_id: "call_0".into(),
             output: "sunny, 21C".into(),
+            bytes: 12_345,
         }];
         t.calls = vec![ToolCallRecord {
             id: "call_1".into(),
@@ -418,6 +446,8 @@ mod tests {
             html.contains(r#"class="tool-result""#) && html.contains("sunny, 21C"),
             "{html}"
         );
+        assert!(html.contains(r#"data-bytes="12345""#), "{html}");
+        assert!(html.contains("12.1 KiB"), "the result's size: {html}");
         assert!(html.contains("Let me look."), "{html}");
         let line = step_view(Step::Egress(egress(7, "demo", 0))).to_html();
         assert!(

@@ -24,6 +24,7 @@ use axum::Router;
 use tokio::sync::broadcast;
 
 pub mod constrain;
+pub mod conversations;
 pub mod engine;
 pub mod generation;
 pub mod guest_link;

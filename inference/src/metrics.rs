@@ -29,6 +29,8 @@ pub const TOOL_TEXT_BYTES: usize = 2048;
 /// supervisor relays them as they are.
 pub use clawpen_api::{ToolCallRecord, ToolResultRecord};
 
+use crate::conversations::Conversations;
+
 fn capped(s: &str) -> String {
     let mut out = String::new();
     push_capped(&mut out, s, TOOL_TEXT_BYTES);
@@ -47,6 +49,9 @@ pub struct RequestMetrics {
     /// The request's `prompt_cache_key` (OpenClaw sends its session id).
     pub session: Option<String>,
     pub previous_response_id: Option<String>,
+    /// The conversation its messages continue (see [`crate::conversations`]).
+    #[serde(default)]
+    pub conversation: Option<String>,
     pub stream: bool,
     pub status: RequestStatus,
     pub error: Option<String>,
@@ -103,6 +108,7 @@ impl RequestMetrics {
             model,
             session,
             previous_response_id,
+            conversation: None,
             stream,
             status: RequestStatus::Cancelled,
             error: None,
@@ -134,11 +140,25 @@ impl RequestMetrics {
         self.tool_results = messages[start..]
             .iter()
             .filter(|m| m.role == Role::Tool)
-            .map(|m| ToolResultRecord {
-                call_id: m.tool_call_id.clone().unwrap_or_default(),
-                output: capped(&m.content.as_ref().map(|c| c.text()).unwrap_or_default()),
+            .map(|m| {
+                let output = m.content.as_ref().map(|c| c.text()).unwrap_or_default();
+                ToolResultRecord {
+                    call_id: m.tool_call_id.clone().unwrap_or_default(),
+                    output: capped(&output),
+                    bytes: output.len() as u64,
+                }
             })
             .collect();
+        self
+    }
+
+    /// Notes the conversation `messages` continue, remembered in `metrics`.
+    pub fn in_conversation(mut self, metrics: &Metrics, messages: &[ChatMessage]) -> Self {
+        let mut conversations = metrics
+            .conversations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.conversation = Some(conversations.join(&self.client, messages, &self.request_id));
         self
     }
 }
@@ -216,6 +236,8 @@ pub struct Metrics {
     queued_total: watch::Sender<usize>,
     /// Each local model's prefix cache: counters and bytes held.
     prefix_caches: Mutex<BTreeMap<String, (CacheStats, u64)>>,
+    /// Which conversation each request continues.
+    conversations: Mutex<Conversations>,
 }
 
 impl Default for Metrics {
@@ -233,6 +255,7 @@ impl Metrics {
             queued: Mutex::new(BTreeMap::new()),
             queued_total: watch::channel(0).0,
             prefix_caches: Mutex::new(BTreeMap::new()),
+            conversations: Mutex::new(Conversations::default()),
         }
     }
 

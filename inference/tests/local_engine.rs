@@ -1142,3 +1142,90 @@ fn damaged_files_never_take_the_process_down() {
     }
     assert!(failures > 50, "only {failures} of 200 damaged files failed");
 }
+
+/// A client that replays its history and sends no `prompt_cache_key` or
+/// `previous_response_id` (a plain chat client): each turn's record names
+/// the conversation it continues, through either API; a new question starts
+/// its own.
+#[tokio::test]
+async fn a_replayed_history_is_one_conversation_in_the_records() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("qwen2").write(dir.path(), "tiny-qwen2");
+    let svc = common::start(config(vec![path])).await;
+    let mut feed = svc.metrics.subscribe();
+    let http = reqwest::Client::new();
+    let ask = |url: &'static str, body: Json| {
+        let http = http.clone();
+        let base = svc.base.clone();
+        async move {
+            let resp = http
+                .post(format!("{base}{url}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.status().is_success(), "{}", resp.status());
+            resp.json::<Json>().await.unwrap()
+        }
+    };
+    let system = json!({"role": "system", "content": "You are terse."});
+    let first_user = json!({"role": "user", "content": "name a colour"});
+    let first = ask(
+        "/v1/chat/completions",
+        json!({"messages": [system, first_user], "max_tokens": 4, "temperature": 0}),
+    )
+    .await;
+    let answer = first["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ask(
+        "/v1/chat/completions",
+        json!({"messages": [system, first_user,
+                            {"role": "assistant", "content": answer},
+                            {"role": "user", "content": "another"}],
+               "max_tokens": 4, "temperature": 0}),
+    )
+    .await;
+    // The same history replayed through the Responses API, one turn on.
+    ask(
+        "/v1/responses",
+        json!({"instructions": "You are terse.",
+               "input": [first_user,
+                         {"role": "assistant", "content": answer},
+                         {"role": "user", "content": "another"},
+                         {"role": "assistant", "content": "blue"},
+                         {"role": "user", "content": "and one more"}],
+               "max_output_tokens": 4, "temperature": 0, "store": false}),
+    )
+    .await;
+    // A new question with the same system prompt: its own conversation.
+    ask(
+        "/v1/chat/completions",
+        json!({"messages": [system, {"role": "user", "content": "name a fruit"}],
+               "max_tokens": 4, "temperature": 0}),
+    )
+    .await;
+
+    let mut records = Vec::new();
+    while records.len() < 4 {
+        let r = tokio::time::timeout(Duration::from_secs(30), feed.recv())
+            .await
+            .expect("a record for each request")
+            .unwrap();
+        records.push(r);
+    }
+    records.sort_by_key(|r| r.started_at_ms);
+    let conversations: Vec<&str> = records
+        .iter()
+        .map(|r| r.conversation.as_deref().unwrap())
+        .collect();
+    let first_id = records[0].request_id.as_str();
+    assert_eq!(
+        conversations[..3],
+        [first_id, first_id, first_id],
+        "{records:#?}"
+    );
+    assert_eq!(conversations[3], records[3].request_id, "{records:#?}");
+}

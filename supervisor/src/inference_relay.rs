@@ -108,6 +108,7 @@ fn record(m: &RequestMetrics) -> InferenceRecord {
         model: m.model.clone(),
         session: m.session.clone(),
         previous_response_id: m.previous_response_id.clone(),
+        conversation: m.conversation.clone(),
         status: m.status.as_str().to_string(),
         error: m.error.clone(),
         prompt_tokens: m.prompt_tokens,

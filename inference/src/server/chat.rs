@@ -207,7 +207,8 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
             None,
             p.stream,
         )
-        .with_tool_results(&p.generate.messages),
+        .with_tool_results(&p.generate.messages)
+        .in_conversation(&state.metrics, &p.generate.messages),
     );
     let output = OutputOptions {
         family: p.engine.family(&model),
