@@ -719,3 +719,111 @@ async fn a_relay_names_each_vm_to_the_clawpen_behind_it() {
     relay.shutdown().await;
     remote.shutdown().await;
 }
+
+/// The response object carries every field Open Responses (2026-04-24)
+/// requires of `ResponseResource`, echoes what the request set, keeps at
+/// most `max_tool_calls` calls, passes the penalties on, and refuses values
+/// out of the spec's ranges with a 400 naming the parameter.
+#[tokio::test]
+async fn open_responses_fields_are_all_there_and_checked() {
+    let up = FakeUpstream::start(&["qwen-ish"], agent_script(Duration::ZERO)).await;
+    let svc = start(config(&up.url)).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/responses", svc.base);
+    let v: Value = http
+        .post(&url)
+        .json(
+            &json!({"model": "qwen-ish", "tools": weather_tool_responses(),
+                      "input": "weather twice please", "max_tool_calls": 1,
+                      "presence_penalty": 0.5, "frequency_penalty": -0.25,
+                      "safety_identifier": "user-7"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The spec's required fields of ResponseResource, all present.
+    for field in [
+        "id",
+        "object",
+        "created_at",
+        "completed_at",
+        "status",
+        "incomplete_details",
+        "model",
+        "previous_response_id",
+        "instructions",
+        "output",
+        "error",
+        "tools",
+        "tool_choice",
+        "truncation",
+        "parallel_tool_calls",
+        "text",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "top_logprobs",
+        "temperature",
+        "reasoning",
+        "usage",
+        "max_output_tokens",
+        "max_tool_calls",
+        "store",
+        "background",
+        "service_tier",
+        "metadata",
+        "safety_identifier",
+        "prompt_cache_key",
+    ] {
+        assert!(v.get(field).is_some(), "no '{field}' in {v}");
+    }
+    assert_eq!(v["status"], "completed", "{v}");
+    assert!(v["completed_at"].as_u64().unwrap() >= v["created_at"].as_u64().unwrap());
+    assert_eq!(v["presence_penalty"], 0.5);
+    assert_eq!(v["frequency_penalty"], -0.25);
+    assert_eq!(v["top_logprobs"], 0);
+    assert_eq!(v["max_tool_calls"], 1);
+    assert_eq!(v["safety_identifier"], "user-7");
+    let calls: Vec<&Value> = v["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "function_call")
+        .collect();
+    assert_eq!(calls.len(), 1, "max_tool_calls 1 kept {calls:?}");
+    assert!(calls[0]["arguments"].as_str().unwrap().contains("Oslo"));
+    let sent = &up.requests()[0];
+    assert_eq!(sent["presence_penalty"], 0.5, "{sent}");
+    assert_eq!(sent["frequency_penalty"], -0.25, "{sent}");
+    assert_eq!(sent["parallel_tool_calls"], false, "{sent}");
+
+    for (bad, param) in [
+        (json!({"top_logprobs": 3}), "top_logprobs"),
+        (json!({"top_logprobs": 21}), "top_logprobs"),
+        (json!({"max_tool_calls": 0}), "max_tool_calls"),
+        (json!({"presence_penalty": 2.5}), "presence_penalty"),
+        (json!({"frequency_penalty": -3}), "frequency_penalty"),
+        (
+            json!({"safety_identifier": "x".repeat(65)}),
+            "safety_identifier",
+        ),
+    ] {
+        let mut body = json!({"model": "qwen-ish", "input": "hi"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(bad.as_object().unwrap().clone());
+        let resp = http.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+        let e: Value = resp.json().await.unwrap();
+        assert_eq!(e["error"]["param"], param, "{e}");
+    }
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "a refused request reached the upstream"
+    );
+    svc.shutdown().await;
+}

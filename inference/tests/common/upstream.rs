@@ -318,6 +318,13 @@ pub fn agent_script(slow: Duration) -> Script {
                 ..Reply::default()
             };
         }
+        if has_tools && text.contains("twice") {
+            return Reply::text(
+                "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 1}}\n</tool_call>\n\
+                 <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Bergen\", \"days\": 1}}\n</tool_call>",
+                3,
+            );
+        }
         if has_tools && text.contains("weather") {
             return Reply::text(
                 "<think>I need the weather tool.</think><tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": \"2\"}}\n</tool_call>",

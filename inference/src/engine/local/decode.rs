@@ -28,6 +28,26 @@ pub struct SamplingParams {
     pub max_tokens: usize,
     /// Output ends before the first of these texts (which is not sent).
     pub stop: Vec<String>,
+    /// Subtracted from the logit of every token the output already holds
+    /// (OpenAI's `presence_penalty`)...
+    pub presence_penalty: f32,
+    /// ...and this once per time it holds it (`frequency_penalty`).
+    pub frequency_penalty: f32,
+}
+
+/// How often each token came in the output so far, for the penalties.
+#[derive(Debug, Default)]
+struct Seen(std::collections::HashMap<u32, u32>);
+
+impl Seen {
+    /// Lowers the logits of tokens already in the output.
+    fn penalise(&self, logits: &mut [f32], params: &SamplingParams) {
+        for (&token, &count) in &self.0 {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l -= params.presence_penalty + params.frequency_penalty * count as f32;
+            }
+        }
+    }
 }
 
 impl SamplingParams {
@@ -152,18 +172,25 @@ fn generate(
     let mut utf8 = Utf8Stream::default();
     let mut stops = StopScanner::new(&params.stop);
     let mut completion = 0u64;
+    let mut seen = Seen::default();
+    let penalised = params.presence_penalty != 0.0 || params.frequency_penalty != 0.0;
     let finish = loop {
         let mut l = logits.squeeze(0)?.to_dtype(DType::F32)?;
-        if let Some(c) = step.constraint.as_mut().filter(|c| c.is_active()) {
+        let constraint = step.constraint.as_mut().filter(|c| c.is_active());
+        if penalised || constraint.is_some() {
             let mut values = l.to_vec1::<f32>()?;
-            if !c.mask(&mut values) {
-                // No token can continue the grammar: end here.
-                break FinishReason::Stop;
+            seen.penalise(&mut values, params);
+            if let Some(c) = constraint {
+                if !c.mask(&mut values) {
+                    // No token can continue the grammar: end here.
+                    break FinishReason::Stop;
+                }
             }
             let n = values.len();
             l = Tensor::from_vec(values, n, l.device())?;
         }
         let next = sampler.sample(&l)?;
+        *seen.0.entry(next).or_default() += 1;
         completion += 1;
         if step.tokenizer.ends_generation(next) {
             break FinishReason::Stop;
@@ -277,6 +304,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn penalties_lower_what_the_output_already_holds() {
+        let mut seen = Seen::default();
+        seen.0.insert(1, 1);
+        seen.0.insert(2, 3);
+        let params = SamplingParams {
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            seed: 0,
+            max_tokens: 1,
+            stop: vec![],
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+        };
+        let mut logits = [1.0f32, 1.0, 1.0, 1.0];
+        seen.penalise(&mut logits, &params);
+        assert_eq!(logits, [1.0, 0.25, -0.25, 1.0]);
+        // A token past the vocabulary (never sampled) changes nothing.
+        seen.0.insert(9, 1);
+        seen.penalise(&mut logits, &params);
+    }
+
+    #[test]
     fn stop_sequences_hold_back_and_cut() {
         let mut s = StopScanner::new(&["END".into()]);
         assert_eq!(s.push("abc E"), ("abc ".into(), false));
@@ -300,6 +350,8 @@ mod tests {
             seed: 1,
             max_tokens: 1,
             stop: vec![],
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
         };
         assert!(matches!(p.sampling(), Sampling::ArgMax));
         p.temperature = 0.7;

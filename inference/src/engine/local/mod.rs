@@ -544,6 +544,16 @@ fn sampling_params(
                 as usize,
         ),
     };
+    let penalty = |name: &str| match r.extra.get(name) {
+        None | Some(Value::Null) => Ok(0.0),
+        Some(v) => v
+            .as_f64()
+            .filter(|p| (-2.0..=2.0).contains(p))
+            .map(|p| p as f32)
+            .ok_or_else(|| bad(format!("'{name}' must be a number from -2 to 2, got {v}"))),
+    };
+    let presence_penalty = penalty("presence_penalty")?;
+    let frequency_penalty = penalty("frequency_penalty")?;
     let stop = match &r.stop {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -568,6 +578,8 @@ fn sampling_params(
             .unwrap_or(DEFAULT_TEMPERATURE),
         top_p: r.top_p,
         top_k,
+        presence_penalty,
+        frequency_penalty,
         seed,
         max_tokens,
         stop,

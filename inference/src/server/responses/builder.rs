@@ -33,6 +33,18 @@ pub struct Echo {
     pub prompt_cache_key: Option<String>,
     pub metadata: Map<String, Value>,
     pub user: Option<String>,
+    pub presence_penalty: f64,
+    pub frequency_penalty: f64,
+    /// Function calls past this many are left out of the output.
+    pub max_tool_calls: Option<u64>,
+    pub safety_identifier: Option<String>,
+}
+
+/// Seconds since the epoch, for `completed_at`.
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[derive(Debug)]
@@ -51,6 +63,8 @@ pub struct ResponseBuilder {
     seq: u64,
     output: Vec<Value>,
     open: Option<Open>,
+    /// Function calls in `output` so far.
+    calls: u64,
 }
 
 impl ResponseBuilder {
@@ -63,6 +77,7 @@ impl ResponseBuilder {
             seq: 0,
             output: Vec::new(),
             open: None,
+            calls: 0,
         }
     }
 
@@ -85,10 +100,16 @@ impl ResponseBuilder {
             "created_at": self.created_at,
             "status": status,
             "background": false,
+            "completed_at": (status == "completed").then(now_unix),
             "error": null,
             "incomplete_details": null,
             "instructions": e.instructions,
             "max_output_tokens": e.max_output_tokens,
+            "max_tool_calls": e.max_tool_calls,
+            "presence_penalty": e.presence_penalty,
+            "frequency_penalty": e.frequency_penalty,
+            "top_logprobs": 0,
+            "safety_identifier": e.safety_identifier,
             "model": self.model,
             "output": self.output,
             "parallel_tool_calls": e.parallel_tool_calls,
@@ -173,6 +194,15 @@ impl ResponseBuilder {
                 }
             }
             GenEvent::ToolCall(call) => {
+                if self
+                    .echo
+                    .max_tool_calls
+                    .is_some_and(|max| self.calls >= max)
+                {
+                    tracing::debug!(name = %call.name, "call past max_tool_calls left out");
+                    return out;
+                }
+                self.calls += 1;
                 self.close(&mut out);
                 self.function_call(call, &mut out);
             }

@@ -80,6 +80,7 @@ async fn prepare(
             "Background responses are not supported.",
         ));
     }
+    let penalties = r.checked_extras()?;
     let (engine, model) = state.resolve_model(r.model.as_deref()).await?;
     let tools = request::tools(r.tools.as_deref().unwrap_or_default())?;
     let tool_choice = r
@@ -150,7 +151,20 @@ async fn prepare(
         prompt_cache_key: r.prompt_cache_key.clone(),
         metadata: r.metadata.clone().unwrap_or_default(),
         user: r.user.clone(),
+        presence_penalty: penalties.presence,
+        frequency_penalty: penalties.frequency,
+        max_tool_calls: r.max_tool_calls.map(|n| n as u64),
+        safety_identifier: r.safety_identifier.clone(),
     };
+    // Penalties go to the engine as Chat Completions fields (the local
+    // engine reads them; an upstream gets them as sent).
+    let mut extra = serde_json::Map::new();
+    if let Some(p) = r.presence_penalty {
+        extra.insert("presence_penalty".into(), json!(p));
+    }
+    if let Some(p) = r.frequency_penalty {
+        extra.insert("frequency_penalty".into(), json!(p));
+    }
     let specs = tools
         .chat
         .iter()
@@ -166,7 +180,13 @@ async fn prepare(
         messages,
         tools: tools.chat,
         tool_choice,
-        parallel_tool_calls: r.parallel_tool_calls,
+        // One call allowed: the engine is asked for one, not left to make
+        // more that would be dropped.
+        parallel_tool_calls: if r.max_tool_calls == Some(1) {
+            Some(false)
+        } else {
+            r.parallel_tool_calls
+        },
         max_tokens: r.max_output_tokens,
         temperature: r.temperature,
         top_p: r.top_p,
@@ -175,7 +195,7 @@ async fn prepare(
         prompt_cache_key: r.prompt_cache_key.clone(),
         stop: None,
         client: Some(client.0.clone()),
-        extra: Default::default(),
+        extra,
     };
     Ok(Prepared {
         engine,

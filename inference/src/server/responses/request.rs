@@ -47,6 +47,80 @@ pub struct ResponsesRequest {
     pub user: Option<String>,
     #[serde(default)]
     pub background: Option<bool>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    /// Log probabilities are not returned: only 0 (or none) is accepted.
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
+    /// At most this many function calls are kept in the output.
+    #[serde(default)]
+    pub max_tool_calls: Option<i64>,
+    /// Echoed; at most 64 characters.
+    #[serde(default)]
+    pub safety_identifier: Option<String>,
+}
+
+/// What the request sets beyond the engine's usual settings, checked
+/// against the Open Responses ranges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Penalties {
+    pub presence: f64,
+    pub frequency: f64,
+}
+
+impl ResponsesRequest {
+    /// The presence and frequency penalties (0 when unset), each from -2
+    /// to 2; `top_logprobs`, `max_tool_calls` and `safety_identifier`
+    /// checked too.
+    pub fn checked_extras(&self) -> Result<Penalties, ApiError> {
+        let penalty = |name: &str, v: Option<f64>| match v {
+            None => Ok(0.0),
+            Some(p) if p.is_finite() && (-2.0..=2.0).contains(&p) => Ok(p),
+            Some(p) => Err(ApiError::invalid_param(
+                name,
+                format!("'{name}' must be a number from -2 to 2, got {p}."),
+            )),
+        };
+        let penalties = Penalties {
+            presence: penalty("presence_penalty", self.presence_penalty)?,
+            frequency: penalty("frequency_penalty", self.frequency_penalty)?,
+        };
+        match self.top_logprobs {
+            None | Some(0) => {}
+            Some(n) if (1..=20).contains(&n) => return Err(ApiError::invalid_param(
+                "top_logprobs",
+                "clawpen does not return log probabilities: send 0 or leave 'top_logprobs' out.",
+            )),
+            Some(n) => {
+                return Err(ApiError::invalid_param(
+                    "top_logprobs",
+                    format!("'top_logprobs' must be an integer from 0 to 20, got {n}."),
+                ))
+            }
+        }
+        if let Some(n) = self.max_tool_calls.filter(|n| *n < 1) {
+            return Err(ApiError::invalid_param(
+                "max_tool_calls",
+                format!("'max_tool_calls' must be at least 1, got {n}."),
+            ));
+        }
+        if let Some(id) = self
+            .safety_identifier
+            .as_ref()
+            .filter(|s| s.chars().count() > 64)
+        {
+            return Err(ApiError::invalid_param(
+                "safety_identifier",
+                format!(
+                    "'safety_identifier' may have at most 64 characters, got {}.",
+                    id.chars().count()
+                ),
+            ));
+        }
+        Ok(penalties)
+    }
 }
 
 /// `input` (and `instructions`): text, or a list of items.
