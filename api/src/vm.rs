@@ -152,7 +152,7 @@ pub struct VmSpec {
     pub disk_gib: Option<u32>,
 }
 
-/// The lifecycle of a VM (DESIGN.md): `Created → Starting → Running → Stopping →
+/// The lifecycle of a VM: `Created → Starting → Running → Stopping →
 /// Stopped`, plus `Resetting` and `Failed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state")]

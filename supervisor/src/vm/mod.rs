@@ -1,7 +1,7 @@
 //! VM lifecycle: one task per VM owns its VMM and serialises every command for
 //! that VM; the [`VmManager`] maps names to those tasks.
 //!
-//! States (DESIGN.md): `Created → Starting → Running → Stopping → Stopped`,
+//! States: `Created → Starting → Running → Stopping → Stopped`,
 //! `Resetting`, `Failed{reason}`. Every change is written to the store before
 //! it is announced (watch channel + event bus).
 
