@@ -1229,3 +1229,79 @@ async fn a_replayed_history_is_one_conversation_in_the_records() {
     );
     assert_eq!(conversations[3], records[3].request_id, "{records:#?}");
 }
+
+/// One turn of an agent's tool loop on the local engine, as OpenClaw makes
+/// it (Responses, its tool, the whole history replayed with the call's
+/// output): the model's Hermes call comes out as a `function_call` under the
+/// tool grammar, the next request carries the tool's answer, the model
+/// answers in text, and that request reuses the first one's prefix.
+#[tokio::test]
+async fn a_tool_loop_turn_calls_then_answers_from_the_prefix_cache() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::tool_loop(
+        "qwen2",
+        "read",
+        r#"{"path": "proof.txt"}"#,
+        "The file says it.",
+    )
+    .write(dir.path(), "loop");
+    let svc = common::start(config(vec![path])).await;
+    let http = reqwest::Client::new();
+    let read_tool = json!({"type": "function", "name": "read",
+        "description": "Read a file of the workspace.",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"},
+                       "offset": {"type": "integer"}},
+                       "required": ["path"], "additionalProperties": false}});
+    let ask = |input: Json| {
+        let http = http.clone();
+        let url = format!("{}/v1/responses", svc.base);
+        let read_tool = read_tool.clone();
+        async move {
+            let resp = http
+                .post(url)
+                .json(
+                    &json!({"model": "loop", "instructions": "You are an agent.",
+                              "input": input, "tools": [read_tool], "store": false}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Json>().await.unwrap()
+        }
+    };
+    let task = json!({"role": "user", "content": "What does proof.txt say?"});
+    let first = ask(json!([task])).await;
+    let call = first["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .unwrap_or_else(|| panic!("no call: {first}"))
+        .clone();
+    assert_eq!(call["name"], "read", "{first}");
+    let args: Json = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"path": "proof.txt"}));
+
+    let second = ask(json!([task, call,
+        {"type": "function_call_output", "call_id": call["call_id"], "output": "marker-41"}]))
+    .await;
+    let text = second["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "message")
+        .and_then(|m| m["content"][0]["text"].as_str())
+        .unwrap_or_else(|| panic!("no answer: {second}"))
+        .to_owned();
+    assert_eq!(text, "The file says it.");
+    let cached = second["usage"]["input_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    let prompt = second["usage"]["input_tokens"].as_u64().unwrap();
+    assert!(
+        cached * 2 > prompt,
+        "the second request reused {cached} of {prompt} tokens"
+    );
+}

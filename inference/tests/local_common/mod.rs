@@ -326,6 +326,15 @@ impl TinyModel {
     /// matrix whose column for each token points at the next one, so the
     /// next token depends only on the last. Pieces must be distinct.
     pub fn scripted(arch: &str, script: &[&str]) -> Self {
+        Self::scripted_branches(arch, &[("\n", script)])
+    }
+
+    /// [`Self::scripted`] with one script per last prompt token: each
+    /// `(start, script)` is written after a prompt ending in `start` (a
+    /// single byte, e.g. `"\n"` or `"\t"`, or a token of the vocabulary).
+    /// Pieces must be distinct across scripts, except the last (an end
+    /// token, which leads nowhere).
+    pub fn scripted_branches(arch: &str, branches: &[(&str, &[&str])]) -> Self {
         let base = Self::new(arch);
         let get = |key: &str| {
             base.metadata
@@ -342,7 +351,7 @@ impl TinyModel {
             .iter()
             .map(|v| v.to_i32().unwrap())
             .collect();
-        for piece in script {
+        for piece in branches.iter().flat_map(|(_, script)| script.iter()) {
             if !tokens.iter().any(|t| t == piece) {
                 tokens.push((*piece).to_owned());
                 types.push(4);
@@ -356,11 +365,16 @@ impl TinyModel {
             row[i] = 1.0;
         }
         let mut output = vec![vec![0f32; hidden]; vocab];
-        let mut prev = id(&byte_char(b'\n').to_string());
-        for piece in script {
-            let next = id(piece);
-            output[next][prev] = 10.0;
-            prev = next;
+        for (start, script) in branches {
+            let mut prev = match start.as_bytes() {
+                [byte] => id(&byte_char(*byte).to_string()),
+                _ => id(start),
+            };
+            for piece in script.iter() {
+                let next = id(piece);
+                output[next][prev] = 10.0;
+                prev = next;
+            }
         }
         let q = |rows: Vec<Vec<f32>>| {
             QTensor::quantize(&Tensor::new(rows, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()
@@ -392,6 +406,29 @@ impl TinyModel {
             ("output.weight".into(), q(output)),
         ];
         model
+    }
+
+    /// A scripted model for one turn of an agent's tool loop: asked
+    /// anything, it calls `tool` with `arguments` (a JSON object, written as
+    /// the Hermes grammar spaces it); given the tool's answer, it says
+    /// `answer`. Its template ([`CHAT_TEMPLATE`], with the generation prompt
+    /// ending in a tab after a tool message) is what tells the turns apart.
+    pub fn tool_loop(arch: &str, tool: &str, arguments: &str, answer: &str) -> Self {
+        let call = format!("\n{{\"name\": \"{tool}\", \"arguments\": {arguments}}}\n");
+        let template = CHAT_TEMPLATE.replace(
+            "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+            "{%- if add_generation_prompt %}<|im_start|>assistant\
+             {%- if messages[-1].role == \"tool\" %}\t{% else %}\n{% endif %}{% endif %}",
+        );
+        assert_ne!(template, CHAT_TEMPLATE, "the template's ending moved");
+        Self::scripted_branches(
+            arch,
+            &[
+                ("\n", &["<tool_call>", &call, "</tool_call>", "<|im_end|>"]),
+                ("\t", &[answer, "<|im_end|>"]),
+            ],
+        )
+        .set("tokenizer.chat_template", Value::String(template))
     }
 
     /// Replaces (or adds) one metadata value.
