@@ -1240,7 +1240,7 @@ async fn a_tool_loop_turn_calls_then_answers_from_the_prefix_cache() {
     limit_threads();
     let dir = tempfile::tempdir().unwrap();
     let path = TinyModel::tool_loop(
-        "qwen2",
+        "llama",
         "read",
         r#"{"path": "proof.txt"}"#,
         "The file says it.",

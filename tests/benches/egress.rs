@@ -280,7 +280,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-async fn gateway_vm(home: &Path) -> (Up, PathBuf, String) {
+async fn gateway_vm(home: &Path, servers: &Servers) -> (Up, PathBuf, String) {
     let up = Up::start_with_env(
         home,
         &[],
@@ -290,8 +290,11 @@ async fn gateway_vm(home: &Path) -> (Up, PathBuf, String) {
     up.wait_state("demo", "Running", Duration::from_secs(180))
         .await
         .unwrap();
+    // The rounds use the synthetic address (`Host: 198.18...`, no name): a
+    // name's HTTP goes to ports other than 80 only where its rule names them.
     for rule in [
-        json!({"action": "allow", "target": "sink.test"}),
+        json!({"action": "allow", "target": "sink.test", "ports": servers.sink}),
+        json!({"action": "allow", "target": "sink.test", "ports": servers.http}),
         json!({"action": "allow", "target": "127.0.0.1/32"}),
     ] {
         let (status, body) = up.post("/vms/demo/egress/rules", rule).await.unwrap();
@@ -319,7 +322,7 @@ async fn main() {
     let home = temp_home();
     let mut gateway = Samples::default();
     let mut slirp = Samples::default();
-    let (up, dir, host) = gateway_vm(home.path()).await;
+    let (up, dir, host) = gateway_vm(home.path(), &servers).await;
     for round in 0..ROUNDS {
         eprintln!("round {}/{ROUNDS}: gateway", round + 1);
         if round > 0 {

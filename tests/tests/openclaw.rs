@@ -4,7 +4,11 @@
 //! - its gateway answers `/health` on the host only through the supervisor's
 //!   forward;
 //! - OpenClaw inside the VM (its own CLI, one `agent exec` turn) reaches the
-//!   host's inference service with this VM's key (the record names the VM);
+//!   host's inference service with this VM's key (the record names the VM),
+//!   and runs a tool loop: the model's Hermes call to `read` comes out as a
+//!   call, OpenClaw reads the file in the guest, the next request of the
+//!   same session carries its content and reuses the first one's prefix,
+//!   and the agent's reply is the model's answer;
 //! - a name not in the VM's rules is denied and logged;
 //! - trashing the OpenClaw install, then a reset, gives a working gateway.
 //!
@@ -26,6 +30,13 @@ use serde_json::json;
 const BOOT: Duration = Duration::from_secs(25 * 60);
 const AGENT_TURN: Duration = Duration::from_secs(15 * 60);
 const GATEWAY_PORT: u16 = 18789;
+/// What the scripted model asks OpenClaw's `read` tool for (relative to
+/// the agent's directory, `/root` here), and what it answers once it has
+/// the file.
+const READ_ARGS: &str = r#"{"path": "proof.txt"}"#;
+const ANSWER: &str = "The file says what the guest wrote.";
+/// The file's content: only the guest's disk has it.
+const MARKER: &str = "written-in-the-guest-5e1c";
 
 async fn health(addr: &str) -> Option<String> {
     let resp = reqwest::Client::new()
@@ -52,6 +63,27 @@ async fn wait_healthy(addr: &str, limit: Duration) -> String {
     }
 }
 
+/// The next inference record of the VM `agent` that `pred` accepts.
+async fn agent_record(
+    events: &mut EventStream,
+    what: &str,
+    turn: &str,
+    pred: impl Fn(&clawpen_api::InferenceRecord) -> bool,
+) -> clawpen_api::InferenceRecord {
+    let event = events
+        .wait_for(
+            what,
+            Duration::from_secs(60),
+            |e| matches!(e, Event::Inference(r) if r.client == "agent" && pred(r)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}; the agent printed: {turn}"));
+    let Event::Inference(record) = event else {
+        unreachable!()
+    };
+    *record
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn openclaw_thinks_with_the_host_model_and_a_reset_brings_it_back() {
     let build = Command::new(clawpen_bin())
@@ -62,10 +94,11 @@ async fn openclaw_thinks_with_the_host_model_and_a_reset_brings_it_back() {
     assert!(build.success(), "image build: {build:?}");
 
     let models = tempfile::tempdir().unwrap();
-    // The guest's OpenClaw learns the context window from the GGUF, and
-    // refuses models under 4,000 tokens: declare an agent-sized one (the
-    // scripted model has no layers, so any length costs nothing).
-    let model = local_common::TinyModel::scripted("llama", &["Hello from the host.", "<|im_end|>"])
+    // A scripted model for one tool loop (see `TinyModel::tool_loop`). The
+    // guest's OpenClaw learns the context window from the GGUF, and refuses
+    // models under 4,000 tokens: declare an agent-sized one (the scripted
+    // model has no layers, so any length costs nothing).
+    let model = local_common::TinyModel::tool_loop("llama", "read", READ_ARGS, ANSWER)
         .set(
             "llama.context_length",
             candle_core::quantized::gguf_file::Value::U32(32_768),
@@ -74,7 +107,15 @@ async fn openclaw_thinks_with_the_host_model_and_a_reset_brings_it_back() {
     let home = temp_home();
     let up = Up::start(
         home.path(),
-        &["--no-demo", "--model", model.to_str().unwrap()],
+        // Greedy: OpenClaw sends no temperature, and the script is the
+        // model's most likely path, not a sure one at 0.8.
+        &[
+            "--no-demo",
+            "--model",
+            model.to_str().unwrap(),
+            "--temperature",
+            "0",
+        ],
     )
     .unwrap();
     let (status, body) = up
@@ -135,29 +176,46 @@ async fn openclaw_thinks_with_the_host_model_and_a_reset_brings_it_back() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    // One agent turn with OpenClaw's own CLI: the request reaches the host's
-    // inference service with this VM's key.
+    // One agent turn with OpenClaw's own CLI, a tool loop: the requests
+    // reach the host's inference service with this VM's key.
+    serial
+        .run(
+            &format!("echo {MARKER} > /root/proof.txt; echo written"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
     let mut events = EventStream::open(&up).await.unwrap();
     let turn = serial
         .run(
-            "cd /root && timeout 840 openclaw agent exec 'Say hello' --json > /tmp/turn.json 2>&1; \
-             echo turn=$?; tail -c 600 /tmp/turn.json",
+            "cd /root && timeout 840 openclaw agent exec 'What does proof.txt say?' --json \
+             > /tmp/turn.json 2>&1; echo turn=$?; tail -c 1500 /tmp/turn.json",
             AGENT_TURN,
         )
         .unwrap();
-    let event = events
-        .wait_for(
-            "OpenClaw's request",
-            Duration::from_secs(60),
-            |e| matches!(e, Event::Inference(r) if r.client == "agent"),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}; the agent printed: {turn}"));
-    let Event::Inference(record) = event else {
-        unreachable!()
-    };
-    assert_eq!(record.endpoint, "responses", "{record:?}");
-    assert_eq!(record.model, "tiny", "{record:?}");
+    let call = agent_record(&mut events, "the request that called read", &turn, |r| {
+        r.calls.iter().any(|c| c.name == "read")
+    })
+    .await;
+    assert_eq!(call.endpoint, "responses", "{call:?}");
+    assert_eq!(call.model, "tiny", "{call:?}");
+    let answered = agent_record(&mut events, "the request with read's output", &turn, |r| {
+        r.tool_results.iter().any(|t| t.output.contains(MARKER))
+    })
+    .await;
+    assert!(answered.output_text.contains(ANSWER), "{answered:?}");
+    assert!(
+        call.session.is_some() && answered.session == call.session,
+        "one session: {:?} then {:?}",
+        call.session,
+        answered.session
+    );
+    assert!(
+        answered.cached_tokens * 2 > answered.prompt_tokens,
+        "the second request reused {} of {} prompt tokens",
+        answered.cached_tokens,
+        answered.prompt_tokens
+    );
+    assert!(turn.contains(ANSWER), "the agent's reply: {turn}");
 
     // Trash the install: the gateway is gone for good.
     serial

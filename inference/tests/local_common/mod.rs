@@ -417,8 +417,10 @@ impl TinyModel {
         let call = format!("\n{{\"name\": \"{tool}\", \"arguments\": {arguments}}}\n");
         let template = CHAT_TEMPLATE.replace(
             "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+            // An expression, not text after a tag: templates are rendered
+            // with `trim_blocks`, which eats a newline after `{% else %}`.
             "{%- if add_generation_prompt %}<|im_start|>assistant\
-             {%- if messages[-1].role == \"tool\" %}\t{% else %}\n{% endif %}{% endif %}",
+             {{ \"\\t\" if messages[-1].role == \"tool\" else \"\\n\" }}{% endif %}",
         );
         assert_ne!(template, CHAT_TEMPLATE, "the template's ending moved");
         Self::scripted_branches(
