@@ -17,11 +17,12 @@ use crate::engine::{ChatMessage, Role};
 const REMEMBERED: usize = 4096;
 
 /// The conversations seen lately: the fingerprint of each request's whole
-/// input, and the conversation (its first request's id) it belongs to.
+/// input (its client's included), and the conversation (its first
+/// request's id) it belongs to.
 #[derive(Debug, Default)]
 pub struct Conversations {
-    by_end: HashMap<(String, u64), String>,
-    order: VecDeque<(String, u64)>,
+    by_end: HashMap<u64, String>,
+    order: VecDeque<u64>,
 }
 
 impl Conversations {
@@ -30,23 +31,18 @@ impl Conversations {
     /// messages this one's begin with, else its own id. Remembers this
     /// request's messages as a conversation end.
     pub fn join(&mut self, client: &str, messages: &[ChatMessage], request_id: &str) -> String {
-        let prefixes = fingerprints(messages);
+        let prefixes = fingerprints(client, messages);
         // The longest earlier input this one extends (not one equal to it:
         // the same question asked again is a new conversation).
         let found = prefixes
             .iter()
             .rev()
             .skip(1)
-            .find_map(|h| self.by_end.get(&(client.to_owned(), *h)).cloned());
+            .find_map(|h| self.by_end.get(h).cloned());
         let conversation = found.unwrap_or_else(|| request_id.to_owned());
         if let Some(&end) = prefixes.last() {
-            let key = (client.to_owned(), end);
-            if self
-                .by_end
-                .insert(key.clone(), conversation.clone())
-                .is_none()
-            {
-                self.order.push_back(key);
+            if self.by_end.insert(end, conversation.clone()).is_none() {
+                self.order.push_back(end);
             }
             while self.order.len() > REMEMBERED {
                 if let Some(old) = self.order.pop_front() {
@@ -58,12 +54,14 @@ impl Conversations {
     }
 }
 
-/// A running hash after each message. What a client may change when it
+/// A running hash after each message, started from the client's name (so
+/// clients never share a conversation). What a client may change when it
 /// replays a turn is left out: an assistant message counts by its text
 /// only (tool-call ids and argument formatting vary between clients;
 /// reasoning is often dropped).
-fn fingerprints(messages: &[ChatMessage]) -> Vec<u64> {
+fn fingerprints(client: &str, messages: &[ChatMessage]) -> Vec<u64> {
     let mut hasher = DefaultHasher::new();
+    client.hash(&mut hasher);
     messages
         .iter()
         .map(|m| {
@@ -113,8 +111,8 @@ mod tests {
         let elsewhere = vec![msg(Role::System, "be brief"), msg(Role::User, "bye")];
         assert_eq!(c.join("vm", &elsewhere, "r6"), "r6");
         // Message boundaries count.
-        let joined = fingerprints(&[msg(Role::User, "ab")]);
-        let split = fingerprints(&[msg(Role::User, "a"), msg(Role::User, "b")]);
+        let joined = fingerprints("vm", &[msg(Role::User, "ab")]);
+        let split = fingerprints("vm", &[msg(Role::User, "a"), msg(Role::User, "b")]);
         assert_ne!(joined.last(), split.last());
     }
 

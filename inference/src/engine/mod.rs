@@ -56,6 +56,10 @@ pub trait Engine: Send + Sync + fmt::Debug {
     async fn generate(&self, request: GenerateRequest) -> Result<EngineStream, EngineError>;
 }
 
+/// What `presence_penalty` and `frequency_penalty` may be (OpenAI's and
+/// Open Responses' range), checked by both APIs and the local engine.
+pub const PENALTY_RANGE: std::ops::RangeInclusive<f64> = -2.0..=2.0;
+
 /// One generation, in Chat Completions terms.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerateRequest {

@@ -190,7 +190,9 @@ fn generate(
             l = Tensor::from_vec(values, n, l.device())?;
         }
         let next = sampler.sample(&l)?;
-        *seen.0.entry(next).or_default() += 1;
+        if penalised {
+            *seen.0.entry(next).or_default() += 1;
+        }
         completion += 1;
         if step.tokenizer.ends_generation(next) {
             break FinishReason::Stop;

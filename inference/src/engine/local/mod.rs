@@ -548,7 +548,7 @@ fn sampling_params(
         None | Some(Value::Null) => Ok(0.0),
         Some(v) => v
             .as_f64()
-            .filter(|p| (-2.0..=2.0).contains(p))
+            .filter(|p| crate::engine::PENALTY_RANGE.contains(p))
             .map(|p| p as f32)
             .ok_or_else(|| bad(format!("'{name}' must be a number from -2 to 2, got {v}"))),
     };

@@ -77,7 +77,7 @@ impl ResponsesRequest {
     pub fn checked_extras(&self) -> Result<Penalties, ApiError> {
         let penalty = |name: &str, v: Option<f64>| match v {
             None => Ok(0.0),
-            Some(p) if p.is_finite() && (-2.0..=2.0).contains(&p) => Ok(p),
+            Some(p) if crate::engine::PENALTY_RANGE.contains(&p) => Ok(p),
             Some(p) => Err(ApiError::invalid_param(
                 name,
                 format!("'{name}' must be a number from -2 to 2, got {p}."),
