@@ -93,6 +93,10 @@ pub struct Timing {
 #[derive(Debug, Clone)]
 pub struct OutputOptions {
     pub family: Family,
+    /// Calls in the family's syntax are how the model calls (the engine
+    /// streams raw model text), not a repair of an upstream that left them
+    /// in its text. Calls found outside the syntax are repairs either way.
+    pub family_syntax_is_native: bool,
     /// The request's tools (empty: tool-call markup is left as text).
     pub tools: Vec<ToolSpec>,
     /// Prefix of generated call ids; random per request so ids never
@@ -139,6 +143,7 @@ pub struct Generation {
     calls: Vec<ToolCallOut>,
     text: String,
     repaired: usize,
+    family_syntax_is_native: bool,
     prompt_estimate: u64,
     done: bool,
 }
@@ -183,6 +188,7 @@ impl Generation {
             calls: Vec::new(),
             text: String::new(),
             repaired: 0,
+            family_syntax_is_native: options.family_syntax_is_native,
             prompt_estimate: options.prompt_estimate,
             done: false,
         }
@@ -285,9 +291,9 @@ impl Generation {
                         call.arguments.push_str(&delta);
                     }
                 }
-                ParseEvent::ToolCallEnd { .. } => {
+                ParseEvent::ToolCallEnd { repaired, .. } => {
                     if let Some(call) = self.parsed.take() {
-                        self.emit_call(call, true);
+                        self.emit_call(call, repaired || !self.family_syntax_is_native);
                     }
                 }
             }
@@ -390,11 +396,17 @@ mod tests {
     use serde_json::json;
 
     fn gen(events: Vec<EngineEvent>, tools: Vec<ToolSpec>) -> Generation {
+        gen_from(events, tools, false)
+    }
+
+    /// `raw`: as from the local engine, which streams the model's text.
+    fn gen_from(events: Vec<EngineEvent>, tools: Vec<ToolSpec>, raw: bool) -> Generation {
         let s: EngineStream = Box::pin(stream::iter(events.into_iter().map(Ok)));
         Generation::new(
             s,
             OutputOptions {
                 family: Family::Hermes,
+                family_syntax_is_native: raw,
                 tools,
                 id_prefix: "call_t".into(),
                 prompt_estimate: 9,
@@ -456,6 +468,31 @@ mod tests {
         assert_eq!(o.repaired_calls, 1);
         assert!(o.usage_estimated);
         assert_eq!(o.usage.prompt_tokens, 9);
+    }
+
+    /// The local engine's model writes calls in its family's syntax: that
+    /// is how it calls, not a repair. A fenced JSON call is one either way.
+    #[tokio::test]
+    async fn only_calls_outside_the_syntax_count_as_repaired_on_raw_text() {
+        let hermes = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>";
+        let fenced = "```json\n{\"name\": \"get_weather\", \"arguments\": {}}\n```";
+        for (text, raw, repaired) in [
+            (hermes, true, 0),
+            (fenced, true, 1),
+            (hermes, false, 1),
+            (fenced, false, 1),
+        ] {
+            let events = vec![
+                EngineEvent::Text(text.into()),
+                EngineEvent::Finished {
+                    reason: FinishReason::Stop,
+                    usage: None,
+                },
+            ];
+            let (_, o) = run(gen_from(events, weather(), raw)).await;
+            assert_eq!(o.tool_calls, ["get_weather"], "{text}");
+            assert_eq!(o.repaired_calls, repaired, "{text} raw={raw}");
+        }
     }
 
     #[tokio::test]

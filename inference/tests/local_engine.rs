@@ -994,6 +994,21 @@ async fn tool_calls_parse_with_the_family_of_the_chat_template() {
     let item = &r["output"][0];
     assert_eq!(item["type"], "function_call", "{r}");
     assert_eq!(item["name"], "get_weather");
+    // Both calls were in the model's own syntax: made, not repaired.
+    let metrics = reqwest::get(format!("{}/metrics", svc.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"clawpen_inference_tool_calls_total{client="anonymous"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"clawpen_inference_repaired_tool_calls_total{client="anonymous"} 0"#),
+        "{metrics}"
+    );
     svc.shutdown().await;
 }
 

@@ -50,6 +50,14 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// The output syntax `model` writes tool calls and reasoning in.
     fn family(&self, model: &str) -> Family;
 
+    /// Whether the engine hands over the model's raw text, tool calls in
+    /// the family's syntax included (the local engine), rather than calls
+    /// its server parsed already (an upstream). Only in the second case is
+    /// a call clawpen finds in the text a repair.
+    fn streams_raw_text(&self) -> bool {
+        false
+    }
+
     /// Starts one generation. Resolves once the engine has accepted the
     /// request (for an upstream: its response headers arrived), so a
     /// refused request can still be answered with an error status.

@@ -57,8 +57,11 @@ pub enum ParseEvent {
     /// A piece of the call's arguments (JSON text); the pieces of one call
     /// concatenate to one JSON object.
     ToolCallArgs { index: usize, delta: String },
-    /// The call's arguments are complete.
-    ToolCallEnd { index: usize },
+    /// The call's arguments are complete. `repaired`: the call was not in
+    /// the family's syntax but found by [`repair::Repairing`] in what would
+    /// have been text (a fenced or bare JSON object), so the console can
+    /// tell a model that needed help from one that did not.
+    ToolCallEnd { index: usize, repaired: bool },
 }
 
 /// An incremental parser for one model output. Feed every chunk, then call
@@ -434,7 +437,10 @@ impl Emitter {
             index,
             delta: arguments,
         });
-        self.events.push(ParseEvent::ToolCallEnd { index });
+        self.events.push(ParseEvent::ToolCallEnd {
+            index,
+            repaired: false,
+        });
     }
 
     pub fn drain(&mut self) -> Vec<ParseEvent> {

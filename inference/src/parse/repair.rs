@@ -91,10 +91,11 @@ impl Repairing {
                 index: self.next_index,
                 delta,
             },
-            ParseEvent::ToolCallEnd { .. } => {
+            ParseEvent::ToolCallEnd { repaired, .. } => {
                 self.next_index += 1;
                 ParseEvent::ToolCallEnd {
                     index: self.next_index - 1,
+                    repaired,
                 }
             }
             other => other,
@@ -192,7 +193,13 @@ impl Repairing {
         });
         emitter.skip_to(self.next_index);
         emitter.call(call);
-        out.extend(emitter.drain());
+        out.extend(emitter.drain().into_iter().map(|e| match e {
+            ParseEvent::ToolCallEnd { index, .. } => ParseEvent::ToolCallEnd {
+                index,
+                repaired: true,
+            },
+            other => other,
+        }));
         self.next_index += 1;
     }
 }

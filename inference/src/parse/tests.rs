@@ -23,7 +23,10 @@ fn call(index: usize, id: &str, name: &str, args: &str) -> Vec<ParseEvent> {
             index,
             delta: args.into(),
         },
-        ParseEvent::ToolCallEnd { index },
+        ParseEvent::ToolCallEnd {
+            index,
+            repaired: false,
+        },
     ]
 }
 

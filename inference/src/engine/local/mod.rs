@@ -608,6 +608,10 @@ impl Engine for LocalEngine {
         Some(ids)
     }
 
+    fn streams_raw_text(&self) -> bool {
+        true
+    }
+
     fn family(&self, model: &str) -> Family {
         match self.slot(model).map(|s| s.state.borrow().clone()) {
             Some(SlotState::Ready(m)) => m.family,

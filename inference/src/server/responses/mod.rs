@@ -234,6 +234,7 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
     );
     let output = OutputOptions {
         family: p.engine.family(&model),
+        family_syntax_is_native: p.engine.streams_raw_text(),
         tools: p.tools,
         id_prefix: new_id("call_"),
         prompt_estimate: (p.prompt_chars / 4) as u64,
