@@ -1095,3 +1095,179 @@ async fn a_flooding_guest_leaves_the_supervisor_bounded_and_serving() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// How much a UDP flood at a stalled guest may grow the supervisor: the
+/// relay's event queue (256 datagrams), the socket's receive buffer and the
+/// frames of one gateway round. Unbounded, the flood below (240 MB) would
+/// all be held.
+const UDP_FLOOD_RSS_BOUND: u64 = 64 << 20;
+
+/// Datagrams (of [`UDP_FLOOD_BYTES`]) the host answers one datagram with.
+const UDP_FLOOD_DATAGRAMS: usize = 200_000;
+const UDP_FLOOD_BYTES: usize = 1200;
+
+/// A UDP server on the host's loopback that, once the test says so, answers
+/// the first datagram it got with [`UDP_FLOOD_DATAGRAMS`] datagrams. Returns
+/// its port, a receiver that fires when the first datagram arrived, the
+/// trigger, and a receiver of how many datagrams it sent.
+async fn udp_flooder() -> (
+    u16,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<usize>,
+) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let (asked_tx, asked) = tokio::sync::oneshot::channel();
+    let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (sent_tx, sent) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        let Ok((_, peer)) = socket.recv_from(&mut buf).await else {
+            return;
+        };
+        let _ = asked_tx.send(());
+        if go_rx.await.is_err() {
+            return;
+        }
+        let datagram = vec![0x5a; UDP_FLOOD_BYTES];
+        let mut count = 0;
+        for _ in 0..UDP_FLOOD_DATAGRAMS {
+            if socket.send_to(&datagram, peer).await.is_ok() {
+                count += 1;
+            }
+        }
+        let _ = sent_tx.send(count);
+    });
+    (port, asked, go, sent)
+}
+
+/// H8 in a real guest, beside a second VM: a host UDP server answers one
+/// datagram of the guest's with 240 MB while the guest is frozen (its QEMU
+/// stopped with SIGSTOP, so it takes no frames). The supervisor drops what
+/// the guest cannot take and its memory stays under
+/// [`UDP_FLOOD_RSS_BOUND`]; meanwhile the other VM fetches from the host and
+/// its log gets its lines; thawed, the flooded guest is on the network again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_udp_flood_at_a_stalled_guest_is_dropped_while_another_vm_carries_on() {
+    let server = Server::start(IpAddr::V4(Ipv4Addr::LOCALHOST)).await;
+    let web = server.port();
+    let (flood, asked, go, sent) = udp_flooder().await;
+    let home = temp_home();
+    let up = boot(home.path(), "flood.test=127.0.0.1,web.test=127.0.0.1");
+    up.wait_state("demo", "Running", BOOT).await.unwrap();
+    for target in ["flood.test", "127.0.0.1/32"] {
+        add_rule(
+            &up,
+            json!({"action": "allow", "target": target, "proto": "udp", "ports": flood}),
+        )
+        .await;
+    }
+    let (status, body) = up
+        .post(
+            "/vms",
+            json!({"name": "other", "image": "test-guest", "memory_mib": 256}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    for target in ["web.test", "127.0.0.1/32"] {
+        let rule = json!({"action": "allow", "target": target, "ports": web});
+        let (status, body) = up
+            .post("/vms/other/egress/rules", rule.clone())
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{rule}: {body}");
+    }
+    let (status, body) = up.post("/vms/other/start", json!({})).await.unwrap();
+    assert!(status.is_success(), "{status} {body}");
+    up.wait_state("other", "Running", BOOT).await.unwrap();
+    let mut other = Serial::connect(&up.vm_dir("other")).unwrap();
+    let fetch = format!("timeout 20 wget -q -O - http://web.test:{web}/x");
+    let out = other.run(&fetch, ANSWER).unwrap();
+    assert!(out.contains(GREETING), "before the flood: {out}");
+
+    // The flooded guest asks once (TFTP's read request is one datagram).
+    let mut demo = Serial::connect(&up.vm_dir("demo")).unwrap();
+    demo.run(
+        &format!("(timeout 3 tftp -g -r x -l /tmp/x flood.test {flood}; true)"),
+        ANSWER,
+    )
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), asked)
+        .await
+        .expect("the guest's datagram reached the host")
+        .unwrap();
+
+    let qemu = up.vm("demo").await.unwrap().pid.expect("demo's VMM pid");
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &qemu.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {qemu}");
+    };
+    let pid = up.pid().unwrap();
+    let before = rss(pid).expect("the supervisor's VmRSS");
+    signal("-STOP");
+    go.send(()).unwrap();
+    let flooding = Instant::now();
+    let mut peak = before;
+    let mut sent = sent;
+    let count = loop {
+        if let Some(now) = rss(pid) {
+            peak = peak.max(now);
+        }
+        match sent.try_recv() {
+            Ok(count) => break count,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            Err(e) => panic!("the flooder ended: {e}"),
+        }
+        assert!(
+            flooding.elapsed() < Duration::from_secs(180),
+            "the flood did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The other VM goes on while the flood drains; so does its log.
+    let out = other.run(&fetch, ANSWER).unwrap();
+    assert!(out.contains(GREETING), "during the flood: {out}");
+    for _ in 0..20 {
+        if let Some(now) = rss(pid) {
+            peak = peak.max(now);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "UDP flood: {count} datagrams of {UDP_FLOOD_BYTES} B sent in {:?}; supervisor RSS {} MiB \
+         before, peak +{} KiB",
+        flooding.elapsed(),
+        before >> 20,
+        grown >> 10
+    );
+    assert_eq!(count, UDP_FLOOD_DATAGRAMS, "the flood was sent whole");
+    assert!(
+        grown < UDP_FLOOD_RSS_BOUND,
+        "the supervisor grew by {} MiB under the flood (bound {} MiB)",
+        grown >> 20,
+        UDP_FLOOD_RSS_BOUND >> 20
+    );
+    let other_log: Vec<EgressLogEntry> = up
+        .get_json("/vms/other/egress/log?limit=10000")
+        .await
+        .unwrap();
+    let fetched = other_log
+        .iter()
+        .filter(|e| e.name.as_deref() == Some("web.test") && e.decision.as_str() == "allow")
+        .count();
+    assert!(fetched >= 2, "the other VM's log: {other_log:#?}");
+
+    // Thawed, the flooded guest answers and resolves names again.
+    signal("-CONT");
+    let out = demo
+        .run("nslookup flood.test 10.200.0.1 && echo resolved", ANSWER)
+        .unwrap();
+    assert!(out.contains("resolved"), "after the flood: {out}");
+    assert_eq!(up.vm("demo").await.unwrap().state.label(), "Running");
+}
