@@ -8,7 +8,9 @@
 //!   and runs a tool loop: the model's Hermes call to `read` comes out as a
 //!   call, OpenClaw reads the file in the guest, the next request of the
 //!   same session carries its content and reuses the first one's prefix,
-//!   and the agent's reply is the model's answer;
+//!   and the agent's reply is the model's answer; the console (in
+//!   Chromium) shows both requests as one session with the call and the
+//!   tool's result;
 //! - a name not in the VM's rules is denied and logged;
 //! - trashing the OpenClaw install, then a reset, gives a working gateway.
 //!
@@ -22,6 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clawpen_api::{Event, ForwardInfo};
+use clawpen_tests::browser::{build_console_assets, Browser};
 use clawpen_tests::events::EventStream;
 use clawpen_tests::serial::Serial;
 use clawpen_tests::{clawpen_bin, temp_home, test_images_dir, Up};
@@ -86,6 +89,7 @@ async fn agent_record(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn openclaw_thinks_with_the_host_model_and_a_reset_brings_it_back() {
+    build_console_assets();
     let build = Command::new(clawpen_bin())
         .args(["image", "build", "openclaw", "--images"])
         .arg(test_images_dir())
@@ -216,6 +220,34 @@ async fn openclaw_thinks_with_the_host_model_and_a_reset_brings_it_back() {
         answered.prompt_tokens
     );
     assert!(turn.contains(ANSWER), "the agent's reply: {turn}");
+
+    // The console shows the turn as one session of the VM, with the call
+    // and what the tool gave back (in Chromium, as a user sees it).
+    let session = format!(
+        "section.sessions[data-vm=agent] .session[data-session=\"{}\"]",
+        call.session.as_deref().unwrap_or_default()
+    );
+    let browser = Browser::launch().await.unwrap();
+    browser.client.goto(&up.login_url()).await.unwrap();
+    browser
+        .wait_for(
+            &format!("{session} .tool-call[data-name=read]"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let turns: usize = browser
+        .attr(&session, "data-turns")
+        .await
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!(turns >= 2, "{turns} turns in the console's session");
+    let result = browser
+        .text(&format!("{session} .tool-result"))
+        .await
+        .unwrap_or_default();
+    assert!(result.contains(MARKER), "the tool result shown: {result}");
+    browser.close().await;
 
     // Trash the install: the gateway is gone for good.
     serial
