@@ -66,6 +66,8 @@ pub struct InferenceConfig {
     /// Memory for each local model's KV prefix cache, in bytes; `None`:
     /// [`engine::local::DEFAULT_PREFIX_CACHE_BYTES`], 0: off.
     pub prefix_cache_bytes: Option<u64>,
+    /// The local prefix cache's disk tier (`None`: memory only).
+    pub prefix_cache_disk: Option<engine::local::disk_cache::DiskTierConfig>,
     /// Sampling of the local engine for requests that leave it unset.
     pub sampling: engine::local::SamplingDefaults,
     /// The model family whose tool-call / reasoning syntax the upstream's
@@ -106,6 +108,7 @@ impl Default for InferenceConfig {
             model: None,
             local_models: Vec::new(),
             prefix_cache_bytes: None,
+            prefix_cache_disk: None,
             sampling: Default::default(),
             tool_format: None,
             upstream_api_key: None,
@@ -166,6 +169,7 @@ impl Inference {
                         on_load: None,
                         observer: Some(metrics.clone()),
                         prefix_cache_bytes: config.prefix_cache_bytes,
+                        prefix_cache_disk: config.prefix_cache_disk.clone(),
                         sampling: config.sampling,
                     },
                 )))

@@ -372,7 +372,7 @@ impl Metrics {
             }
         }
         if let Ok(caches) = self.prefix_caches.lock() {
-            let series: [PrefixSeries; 8] = [
+            let series: [PrefixSeries; 11] = [
                 (
                     "tokens",
                     "gauge",
@@ -414,6 +414,24 @@ impl Metrics {
                     "counter",
                     "Sequences dropped to stay under the bound.",
                     |s, _| s.evictions,
+                ),
+                (
+                    "disk_hits_total",
+                    "counter",
+                    "Lookups whose prefix was read back from disk.",
+                    |s, _| s.disk.hits,
+                ),
+                (
+                    "disk_loaded_tokens_total",
+                    "counter",
+                    "Prompt tokens read back from disk instead of computed.",
+                    |s, _| s.disk.loaded_tokens,
+                ),
+                (
+                    "disk_bytes",
+                    "gauge",
+                    "Bytes of KV blocks the disk tier holds.",
+                    |s, _| s.disk.bytes,
                 ),
             ];
             for (name, kind, help, value) in series {

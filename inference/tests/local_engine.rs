@@ -1320,3 +1320,143 @@ async fn a_tool_loop_turn_calls_then_answers_from_the_prefix_cache() {
         "the second request reused {cached} of {prompt} tokens"
     );
 }
+
+/// The prefix cache's disk tier: a long prompt's blocks are written after
+/// its generation; a new engine on the same folder (a restarted service)
+/// reads them back instead of computing them, and answers exactly as the
+/// engine that computed everything did. A corrupted block is refused,
+/// removed and recomputed: the answer stays the same, only the blocks
+/// before it are reused.
+#[tokio::test]
+async fn the_prefix_cache_survives_a_restart_on_disk_and_refuses_a_corrupt_block() {
+    use clawpen_inference::engine::local::disk_cache::{DiskTierConfig, BLOCK_TOKENS};
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("qwen2")
+        .set(
+            "qwen2.context_length",
+            candle_core::quantized::gguf_file::Value::U32(4096),
+        )
+        .write(dir.path(), "tiny-qwen2");
+    let prompt = "the quick brown fox jumps over the lazy dog ".repeat(40);
+    let engine = |disk: bool| {
+        LocalEngine::start(
+            std::slice::from_ref(&path),
+            LocalOptions {
+                prefix_cache_disk: disk.then(|| DiskTierConfig {
+                    dir: cache_dir.path().to_owned(),
+                    bytes: 64 << 20,
+                }),
+                ..Default::default()
+            },
+        )
+    };
+    let answer = |engine: LocalEngine| {
+        let prompt = prompt.clone();
+        async move {
+            assert!(engine.wait_loaded().await.is_empty());
+            let events: Vec<EngineEvent> = engine
+                .generate(greedy(&prompt, 8))
+                .await
+                .unwrap()
+                .map(|e| e.unwrap())
+                .collect()
+                .await;
+            let text: String = events
+                .iter()
+                .filter_map(|e| match e {
+                    EngineEvent::Text(t) => Some(t.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let usage = match events.last() {
+                Some(EngineEvent::Finished { usage: Some(u), .. }) => *u,
+                other => panic!("{other:?}"),
+            };
+            let stats = engine.prefix_cache_stats("tiny-qwen2").unwrap();
+            (text, usage, stats, engine)
+        }
+    };
+    let blocks = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = walk(dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "kv"))
+            .collect();
+        files.sort();
+        files
+    };
+
+    let (plain, computed, _, _) = answer(engine(false)).await;
+    assert_eq!(computed.cached_tokens, 0);
+    let full = (computed.prompt_tokens as usize - 1) / BLOCK_TOKENS;
+    assert!(
+        full >= 2,
+        "the prompt spans {} tokens",
+        computed.prompt_tokens
+    );
+
+    // The first engine with a disk tier computes and writes.
+    let (first, usage, _, first_engine) = answer(engine(true)).await;
+    assert_eq!(first, plain);
+    assert_eq!(usage.cached_tokens, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while blocks(cache_dir.path()).len() < full {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blocks on disk: {:?}",
+            blocks(cache_dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(first_engine);
+
+    // Restarted: the blocks are read back, the answer is the same.
+    let (again, usage, stats, restarted) = answer(engine(true)).await;
+    assert_eq!(again, plain);
+    assert_eq!(
+        usage.cached_tokens as usize,
+        full * BLOCK_TOKENS,
+        "{usage:?}"
+    );
+    assert_eq!(stats.disk.hits, 1, "{stats:?}");
+    assert_eq!(stats.disk.loaded_tokens as usize, full * BLOCK_TOKENS);
+    drop(restarted);
+
+    // A flipped byte in the last block of the prompt's run: refused and
+    // removed; the blocks before it still count.
+    let files = blocks(cache_dir.path());
+    assert_eq!(files.len(), full, "{files:?}");
+    let (text, usage, stats, _) = {
+        // Which file is the last block: the one a restart reads last is
+        // not known by name, so corrupt each in turn until one shortens
+        // the reuse (every file is one block of the prompt).
+        let victim = &files[0];
+        let mut bytes = std::fs::read(victim).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(victim, bytes).unwrap();
+        answer(engine(true)).await
+    };
+    assert_eq!(text, plain, "a corrupt block changes nothing of the answer");
+    assert_eq!(stats.disk.refused_blocks, 1, "{stats:?}");
+    assert!(
+        (usage.cached_tokens as usize) < full * BLOCK_TOKENS,
+        "{usage:?}"
+    );
+    assert_eq!(usage.cached_tokens as usize % BLOCK_TOKENS, 0, "{usage:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

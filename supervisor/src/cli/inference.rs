@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use clawpen_inference::engine::local::disk_cache::{DiskTierConfig, DEFAULT_DISK_BYTES};
 use clawpen_inference::{Family, InferenceConfig};
 
 use super::CliError;
@@ -64,6 +65,12 @@ pub struct EngineArgs {
     /// its new tokens.
     #[arg(long = "prefix-cache-mib", value_name = "MIB")]
     prefix_cache_mib: Option<u64>,
+    /// Disk for each local model's KV prefix cache under the state
+    /// directory's `prefix-cache/`, in MiB (default 4096; 0 turns it off):
+    /// what lets the first turn after a restart skip the system prompt's
+    /// prefill.
+    #[arg(long = "prefix-cache-disk-mib", value_name = "MIB")]
+    prefix_cache_disk_mib: Option<u64>,
     /// Sampling temperature of the local engine for requests that set none
     /// (default 0.8; 0 is greedy): agents rarely send one, and a small
     /// model's tool calls are steadier cooler.
@@ -114,6 +121,12 @@ impl EngineArgs {
             upstream_api_key: self.upstream_api_key,
             store_path: Some(state.root().join("inference.db")),
             prefix_cache_bytes: self.prefix_cache_mib.map(|mib| mib.saturating_mul(1 << 20)),
+            prefix_cache_disk: Some(DiskTierConfig {
+                dir: state.root().join("prefix-cache"),
+                bytes: self
+                    .prefix_cache_disk_mib
+                    .map_or(DEFAULT_DISK_BYTES, |mib| mib.saturating_mul(1 << 20)),
+            }),
             sampling: clawpen_inference::engine::local::SamplingDefaults {
                 temperature: self.temperature,
                 seed: self.seed,

@@ -16,7 +16,15 @@
 //! Entries are scoped by client (one per VM): a hit is measurably faster,
 //! so sharing across clients would let one VM learn by timing what another
 //! sent; one VM's sessions do share.
+//!
+//! Behind the memory tier, optionally, the disk tier ([`super::disk_cache`]):
+//! a prompt whose prefix is longer on disk than in memory (after a restart,
+//! or once memory evicted it) is read back from there, and every sequence
+//! kept here is also handed to it.
 
+use candle_core::Device;
+
+use super::disk_cache::{DiskCache, DiskStats};
 use super::model::KvCache;
 
 /// Counters and sizes of a [`PrefixCache`].
@@ -34,6 +42,8 @@ pub struct CacheStats {
     pub reused_tokens: u64,
     /// Entries dropped to stay under the bound.
     pub evictions: u64,
+    /// The disk tier's counters (zero without one).
+    pub disk: DiskStats,
 }
 
 /// See the module documentation.
@@ -43,6 +53,8 @@ pub struct PrefixCache {
     entries: Vec<Entry>,
     tick: u64,
     stats: CacheStats,
+    /// The disk tier and the device its blocks are read onto.
+    disk: Option<(DiskCache, Device)>,
 }
 
 #[derive(Debug)]
@@ -64,6 +76,20 @@ impl PrefixCache {
                 max_tokens: max_tokens as u64,
                 ..CacheStats::default()
             },
+            disk: None,
+        }
+    }
+
+    /// Puts `disk` behind the memory tier; its blocks are read onto `device`.
+    pub fn with_disk(mut self, disk: DiskCache, device: Device) -> Self {
+        self.disk = Some((disk, device));
+        self
+    }
+
+    /// Waits until the disk tier wrote what it was handed.
+    pub fn flush(&self) {
+        if let Some((disk, _)) = &self.disk {
+            disk.flush();
         }
     }
 
@@ -71,6 +97,11 @@ impl PrefixCache {
         CacheStats {
             entries: self.entries.len() as u64,
             tokens: self.tokens() as u64,
+            disk: self
+                .disk
+                .as_ref()
+                .map(|(d, _)| d.stats())
+                .unwrap_or_default(),
             ..self.stats
         }
     }
@@ -100,14 +131,23 @@ impl PrefixCache {
             })
             .filter(|(shared, _)| *shared > 0)
             .max_by_key(|(shared, e)| (*shared, e.last_used));
-        let Some((shared, entry)) = best else {
+        let mut found = best.map(|(shared, entry)| {
+            self.tick += 1;
+            entry.last_used = self.tick;
+            (shared, entry.kv.truncated(shared))
+        });
+        if let Some((disk, device)) = self.disk.as_mut() {
+            let in_memory = found.as_ref().map_or(0, |(n, _)| *n);
+            if let Some(loaded) = disk.load(scope, prompt, in_memory, device) {
+                found = Some(loaded);
+            }
+        }
+        let Some((shared, kv)) = found else {
             return Ok((0, KvCache::default()));
         };
-        self.tick += 1;
-        entry.last_used = self.tick;
         self.stats.hits += 1;
         self.stats.reused_tokens += shared as u64;
-        Ok((shared, entry.kv.truncated(shared)))
+        Ok((shared, kv))
     }
 
     /// Keeps `kv`, the cache of `tokens`, for `scope`. Entries of the
@@ -115,6 +155,9 @@ impl PrefixCache {
     /// prompt they would); then the least recently used go until the
     /// bound holds. A sequence longer than the whole bound is not kept.
     pub fn insert(&mut self, scope: &str, tokens: Vec<u32>, kv: KvCache) {
+        if let Some((disk, _)) = &self.disk {
+            disk.store(scope, &tokens, &kv);
+        }
         if tokens.is_empty() || tokens.len() > self.max_tokens || kv.len() != tokens.len() {
             return;
         }

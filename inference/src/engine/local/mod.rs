@@ -37,6 +37,7 @@ pub mod attention;
 pub mod batched;
 pub mod cache;
 pub mod decode;
+pub mod disk_cache;
 pub mod gguf;
 mod gguf_alignment;
 pub mod interleaved;
@@ -80,6 +81,8 @@ pub struct LocalOptions {
     /// Memory for each model's KV prefix cache, in bytes (`None`:
     /// [`DEFAULT_PREFIX_CACHE_BYTES`]; 0 turns the cache off).
     pub prefix_cache_bytes: Option<u64>,
+    /// The prefix cache's disk tier (`None`: memory only).
+    pub prefix_cache_disk: Option<disk_cache::DiskTierConfig>,
     /// Sampling for requests that leave it unset (`serve --temperature`,
     /// `--seed`).
     pub sampling: SamplingDefaults,
@@ -349,9 +352,16 @@ fn load_one(id: &str, path: &Path, device: &Device, options: &LocalOptions) -> S
                 model: id.to_owned(),
                 seconds,
             });
+            let cache = with_disk_tier(
+                cache::PrefixCache::new(cache_tokens),
+                options.prefix_cache_disk.as_ref(),
+                path,
+                &m.weights,
+                id,
+            );
             SlotState::Ready(Arc::new(Model {
                 session: Mutex::new(Session {
-                    cache: cache::PrefixCache::new(cache_tokens),
+                    cache,
                     weights: m.weights,
                 }),
                 tokenizer: Arc::new(m.tokenizer),
@@ -379,6 +389,43 @@ fn load_one(id: &str, path: &Path, device: &Device, options: &LocalOptions) -> S
 }
 
 /// The accelerator the crate was built for, else the CPU.
+/// `cache` with the disk tier behind it when one is configured and can be
+/// opened; a tier that cannot (an unreadable model file, a folder that
+/// cannot be made) is logged and the model is served from memory alone.
+fn with_disk_tier(
+    cache: cache::PrefixCache,
+    config: Option<&disk_cache::DiskTierConfig>,
+    path: &Path,
+    weights: &model::Transformer,
+    id: &str,
+) -> cache::PrefixCache {
+    let Some(config) = config.filter(|c| c.bytes > 0) else {
+        return cache;
+    };
+    let c = weights.config();
+    let shape = disk_cache::KvShape {
+        layers: c.layers,
+        kv_heads: c.kv_heads,
+        head_dim: c.head_dim,
+    };
+    let opened = disk_cache::fingerprint(path)
+        .map_err(|source| disk_cache::DiskCacheError::Io {
+            path: path.to_owned(),
+            source,
+        })
+        .and_then(|print| disk_cache::DiskCache::open(&config.dir, print, shape, config.bytes));
+    match opened {
+        Ok(disk) => {
+            tracing::info!(model = id, dir = %config.dir.display(), "prefix cache disk tier ready");
+            cache.with_disk(disk, weights.device().clone())
+        }
+        Err(e) => {
+            tracing::warn!(model = id, error = %e, "prefix cache disk tier off");
+            cache
+        }
+    }
+}
+
 fn pick_device() -> Device {
     #[cfg(feature = "cuda")]
     match Device::new_cuda(0) {

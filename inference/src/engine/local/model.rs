@@ -150,6 +150,35 @@ impl KvCache {
         }
     }
 
+    /// Layer `layer`'s keys and values of the tokens `start..start + n`
+    /// (`[1, kv_heads, n, head_dim]` views), for the disk tier.
+    pub fn block(&self, layer: usize, start: usize, n: usize) -> Result<(Tensor, Tensor)> {
+        if start + n > self.len {
+            candle_core::bail!("KV block {start}..{} past {} tokens", start + n, self.len);
+        }
+        let l = self
+            .layers
+            .get(layer)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| candle_core::Error::Msg(format!("KV cache has no layer {layer}")))?;
+        Ok((l.k.narrow(2, start, n)?, l.v.narrow(2, start, n)?))
+    }
+
+    /// A cache of `len` tokens from each layer's keys and values
+    /// (`[1, kv_heads, len, head_dim]`), as the disk tier reads them back.
+    pub fn from_layers(layers: Vec<(Tensor, Tensor)>, len: usize) -> Result<Self> {
+        let mut out = Vec::with_capacity(layers.len());
+        for (k, v) in layers {
+            if k.dim(2)? != len || v.dim(2)? != len {
+                candle_core::bail!("KV layer of {} tokens, expected {len}", k.dim(2)?);
+            }
+            let mut layer = None;
+            LayerKv::append(&mut layer, 0, &k, &v)?;
+            out.push(layer);
+        }
+        Ok(Self { layers: out, len })
+    }
+
     /// The cache of the first `n` tokens: the same buffers, a shorter
     /// length (no copy).
     pub fn truncated(&self, n: usize) -> Self {
@@ -400,6 +429,11 @@ impl Transformer {
             inv_freq,
             device: device.clone(),
         })
+    }
+
+    /// Where the weights (and so the KV caches) live.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn config(&self) -> &Config {
