@@ -14,19 +14,10 @@ use clawpen_inference::engine::local::{gguf, LocalEngine, LocalOptions, CHANNEL_
 use clawpen_inference::engine::{
     ChatMessage, Content, Engine, EngineEvent, FinishReason, GenerateRequest, Role,
 };
-use clawpen_inference::{Family, InferenceConfig, ModelLocations};
+use clawpen_inference::{Family, InferenceConfig};
 use futures::{FutureExt, StreamExt};
-use local_common::{limit_threads, TinyModel};
+use local_common::{config, limit_threads, TinyModel};
 use serde_json::{json, Value as Json};
-
-fn config(models: Vec<std::path::PathBuf>) -> InferenceConfig {
-    InferenceConfig {
-        locations: ModelLocations::none(),
-        local_models: models,
-        keepalive_interval: Duration::from_millis(500),
-        ..InferenceConfig::default()
-    }
-}
 
 /// A model's facts come from its header: the context length it declares,
 /// and reasoning when its template opens the family's reasoning tag.
