@@ -1089,8 +1089,9 @@ async fn what_openclaw_replays_is_accepted_and_an_image_for_a_text_model_is_a_cl
     assert_eq!(resp.status(), 400);
     let body: Json = resp.json().await.unwrap();
     let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(body["error"]["param"], "input[0].content[1]", "{body}");
     assert!(
-        message.contains("messages[0]") && message.contains("reads text only"),
+        message.contains("input_image") && message.contains("reads text only"),
         "{body}"
     );
     svc.shutdown().await;
