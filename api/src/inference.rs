@@ -11,7 +11,7 @@ pub struct InferenceRecord {
     /// The client the request's API key maps to (one per VM; `anonymous`
     /// when keys are off).
     pub client: String,
-    /// `responses` or `chat_completions`.
+    /// `responses`, `chat_completions` or `responses_compact`.
     pub endpoint: String,
     pub model: String,
     /// `prompt_cache_key` (OpenClaw's session id), if sent.

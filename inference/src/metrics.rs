@@ -169,6 +169,9 @@ impl RequestMetrics {
 pub enum Endpoint {
     Responses,
     ChatCompletions,
+    /// `POST /v1/responses/compact`: a summarizing pass, counted apart
+    /// from the turns it compacts.
+    ResponsesCompact,
 }
 
 impl Endpoint {
@@ -176,6 +179,7 @@ impl Endpoint {
         match self {
             Endpoint::Responses => "responses",
             Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::ResponsesCompact => "responses_compact",
         }
     }
 }

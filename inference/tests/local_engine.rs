@@ -14,19 +14,10 @@ use clawpen_inference::engine::local::{gguf, LocalEngine, LocalOptions, CHANNEL_
 use clawpen_inference::engine::{
     ChatMessage, Content, Engine, EngineEvent, FinishReason, GenerateRequest, Role,
 };
-use clawpen_inference::{Family, InferenceConfig, ModelLocations};
+use clawpen_inference::{Family, InferenceConfig};
 use futures::{FutureExt, StreamExt};
-use local_common::{limit_threads, TinyModel};
+use local_common::{config, limit_threads, TinyModel};
 use serde_json::{json, Value as Json};
-
-fn config(models: Vec<std::path::PathBuf>) -> InferenceConfig {
-    InferenceConfig {
-        locations: ModelLocations::none(),
-        local_models: models,
-        keepalive_interval: Duration::from_millis(500),
-        ..InferenceConfig::default()
-    }
-}
 
 /// A model's facts come from its header: the context length it declares,
 /// and reasoning when its template opens the family's reasoning tag.
@@ -1113,8 +1104,9 @@ async fn what_openclaw_replays_is_accepted_and_an_image_for_a_text_model_is_a_cl
     assert_eq!(resp.status(), 400);
     let body: Json = resp.json().await.unwrap();
     let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(body["error"]["param"], "input[0].content[1]", "{body}");
     assert!(
-        message.contains("messages[0]") && message.contains("reads text only"),
+        message.contains("input_image") && message.contains("reads text only"),
         "{body}"
     );
     svc.shutdown().await;

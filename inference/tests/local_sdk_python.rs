@@ -8,13 +8,8 @@
 use crate::common;
 use crate::local_common;
 
-use std::process::Command;
-use std::time::Duration;
-
-use clawpen_inference::{InferenceConfig, ModelLocations};
-use common::clients::{python, require_python};
+use common::clients::{require_python, run_python_code};
 use local_common::{limit_threads, TinyModel};
-use serde_json::Value;
 
 const SCRIPT: &str = r#"
 import json, sys
@@ -46,29 +41,11 @@ async fn python_openai_sdk_on_a_local_gguf() {
     require_python(&["openai"], "pip install openai");
     let dir = tempfile::tempdir().unwrap();
     let path = TinyModel::new("qwen2").write(dir.path(), "tiny-qwen2");
-    let svc = common::start(InferenceConfig {
-        locations: ModelLocations::none(),
-        local_models: vec![path],
-        keepalive_interval: Duration::from_millis(500),
-        ..InferenceConfig::default()
-    })
-    .await;
+    let svc = common::start(local_common::config(vec![path])).await;
     let base = svc.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .args(["-c", SCRIPT, &base, "tiny-qwen2"])
-            .output()
-            .expect("run python")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let r = tokio::task::spawn_blocking(move || run_python_code(SCRIPT, &[&base, "tiny-qwen2"]))
+        .await
+        .unwrap();
     assert_eq!(r["models"], serde_json::json!(["tiny-qwen2"]));
     assert_eq!(r["whole"][0], r["whole"][1], "same seed, same text: {r}");
     assert_eq!(r["streamed"], r["whole"][0], "{r}");

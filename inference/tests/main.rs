@@ -7,8 +7,11 @@ mod common;
 mod local_common;
 
 mod bad_input;
+mod compact;
+mod content_parts;
 mod llama_cpp;
 mod local_archs;
+mod local_compact;
 mod local_engine;
 mod local_llama_cpp;
 mod local_sdk_python;

@@ -58,10 +58,37 @@ pub trait Engine: Send + Sync + fmt::Debug {
         false
     }
 
+    /// What `model` reads besides text. The HTTP layer refuses a part the
+    /// model cannot read before anything is generated, naming it by the
+    /// client's own path to it (`input[2].content[1]`).
+    fn reads(&self, model: &str) -> Reads;
+
     /// Starts one generation. Resolves once the engine has accepted the
     /// request (for an upstream: its response headers arrived), so a
     /// refused request can still be answered with an error status.
     async fn generate(&self, request: GenerateRequest) -> Result<EngineStream, EngineError>;
+}
+
+/// The kinds of content a model reads besides text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reads {
+    /// Image parts (`image_url`).
+    pub images: bool,
+    /// File parts (`file`: a document's bytes or URL).
+    pub files: bool,
+}
+
+impl Reads {
+    /// Text and nothing else.
+    pub const TEXT_ONLY: Reads = Reads {
+        images: false,
+        files: false,
+    };
+    /// Whatever is sent: the engine behind decides (an upstream).
+    pub const ANYTHING: Reads = Reads {
+        images: true,
+        files: true,
+    };
 }
 
 /// What `presence_penalty` and `frequency_penalty` may be (OpenAI's and

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::chunk::{error_message, ChunkMapper};
 use super::sse::{SseDecoder, SseEvent};
-use super::{Engine, EngineError, EngineEvent, EngineStream, GenerateRequest};
+use super::{Engine, EngineError, EngineEvent, EngineStream, GenerateRequest, Reads};
 use crate::parse::Family;
 
 /// How to reach and use an upstream.
@@ -182,6 +182,12 @@ impl Engine for UpstreamEngine {
             .tool_format
             .or_else(|| Family::from_model_name(model))
             .unwrap_or(Family::Hermes)
+    }
+
+    /// Anything: images and files go to the upstream as sent, and it
+    /// decides (its answer to a model that cannot read them is relayed).
+    fn reads(&self, _model: &str) -> Reads {
+        Reads::ANYTHING
     }
 
     async fn generate(&self, request: GenerateRequest) -> Result<EngineStream, EngineError> {

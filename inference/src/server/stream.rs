@@ -206,6 +206,68 @@ impl<P: Protocol> Driver<P> {
     }
 }
 
+/// What a whole (unstreamed) JSON answer gathers from its generation.
+#[async_trait]
+pub trait Gather: Send + 'static {
+    /// One piece of output.
+    fn event(&mut self, event: GenEvent);
+    /// The answer, once the generation ended. Async because results are
+    /// stored before they are announced.
+    async fn done(&mut self, outcome: &Outcome) -> serde_json::Value;
+}
+
+/// The [`Protocol`] of a whole JSON answer: spaces while nothing is ready
+/// (valid before JSON), then the object a [`Gather`] built, or the error
+/// body of a failed generation (with its status, when the headers are not
+/// out yet).
+pub struct WholeJson<G> {
+    gather: G,
+    status: StatusCode,
+}
+
+impl<G: Gather> WholeJson<G> {
+    pub fn new(gather: G) -> Self {
+        Self {
+            gather,
+            status: StatusCode::OK,
+        }
+    }
+}
+
+#[async_trait]
+impl<G: Gather> Protocol for WholeJson<G> {
+    fn content_type(&self) -> &'static str {
+        "application/json"
+    }
+
+    fn start(&mut self) -> Vec<Bytes> {
+        Vec::new()
+    }
+
+    fn event(&mut self, event: GenEvent) -> Vec<Bytes> {
+        self.gather.event(event);
+        Vec::new()
+    }
+
+    fn keepalive(&mut self) -> Bytes {
+        Bytes::from_static(b" ")
+    }
+
+    async fn done(&mut self, outcome: &Outcome) -> Vec<Bytes> {
+        vec![Bytes::from(self.gather.done(outcome).await.to_string())]
+    }
+
+    fn failed(&mut self, error: &EngineError) -> Vec<Bytes> {
+        let e = super::ApiError::from_engine(error);
+        self.status = e.status;
+        vec![Bytes::from(serde_json::json!(e.body()).to_string())]
+    }
+
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
 /// A streamed (SSE) answer: headers now, events as they come.
 pub fn sse_response<P: Protocol>(driver: Driver<P>) -> Response {
     let content_type = driver.protocol.content_type();

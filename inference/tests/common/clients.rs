@@ -40,15 +40,29 @@ pub fn require_python(modules: &[&str], install: &str) {
 
 /// Runs `tests/clients/python/SCRIPT ARGS`; its stdout is one JSON object.
 pub fn run_python(script: &str, args: &[&str]) -> Value {
-    require_python(&["openai"], "pip install openai");
-    let out = Command::new(python())
+    let mut command = Command::new(python());
+    command
         .arg(clients_dir().join("python").join(script))
-        .args(args)
-        .output()
-        .expect("run the python client");
+        .args(args);
+    python_json(&mut command, script)
+}
+
+/// Runs Python `code` with `args` in `sys.argv[1:]`; its stdout is one
+/// JSON object.
+pub fn run_python_code(code: &str, args: &[&str]) -> Value {
+    let mut command = Command::new(python());
+    command.args(["-c", code]).args(args);
+    python_json(&mut command, "python -c")
+}
+
+/// Runs `command` (Python with `openai`), which must succeed and print one
+/// JSON object; `what` names it in failures.
+fn python_json(command: &mut Command, what: &str) -> Value {
+    require_python(&["openai"], "pip install openai");
+    let out = command.output().expect("run the python client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{script} failed:\n{stderr}\n{stdout}");
+    assert!(out.status.success(), "{what} failed:\n{stderr}\n{stdout}");
     serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}):\n{stdout}\n{stderr}"))
+        .unwrap_or_else(|e| panic!("{what} printed no JSON ({e}):\n{stdout}\n{stderr}"))
 }

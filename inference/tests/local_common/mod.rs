@@ -11,6 +11,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use clawpen_inference::engine::local::tokenizer::byte_char;
+use clawpen_inference::{InferenceConfig, ModelLocations};
 
 pub const HIDDEN: usize = 32;
 pub const HEADS: usize = 4;
@@ -57,6 +58,17 @@ For each call, return JSON within <tool_call></tool_call> XML tags.<|im_end|>
 const CORPUS: &str = "the quick brown fox jumps over the lazy dog. the weather in paris is \
     sunny, the weather in london is rainy. call the weather tool with the city name. \
     hello world, hello there, the answer is there in the world.";
+
+/// The service on the local engine serving `models` (no model folders
+/// searched), with keep-alives every half second.
+pub fn config(models: Vec<PathBuf>) -> InferenceConfig {
+    InferenceConfig {
+        locations: ModelLocations::none(),
+        local_models: models,
+        keepalive_interval: std::time::Duration::from_millis(500),
+        ..InferenceConfig::default()
+    }
+}
 
 /// Special tokens after the BPE vocabulary: (text, GGUF token type).
 pub const SPECIALS: &[(&str, i32)] = &[

@@ -29,7 +29,9 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use crate::constrain::{ConstrainError, Constraint, Vocabulary};
-use crate::engine::{Content, Engine, EngineError, EngineEvent, EngineStream, GenerateRequest};
+use crate::engine::{
+    Content, Engine, EngineError, EngineEvent, EngineStream, GenerateRequest, Reads,
+};
 use crate::parse::grammar::{self, OutputGrammar, ToolChoice};
 use crate::parse::{Family, ToolSpec};
 
@@ -664,6 +666,12 @@ impl Engine for LocalEngine {
             Some(SlotState::Ready(m)) => m.family,
             _ => Family::detect(model, None),
         }
+    }
+
+    /// Text only: vision projectors (`mmproj-*.gguf`) are not loaded, so
+    /// no local model sees an image or a file.
+    fn reads(&self, _model: &str) -> Reads {
+        Reads::TEXT_ONLY
     }
 
     async fn generate(&self, mut request: GenerateRequest) -> Result<EngineStream, EngineError> {

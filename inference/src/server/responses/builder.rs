@@ -11,7 +11,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::engine::FinishReason;
+use crate::engine::{FinishReason, Usage};
 use crate::generation::{GenEvent, Outcome, ToolCallOut};
 use crate::ids::new_id;
 
@@ -38,6 +38,17 @@ pub struct Echo {
     /// Function calls past this many are left out of the output.
     pub max_tool_calls: Option<u64>,
     pub safety_identifier: Option<String>,
+}
+
+/// Open Responses' `Usage` object of an engine's counts.
+pub fn usage(u: &Usage) -> Value {
+    json!({
+        "input_tokens": u.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": u.cached_tokens},
+        "output_tokens": u.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    })
 }
 
 /// Seconds since the epoch, for `completed_at`.
@@ -328,14 +339,7 @@ impl ResponseBuilder {
     pub fn finish(&mut self, outcome: &Outcome) -> (Vec<Value>, Value) {
         let mut out = Vec::new();
         self.close(&mut out);
-        let u = &outcome.usage;
-        let usage = json!({
-            "input_tokens": u.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": u.cached_tokens},
-            "output_tokens": u.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
-            "total_tokens": u.prompt_tokens + u.completion_tokens,
-        });
+        let usage = usage(&outcome.usage);
         let response = if outcome.finish == FinishReason::Length {
             self.response(
                 "incomplete",
@@ -376,7 +380,6 @@ impl ResponseBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Usage;
     use crate::generation::Timing;
     use std::time::Duration;
 

@@ -6,11 +6,27 @@
 //! one model turn become one assistant message (reasoning in
 //! `reasoning_content`, calls in `tool_calls`), each output a `tool`
 //! message, so chat templates see the conversation as the model wrote it.
+//! A `compaction` item (what `POST /v1/responses/compact` made) becomes a
+//! user message holding the summary it carries.
+//!
+//! Images and files go on as Chat Completions parts to a model that reads
+//! them (an upstream decides for itself); for one that reads text only they
+//! are refused here, by their path in the request, rather than dropped by a
+//! chat template so that the model answers as if it had seen them.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use crate::engine::{ChatMessage, Content, FunctionCall, Role, ToolCall};
+use super::compaction::{self, SUMMARY_PREFIX};
+use crate::engine::{ChatMessage, Content, FunctionCall, Reads, Role, ToolCall};
 use crate::server::ApiError;
+
+/// The served model and what it reads besides text: what content parts
+/// are checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Reader<'a> {
+    pub model: &'a str,
+    pub reads: Reads,
+}
 
 /// One input item, checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,10 +47,14 @@ pub enum Item {
     Reasoning {
         text: String,
     },
+    /// The summary a compaction item carries.
+    Compaction {
+        summary: String,
+    },
 }
 
 /// Checks one item; `at` names it in errors (`input[3]`).
-pub fn parse_item(item: &Value, at: &str) -> Result<Item, ApiError> {
+pub fn parse_item(item: &Value, at: &str, reader: Reader) -> Result<Item, ApiError> {
     let field = |f: &str| format!("{at}.{f}");
     let obj = item
         .as_object()
@@ -72,7 +92,7 @@ pub fn parse_item(item: &Value, at: &str) -> Result<Item, ApiError> {
                     ))
                 }
             };
-            let content = content(obj.get("content"), &field("content"))?;
+            let content = content(obj.get("content"), &field("content"), reader)?;
             Ok(Item::Message { role, content })
         }
         "function_call" => {
@@ -94,7 +114,7 @@ pub fn parse_item(item: &Value, at: &str) -> Result<Item, ApiError> {
         }
         "function_call_output" => Ok(Item::FunctionCallOutput {
             call_id: str_field("call_id")?,
-            output: content(obj.get("output"), &field("output"))?,
+            output: content(obj.get("output"), &field("output"), reader)?,
         }),
         "reasoning" => {
             let mut texts = Vec::new();
@@ -112,6 +132,17 @@ pub fn parse_item(item: &Value, at: &str) -> Result<Item, ApiError> {
                 text: texts.join("\n\n"),
             })
         }
+        "compaction" => {
+            let sealed = str_field("encrypted_content")?;
+            let summary = compaction::open(&sealed).map_err(|e| {
+                ApiError::invalid_param(
+                    field("encrypted_content"),
+                    format!("This compaction item cannot be read: {e}."),
+                )
+                .with_code("invalid_encrypted_content")
+            })?;
+            Ok(Item::Compaction { summary })
+        }
         other => Err(ApiError::invalid_param(
             field("type"),
             format!("Unsupported input item type '{other}'."),
@@ -120,8 +151,8 @@ pub fn parse_item(item: &Value, at: &str) -> Result<Item, ApiError> {
 }
 
 /// Message content: a string, or parts. Text-only parts become one string
-/// (what every chat template renders); images stay parts.
-fn content(v: Option<&Value>, at: &str) -> Result<Content, ApiError> {
+/// (what every chat template renders); images and files stay parts.
+fn content(v: Option<&Value>, at: &str, reader: Reader) -> Result<Content, ApiError> {
     let parts = match v {
         Some(Value::String(s)) => return Ok(Content::Text(s.clone())),
         Some(Value::Array(parts)) => parts,
@@ -138,6 +169,7 @@ fn content(v: Option<&Value>, at: &str) -> Result<Content, ApiError> {
     for (i, p) in parts.iter().enumerate() {
         let kind = p.get("type").and_then(Value::as_str).unwrap_or("");
         let text = p.get("text").and_then(Value::as_str);
+        let here = format!("{at}[{i}]");
         match (kind, text) {
             (
                 "input_text" | "output_text" | "text" | "summary_text" | "reasoning_text",
@@ -148,18 +180,16 @@ fn content(v: Option<&Value>, at: &str) -> Result<Content, ApiError> {
                 "text": p.get("refusal").and_then(Value::as_str).unwrap_or(""),
             })),
             ("input_image", _) => {
-                let url = p.get("image_url").and_then(Value::as_str).ok_or_else(|| {
-                    ApiError::invalid_param(
-                        format!("{at}[{i}].image_url"),
-                        "Only images given by 'image_url' (a URL or data URL) are supported.",
-                    )
-                })?;
                 text_only = false;
-                out.push(json!({"type": "image_url", "image_url": {"url": url}}));
+                out.push(image(p, &here, reader)?);
+            }
+            ("input_file", _) => {
+                text_only = false;
+                out.push(file(p, &here, reader)?);
             }
             _ => {
                 return Err(ApiError::invalid_param(
-                    format!("{at}[{i}].type"),
+                    format!("{here}.type"),
                     format!("Unsupported content part type '{kind}'."),
                 ))
             }
@@ -174,6 +204,72 @@ fn content(v: Option<&Value>, at: &str) -> Result<Content, ApiError> {
     } else {
         Ok(Content::Parts(out))
     }
+}
+
+/// The 400 for a part the model cannot read, naming the part.
+fn unreadable(at: &str, kind: &str, reader: Reader, advice: &str) -> ApiError {
+    ApiError::invalid_param(
+        at,
+        format!(
+            "'{at}' is an {kind} part, and model '{}' reads text only: {advice}",
+            reader.model
+        ),
+    )
+    .with_code("unsupported_content")
+}
+
+/// `input_image` → a Chat Completions `image_url` part (`detail` kept).
+fn image(part: &Value, at: &str, reader: Reader) -> Result<Value, ApiError> {
+    if !reader.reads.images {
+        return Err(unreadable(
+            at,
+            "input_image",
+            reader,
+            "send a description of the image as input_text, or ask a model that reads images.",
+        ));
+    }
+    let url = part
+        .get("image_url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::invalid_param(
+                format!("{at}.image_url"),
+                "Only images given by 'image_url' (a URL or data URL) are supported.",
+            )
+        })?;
+    let mut image_url = json!({"url": url});
+    if let Some(detail) = part.get("detail").filter(|d| !d.is_null()) {
+        image_url["detail"] = detail.clone();
+    }
+    Ok(json!({"type": "image_url", "image_url": image_url}))
+}
+
+/// `input_file` → a Chat Completions `file` part holding the fields the
+/// client sent (`file_data`, `file_url`, `filename`, `file_id`) as sent:
+/// the engine behind decides what it can open.
+fn file(part: &Value, at: &str, reader: Reader) -> Result<Value, ApiError> {
+    if !reader.reads.files {
+        return Err(unreadable(
+            at,
+            "input_file",
+            reader,
+            "send the file's text as input_text.",
+        ));
+    }
+    let fields: Map<String, Value> = part
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| k.as_str() != "type" && !v.is_null())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if fields.is_empty() {
+        return Err(ApiError::invalid_param(
+            at,
+            "An input_file part needs 'file_data', 'file_url' or 'file_id'.",
+        ));
+    }
+    Ok(json!({"type": "file", "file": fields}))
 }
 
 /// The chat messages of a conversation: `instructions` first (as the
@@ -250,6 +346,14 @@ pub fn to_messages(instructions: &[Item], items: &[Item]) -> Vec<ChatMessage> {
                     },
                 });
             }
+            Item::Compaction { summary } => {
+                flush(&mut turn, &mut out);
+                out.push(ChatMessage {
+                    role: Role::User,
+                    content: Some(Content::Text(format!("{SUMMARY_PREFIX}{summary}"))),
+                    ..ChatMessage::default()
+                });
+            }
             Item::FunctionCallOutput { call_id, output } => {
                 flush(&mut turn, &mut out);
                 out.push(ChatMessage {
@@ -283,12 +387,21 @@ fn append(content: &mut Option<Content>, text: &str) {
 mod tests {
     use super::*;
 
+    const TEXT: Reader = Reader {
+        model: "tiny",
+        reads: Reads::TEXT_ONLY,
+    };
+    const ANY: Reader = Reader {
+        model: "big",
+        reads: Reads::ANYTHING,
+    };
+
     fn items(v: Value) -> Vec<Item> {
         v.as_array()
             .unwrap()
             .iter()
             .enumerate()
-            .map(|(i, it)| parse_item(it, &format!("input[{i}]")).unwrap())
+            .map(|(i, it)| parse_item(it, &format!("input[{i}]"), TEXT).unwrap())
             .collect()
     }
 
@@ -330,15 +443,81 @@ mod tests {
         let e = parse_item(
             &json!({"type": "function_call", "name": "f", "arguments": "{}"}),
             "input[2]",
+            TEXT,
         )
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("input[2].call_id"));
-        let e = parse_item(&json!({"role": "robot", "content": "x"}), "input[0]").unwrap_err();
+        let e =
+            parse_item(&json!({"role": "robot", "content": "x"}), "input[0]", TEXT).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("input[0].role"));
-        let e = parse_item(&json!({"type": "web_search_call"}), "input[1]").unwrap_err();
+        let e = parse_item(&json!({"type": "web_search_call"}), "input[1]", TEXT).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("input[1].type"));
-        let e = parse_item(&json!({"role": "user", "content": 5}), "input[0]").unwrap_err();
+        let e = parse_item(&json!({"role": "user", "content": 5}), "input[0]", TEXT).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("input[0].content"));
-        assert!(parse_item(&json!(7), "input[0]").is_err());
+        assert!(parse_item(&json!(7), "input[0]", TEXT).is_err());
+    }
+
+    #[test]
+    fn images_and_files_pass_to_a_reader_of_them_and_are_refused_by_path_otherwise() {
+        let message = json!({"role": "user", "content": [
+            {"type": "input_text", "text": "What is in these?"},
+            {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"},
+            {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}
+        ]});
+        let Item::Message { content, .. } = parse_item(&message, "input[2]", ANY).unwrap() else {
+            panic!("not a message")
+        };
+        assert_eq!(
+            serde_json::to_value(content).unwrap(),
+            json!([
+                {"type": "text", "text": "What is in these?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+                {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}}
+            ])
+        );
+
+        let e = parse_item(&message, "input[2]", TEXT).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input[2].content[1]"));
+        assert_eq!(e.code.as_deref(), Some("unsupported_content"));
+        assert!(
+            e.message.contains("input_image") && e.message.contains("'tiny'"),
+            "{e}"
+        );
+        let only_file = json!({"type": "function_call_output", "call_id": "c", "output": [
+            {"type": "input_file", "file_url": "https://example.com/a.pdf"}
+        ]});
+        let e = parse_item(&only_file, "input[4]", TEXT).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input[4].output[0]"));
+        assert!(e.message.contains("input_file"), "{e}");
+        let empty = json!({"role": "user", "content": [{"type": "input_file"}]});
+        let e = parse_item(&empty, "input[0]", ANY).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input[0].content[0]"));
+    }
+
+    #[test]
+    fn a_compaction_item_becomes_a_user_message_with_its_summary() {
+        let conv = items(json!([
+            {"role": "user", "content": "Plan the trip."},
+            {"type": "compaction", "id": "cmp_1", "encrypted_content": compaction::seal("Oslo, two days.")},
+            {"role": "user", "content": "And the weather?"}
+        ]));
+        let m = to_messages(&[], &conv);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[1].role, Role::User);
+        assert_eq!(
+            m[1].content.as_ref().unwrap().text(),
+            format!("{SUMMARY_PREFIX}Oslo, two days.")
+        );
+
+        let e = parse_item(
+            &json!({"type": "compaction", "encrypted_content": "gAAAAABpM0Yj-...="}),
+            "input[1]",
+            TEXT,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input[1].encrypted_content"));
+        assert_eq!(e.code.as_deref(), Some("invalid_encrypted_content"));
+        let e = parse_item(&json!({"type": "compaction"}), "input[1]", TEXT).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input[1].encrypted_content"));
     }
 }

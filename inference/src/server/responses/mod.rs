@@ -1,5 +1,6 @@
 //! `POST /v1/responses`, `GET`/`DELETE /v1/responses/{id}`: the Responses
-//! API on top of any engine's Chat Completions-shaped generation.
+//! API on top of any engine's Chat Completions-shaped generation;
+//! `POST /v1/responses/compact` in [`compact`].
 //!
 //! A request is checked and translated ([`request`], [`items`]) into a
 //! [`GenerateRequest`]: instructions, the stored conversation a
@@ -22,7 +23,7 @@ use serde_json::{json, Value};
 
 use super::auth::Client;
 use super::body::parse_json;
-use super::stream::{json_response, sse_response, Driver, Protocol};
+use super::stream::{json_response, sse_response, Driver, Gather, Protocol, WholeJson};
 use super::{ApiError, AppState};
 use crate::engine::{Engine, EngineError, GenerateRequest, Role};
 use crate::generation::{GenEvent, Outcome, OutputOptions};
@@ -32,11 +33,13 @@ use crate::parse::ToolSpec;
 use crate::store::{ResponseStore, StoredResponse};
 
 pub mod builder;
+pub mod compact;
+pub mod compaction;
 pub mod items;
 pub mod request;
 
 use builder::{Echo, ResponseBuilder};
-use items::{parse_item, to_messages, Item};
+use items::{parse_item, to_messages, Item, Reader};
 use request::{Input, ResponsesRequest};
 
 /// A checked request, ready to run.
@@ -95,41 +98,17 @@ async fn prepare(
         .transpose()?
         .flatten();
 
-    let input: Vec<Value> = match &r.input {
-        None => Vec::new(),
-        Some(Input::Text(s)) => vec![json!({"type": "message", "role": "user", "content": s})],
-        Some(Input::Items(items)) => items.clone(),
-    };
-    if input.is_empty() && r.previous_response_id.is_none() {
-        return Err(ApiError::invalid_param("input", "'input' is required."));
-    }
-    let new_items = parse_all(&input, "input")?;
-    let instructions = match &r.instructions {
-        None => Vec::new(),
-        Some(Input::Text(s)) => vec![Item::Message {
-            role: Role::System,
-            content: crate::engine::Content::Text(s.clone()),
-        }],
-        Some(Input::Items(items)) => parse_all(items, "instructions")?,
-    };
-    let mut conversation = match &r.previous_response_id {
-        None => Vec::new(),
-        Some(id) => {
-            let items = state
-                .store
-                .conversation(&client.0, id)
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .ok_or_else(|| ApiError::previous_response_not_found(id))?;
-            parse_all(&items, "previous_response_id")?
-        }
-    };
-    conversation.extend(new_items);
-    let messages = to_messages(&instructions, &conversation);
-    let prompt_chars = messages
-        .iter()
-        .map(|m| m.content.as_ref().map_or(0, |c| c.text().len()))
-        .sum();
+    let conversation = Conversation::gather(
+        state,
+        client,
+        (engine.as_ref(), &model),
+        r.input.as_ref(),
+        r.instructions.as_ref(),
+        r.previous_response_id.as_deref(),
+    )
+    .await?;
+    let messages = conversation.messages();
+    let prompt_chars = prompt_chars(&messages);
 
     let echo = Echo {
         instructions: match &r.instructions {
@@ -203,17 +182,101 @@ async fn prepare(
         tools: callable,
         echo,
         stream: r.stream.unwrap_or(false),
-        input,
+        input: conversation.input,
         prompt_chars,
     })
 }
 
-fn parse_all(items: &[Value], at: &str) -> Result<Vec<Item>, ApiError> {
+/// A request's conversation, checked: its instructions (the system
+/// message), the stored chain its `previous_response_id` continues, then
+/// its new input items. `/v1/responses` and `/v1/responses/compact` read
+/// their bodies' shared fields through this one path.
+struct Conversation {
+    instructions: Vec<Item>,
+    /// The chain's items and the new input, as sent.
+    raw: Vec<Value>,
+    /// `raw`, checked (one item each).
+    items: Vec<Item>,
+    /// This request's own input items, as stored.
+    input: Vec<Value>,
+}
+
+impl Conversation {
+    /// Reads the conversation for `served` (the engine and the model the
+    /// request resolved to, which decide what content parts are read).
+    async fn gather(
+        state: &AppState,
+        client: &Client,
+        served: (&dyn Engine, &str),
+        input: Option<&Input>,
+        instructions: Option<&Input>,
+        previous_response_id: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        let input: Vec<Value> = match input {
+            None => Vec::new(),
+            Some(Input::Text(s)) => {
+                vec![json!({"type": "message", "role": "user", "content": s})]
+            }
+            Some(Input::Items(items)) => items.clone(),
+        };
+        if input.is_empty() && previous_response_id.is_none() {
+            return Err(ApiError::invalid_param("input", "'input' is required."));
+        }
+        let (engine, model) = served;
+        let reader = Reader {
+            model,
+            reads: engine.reads(model),
+        };
+        let new_items = parse_all(&input, "input", reader)?;
+        let instructions = match instructions {
+            None => Vec::new(),
+            Some(Input::Text(s)) => vec![Item::Message {
+                role: Role::System,
+                content: crate::engine::Content::Text(s.clone()),
+            }],
+            Some(Input::Items(items)) => parse_all(items, "instructions", reader)?,
+        };
+        let mut raw = match previous_response_id {
+            None => Vec::new(),
+            Some(id) => state
+                .store
+                .conversation(&client.0, id)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .ok_or_else(|| ApiError::previous_response_not_found(id))?,
+        };
+        let mut items = parse_all(&raw, "previous_response_id", reader)?;
+        items.extend(new_items);
+        raw.extend(input.iter().cloned());
+        Ok(Self {
+            instructions,
+            raw,
+            items,
+            input,
+        })
+    }
+
+    /// The chat messages the engine is given.
+    fn messages(&self) -> Vec<crate::engine::ChatMessage> {
+        to_messages(&self.instructions, &self.items)
+    }
+}
+
+fn parse_all(items: &[Value], at: &str, reader: Reader) -> Result<Vec<Item>, ApiError> {
     items
         .iter()
         .enumerate()
-        .map(|(i, v)| parse_item(v, &format!("{at}[{i}]")))
+        .map(|(i, v)| parse_item(v, &format!("{at}[{i}]"), reader))
         .collect()
+}
+
+/// The characters of a prompt's text, for the token estimate of an engine
+/// that reports no usage.
+fn prompt_chars(messages: &[crate::engine::ChatMessage]) -> usize {
+    messages
+        .iter()
+        .map(|m| m.content.as_ref().map_or(0, |c| c.text().len()))
+        .sum()
 }
 
 async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> Response {
@@ -260,11 +323,7 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
         }
         sse_response(driver)
     } else {
-        let protocol = Whole {
-            builder,
-            saver,
-            status: StatusCode::OK,
-        };
+        let protocol = WholeJson::new(Whole { builder, saver });
         let mut driver = Driver::new(start, output, protocol, recorder, keepalive, started);
         if let Err(e) = driver.accept(grace).await {
             return ApiError::from_engine(&e).into_response();
@@ -355,42 +414,18 @@ impl Protocol for Sse {
 struct Whole {
     builder: ResponseBuilder,
     saver: Saver,
-    status: StatusCode,
 }
 
 #[async_trait]
-impl Protocol for Whole {
-    fn content_type(&self) -> &'static str {
-        "application/json"
-    }
-
-    fn start(&mut self) -> Vec<Bytes> {
-        Vec::new()
-    }
-
-    fn event(&mut self, event: GenEvent) -> Vec<Bytes> {
+impl Gather for Whole {
+    fn event(&mut self, event: GenEvent) {
         self.builder.push(event);
-        Vec::new()
     }
 
-    fn keepalive(&mut self) -> Bytes {
-        Bytes::from_static(b" ")
-    }
-
-    async fn done(&mut self, outcome: &Outcome) -> Vec<Bytes> {
+    async fn done(&mut self, outcome: &Outcome) -> Value {
         let (_, response) = self.builder.finish(outcome);
         self.saver.save(&self.builder, &response).await;
-        vec![Bytes::from(response.to_string())]
-    }
-
-    fn failed(&mut self, error: &EngineError) -> Vec<Bytes> {
-        let e = ApiError::from_engine(error);
-        self.status = e.status;
-        vec![Bytes::from(json!(e.body()).to_string())]
-    }
-
-    fn status(&self) -> StatusCode {
-        self.status
+        response
     }
 }
 
