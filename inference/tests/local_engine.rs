@@ -706,14 +706,7 @@ async fn queue_wait_and_depth_are_in_the_metrics() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(seen, "vm-b never showed as queued");
-    let text = http
-        .get(format!("{}/metrics", svc.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = svc.metrics_text().await;
     assert!(
         text.contains(r#"clawpen_inference_queued_requests{model="tiny-qwen2",client="vm-b"} 1"#),
         "{text}"
@@ -734,14 +727,7 @@ async fn queue_wait_and_depth_are_in_the_metrics() {
         "{rb:?}"
     );
     assert_eq!(svc.metrics.queued_requests(), 0);
-    let text = http
-        .get(format!("{}/metrics", svc.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = svc.metrics_text().await;
     assert!(
         text.contains(r#"clawpen_inference_queue_wait_seconds_count{client="vm-b"} 1"#),
         "{text}"
@@ -831,12 +817,7 @@ async fn the_next_turn_prefills_only_its_new_tokens() {
         json!(prompt(&b) - 1),
         "{resp}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", svc.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = svc.metrics_text().await;
     assert!(
         metrics.contains(r#"clawpen_inference_prefix_cache_hits_total{model="tiny-qwen2"} 3"#),
         "{metrics}"
@@ -986,12 +967,7 @@ async fn tool_calls_parse_with_the_family_of_the_chat_template() {
     assert_eq!(item["type"], "function_call", "{r}");
     assert_eq!(item["name"], "get_weather");
     // Both calls were in the model's own syntax: made, not repaired.
-    let metrics = reqwest::get(format!("{}/metrics", svc.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = svc.metrics_text().await;
     assert!(
         metrics.contains(r#"clawpen_inference_tool_calls_total{client="anonymous"} 2"#),
         "{metrics}"

@@ -493,12 +493,7 @@ async fn sixteen_streams_with_random_disconnects() {
     wait_for(|| up.live() == 0, "upstream streams closed").await;
     assert_eq!(up.cut_off() + up.finished(), 16);
     assert_eq!(up.finished(), completed);
-    let text = reqwest::get(format!("{}/metrics", svc.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = svc.metrics_text().await;
     assert!(
         text.contains("clawpen_inference_live_generations 0"),
         "{text}"
@@ -579,12 +574,7 @@ async fn keys_name_clients_and_metrics_follow_them() {
     assert_eq!(m.tool_calls, ["get_weather"]);
     assert_eq!(v["output"][1]["type"], "function_call");
 
-    let text = reqwest::get(format!("{}/metrics", svc.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = svc.metrics_text().await;
     assert!(text.contains(r#"clawpen_inference_requests_total{client="vm-a",endpoint="responses",status="completed"} 2"#), "{text}");
     assert!(text.contains(r#"clawpen_inference_tool_calls_total{client="vm-a"} 1"#));
     assert!(text.contains(r#"clawpen_inference_prompt_tokens_total{client="vm-a"} 24"#));

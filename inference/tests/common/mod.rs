@@ -63,6 +63,16 @@ impl Svc {
             .unwrap();
     }
 
+    /// The `/metrics` page, as a scraper reads it.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Waits (up to 5 s) for the live-generations gauge to reach 0.
     pub async fn idle(&self) {
         for _ in 0..500 {
