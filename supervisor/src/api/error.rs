@@ -45,8 +45,16 @@ impl IntoResponse for HttpError {
 
 impl From<VmError> for HttpError {
     fn from(error: VmError) -> Self {
+        Self::from(&error)
+    }
+}
+
+/// By reference, so that a [`VmError::Shared`] maps as the error it shares.
+impl From<&VmError> for HttpError {
+    fn from(error: &VmError) -> Self {
         let message = error.to_string();
         match error {
+            VmError::Shared(shared) => Self::from(&**shared),
             VmError::NotFound(_) => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", message).field("name")
             }
@@ -81,7 +89,7 @@ impl From<VmError> for HttpError {
             VmError::TaskGone(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
-            VmError::Boot { .. } | VmError::Backend { .. } | VmError::Repeated(_) => {
+            VmError::Boot { .. } | VmError::Backend { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "vm_failed", message)
             }
             VmError::Image(_) | VmError::Store(_) | VmError::Dir(_) | VmError::GuestConfig(_) => {
@@ -89,5 +97,48 @@ impl From<VmError> for HttpError {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::http::StatusCode;
+    use clawpen_api::{VmName, VmState};
+
+    use super::HttpError;
+    use crate::vm::VmError;
+
+    fn name() -> VmName {
+        VmName::parse("box").expect("valid name")
+    }
+
+    #[test]
+    fn shared_error_maps_as_the_error_it_shares() {
+        let conflict = || VmError::Conflict {
+            name: name(),
+            state: VmState::Resetting,
+            wanted: "reset",
+            needs: "running",
+        };
+        let alone = HttpError::from(conflict());
+        let shared = HttpError::from(VmError::Shared(Arc::new(conflict())));
+        assert_eq!(alone.status, StatusCode::CONFLICT);
+        assert_eq!(shared.status, alone.status);
+        assert_eq!(shared.body, alone.body);
+    }
+
+    #[test]
+    fn shared_error_keeps_its_field() {
+        let invalid = VmError::Invalid {
+            field: "cold",
+            message: "not a boolean".into(),
+        };
+        let shared = HttpError::from(VmError::Shared(Arc::new(invalid)));
+        assert_eq!(shared.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(shared.body.error.code, "invalid");
+        assert_eq!(shared.body.error.field.as_deref(), Some("body.cold"));
+        assert_eq!(shared.body.error.message, "not a boolean");
     }
 }

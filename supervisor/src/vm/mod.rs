@@ -67,9 +67,14 @@ pub enum VmError {
         field: &'static str,
         message: String,
     },
-    /// The answer of a reset that ran for this request and an identical one.
-    #[error("{0}")]
-    Repeated(String),
+    /// The error of one reset answered to several callers: resets queued
+    /// behind a running reset get its answer ("two clicks, one reset"). A
+    /// `VmError` is not `Clone` (its sources are I/O errors and the like), so
+    /// the callers share it; it reads and maps to HTTP exactly as the error
+    /// inside, so every caller gets the same status and code (a refused reset
+    /// is a 409 for all of them, not a 500 for all but the first).
+    #[error(transparent)]
+    Shared(Arc<VmError>),
     #[error(transparent)]
     Share(#[from] crate::share::ShareError),
     #[error("VM {name} has no share tagged {tag}")]

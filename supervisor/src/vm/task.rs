@@ -3,8 +3,9 @@
 //! Commands arrive on a channel and run one at a time, so two commands never
 //! interleave on the same VMM; resets queued while a reset runs are answered
 //! with that reset's result instead of running again ("two clicks, one
-//! reset"). Reads do not go through the task: the current [`VmInfo`] is
-//! published on a watch channel, so a `GET` never waits behind a slow command.
+//! reset"), its error shared so that every caller gets the same kind. Reads
+//! do not go through the task: the current [`VmInfo`] is published on a
+//! watch channel, so a `GET` never waits behind a slow command.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +21,7 @@ use super::agent;
 use super::backend::{BackendError, Instance, VmExit};
 use super::dir::VmDir;
 use super::serial::wait_for_marker;
-use super::{VmCommand, VmContext, VmError, VmHandle};
+use super::{Reply, VmCommand, VmContext, VmError, VmHandle};
 use crate::crash;
 
 /// How long a guest may take from VMM start to its ready marker. TCG boots of
@@ -160,8 +161,9 @@ impl VmTask {
             }
             VmCommand::Reset(request, reply) => {
                 let result = self.restore(&clean(), request.cold, true).await;
-                self.answer_queued_resets(&result);
-                let _ = reply.send(result);
+                let mut replies = vec![reply];
+                replies.extend(self.take_queued_resets());
+                answer_resets(result, replies);
             }
             VmCommand::RestoreSnapshot(name, request, reply) => {
                 let _ = reply.send(self.restore(&name, request.cold, false).await);
@@ -197,23 +199,21 @@ impl VmTask {
         Flow::Continue
     }
 
-    /// Resets that were queued while a reset ran get its result: the user
-    /// clicked twice, they get one reset.
-    fn answer_queued_resets(&mut self, result: &Result<VmInfo, VmError>) {
+    /// The replies of the resets queued while a reset ran: the user clicked
+    /// twice, they get one reset. The first other command found is kept in
+    /// `pending`, to run next, so commands keep their order.
+    fn take_queued_resets(&mut self) -> Vec<Reply<VmInfo>> {
+        let mut replies = Vec::new();
         while let Ok(command) = self.commands.try_recv() {
             match command {
-                VmCommand::Reset(_, reply) => {
-                    let _ = reply.send(match result {
-                        Ok(info) => Ok(info.clone()),
-                        Err(e) => Err(VmError::Repeated(e.to_string())),
-                    });
-                }
+                VmCommand::Reset(_, reply) => replies.push(reply),
                 other => {
                     self.pending = Some(other);
                     break;
                 }
             }
         }
+        replies
     }
 
     fn conflict(&self, wanted: &'static str, needs: &'static str) -> VmError {
@@ -774,5 +774,152 @@ impl VmTask {
         self.ctx.egress.forget(&name);
         self.ctx.events.publish(Event::VmDeleted { name });
         Ok(())
+    }
+}
+
+/// Answers every caller of one coalesced reset with its result. A lone
+/// caller gets the error itself; several share it as [`VmError::Shared`],
+/// which keeps its kind, so all of them get the same HTTP status and code.
+fn answer_resets(result: Result<VmInfo, VmError>, mut replies: Vec<Reply<VmInfo>>) {
+    if replies.len() <= 1 {
+        if let Some(reply) = replies.pop() {
+            let _ = reply.send(result);
+        }
+        return;
+    }
+    let result = result.map_err(Arc::new);
+    for reply in replies {
+        let _ = reply.send(match &result {
+            Ok(info) => Ok(info.clone()),
+            Err(error) => Err(VmError::Shared(error.clone())),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use clawpen_api::{ShareTag, VmInfo, VmName, VmSpec, VmState};
+    use tokio::sync::oneshot;
+
+    use super::{answer_resets, Reply, VmError};
+    use crate::api::HttpError;
+    use crate::share::ShareError;
+
+    fn name() -> VmName {
+        VmName::parse("box").expect("valid name")
+    }
+
+    fn info() -> VmInfo {
+        VmInfo {
+            spec: VmSpec {
+                name: name(),
+                image: "alpine".into(),
+                cpus: 1,
+                memory_mib: 256,
+                disk_gib: None,
+            },
+            state: VmState::Running,
+            pid: Some(42),
+            accel: Some("tcg".into()),
+        }
+    }
+
+    /// `callers` coalesced resets answered with `result`; each one's answer.
+    fn coalesce(result: Result<VmInfo, VmError>, callers: usize) -> Vec<Result<VmInfo, VmError>> {
+        let (replies, answers): (Vec<Reply<VmInfo>>, Vec<_>) =
+            (0..callers).map(|_| oneshot::channel()).unzip();
+        answer_resets(result, replies);
+        answers
+            .into_iter()
+            .map(|mut answer| answer.try_recv().expect("every caller is answered"))
+            .collect()
+    }
+
+    /// Every caller's HTTP answer: status, code, message.
+    fn http(answers: Vec<Result<VmInfo, VmError>>) -> Vec<(StatusCode, String, String)> {
+        answers
+            .into_iter()
+            .map(|answer| {
+                let error = HttpError::from(answer.expect_err("the reset failed"));
+                (
+                    error.status,
+                    error.body.error.code,
+                    error.body.error.message,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn coalesced_reset_conflict_is_409_for_every_caller() {
+        let conflict = VmError::Conflict {
+            name: name(),
+            state: VmState::Stopping,
+            wanted: "reset",
+            needs: "running",
+        };
+        let message = conflict.to_string();
+        let answers = http(coalesce(Err(conflict), 3));
+        assert_eq!(answers.len(), 3);
+        for answer in answers {
+            assert_eq!(
+                answer,
+                (
+                    StatusCode::CONFLICT,
+                    "conflict".to_string(),
+                    message.clone()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn coalesced_reset_share_changed_is_409_for_every_caller() {
+        let changed = VmError::ShareChanged {
+            name: name(),
+            tag: ShareTag::parse("work").expect("valid tag"),
+            source: ShareError::Root,
+        };
+        let answers = http(coalesce(Err(changed), 2));
+        assert_eq!(answers[0], answers[1]);
+        assert_eq!(answers[1].0, StatusCode::CONFLICT);
+        assert_eq!(answers[1].1, "share_changed");
+    }
+
+    #[test]
+    fn coalesced_reset_failure_keeps_its_500() {
+        let boot = VmError::Boot {
+            name: name(),
+            reason: "no marker".into(),
+        };
+        let answers = http(coalesce(Err(boot), 2));
+        assert_eq!(answers[0], answers[1]);
+        assert_eq!(answers[1].0, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(answers[1].1, "vm_failed");
+    }
+
+    #[test]
+    fn coalesced_reset_success_answers_every_caller_the_same_info() {
+        for answer in coalesce(Ok(info()), 3) {
+            assert_eq!(answer.expect("the reset worked"), info());
+        }
+    }
+
+    #[test]
+    fn lone_reset_gets_its_own_error() {
+        let answers = coalesce(
+            Err(VmError::NoImage {
+                name: name(),
+                image: "gone".into(),
+            }),
+            1,
+        );
+        assert!(matches!(answers[0], Err(VmError::NoImage { .. })));
+    }
+
+    #[test]
+    fn reset_with_no_caller_left_is_a_no_op() {
+        answer_resets(Ok(info()), Vec::new());
     }
 }
