@@ -14,6 +14,10 @@ pub struct InferenceRecord {
     /// `responses`, `chat_completions` or `responses_compact`.
     pub endpoint: String,
     pub model: String,
+    /// The engine that served it: `local`, or the upstream's URL when
+    /// clawpen fronts several servers.
+    #[serde(default)]
+    pub engine: String,
     /// `prompt_cache_key` (OpenClaw's session id), if sent.
     pub session: Option<String>,
     pub previous_response_id: Option<String>,

@@ -75,6 +75,7 @@ p.charts svg { vertical-align: middle; margin-left: .3rem; opacity: .8; }
 p.inference-charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(9rem, 1fr)); gap: .5rem 1rem; }
 p.inference-charts svg { display: block; margin: .15rem 0 0; }
 p.models { display: flex; flex-wrap: wrap; gap: .3rem; align-items: center; font-size: .85rem; margin: .3rem 0; }
+td.model small.engine { display: block; opacity: .7; }
 p.models .model { font-family: ui-monospace, monospace; border: 1px solid #8886; border-radius: .8rem; padding: 0 .5rem; }
 td.vm-forwards { white-space: normal; font-size: .9rem; }
 td.vm-forwards a { display: inline-block; margin-right: .6rem; }
@@ -1034,7 +1035,12 @@ fn InferencePanel(live: Live) -> impl IntoView {
                         <tr class="request" data-session=data_session data-status=data_status>
                             <td class="time">{clock(r.started_at_ms)}</td>
                             <td class="client">{r.client}</td>
-                            <td class="model mono">{r.model}</td>
+                            <td class="model mono" data-engine=r.engine.clone()>
+                                {r.model}
+                                {(!r.engine.is_empty()).then(|| view! {
+                                    <small class="engine">{r.engine.clone()}</small>
+                                })}
+                            </td>
                             <td class="session mono">{session}</td>
                             <td class="status" title=status_title>{r.status}</td>
                             <td class="num prompt">{r.prompt_tokens}</td>
@@ -1274,6 +1280,7 @@ mod tests {
             client: "anonymous".into(),
             endpoint: "chat_completions".into(),
             model: "m".into(),
+            engine: "local".into(),
             session: session.map(str::to_string),
             status: "completed".into(),
             prompt_tokens: 10,

@@ -131,6 +131,7 @@ mod tests {
             client: "demo".into(),
             endpoint: "responses".into(),
             model: "m".into(),
+            engine: "local".into(),
             status: "completed".into(),
             prompt_tokens: prompt,
             cached_tokens: cached,

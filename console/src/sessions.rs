@@ -301,6 +301,7 @@ mod tests {
             client: vm.into(),
             endpoint: "responses".into(),
             model: "m".into(),
+            engine: "local".into(),
             session: session.map(str::to_string),
             previous_response_id: prev.map(str::to_string),
             status: "completed".into(),

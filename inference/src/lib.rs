@@ -51,10 +51,15 @@ pub struct InferenceConfig {
     pub locations: ModelLocations,
     /// How long a model scan is reused before the folders are scanned again.
     pub models_cache_ttl: Duration,
-    /// An OpenAI-compatible server to generate with, base URL including
-    /// its API prefix (`http://127.0.0.1:8080/v1`). `None`: no engine yet,
-    /// generation requests answer 503.
-    pub upstream: Option<String>,
+    /// OpenAI-compatible servers to generate with, base URLs including
+    /// their API prefix (`http://127.0.0.1:8080/v1`), besides the local
+    /// models; a request's `model` picks the engine
+    /// ([`engine::front_door`]). No engine at all: generation requests
+    /// answer 503.
+    pub upstreams: Vec<String>,
+    /// `(model, engine)`: which engine serves a model several serve
+    /// (`--route MODEL=ENGINE`; the engine is `local` or an upstream URL).
+    pub routes: Vec<(String, String)>,
     /// The model used when a request names none (and offered in
     /// `/v1/models` even if the upstream does not list it).
     pub model: Option<String>,
@@ -104,7 +109,8 @@ impl Default for InferenceConfig {
             model_dirs: Vec::new(),
             locations: ModelLocations::standard(),
             models_cache_ttl: Duration::from_secs(5),
-            upstream: None,
+            upstreams: Vec::new(),
+            routes: Vec::new(),
             model: None,
             local_models: Vec::new(),
             prefix_cache_bytes: None,
@@ -134,6 +140,8 @@ pub enum InferenceError {
     Store(#[from] store::StoreError),
     #[error("inference configuration: {0}")]
     Config(String),
+    #[error("inference engines: {0}")]
+    Engines(#[from] engine::front_door::FrontDoorError),
 }
 
 /// The inference service, built from its configuration: routes, engine,
@@ -153,15 +161,12 @@ impl Inference {
                 "keepalive_interval must be more than zero".into(),
             ));
         }
-        if !config.local_models.is_empty() && config.upstream.is_some() {
-            return Err(InferenceError::Config(
-                "local models and an upstream cannot be served together: give either --model or --upstream".into(),
-            ));
-        }
         let metrics = Arc::new(Metrics::new());
-        let engine: Option<Arc<dyn engine::Engine>> = match &config.upstream {
-            None if !config.local_models.is_empty() => {
-                Some(Arc::new(engine::local::LocalEngine::start(
+        let mut engines: Vec<(String, Arc<dyn engine::Engine>)> = Vec::new();
+        if !config.local_models.is_empty() {
+            engines.push((
+                engine::front_door::LOCAL.to_owned(),
+                Arc::new(engine::local::LocalEngine::start(
                     &config.local_models,
                     engine::local::LocalOptions {
                         default_model: config.model.clone(),
@@ -172,18 +177,35 @@ impl Inference {
                         prefix_cache_disk: config.prefix_cache_disk.clone(),
                         sampling: config.sampling,
                     },
-                )))
-            }
-            None => None,
-            Some(url) => Some(Arc::new(engine::upstream::UpstreamEngine::new(
-                engine::upstream::UpstreamSettings {
-                    url: url.clone(),
-                    model: config.model.clone(),
-                    tool_format: config.tool_format,
-                    api_key: config.upstream_api_key.clone(),
-                    forward_client: config.upstream_is_clawpen,
-                },
-            )?)),
+                )),
+            ));
+        }
+        // With one engine, `--model NAME` is that upstream's model (listed
+        // even when the upstream does not); among several it only picks
+        // the default.
+        let alone = config.local_models.is_empty() && config.upstreams.len() == 1;
+        for url in &config.upstreams {
+            engines.push((
+                url.clone(),
+                Arc::new(engine::upstream::UpstreamEngine::new(
+                    engine::upstream::UpstreamSettings {
+                        url: url.clone(),
+                        model: config.model.clone().filter(|_| alone),
+                        tool_format: config.tool_format,
+                        api_key: config.upstream_api_key.clone(),
+                        forward_client: config.upstream_is_clawpen,
+                    },
+                )?),
+            ));
+        }
+        let engine = if engines.is_empty() {
+            None
+        } else {
+            Some(Arc::new(engine::front_door::FrontDoor::new(
+                engines,
+                &config.routes,
+                config.model.clone(),
+            )?))
         };
         let store =
             store::ResponseStore::open(config.store_path.as_deref(), config.store_retention)?;
@@ -236,8 +258,19 @@ impl Inference {
     /// model). Empty without an engine.
     pub async fn served_models(&self) -> Vec<String> {
         match &self.state.engine {
-            Some(engine) => server::served_models(engine.as_ref()).await,
+            Some(door) => door.models().await.into_iter().map(|s| s.model).collect(),
             None => Vec::new(),
+        }
+    }
+
+    /// Asks every engine for its models once: a model that two engines
+    /// serve with no `--route` for it is an error naming both (call before
+    /// serving). An engine that does not answer is not an error: it is
+    /// served once it answers.
+    pub async fn check_engines(&self) -> Result<(), InferenceError> {
+        match &self.state.engine {
+            Some(door) => Ok(door.check().await?),
+            None => Ok(()),
         }
     }
 
@@ -262,7 +295,10 @@ impl Inference {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), InferenceError> {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, upstream = ?self.state.config.upstream, "inference service listening");
+            tracing::info!(%addr, upstreams = ?self.state.config.upstreams, "inference service listening");
+        }
+        if let Some(door) = &self.state.engine {
+            door.watch();
         }
         if self.state.key_policy == keys::KeyPolicy::Required {
             let guests = guest_link::GuestListener::new(listener)?;
@@ -336,5 +372,7 @@ pub async fn serve(
     config: InferenceConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), InferenceError> {
-    Inference::new(config)?.serve(listener, shutdown).await
+    let service = Inference::new(config)?;
+    service.check_engines().await?;
+    service.serve(listener, shutdown).await
 }

@@ -46,6 +46,9 @@ pub struct RequestMetrics {
     pub client: String,
     pub endpoint: Endpoint,
     pub model: String,
+    /// The engine that served it: `local` or the upstream's URL.
+    #[serde(default)]
+    pub engine: String,
     /// The request's `prompt_cache_key` (OpenClaw sends its session id).
     pub session: Option<String>,
     pub previous_response_id: Option<String>,
@@ -106,6 +109,7 @@ impl RequestMetrics {
             client,
             endpoint,
             model,
+            engine: String::new(),
             session,
             previous_response_id,
             conversation: None,
@@ -128,6 +132,12 @@ impl RequestMetrics {
             calls: Vec::new(),
             tool_results: Vec::new(),
         }
+    }
+
+    /// Names the engine that serves the request.
+    pub fn served_by(mut self, engine: &str) -> Self {
+        engine.clone_into(&mut self.engine);
+        self
     }
 
     /// Notes the tool results among `messages` (the whole prompt): those

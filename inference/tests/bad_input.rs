@@ -219,7 +219,7 @@ async fn bad_requests_are_refused_clearly() {
 #[tokio::test]
 async fn no_engine_is_a_503_not_a_crash() {
     let svc = start(clawpen_inference::InferenceConfig {
-        upstream: None,
+        upstreams: Vec::new(),
         ..config("http://unused/v1")
     })
     .await;

@@ -9,6 +9,7 @@ mod local_common;
 mod bad_input;
 mod compact;
 mod content_parts;
+mod front_door;
 mod llama_cpp;
 mod local_archs;
 mod local_compact;

@@ -106,6 +106,7 @@ fn record(m: &RequestMetrics) -> InferenceRecord {
         client: m.client.clone(),
         endpoint: m.endpoint.as_str().to_string(),
         model: m.model.clone(),
+        engine: m.engine.clone(),
         session: m.session.clone(),
         previous_response_id: m.previous_response_id.clone(),
         conversation: m.conversation.clone(),
@@ -151,7 +152,7 @@ mod tests {
         let inference = Inference::new(clawpen_inference::InferenceConfig {
             locations: clawpen_inference::ModelLocations::none(),
             model: Some("m".into()),
-            upstream: Some("http://127.0.0.1:9/v1".into()),
+            upstreams: vec!["http://127.0.0.1:9/v1".into()],
             ..Default::default()
         })
         .unwrap();

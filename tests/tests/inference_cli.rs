@@ -113,7 +113,7 @@ async fn finished_requests_appear_on_the_supervisor_event_stream() {
 }
 
 #[test]
-fn local_models_and_an_upstream_together_are_refused() {
+fn a_route_to_an_engine_not_served_is_refused() {
     let home = temp_home();
     let out = Command::new(clawpen_bin())
         .args([
@@ -125,13 +125,18 @@ fn local_models_and_an_upstream_together_are_refused() {
             "http://127.0.0.1:9/v1",
             "--model",
             "/nowhere/m.gguf",
+            "--route",
+            "m=http://127.0.0.1:10/v1",
         ])
         .env("CLAWPEN_HOME", home.path())
         .output()
         .unwrap();
     assert!(!out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("either --model or --upstream"), "{stderr}");
+    assert!(
+        stderr.contains("no such engine") && stderr.contains("http://127.0.0.1:9/v1"),
+        "{stderr}"
+    );
 }
 
 /// A conversation's second turn, after a first one, on a `serve` started with
@@ -267,12 +272,7 @@ async fn sampling_defaults_are_flags() {
         &["--temperature", "-1"],
         &["--temperature", "NaN"],
         &["--seed", "-3"],
-        &[
-            "--temperature",
-            "0.2",
-            "--upstream",
-            "http://127.0.0.1:9/v1",
-        ],
+        &["--route", "no-engine-named"],
     ] {
         let out = Command::new(clawpen_bin())
             .args(["inference", "serve"])

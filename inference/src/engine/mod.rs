@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use crate::parse::Family;
 
 pub mod chunk;
+pub mod front_door;
 pub mod local;
 pub mod sse;
 pub mod upstream;
@@ -46,6 +47,12 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// upstream that does not answer `GET /models`): then any name is
     /// passed on and the engine decides.
     async fn models(&self) -> Option<Vec<String>>;
+
+    /// [`Engine::models`] asked now, past any cache: the front door's
+    /// health checks (a server that stopped answering must show at once).
+    async fn models_now(&self) -> Option<Vec<String>> {
+        self.models().await
+    }
 
     /// The output syntax `model` writes tool calls and reasoning in.
     fn family(&self, model: &str) -> Family;

@@ -158,12 +158,19 @@ impl Engine for UpstreamEngine {
     }
 
     async fn models(&self) -> Option<Vec<String>> {
-        let mut cache = self.models.lock().await;
-        if let Some((at, models)) = cache.as_ref() {
-            if at.elapsed() < MODELS_TTL {
-                return models.clone();
+        {
+            let cache = self.models.lock().await;
+            if let Some((at, models)) = cache.as_ref() {
+                if at.elapsed() < MODELS_TTL {
+                    return models.clone();
+                }
             }
         }
+        self.models_now().await
+    }
+
+    async fn models_now(&self) -> Option<Vec<String>> {
+        let mut cache = self.models.lock().await;
         let mut models = self.fetch_models().await;
         if let (Some(list), Some(own)) = (models.as_mut(), &self.settings.model) {
             if !list.contains(own) {

@@ -97,6 +97,8 @@ pub async fn create(
 
 struct Prepared {
     engine: Arc<dyn crate::engine::Engine>,
+    /// The engine's name (`local`, an upstream's URL), for the record.
+    engine_name: String,
     generate: GenerateRequest,
     tools: Vec<ToolSpec>,
     stream: bool,
@@ -147,7 +149,11 @@ async fn prepare(
             .with_code("invalid_function_parameters"));
         }
     }
-    let (engine, model) = state.resolve_model(r.model.as_deref()).await?;
+    let crate::engine::front_door::Routed {
+        engine,
+        model,
+        engine_name,
+    } = state.resolve_model(r.model.as_deref()).await?;
     for k in DROPPED {
         r.extra.remove(k);
     }
@@ -167,6 +173,7 @@ async fn prepare(
         .sum();
     Ok(Prepared {
         engine,
+        engine_name,
         generate: GenerateRequest {
             model,
             messages: r.messages,
@@ -207,6 +214,7 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
             None,
             p.stream,
         )
+        .served_by(&p.engine_name)
         .with_tool_results(&p.generate.messages)
         .in_conversation(&state.metrics, &p.generate.messages),
     );

@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use serde::Serialize;
 
-use crate::engine::Engine;
+use crate::engine::front_door::{FrontDoor, FrontDoorError, Routed};
 use crate::keys::{ApiKeys, KeyPolicy};
 use crate::metrics::Metrics;
 use crate::models::ModelCatalog;
@@ -38,8 +38,9 @@ pub use error::ApiError;
 pub struct AppState {
     pub config: Arc<InferenceConfig>,
     pub models: ModelCatalog,
-    /// `None`: no engine configured; generation requests answer 503.
-    pub engine: Option<Arc<dyn Engine>>,
+    /// The engines behind one door; `None`: no engine configured,
+    /// generation requests answer 503.
+    pub engine: Option<Arc<FrontDoor>>,
     pub store: ResponseStore,
     pub metrics: Arc<Metrics>,
     pub keys: ApiKeys,
@@ -48,36 +49,19 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The engine and the model a request's `model` picks: the name given,
-    /// else the engine's default, else the engine's only model. A name the
-    /// engine does not list is refused (when it lists any).
-    pub async fn resolve_model(
-        &self,
-        requested: Option<&str>,
-    ) -> Result<(Arc<dyn Engine>, String), ApiError> {
-        let engine = self.engine.clone().ok_or_else(|| {
+    /// The engine and the model a request's `model` picks (see
+    /// [`crate::engine::front_door`]): 503 when no engine is configured or
+    /// the one serving the model is not answering, 404 for a model no
+    /// engine serves.
+    pub async fn resolve_model(&self, requested: Option<&str>) -> Result<Routed, ApiError> {
+        let door = self.engine.as_ref().ok_or_else(|| {
             ApiError::unavailable(crate::engine::EngineError::NotConfigured.to_string())
         })?;
-        let listed = engine.models().await;
-        let requested = requested.map(str::trim).filter(|m| !m.is_empty());
-        let model = match requested {
-            Some(m) => m.to_owned(),
-            None => engine
-                .default_model()
-                .or_else(|| match listed.as_deref() {
-                    Some([only]) => Some(only.clone()),
-                    _ => None,
-                })
-                .ok_or_else(|| ApiError::invalid_param("model", "'model' is required."))?,
-        };
-        if let Some(list) = listed.filter(|l| !l.is_empty()) {
-            // Ollama lists `NAME:latest` and serves it as `NAME` too.
-            let latest = format!("{model}:latest");
-            if !list.iter().any(|m| *m == model || *m == latest) {
-                return Err(ApiError::model_not_found(&model));
-            }
-        }
-        Ok((engine, model))
+        door.route(requested).await.map_err(|e| match e {
+            FrontDoorError::NotFound(model) => ApiError::model_not_found(&model),
+            FrontDoorError::NoModel => ApiError::invalid_param("model", "'model' is required."),
+            other => ApiError::unavailable(other.to_string()),
+        })
     }
 
     /// How long a request waits for the engine to accept it before the
@@ -148,6 +132,10 @@ pub struct ModelObject {
     pub object: String,
     pub created: u64,
     pub owned_by: String,
+    /// The engine serving it (`local` or the upstream's URL): with several
+    /// engines behind clawpen, where a request for it goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
 }
 
 /// The body of `GET /v1/models`.
@@ -157,27 +145,22 @@ pub struct ModelList {
     pub data: Vec<ModelObject>,
 }
 
-/// What `engine` serves: the models it lists, else its default model.
-pub(crate) async fn served_models(engine: &dyn Engine) -> Vec<String> {
-    match engine.models().await {
-        Some(ids) => ids,
-        None => engine.default_model().into_iter().collect(),
-    }
-}
-
-/// With an engine: the models it serves. Without: the GGUF files found.
+/// With engines: the models they serve, each with the engine serving it.
+/// Without: the GGUF files found.
 async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
-    if let Some(engine) = &state.engine {
-        let ids = served_models(engine.as_ref()).await;
+    if let Some(door) = &state.engine {
         return Json(ModelList {
             object: "list".into(),
-            data: ids
+            data: door
+                .models()
+                .await
                 .into_iter()
-                .map(|id| ModelObject {
-                    id,
+                .map(|s| ModelObject {
+                    id: s.model,
                     object: "model".into(),
                     created: 0,
-                    owned_by: engine.kind().into(),
+                    owned_by: s.kind.into(),
+                    served_by: Some(s.engine),
                 })
                 .collect(),
         });
@@ -192,6 +175,7 @@ async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
                 object: "model".into(),
                 created: m.created,
                 owned_by: m.source.as_str().into(),
+                served_by: None,
             })
             .collect(),
     })

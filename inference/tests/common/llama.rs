@@ -17,6 +17,11 @@ pub struct LlamaServer {
     /// Base URL with `/v1`.
     pub url: String,
     pub model: String,
+    /// What [`Self::restart`] starts again.
+    port: u16,
+    model_path: std::path::PathBuf,
+    n_ctx: u32,
+    threads: u32,
     _dir: tempfile::TempDir,
 }
 
@@ -26,8 +31,17 @@ impl LlamaServer {
         Self::start_sized(None)
     }
 
+    /// As [`Self::start`], serving the tiny model as `alias`.
+    pub fn start_as(alias: &str) -> Self {
+        Self::start_sized_as(None, alias)
+    }
+
     /// As [`Self::start`], with model sizes `(n_embd, n_layer, n_ff)`.
     pub fn start_sized(sizes: Option<(u32, u32, u32)>) -> Self {
+        Self::start_sized_as(sizes, "tiny")
+    }
+
+    fn start_sized_as(sizes: Option<(u32, u32, u32)>, alias: &str) -> Self {
         require_python(&["llama_cpp.server", "gguf", "numpy"], INSTALL);
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("tiny.gguf");
@@ -44,7 +58,7 @@ impl LlamaServer {
             "tiny_gguf.py: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Self::serve(dir, &model, "tiny", 2048, 1)
+        Self::serve(dir, &model, alias, 2048, 1)
     }
 
     /// Serves the GGUF at `model` as `alias`, with a context of `n_ctx`
@@ -62,38 +76,39 @@ impl LlamaServer {
         threads: u32,
     ) -> Self {
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let child = Command::new(python())
-            .args([
-                "-m",
-                "llama_cpp.server",
-                "--host",
-                "127.0.0.1",
-                "--n_ctx",
-                &n_ctx.to_string(),
-            ])
-            .args([
-                "--n_threads",
-                &threads.to_string(),
-                "--model_alias",
-                alias,
-                "--port",
-            ])
-            .arg(port.to_string())
-            .arg("--model")
-            .arg(model)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = spawn(dir.path(), model, alias, port, n_ctx, threads);
         let mut server = Self {
             child,
             url: format!("http://127.0.0.1:{port}/v1"),
             model: alias.into(),
+            port,
+            model_path: model.to_owned(),
+            n_ctx,
+            threads,
             _dir: dir,
         };
         server.wait_ready();
         server
+    }
+
+    /// Kills the server (it stops answering at once).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(
+            self._dir.path(),
+            &self.model_path,
+            &self.model,
+            self.port,
+            self.n_ctx,
+            self.threads,
+        );
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -112,6 +127,42 @@ impl LlamaServer {
         }
         panic!("llama.cpp server did not answer {models} within 120 s");
     }
+}
+
+/// llama.cpp's server for `model` as `alias` on `port`, logging to
+/// `dir/server.log`.
+fn spawn(
+    dir: &std::path::Path,
+    model: &std::path::Path,
+    alias: &str,
+    port: u16,
+    n_ctx: u32,
+    threads: u32,
+) -> Child {
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
+    Command::new(python())
+        .args([
+            "-m",
+            "llama_cpp.server",
+            "--host",
+            "127.0.0.1",
+            "--n_ctx",
+            &n_ctx.to_string(),
+        ])
+        .args([
+            "--n_threads",
+            &threads.to_string(),
+            "--model_alias",
+            alias,
+            "--port",
+        ])
+        .arg(port.to_string())
+        .arg("--model")
+        .arg(model)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 /// A loopback port nothing listens on (for a server the test spawns).

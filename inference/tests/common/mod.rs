@@ -27,7 +27,7 @@ pub struct Svc {
 pub fn config(upstream: &str) -> InferenceConfig {
     InferenceConfig {
         locations: ModelLocations::none(),
-        upstream: Some(upstream.to_owned()),
+        upstreams: vec![upstream.to_owned()],
         keepalive_interval: Duration::from_millis(300),
         ..InferenceConfig::default()
     }

@@ -41,12 +41,18 @@ pub const KEYED_CLIENT: &str = "vm-host";
 pub struct EngineArgs {
     /// An OpenAI-compatible server to put behind clawpen (llama.cpp, Ollama,
     /// LM Studio, mlx-lm, vLLM), base URL with its API prefix:
-    /// `http://127.0.0.1:8080/v1`.
-    #[arg(long, env = "CLAWPEN_UPSTREAM")]
-    upstream: Option<String>,
+    /// `http://127.0.0.1:8080/v1`. Repeatable, and together with `--model
+    /// FILE.gguf`: a request's `model` picks the server that lists it.
+    #[arg(long = "upstream", env = "CLAWPEN_UPSTREAM", value_delimiter = ',')]
+    upstreams: Vec<String>,
+    /// Which engine serves a model that several list: `MODEL=local` or
+    /// `MODEL=UPSTREAM_URL` (repeatable). Without it such a model stops
+    /// the start with both engines named.
+    #[arg(long = "route", value_name = "MODEL=ENGINE", value_parser = parse_route)]
+    routes: Vec<(String, String)>,
     /// A GGUF file to serve with the local engine (repeatable: the request's
-    /// `model` picks one), or, with `--upstream`, the model name used when a
-    /// request names none.
+    /// `model` picks one), or a model name: the one used when a request
+    /// names none.
     #[arg(long = "model")]
     models: Vec<String>,
     /// Tool-call syntax of the upstream's model (default: guessed from the
@@ -73,13 +79,13 @@ pub struct EngineArgs {
     prefix_cache_disk_mib: Option<u64>,
     /// Sampling temperature of the local engine for requests that set none
     /// (default 0.8; 0 is greedy): agents rarely send one, and a small
-    /// model's tool calls are steadier cooler.
-    #[arg(long, value_name = "T", value_parser = parse_temperature, conflicts_with = "upstream")]
+    /// model's tool calls are steadier cooler. Upstreams sample their own way.
+    #[arg(long, value_name = "T", value_parser = parse_temperature)]
     temperature: Option<f64>,
     /// Seed of the local engine's sampling for requests that set none
     /// (default: random per request): the same request then gets the same
     /// answer.
-    #[arg(long, value_name = "N", conflicts_with = "upstream")]
+    #[arg(long, value_name = "N")]
     seed: Option<u64>,
 }
 
@@ -87,6 +93,17 @@ fn parse_temperature(raw: &str) -> Result<f64, String> {
     match raw.parse::<f64>() {
         Ok(t) if t.is_finite() && (0.0..=2.0).contains(&t) => Ok(t),
         _ => Err(format!("{raw:?} is not a temperature from 0 to 2")),
+    }
+}
+
+fn parse_route(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((model, engine)) if !model.trim().is_empty() && !engine.trim().is_empty() => {
+            Ok((model.trim().to_owned(), engine.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "{raw:?} is not MODEL=ENGINE (ENGINE: local or an --upstream URL)"
+        )),
     }
 }
 
@@ -114,7 +131,8 @@ impl EngineArgs {
         let model = names.into_iter().last();
         InferenceConfig {
             model_dirs: self.model_dirs,
-            upstream: self.upstream,
+            upstreams: self.upstreams,
+            routes: self.routes,
             model,
             local_models,
             tool_format: self.tool_format,

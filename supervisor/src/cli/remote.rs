@@ -134,7 +134,7 @@ impl Remote {
     /// into clean text and tool calls, so it is not read for a family's
     /// syntax again unless `--tool-format` says so.
     pub fn apply(&self, config: &mut InferenceConfig, remote_models: &[String]) {
-        config.upstream = Some(self.base.clone());
+        config.upstreams = vec![self.base.clone()];
         config.upstream_api_key = self.key.clone();
         config.upstream_is_clawpen = true;
         config.tool_format.get_or_insert(Family::Plain);
@@ -206,7 +206,7 @@ mod tests {
         .unwrap();
         let mut config = InferenceConfig::default();
         remote.apply(&mut config, &["qwen".into(), "other".into()]);
-        assert_eq!(config.upstream.as_deref(), Some("http://mac:7080/v1"));
+        assert_eq!(config.upstreams, ["http://mac:7080/v1"]);
         assert_eq!(config.upstream_api_key.as_deref(), Some("sk"));
         assert!(config.upstream_is_clawpen);
         assert_eq!(config.tool_format, Some(Family::Plain));

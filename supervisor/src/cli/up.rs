@@ -38,7 +38,7 @@ pub struct UpArgs {
     /// Generate on another machine's inference service (`clawpen inference
     /// serve --listen ADDR` there), e.g. `http://mac-studio.local:7080`,
     /// instead of in this process. Guests keep their address and keys.
-    #[arg(long, env = "CLAWPEN_INFERENCE_URL", conflicts_with = "upstream")]
+    #[arg(long, env = "CLAWPEN_INFERENCE_URL", conflicts_with = "upstreams")]
     inference_url: Option<String>,
     /// The remote's `--api-key`.
     #[arg(long, env = "CLAWPEN_REMOTE_INFERENCE_KEY", hide_env_values = true)]
@@ -149,6 +149,7 @@ pub async fn run(home: Option<PathBuf>, args: UpArgs) -> Result<(), CliError> {
     let service = clawpen_inference::Inference::new(engine_config)
         .context("inference service")?
         .with_keys(supervisor.inference_keys.clone());
+    service.check_engines().await.context("inference service")?;
     crate::inference_relay::spawn(
         &service,
         supervisor.events.clone(),

@@ -66,6 +66,8 @@ pub struct CompactRequest {
 /// A checked compaction, ready to run.
 struct Prepared {
     engine: std::sync::Arc<dyn crate::engine::Engine>,
+    /// The engine's name (`local`, an upstream's URL), for the record.
+    engine_name: String,
     generate: GenerateRequest,
     /// The user messages, as the output lists them.
     kept: Vec<Value>,
@@ -103,7 +105,11 @@ async fn prepare(
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::invalid_param("model", "'model' is required."))?;
-    let (engine, model) = state.resolve_model(Some(requested)).await?;
+    let crate::engine::front_door::Routed {
+        engine,
+        model,
+        engine_name,
+    } = state.resolve_model(Some(requested)).await?;
     let conversation = Conversation::gather(
         state,
         client,
@@ -143,6 +149,7 @@ async fn prepare(
     };
     Ok(Prepared {
         engine,
+        engine_name,
         generate,
         kept,
         previous_response_id: r.previous_response_id,
@@ -193,6 +200,7 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
             p.previous_response_id,
             false,
         )
+        .served_by(&p.engine_name)
         .in_conversation(&state.metrics, &p.generate.messages),
     );
     let output = OutputOptions {

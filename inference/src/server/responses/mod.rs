@@ -45,6 +45,8 @@ use request::{Input, ResponsesRequest};
 /// A checked request, ready to run.
 struct Prepared {
     engine: Arc<dyn Engine>,
+    /// The engine's name (`local`, an upstream's URL), for the record.
+    engine_name: String,
     generate: GenerateRequest,
     tools: Vec<ToolSpec>,
     echo: Echo,
@@ -84,7 +86,11 @@ async fn prepare(
         ));
     }
     let penalties = r.checked_extras()?;
-    let (engine, model) = state.resolve_model(r.model.as_deref()).await?;
+    let crate::engine::front_door::Routed {
+        engine,
+        model,
+        engine_name,
+    } = state.resolve_model(r.model.as_deref()).await?;
     let tools = request::tools(r.tools.as_deref().unwrap_or_default())?;
     let tool_choice = r
         .tool_choice
@@ -178,6 +184,7 @@ async fn prepare(
     };
     Ok(Prepared {
         engine,
+        engine_name,
         generate,
         tools: callable,
         echo,
@@ -292,6 +299,7 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
             p.echo.previous_response_id.clone(),
             p.stream,
         )
+        .served_by(&p.engine_name)
         .with_tool_results(&p.generate.messages)
         .in_conversation(&state.metrics, &p.generate.messages),
     );
