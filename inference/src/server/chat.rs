@@ -359,7 +359,7 @@ impl Protocol for Streamed {
                 "usage": Chat::usage(outcome),
             })));
         }
-        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        out.push(Bytes::from_static(super::stream::DONE));
         out
     }
 

@@ -29,6 +29,12 @@ use crate::engine::{EngineError, EngineStream, FinishReason};
 use crate::generation::{GenEvent, Generation, Outcome, OutputOptions, Step};
 use crate::metrics::{Recorder, RequestStatus};
 
+/// The last frame of a streamed answer on either API: OpenAI's Chat
+/// Completions sentinel, which Open Responses makes the terminal event of a
+/// Responses stream too ("The terminal event MUST be the literal string
+/// `[DONE]`"); the official SDKs stop reading at it.
+pub const DONE: &[u8] = b"data: [DONE]\n\n";
+
 /// Renders a generation in one wire format.
 #[async_trait]
 pub trait Protocol: Send + 'static {

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use super::auth::Client;
 use super::body::parse_json;
-use super::stream::{json_response, sse_response, Driver, Gather, Protocol, WholeJson};
+use super::stream::{json_response, sse_response, Driver, Gather, Protocol, WholeJson, DONE};
 use super::{ApiError, AppState};
 use crate::engine::{Engine, EngineError, GenerateRequest, Role};
 use crate::generation::{GenEvent, Outcome, OutputOptions};
@@ -402,7 +402,11 @@ impl Protocol for Sse {
         let (mut events, response) = self.builder.finish(outcome);
         self.saver.save(&self.builder, &response).await;
         events.push(self.builder.terminal(response));
-        events.iter().map(sse).collect()
+        events
+            .iter()
+            .map(sse)
+            .chain([Bytes::from_static(DONE)])
+            .collect()
     }
 
     fn failed(&mut self, error: &EngineError) -> Vec<Bytes> {
@@ -410,6 +414,7 @@ impl Protocol for Sse {
             .failed(&error.to_string())
             .iter()
             .map(sse)
+            .chain([Bytes::from_static(DONE)])
             .collect()
     }
 
