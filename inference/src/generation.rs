@@ -16,7 +16,7 @@ use futures::StreamExt;
 
 use crate::engine::{EngineError, EngineEvent, EngineStream, FinishReason, Usage};
 use crate::parse::grammar::{GrammarError, ToolChoice};
-use crate::parse::{schema, Family, ParseEvent, ParserOptions, ToolCallParser, ToolSpec};
+use crate::parse::{schema, Family, ParseEvent, ParserOptions, ToolCallParser, ToolSpec, Verbatim};
 
 /// One piece of clean output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +97,9 @@ pub struct OutputOptions {
     /// streams raw model text), not a repair of an upstream that left them
     /// in its text. Calls found outside the syntax are repairs either way.
     pub family_syntax_is_native: bool,
+    /// The request asked for JSON (`response_format`): with no tools, the
+    /// output is read verbatim, markup-shaped strings in it included.
+    pub json_output: bool,
     /// The request's tools (empty: tool-call markup is left as text).
     pub tools: Vec<ToolSpec>,
     /// Prefix of generated call ids; random per request so ids never
@@ -165,12 +168,16 @@ impl Generation {
         } else {
             options.family
         };
-        let parser = family.parser(ParserOptions {
-            tools: options.tools.clone(),
-            starts_in_reasoning: false,
-            id_prefix: options.id_prefix.clone(),
-            coerce_arguments: true,
-        });
+        let parser: Box<dyn ToolCallParser> = if options.json_output && options.tools.is_empty() {
+            Box::new(Verbatim)
+        } else {
+            family.parser(ParserOptions {
+                tools: options.tools.clone(),
+                starts_in_reasoning: false,
+                id_prefix: options.id_prefix.clone(),
+                coerce_arguments: true,
+            })
+        };
         Self {
             stream,
             parser,
@@ -407,6 +414,7 @@ mod tests {
             OutputOptions {
                 family: Family::Hermes,
                 family_syntax_is_native: raw,
+                json_output: false,
                 tools,
                 id_prefix: "call_t".into(),
                 prompt_estimate: 9,
@@ -468,6 +476,47 @@ mod tests {
         assert_eq!(o.repaired_calls, 1);
         assert!(o.usage_estimated);
         assert_eq!(o.usage.prompt_tokens, 9);
+    }
+
+    /// JSON asked for by `response_format` is data: a `<think>` or
+    /// `<tool_call>` inside one of its strings reaches the client byte for
+    /// byte (without the format, the same text is read as markup).
+    #[tokio::test]
+    async fn json_output_is_read_verbatim() {
+        let text = r#"{"note": "<think>kept</think> <tool_call>literal</tool_call>"}"#;
+        for json_output in [true, false] {
+            let events: Vec<EngineEvent> = text
+                .as_bytes()
+                .chunks(7)
+                .map(|c| EngineEvent::Text(String::from_utf8_lossy(c).into_owned()))
+                .chain([EngineEvent::Finished {
+                    reason: FinishReason::Stop,
+                    usage: None,
+                }])
+                .collect();
+            let s: EngineStream = Box::pin(stream::iter(events.into_iter().map(Ok)));
+            let g = Generation::new(
+                s,
+                OutputOptions {
+                    family: Family::Hermes,
+                    family_syntax_is_native: true,
+                    json_output,
+                    tools: Vec::new(),
+                    id_prefix: "call_t".into(),
+                    prompt_estimate: 1,
+                },
+                Instant::now(),
+            );
+            let (out, _) = run(g).await;
+            let visible: String = out
+                .iter()
+                .filter_map(|e| match e {
+                    GenEvent::Text(t) => Some(t.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(visible == text, json_output, "{visible}");
+        }
     }
 
     /// The local engine's model writes calls in its family's syntax: that

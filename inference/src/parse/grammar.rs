@@ -146,6 +146,16 @@ pub fn tool_grammar(
 
 /// The grammar of `response_format` (`json_schema` or `json_object`), or
 /// `None` for text.
+/// Whether `format` (a Chat Completions `response_format`) asks for JSON:
+/// then the answer is data, read verbatim (a `<think>` or `<tool_call>`
+/// inside one of its strings is a value, not markup).
+pub fn asks_for_json(format: Option<&Value>) -> bool {
+    matches!(
+        format.and_then(|f| f.get("type")).and_then(Value::as_str),
+        Some("json_object" | "json_schema")
+    )
+}
+
 pub fn format_grammar(format: Option<&Value>) -> Result<Option<OutputGrammar>, GrammarError> {
     let Some(format) = format.filter(|f| !f.is_null()) else {
         return Ok(None);

@@ -82,6 +82,24 @@ pub struct ToolSpec {
     pub parameters: Value,
 }
 
+/// Output that is data, not markup (JSON under a `response_format`):
+/// every byte is visible text.
+pub struct Verbatim;
+
+impl ToolCallParser for Verbatim {
+    fn feed(&mut self, chunk: &str) -> Vec<ParseEvent> {
+        if chunk.is_empty() {
+            Vec::new()
+        } else {
+            vec![ParseEvent::Text(chunk.to_owned())]
+        }
+    }
+
+    fn finish(&mut self) -> Vec<ParseEvent> {
+        Vec::new()
+    }
+}
+
 /// Per-request settings of a parser.
 #[derive(Debug, Clone)]
 pub struct ParserOptions {

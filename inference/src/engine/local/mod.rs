@@ -707,6 +707,20 @@ impl Engine for LocalEngine {
                 request.model
             )));
         }
+        // Asked for and silently left out is worse than refused: a client
+        // that reads them would take the absence for an answer.
+        let wants_logprobs = request.extra.get("logprobs") == Some(&Value::Bool(true))
+            || request
+                .extra
+                .get("top_logprobs")
+                .and_then(Value::as_u64)
+                .is_some_and(|n| n > 0);
+        if wants_logprobs {
+            return Err(rejected(
+                "logprobs are not available from the local engine; send the request without                  'logprobs' and 'top_logprobs'."
+                    .into(),
+            ));
+        }
         let grammar = output_grammar(&request, model.family).map_err(rejected)?;
         // Rendering and tokenizing a long conversation, and compiling a
         // grammar, take milliseconds: off the async workers.

@@ -206,6 +206,7 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
     let output = OutputOptions {
         family: p.engine.family(&model),
         family_syntax_is_native: p.engine.streams_raw_text(),
+        json_output: false,
         tools: Vec::new(),
         id_prefix: new_id("call_"),
         prompt_estimate: (prompt_chars(&p.generate.messages) / 4) as u64,

@@ -306,6 +306,7 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
     let output = OutputOptions {
         family: p.engine.family(&model),
         family_syntax_is_native: p.engine.streams_raw_text(),
+        json_output: crate::parse::grammar::asks_for_json(p.generate.response_format.as_ref()),
         tools: p.tools,
         id_prefix: new_id("call_"),
         prompt_estimate: (p.prompt_chars / 4) as u64,
