@@ -1428,3 +1428,39 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Log probabilities the local engine cannot give are refused with a 400
+/// naming them, not silently left out; `logprobs: false` is no request.
+#[tokio::test]
+async fn logprobs_are_refused_not_ignored() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("qwen2").write(dir.path(), "tiny-qwen2");
+    let svc = common::start(config(vec![path])).await;
+    for (extra, status) in [
+        (json!({"logprobs": true}), 400),
+        (json!({"logprobs": true, "top_logprobs": 2}), 400),
+        (json!({"logprobs": false}), 200),
+    ] {
+        let mut body = json!({
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 2, "temperature": 0,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", svc.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{extra}");
+        let v: Json = resp.json().await.unwrap();
+        if status == 400 {
+            let message = v["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("logprobs"), "{v}");
+        }
+    }
+    svc.shutdown().await;
+}
