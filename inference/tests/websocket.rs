@@ -9,9 +9,10 @@
 
 use crate::common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::upstream::{agent_script, FakeUpstream};
+use common::upstream::{agent_script, last_text, FakeUpstream, Reply};
 use common::{config, start, Svc};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -285,6 +286,45 @@ async fn a_failed_continuation_forgets_the_kept_response() {
                        "previous_response_id": id, "input": "more"});
     let e = turn(&mut ws, retry).await;
     assert_eq!(error(&e)["error"]["code"], "previous_response_not_found");
+    svc.shutdown().await;
+}
+
+/// An upstream that fails a continuation: the spec's `error` message with
+/// the 5xx status, the socket still open, and (a 5xx failure too) the
+/// continued `store: false` response evicted.
+#[tokio::test]
+async fn an_engine_failure_is_an_error_and_evicts_the_continued_response() {
+    let script = Arc::new(|body: &Value| {
+        if last_text(body).contains("fail") {
+            Reply {
+                status: 500,
+                ..Reply::default()
+            }
+        } else {
+            Reply::text("fine", 2)
+        }
+    });
+    let up = FakeUpstream::start(&["m"], script).await;
+    let svc = start(config(&up.url)).await;
+    let mut ws = connect(&svc, None).await.unwrap();
+    let mut body = create("hello");
+    body["store"] = json!(false);
+    let id = completed(&turn(&mut ws, body).await)["id"].clone();
+
+    let failing = json!({"type": "response.create", "model": "m", "store": false,
+                         "previous_response_id": id, "input": "fail now"});
+    let e = turn(&mut ws, failing).await;
+    let status = error(&e)["status"].as_u64().unwrap();
+    assert!((500..600).contains(&status), "{e:?}");
+
+    let retry = json!({"type": "response.create", "model": "m", "store": false,
+                       "previous_response_id": id, "input": "more"});
+    let e = turn(&mut ws, retry).await;
+    assert_eq!(error(&e)["error"]["code"], "previous_response_not_found");
+    assert_eq!(
+        answer(completed(&turn(&mut ws, create("hi")).await)),
+        "fine"
+    );
     svc.shutdown().await;
 }
 
