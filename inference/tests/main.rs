@@ -21,3 +21,4 @@ mod real_models;
 mod sdk_node;
 mod sdk_python;
 mod server;
+mod websocket;

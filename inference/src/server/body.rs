@@ -4,6 +4,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
 use super::ApiError;
 
@@ -20,20 +21,31 @@ pub fn parse_json<T: DeserializeOwned>(
             ApiError::invalid_request(format!("Could not read the request body: {rejection}"))
         }
     })?;
-    // Syntax first, so malformed JSON is reported as such, not as a type
-    // error at some path.
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+    deserialize(parse_object(&bytes)?)
+}
+
+/// A JSON object, syntax checked first, so malformed JSON is reported as
+/// such, not as a type error at some path. Shared with the WebSocket
+/// mode, whose messages are request bodies with a `type`.
+pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::invalid_request(format!(
             "We could not parse the JSON body of your request: {e}"
         ))
         .with_code("invalid_json")
     })?;
-    if !value.is_object() {
-        return Err(ApiError::invalid_request(
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::invalid_request(
             "The request body must be a JSON object.",
-        ));
+        )),
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
+}
+
+/// A checked JSON object as `T`: a field of the wrong type is a 400
+/// naming it in `param` (`messages[2].role`).
+pub fn deserialize<T: DeserializeOwned>(object: Map<String, Value>) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(Value::Object(object)).map_err(|e| {
         let path = e.path().to_string();
         let message = format!("Invalid value for '{path}': {}", e.inner());
         if path == "." {

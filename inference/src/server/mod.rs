@@ -3,7 +3,8 @@
 //! Open routes: `GET /healthz`, `GET /metrics` (Prometheus text; not on
 //! the guests' listener). Behind
 //! the API key ([`auth`]): `GET /v1/models`, `POST /v1/chat/completions`
-//! ([`chat`]), `POST /v1/responses`, `POST /v1/responses/compact`,
+//! ([`chat`]), `POST /v1/responses` (and `GET`, its WebSocket mode),
+//! `POST /v1/responses/compact`,
 //! `GET`/`DELETE /v1/responses/{id}` ([`responses`]). Handlers translate; generation lives in
 //! [`crate::generation`] and the engines.
 
@@ -81,7 +82,10 @@ pub fn routes(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat::create))
-        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses",
+            post(responses::create).get(responses::websocket::upgrade),
+        )
         .route("/v1/responses/compact", post(responses::compact::create))
         .route(
             "/v1/responses/{id}",

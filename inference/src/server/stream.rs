@@ -135,6 +135,12 @@ impl<P: Protocol> Driver<P> {
         self.protocol.status()
     }
 
+    /// The protocol, once the driver is done with it: what it kept of the
+    /// answer (a WebSocket keeps its last response for the next turn).
+    pub fn into_protocol(self) -> P {
+        self.protocol
+    }
+
     fn run(&mut self, stream: EngineStream) {
         if let Some(output) = self.output.take() {
             self.phase = Phase::Running(Box::new(Generation::new(stream, output, self.started_at)));

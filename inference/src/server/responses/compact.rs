@@ -117,6 +117,7 @@ async fn prepare(
         r.input.as_ref(),
         r.instructions.as_ref(),
         r.previous_response_id.as_deref(),
+        None,
     )
     .await?;
     let kept = conversation

@@ -1,12 +1,15 @@
 //! `POST /v1/responses`, `GET`/`DELETE /v1/responses/{id}`: the Responses
 //! API on top of any engine's Chat Completions-shaped generation;
-//! `POST /v1/responses/compact` in [`compact`].
+//! `POST /v1/responses/compact` in [`compact`]; the WebSocket mode
+//! (`GET /v1/responses`, upgraded) in [`websocket`].
 //!
 //! A request is checked and translated ([`request`], [`items`]) into a
 //! [`GenerateRequest`]: instructions, the stored conversation a
 //! `previous_response_id` continues, then the new input items. The output
 //! is built by [`builder::ResponseBuilder`], streamed or whole, and stored
-//! (unless `store: false`) before the final event announces it.
+//! (unless `store: false`) before the final event announces it. Both
+//! transports run the same [`Turn`]: SSE frames and WebSocket messages are
+//! the same [`Events`], encoded apart.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +21,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::{json, Value};
 
@@ -25,10 +29,10 @@ use super::auth::Client;
 use super::body::parse_json;
 use super::stream::{json_response, sse_response, Driver, Gather, Protocol, WholeJson, DONE};
 use super::{ApiError, AppState};
-use crate::engine::{Engine, EngineError, GenerateRequest, Role};
+use crate::engine::{Engine, EngineError, EngineStream, GenerateRequest, Role};
 use crate::generation::{GenEvent, Outcome, OutputOptions};
 use crate::ids::{new_id, unix_secs};
-use crate::metrics::{Endpoint, RequestMetrics};
+use crate::metrics::{Endpoint, Recorder, RequestMetrics};
 use crate::parse::ToolSpec;
 use crate::store::{ResponseStore, StoredResponse};
 
@@ -37,10 +41,12 @@ pub mod compact;
 pub mod compaction;
 pub mod items;
 pub mod request;
+pub mod websocket;
 
 use builder::{Echo, ResponseBuilder};
 use items::{parse_item, to_messages, Item, Reader};
 use request::{Input, ResponsesRequest};
+use websocket::Recent;
 
 /// A checked request, ready to run.
 struct Prepared {
@@ -53,6 +59,9 @@ struct Prepared {
     stream: bool,
     /// This request's own input items, as stored.
     input: Vec<Value>,
+    /// The continued chain's items, then `input`: what a WebSocket keeps
+    /// of its last response (with the output) for the next turn.
+    context: Vec<Value>,
     prompt_chars: usize,
 }
 
@@ -63,7 +72,11 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    match prepare(&state, &client, body).await {
+    let prepared = match parse_json(body, state.config.max_body_bytes) {
+        Ok(r) => prepare(&state, &client, r, None).await,
+        Err(e) => Err(e),
+    };
+    match prepared {
         Ok(p) => run(state, client, p, started).await,
         Err(e) => {
             tracing::info!(client = %client.0, "responses request refused: {e}");
@@ -73,12 +86,15 @@ pub async fn create(
     }
 }
 
+/// Checks and translates a request; `recent`: a WebSocket's last
+/// response, which a `previous_response_id` may name instead of a stored
+/// one.
 async fn prepare(
     state: &AppState,
     client: &Client,
-    body: Result<Bytes, BytesRejection>,
+    r: ResponsesRequest,
+    recent: Option<&Recent>,
 ) -> Result<Prepared, ApiError> {
-    let r: ResponsesRequest = parse_json(body, state.config.max_body_bytes)?;
     if r.background == Some(true) {
         return Err(ApiError::invalid_param(
             "background",
@@ -111,6 +127,7 @@ async fn prepare(
         r.input.as_ref(),
         r.instructions.as_ref(),
         r.previous_response_id.as_deref(),
+        recent,
     )
     .await?;
     let messages = conversation.messages();
@@ -190,6 +207,7 @@ async fn prepare(
         echo,
         stream: r.stream.unwrap_or(false),
         input: conversation.input,
+        context: conversation.raw,
         prompt_chars,
     })
 }
@@ -211,6 +229,8 @@ struct Conversation {
 impl Conversation {
     /// Reads the conversation for `served` (the engine and the model the
     /// request resolved to, which decide what content parts are read).
+    /// `previous_response_id` is looked up in `recent` (a WebSocket's last
+    /// response, stored or not), then in the store.
     async fn gather(
         state: &AppState,
         client: &Client,
@@ -218,6 +238,7 @@ impl Conversation {
         input: Option<&Input>,
         instructions: Option<&Input>,
         previous_response_id: Option<&str>,
+        recent: Option<&Recent>,
     ) -> Result<Self, ApiError> {
         let input: Vec<Value> = match input {
             None => Vec::new(),
@@ -245,12 +266,15 @@ impl Conversation {
         };
         let mut raw = match previous_response_id {
             None => Vec::new(),
-            Some(id) => state
-                .store
-                .conversation(&client.0, id)
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .ok_or_else(|| ApiError::previous_response_not_found(id))?,
+            Some(id) => match recent.filter(|r| r.id == id) {
+                Some(r) => r.items.clone(),
+                None => state
+                    .store
+                    .conversation(&client.0, id)
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .ok_or_else(|| ApiError::previous_response_not_found(id))?,
+            },
         };
         let mut items = parse_all(&raw, "previous_response_id", reader)?;
         items.extend(new_items);
@@ -286,54 +310,97 @@ fn prompt_chars(messages: &[crate::engine::ChatMessage]) -> usize {
         .sum()
 }
 
-async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> Response {
-    let id = new_id("resp_");
-    let model = p.generate.model.clone();
-    let recorder = state.metrics.recorder(
-        RequestMetrics::begin(
-            id.clone(),
-            client.0.clone(),
-            Endpoint::Responses,
-            model.clone(),
-            p.echo.prompt_cache_key.clone(),
-            p.echo.previous_response_id.clone(),
-            p.stream,
+/// One response under way, transport aside: the engine's start, the
+/// output options, the record, the builder and the saver.
+struct Turn {
+    start: BoxFuture<'static, Result<EngineStream, EngineError>>,
+    output: OutputOptions,
+    recorder: Recorder,
+    builder: ResponseBuilder,
+    saver: Saver,
+}
+
+impl Turn {
+    /// `remember`: keep the response's whole context for the next turn
+    /// (a WebSocket's connection-local state), see [`Saver::recent`].
+    fn begin(state: &AppState, client: Client, p: Prepared, remember: bool) -> Self {
+        let id = new_id("resp_");
+        let model = p.generate.model.clone();
+        let recorder = state.metrics.recorder(
+            RequestMetrics::begin(
+                id.clone(),
+                client.0.clone(),
+                Endpoint::Responses,
+                model.clone(),
+                p.echo.prompt_cache_key.clone(),
+                p.echo.previous_response_id.clone(),
+                p.stream || remember,
+            )
+            .served_by(&p.engine_name)
+            .with_tool_results(&p.generate.messages)
+            .in_conversation(&state.metrics, &p.generate.messages),
+        );
+        let output = OutputOptions {
+            family: p.engine.family(&model),
+            family_syntax_is_native: p.engine.streams_raw_text(),
+            json_output: crate::parse::grammar::asks_for_json(p.generate.response_format.as_ref()),
+            tools: p.tools,
+            id_prefix: new_id("call_"),
+            prompt_estimate: (p.prompt_chars / 4) as u64,
+        };
+        let engine = Arc::clone(&p.engine);
+        let generate = p.generate;
+        let start = async move { engine.generate(generate).await }.boxed();
+        let saver = Saver {
+            store: state.store.clone(),
+            enabled: p.echo.store,
+            client: client.0,
+            previous: p.echo.previous_response_id.clone(),
+            input: p.input,
+            context: if remember { Some(p.context) } else { None },
+            recent: None,
+        };
+        let builder = ResponseBuilder::new(id, unix_secs(), model, p.echo);
+        Self {
+            start,
+            output,
+            recorder,
+            builder,
+            saver,
+        }
+    }
+
+    /// The driver of this turn, rendered by `protocol`.
+    fn drive<P: Protocol>(
+        self,
+        state: &AppState,
+        protocol: impl FnOnce(ResponseBuilder, Saver) -> P,
+        started: Instant,
+    ) -> Driver<P> {
+        Driver::new(
+            self.start,
+            self.output,
+            protocol(self.builder, self.saver),
+            self.recorder,
+            state.config.keepalive_interval,
+            started,
         )
-        .served_by(&p.engine_name)
-        .with_tool_results(&p.generate.messages)
-        .in_conversation(&state.metrics, &p.generate.messages),
-    );
-    let output = OutputOptions {
-        family: p.engine.family(&model),
-        family_syntax_is_native: p.engine.streams_raw_text(),
-        json_output: crate::parse::grammar::asks_for_json(p.generate.response_format.as_ref()),
-        tools: p.tools,
-        id_prefix: new_id("call_"),
-        prompt_estimate: (p.prompt_chars / 4) as u64,
-    };
-    let engine = Arc::clone(&p.engine);
-    let generate = p.generate;
-    let start = async move { engine.generate(generate).await }.boxed();
-    let saver = Saver {
-        store: state.store.clone(),
-        enabled: p.echo.store,
-        client: client.0,
-        previous: p.echo.previous_response_id.clone(),
-        input: p.input,
-    };
-    let builder = ResponseBuilder::new(id, unix_secs(), model, p.echo);
-    let keepalive = state.config.keepalive_interval;
+    }
+}
+
+async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> Response {
+    let stream = p.stream;
+    let turn = Turn::begin(&state, client, p, false);
     let grace = state.accept_grace();
-    if p.stream {
-        let protocol = Sse { builder, saver };
-        let mut driver = Driver::new(start, output, protocol, recorder, keepalive, started);
+    if stream {
+        let mut driver = turn.drive(&state, Events::sse, started);
         if let Err(e) = driver.accept(grace).await {
             return ApiError::from_engine(&e).into_response();
         }
         sse_response(driver)
     } else {
-        let protocol = WholeJson::new(Whole { builder, saver });
-        let mut driver = Driver::new(start, output, protocol, recorder, keepalive, started);
+        let whole = |builder, saver| WholeJson::new(Whole { builder, saver });
+        let mut driver = turn.drive(&state, whole, started);
         if let Err(e) = driver.accept(grace).await {
             return ApiError::from_engine(&e).into_response();
         }
@@ -348,10 +415,23 @@ struct Saver {
     client: String,
     previous: Option<String>,
     input: Vec<Value>,
+    /// Kept only on a WebSocket: the chain and input this response
+    /// continued, which [`Saver::recent`] completes with its output.
+    context: Option<Vec<Value>>,
+    /// The finished response as the next turn on the same WebSocket may
+    /// continue it (`store: false` included).
+    recent: Option<Recent>,
 }
 
 impl Saver {
     async fn save(&mut self, builder: &ResponseBuilder, response: &Value) {
+        if let Some(mut items) = self.context.take() {
+            items.extend(builder.output().iter().cloned());
+            self.recent = Some(Recent {
+                id: builder.id.clone(),
+                items,
+            });
+        }
         if !self.enabled {
             return;
         }
@@ -375,48 +455,84 @@ fn sse(event: &Value) -> Bytes {
     Bytes::from(format!("event: {kind}\ndata: {event}\n\n"))
 }
 
-/// Streamed Responses: SSE events.
-struct Sse {
+/// Streamed Responses: the builder's events, each encoded for its
+/// transport (an SSE frame, a WebSocket text message): the Open Responses
+/// spec has both carry the same event objects.
+struct Events {
     builder: ResponseBuilder,
     saver: Saver,
+    encode: fn(&Value) -> Bytes,
+    content_type: &'static str,
+    /// What ends the stream after its last event: SSE's `data: [DONE]`
+    /// (Open Responses' terminal event); nothing on a WebSocket, whose
+    /// messages go on with the next response.
+    end: Option<&'static [u8]>,
+}
+
+impl Events {
+    fn sse(builder: ResponseBuilder, saver: Saver) -> Self {
+        Self {
+            builder,
+            saver,
+            encode: sse,
+            content_type: "text/event-stream",
+            end: Some(DONE),
+        }
+    }
+
+    /// Each event one WebSocket text message: its JSON alone.
+    fn websocket(builder: ResponseBuilder, saver: Saver) -> Self {
+        Self {
+            builder,
+            saver,
+            encode: |event| Bytes::from(event.to_string()),
+            content_type: "application/json",
+            end: None,
+        }
+    }
+
+    fn encode(&self, events: &[Value]) -> Vec<Bytes> {
+        events.iter().map(self.encode).collect()
+    }
+
+    /// The last events of the stream, and its end.
+    fn encode_last(&self, events: &[Value]) -> Vec<Bytes> {
+        let mut out = self.encode(events);
+        out.extend(self.end.map(Bytes::from_static));
+        out
+    }
 }
 
 #[async_trait]
-impl Protocol for Sse {
+impl Protocol for Events {
     fn content_type(&self) -> &'static str {
-        "text/event-stream"
+        self.content_type
     }
 
     fn start(&mut self) -> Vec<Bytes> {
-        self.builder.start().iter().map(sse).collect()
+        let events = self.builder.start();
+        self.encode(&events)
     }
 
     fn event(&mut self, event: GenEvent) -> Vec<Bytes> {
-        self.builder.push(event).iter().map(sse).collect()
+        let events = self.builder.push(event);
+        self.encode(&events)
     }
 
     fn keepalive(&mut self) -> Bytes {
-        sse(&self.builder.in_progress())
+        (self.encode)(&self.builder.in_progress())
     }
 
     async fn done(&mut self, outcome: &Outcome) -> Vec<Bytes> {
         let (mut events, response) = self.builder.finish(outcome);
         self.saver.save(&self.builder, &response).await;
         events.push(self.builder.terminal(response));
-        events
-            .iter()
-            .map(sse)
-            .chain([Bytes::from_static(DONE)])
-            .collect()
+        self.encode_last(&events)
     }
 
     fn failed(&mut self, error: &EngineError) -> Vec<Bytes> {
-        self.builder
-            .failed(&error.to_string())
-            .iter()
-            .map(sse)
-            .chain([Bytes::from_static(DONE)])
-            .collect()
+        let events = self.builder.failed(&error.to_string());
+        self.encode_last(&events)
     }
 
     fn status(&self) -> StatusCode {
