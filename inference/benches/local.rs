@@ -25,6 +25,8 @@
 //! Threads: `RAYON_NUM_THREADS` (default 2) for both engines. Needs
 //! `pip install llama-cpp-python`; the llama.cpp rows are skipped with a
 //! note when it is missing.
+// A bench is test code: a panic is its failure report.
+#![allow(clippy::unwrap_used)]
 
 #[path = "../tests/local_common/mod.rs"]
 mod local_common;

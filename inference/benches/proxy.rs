@@ -12,6 +12,8 @@
 //!    time at all: the absolute cost of the proxy).
 //!
 //! `BENCH_ROUNDS` sets the requests per side (default 12).
+// A bench is test code: a panic is its failure report.
+#![allow(clippy::unwrap_used)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;

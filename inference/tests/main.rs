@@ -2,6 +2,8 @@
 //! into one test binary: each separate binary linked all of candle again
 //! (about 117 MB and a link step apiece), which CI's disk and two cores paid
 //! for ten times over. nextest still runs each test in its own process.
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 mod local_common;

@@ -15,7 +15,8 @@ use crate::inference_relay::RecentInference;
 use crate::jail::Jail;
 use crate::paths::StateDir;
 use crate::store::Store;
-use crate::vm::backend::accel::{self, Accel};
+use crate::vm::backend::qemu::accel::Accel;
+use crate::vm::backend::{self, BackendError};
 use crate::vm::{VmContext, VmError, VmManager};
 
 /// The VM `clawpen up` makes on first run.
@@ -33,8 +34,8 @@ pub enum SupervisorError {
     Image(#[from] clawpen_vmimage::ImageError),
     #[error(transparent)]
     Vm(#[from] VmError),
-    #[error("{0}")]
-    Accel(#[from] accel::UnknownAccel),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     #[error(transparent)]
     Jail(#[from] crate::jail::JailError),
     #[error(transparent)]
@@ -100,17 +101,20 @@ impl Supervisor {
         };
         let jail = Jail::detect()?;
         tracing::info!(?jail, "VMM jail");
-        let accel = match config.accel {
-            Some(accel) => accel,
-            None => accel::choose(&jail, &store, &image, &config.state_dir).await?,
-        };
-        tracing::info!(accel = accel.qemu_name(), "accelerator");
+        let hypervisor = backend::for_host(backend::HostSetup {
+            jail,
+            accel: config.accel,
+            store: &store,
+            probe_image: &image,
+            state_dir: &config.state_dir,
+        })
+        .await?;
         let egress = Egress::new(store.clone(), events.clone())?;
         let inference_keys = clawpen_inference::keys::ApiKeys::default();
         let ctx = Arc::new(VmContext {
             store,
             events: events.clone(),
-            hypervisor: crate::vm::backend::for_host(accel, jail),
+            hypervisor,
             images: images.clone(),
             state_dir: config.state_dir.clone(),
             egress: egress.clone(),

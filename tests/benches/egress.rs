@@ -5,6 +5,8 @@
 //! makes many small requests, each on a new connection (one `wget` with many
 //! URLs). Rounds alternate between the two VMs, which never run at the same
 //! time. Prints a table.
+// A bench is test code: a panic is its failure report.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

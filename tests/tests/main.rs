@@ -2,6 +2,8 @@
 //! (each separate binary linked the whole stack again: disk and link time on
 //! CI's two cores). nextest still runs each test in its own process, so one
 //! test's VMs, environment and globals never meet another's.
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 #[path = "../../inference/tests/common/clients.rs"]
 mod clients;

@@ -10,6 +10,8 @@
 //! The image is cached in `target/clawpen-test-images` (or
 //! `$CLAWPEN_TEST_IMAGES`), shared with the other image tests.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -5,6 +5,8 @@
 //! mkfs.ext4, qemu-img, qemu-system-x86_64). Both tests use the same cache, so
 //! on a cold cache they race to build it and exercise the build lock.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

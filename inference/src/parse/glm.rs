@@ -11,8 +11,9 @@
 //! (GLM-4.7 drops the newlines.) String values are raw, others are JSON;
 //! values are typed as in [`super::qwen3_coder`].
 
+use super::json_call::parse_json_call;
 use super::tagged::TagSyntax;
-use super::{hermes, schema, valid_name, ParsedCall, ParserOptions};
+use super::{schema, valid_name, ParsedCall, ParserOptions};
 
 pub(crate) fn syntax() -> TagSyntax {
     TagSyntax {
@@ -21,7 +22,7 @@ pub(crate) fn syntax() -> TagSyntax {
         section_end: &[],
         call_begin: &["<tool_call>"],
         call_end: &["</tool_call>"],
-        body: |body, options| parse_body(body, options).or_else(|| hermes::parse_json_call(body)),
+        body: |body, options| parse_body(body, options).or_else(|| parse_json_call(body)),
     }
 }
 

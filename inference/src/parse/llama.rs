@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 
-use super::hermes::parse_json_call;
+use super::json_call::parse_json_call;
 use super::scan::{after_char, JsonProgress, JsonSpan, Scanned, TagScanner, WsTrim};
 use super::{Emitter, ParseEvent, ParsedCall, ParserOptions, ToolCallParser};
 

@@ -10,7 +10,7 @@
 //! JSON ends (the end-of-sequence token follows). Generated ids are nine
 //! alphanumerics, as Mistral templates require.
 
-use super::hermes::parse_json_call;
+use super::json_call::parse_json_call;
 use super::scan::{after_char, JsonProgress, JsonSpan, Scanned, TagScanner, WsTrim};
 use super::{json_object, Emitter, ParseEvent, ParsedCall, ParserOptions, ToolCallParser};
 

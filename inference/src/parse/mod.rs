@@ -30,6 +30,7 @@ pub mod glm;
 pub mod grammar;
 pub mod harmony;
 pub mod hermes;
+mod json_call;
 pub mod kimi;
 pub mod llama;
 pub mod mistral;

@@ -15,8 +15,9 @@
 //! booleans, `null`, objects and arrays are read as JSON and the rest is a
 //! string. A missing `</parameter>` or `</function>` is tolerated.
 
+use super::json_call::parse_json_call;
 use super::tagged::TagSyntax;
-use super::{hermes, schema, valid_name, ParsedCall, ParserOptions};
+use super::{schema, valid_name, ParsedCall, ParserOptions};
 
 pub(crate) fn syntax() -> TagSyntax {
     TagSyntax {
@@ -25,9 +26,7 @@ pub(crate) fn syntax() -> TagSyntax {
         section_end: &[],
         call_begin: &["<tool_call>"],
         call_end: &["</tool_call>"],
-        body: |body, options| {
-            parse_function(body, options).or_else(|| hermes::parse_json_call(body))
-        },
+        body: |body, options| parse_function(body, options).or_else(|| parse_json_call(body)),
     }
 }
 

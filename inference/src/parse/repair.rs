@@ -13,7 +13,7 @@
 //! leaves as text. A JSON object (or an array of them) that starts a line,
 //! bare or fenced, becomes calls when every object in it names a tool the
 //! request declared (`arguments` or `parameters`, as
-//! [`super::hermes::parse_json_call`] reads them). Anything else — prose,
+//! [`super::json_call::parse_json_call`] reads them). Anything else — prose,
 //! code, JSON naming no declared tool, a fence holding something else — is
 //! passed on byte for byte. Only the candidate (from a line's `{`, `[` or
 //! ```` ``` ```` to its end) is held back, and only until it can be judged.
@@ -21,7 +21,7 @@
 //! The local engine's lazy grammars (see [`super::grammar`]) let a model
 //! start a call in these forms too, so what they generate reads back here.
 
-use super::hermes::parse_json_call;
+use super::json_call::parse_json_call;
 use super::scan::{JsonProgress, JsonSpan};
 use super::{ParseEvent, ParsedCall, ParserOptions, ToolCallParser};
 

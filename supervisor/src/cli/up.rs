@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::CliError;
 use crate::paths::StateDir;
 use crate::supervisor::{Supervisor, SupervisorConfig};
-use crate::vm::backend::accel::Accel;
+use crate::vm::backend::qemu::accel::Accel;
 
 /// Where `cargo xtask console` writes the console's browser assets.
 const DEFAULT_SITE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/site");

@@ -202,8 +202,9 @@ fn candle_tiles(w: &QTensor) -> bool {
 }
 
 /// `x · wᵀ` through [`gemm_dequantized`]; `None` when `w`'s type or
-/// layout is not one it handles (then candle's kernel runs).
-fn forward_cpu(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+/// layout is not one it handles (then candle's kernel runs). Public for
+/// `benches/kernels.rs`, which times it against candle.
+pub fn forward_cpu(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
     cpu_matmul(w, x, |data, x, m, k, n, dst| {
         gemm_dequantized_by_type(w.dtype(), data, x, m, k, n, dst)
     })
@@ -358,7 +359,7 @@ fn gemm_tiles(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::local::kernel_tests::{max_abs, median_seconds, random};
+    use crate::engine::local::kernel_tests::{max_abs, random};
     use candle_core::Device;
     use rand::SeedableRng;
 
@@ -401,45 +402,6 @@ mod tests {
                 diff <= tolerance * scale.max(1.0),
                 "{dtype:?} {m}x{k}x{n}: differs by {diff} (largest value {scale})"
             );
-        }
-    }
-
-    /// Times candle's kernel and ours on Qwen2.5-0.5B's matrix shapes:
-    /// `cargo test --release -p clawpen-inference --lib batched::tests::speed -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "a measurement, run by hand in release"]
-    fn speed() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        let time = |f: &dyn Fn()| median_seconds(5, f);
-        for (dtype, k, n) in [
-            (GgmlDType::Q8_0, 896, 896),
-            (GgmlDType::Q8_0, 896, 4864),
-            (GgmlDType::Q8_0, 4864, 896),
-            (GgmlDType::Q5_0, 896, 4864),
-            (GgmlDType::Q4K, 4864, 896),
-            (GgmlDType::Q6K, 4864, 896),
-        ] {
-            let w = Tensor::from_vec(random(&mut rng, n * k), (n, k), &Device::Cpu).unwrap();
-            let q = std::sync::Arc::new(QTensor::quantize(&w, dtype).unwrap());
-            let theirs = QMatMul::from_arc(q.clone()).unwrap();
-            for m in [8, 16, 32, 256] {
-                let x = Tensor::from_vec(random(&mut rng, m * k), (1, m, k), &Device::Cpu).unwrap();
-                let a = time(&|| {
-                    theirs.forward(&x).unwrap();
-                });
-                let b = time(&|| {
-                    forward_cpu(&q, &x).unwrap().unwrap();
-                });
-                let gflop = 2.0 * (m * k * n) as f64 / 1e9;
-                println!(
-                    "{dtype:?} m={m} k={k} n={n}: candle {:.2} ms ({:.1} GFLOP/s), tiled {:.2} ms ({:.1} GFLOP/s), {:.2}x",
-                    a * 1e3,
-                    gflop / a,
-                    b * 1e3,
-                    gflop / b,
-                    a / b
-                );
-            }
         }
     }
 

@@ -1,6 +1,6 @@
-//! What the CPU kernel tests (`attention`, `batched`, `matvec`) share: random inputs,
-//! the largest difference from candle's result, and a median timing for
-//! the by-hand speed measurements.
+//! What the CPU kernel tests (`attention`, `batched`, `matvec`) share: random inputs
+//! and the largest difference from candle's result. Their speed is
+//! `benches/kernels.rs`'s.
 
 use candle_core::Tensor;
 use rand::Rng;
@@ -20,18 +20,4 @@ pub fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
-}
-
-/// Median seconds of `runs` calls of `f`, after one warm-up call.
-pub fn median_seconds(runs: usize, f: &dyn Fn()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = std::time::Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[runs / 2]
 }

@@ -670,7 +670,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::local::kernel_tests::{max_abs, median_seconds, random};
+    use crate::engine::local::kernel_tests::{max_abs, random};
     use candle_core::quantized::{QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
     use rand::SeedableRng;
@@ -816,60 +816,5 @@ mod tests {
             &mut dst
         ));
         assert!(!handles(GgmlDType::F16));
-    }
-
-    /// Times candle's kernel and ours on Qwen2.5-0.5B's and 1.5B's decode
-    /// shapes (the vocabulary-sized output cut to 32768 rows for Q6_K, as
-    /// quantizing 151936 rows of it takes minutes):
-    /// `cargo test --release -p clawpen-inference --lib matvec::tests::speed -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "a measurement, run by hand in release"]
-    fn speed() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
-        let time = |f: &dyn Fn()| median_seconds(9, f);
-        for (dtype, k, n) in [
-            (GgmlDType::Q5_0, 896, 896),
-            (GgmlDType::Q5_0, 896, 128),
-            (GgmlDType::Q5_0, 896, 4864),
-            (GgmlDType::Q8_0, 896, 896),
-            (GgmlDType::Q8_0, 896, 4864),
-            (GgmlDType::Q8_0, 4864, 896),
-            (GgmlDType::Q8_0, 896, 151936),
-            (GgmlDType::Q4K, 4864, 896),
-            (GgmlDType::Q4K, 1536, 256),
-            (GgmlDType::Q4K, 1536, 1536),
-            (GgmlDType::Q4K, 1536, 8960),
-            (GgmlDType::Q4K, 8960, 1536),
-            (GgmlDType::Q6K, 4864, 896),
-            (GgmlDType::Q6K, 1536, 256),
-            (GgmlDType::Q6K, 8960, 1536),
-            (GgmlDType::Q6K, 1536, 32768),
-        ] {
-            let w = Tensor::from_vec(random(&mut rng, n * k), (n, k), &Device::Cpu).unwrap();
-            let q = QTensor::quantize(&w, dtype).unwrap();
-            drop(w);
-            let data = q.data().unwrap().into_owned();
-            let theirs = QMatMul::from_qtensor(q).unwrap();
-            for m in [1, 4, 15] {
-                let xv = random(&mut rng, m * k);
-                let x = Tensor::from_vec(xv.clone(), (m, k), &Device::Cpu).unwrap();
-                let a = time(&|| {
-                    theirs.forward(&x).unwrap();
-                });
-                let b = time(&|| {
-                    let mut dst = vec![0f32; m * n];
-                    assert!(matmul(dtype, &data, &xv, m, k, n, &mut dst));
-                });
-                let gflop = 2.0 * (m * k * n) as f64 / 1e9;
-                println!(
-                    "{dtype:?} m={m} k={k} n={n}: candle {:.3} ms ({:.1} GFLOP/s), ours {:.3} ms ({:.1} GFLOP/s), {:.2}x",
-                    a * 1e3,
-                    gflop / a,
-                    b * 1e3,
-                    gflop / b,
-                    a / b
-                );
-            }
-        }
     }
 }

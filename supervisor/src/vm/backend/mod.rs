@@ -6,8 +6,10 @@
 //! (its disks are APFS clones instead of qcow2 overlays, its instance lives in
 //! process instead of in a child process).
 
-pub mod accel;
 mod process;
+// macOS runs VZ; QEMU stays compiled there so one build checks both, and
+// nothing on macOS constructs it.
+#[cfg_attr(target_os = "macos", allow(dead_code))]
 pub mod qemu;
 mod qmp;
 pub mod vz;
@@ -34,6 +36,8 @@ pub enum BackendError {
     NoControlSocket { secs: u64, log_tail: String },
     #[error(transparent)]
     Qmp(#[from] qmp::QmpError),
+    #[error(transparent)]
+    Accel(#[from] qemu::accel::UnknownAccel),
     #[error("the VMM refused `{command}`: {message}")]
     Monitor { command: String, message: String },
     #[error(transparent)]
@@ -48,17 +52,52 @@ pub enum BackendError {
     VzDisk(#[from] vz::disk::VzDiskError),
 }
 
+/// What [`for_host`] may need to build the host's backend; each backend
+/// takes what it uses (VZ none of it, so macOS builds read no field).
+#[cfg_attr(target_os = "macos", allow(dead_code))]
+pub struct HostSetup<'a> {
+    /// The jail every QEMU VMM is spawned in.
+    pub jail: crate::jail::Jail,
+    /// `up --accel`: QEMU's accelerator, forced; `None` lets
+    /// [`qemu::kvm_probe::choose`] pick it.
+    pub accel: Option<qemu::accel::Accel>,
+    /// Where the KVM probe's answer is remembered.
+    pub store: &'a crate::store::Store,
+    /// The image the KVM probe boots.
+    pub probe_image: &'a Image,
+    /// Where the KVM probe's scratch VM lives.
+    pub state_dir: &'a crate::paths::StateDir,
+}
+
 /// The host's hypervisor: Virtualization.framework on macOS (QEMU there
-/// would need HVF and has no `/proc` to find its VMMs by), QEMU elsewhere.
-pub fn for_host(accel: accel::Accel, jail: crate::jail::Jail) -> std::sync::Arc<dyn Hypervisor> {
+/// would need HVF and has no `/proc` to find its VMMs by), QEMU elsewhere,
+/// with the accelerator forced or chosen by a probe boot.
+pub async fn for_host(
+    setup: HostSetup<'_>,
+) -> Result<std::sync::Arc<dyn Hypervisor>, BackendError> {
     #[cfg(target_os = "macos")]
     {
-        let _ = (accel, jail);
-        std::sync::Arc::new(vz::VzBackend::new())
+        let _ = setup;
+        Ok(std::sync::Arc::new(vz::VzBackend::new()))
     }
     #[cfg(not(target_os = "macos"))]
     {
-        std::sync::Arc::new(qemu::QemuBackend::new(accel, jail))
+        let accel = match setup.accel {
+            Some(accel) => accel,
+            None => {
+                qemu::kvm_probe::choose(
+                    &setup.jail,
+                    setup.store,
+                    setup.probe_image,
+                    setup.state_dir,
+                )
+                .await?
+            }
+        };
+        tracing::info!(accel = accel.qemu_name(), "accelerator");
+        Ok(std::sync::Arc::new(qemu::QemuBackend::new(
+            accel, setup.jail,
+        )))
     }
 }
 

@@ -1,55 +1,19 @@
-//! Choosing the accelerator: KVM when it can really boot a guest, TCG otherwise.
+//! Choosing QEMU's accelerator: KVM when it can really boot a guest, TCG otherwise.
 //!
 //! `/dev/kvm` existing is not enough: on nested hosts a stock kernel can hang
 //! early under KVM. So the first time, clawpen boots the test guest under KVM
 //! with a time limit and remembers the answer per host kernel.
 
-use std::str::FromStr;
 use std::time::Duration;
+
+use super::accel::{Accel, UnknownAccel};
+use super::QemuBackend;
 
 /// Overrides the choice: `kvm` or `tcg`.
 pub const ACCEL_ENV: &str = "CLAWPEN_ACCEL";
 
 /// How long the KVM probe boot may take before KVM is judged unusable.
 pub const PROBE_LIMIT: Duration = Duration::from_secs(20);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("unknown accelerator {0:?}: use kvm or tcg")]
-pub struct UnknownAccel(String);
-
-impl FromStr for Accel {
-    type Err = UnknownAccel;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "kvm" => Ok(Accel::Kvm),
-            "tcg" => Ok(Accel::Tcg),
-            other => Err(UnknownAccel(other.to_string())),
-        }
-    }
-}
-
-impl Accel {
-    pub fn qemu_name(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-
-    /// `host` passes the real CPU through under KVM; `max` is TCG's richest model.
-    pub fn qemu_cpu(self) -> &'static str {
-        match self {
-            Accel::Kvm => "host",
-            Accel::Tcg => "max",
-        }
-    }
-}
 
 /// True when `/dev/kvm` can be opened read-write by this process.
 pub fn kvm_device_usable() -> bool {
@@ -107,7 +71,7 @@ async fn probe_kvm(
     image: &clawpen_vmimage::Image,
     scratch: &std::path::Path,
 ) -> bool {
-    use super::Hypervisor;
+    use crate::vm::backend::Hypervisor;
     use crate::vm::dir::VmDir;
 
     let Some(marker) = image.ready_marker() else {
@@ -121,7 +85,7 @@ async fn probe_kvm(
         memory_mib: 256,
         disk_gib: None,
     };
-    let backend = super::qemu::QemuBackend::new(Accel::Kvm, jail.clone());
+    let backend = QemuBackend::new(Accel::Kvm, jail.clone());
     let booted = async {
         dir.create(&spec).ok()?;
         backend.fresh_disk(&dir, &spec, image).await.ok()?;

@@ -9,6 +9,9 @@
 //! (checked against the command line, so a recycled pid is never mistaken for
 //! it).
 
+pub mod accel;
+pub mod kvm_probe;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -17,12 +20,12 @@ use async_trait::async_trait;
 use clawpen_api::{SharedFolder, SnapshotName, VmSpec};
 use clawpen_vmimage::{Arch, Image};
 
-use super::accel::Accel;
 use super::process::{self, ExitWatch};
 use super::qmp::Qmp;
 use super::{BackendError, Hypervisor, Instance, VmExit};
 use crate::jail::Jail;
 use crate::vm::dir::VmDir;
+use accel::Accel;
 
 /// How long the VMM gets to open its QMP socket after spawning.
 const CONTROL_SOCKET_WAIT: Duration = Duration::from_secs(15);
