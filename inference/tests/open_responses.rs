@@ -1,0 +1,90 @@
+//! Open Responses (2026-04-24) conformance over a scripted upstream:
+//! `allowed_tools` as a hard constraint, `incomplete` items when a
+//! response is cut short, and the `error` event before `response.failed`.
+
+use crate::common;
+
+use std::sync::Arc;
+
+use common::upstream::{FakeUpstream, Reply};
+use common::{config, start};
+use serde_json::{json, Value};
+
+fn two_tools() -> Value {
+    json!([
+        {"type": "function", "name": "get_weather",
+         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+        {"type": "function", "name": "send_email",
+         "parameters": {"type": "object", "properties": {"to": {"type": "string"}}}}
+    ])
+}
+
+/// One native call to `name` with `{}` arguments.
+fn native_call(index: u64, name: &str) -> Value {
+    json!({"tool_calls": [{"index": index, "id": format!("call_{name}"), "type": "function",
+                           "function": {"name": name, "arguments": "{}"}}]})
+}
+
+#[tokio::test]
+async fn allowed_tools_is_a_hard_constraint() {
+    // The upstream calls both tools, whatever it was offered.
+    let up = FakeUpstream::start(
+        &["m"],
+        Arc::new(|_: &Value| Reply {
+            deltas: vec![native_call(0, "send_email"), native_call(1, "get_weather")],
+            finish_reason: "tool_calls",
+            ..Reply::default()
+        }),
+    )
+    .await;
+    let svc = start(config(&up.url)).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/responses", svc.base);
+    let choice = json!({"type": "allowed_tools", "mode": "required",
+                        "tools": [{"type": "function", "name": "get_weather"}]});
+    let v: Value = http
+        .post(&url)
+        .json(&json!({"model": "m", "tools": two_tools(), "tool_choice": choice, "input": "hi"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "completed", "{v}");
+    // Only the allowed tool's call comes out.
+    let calls: Vec<&str> = v["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "function_call")
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(calls, ["get_weather"], "{v}");
+    // The echo keeps the request as sent.
+    assert_eq!(v["tool_choice"], choice);
+    assert_eq!(v["tools"].as_array().unwrap().len(), 2);
+    // The engine was offered only the allowed tool, under the mode.
+    let sent = &up.requests()[0];
+    let offered: Vec<&str> = sent["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(offered, ["get_weather"]);
+    assert_eq!(sent["tool_choice"], "required");
+
+    // An allowed tool that the request does not define is refused.
+    let r = http
+        .post(&url)
+        .json(&json!({"model": "m", "tools": two_tools(), "input": "hi",
+            "tool_choice": {"type": "allowed_tools",
+                            "tools": [{"type": "function", "name": "delete_all"}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "tool_choice.tools[0]", "{e}");
+}
