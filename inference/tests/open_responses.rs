@@ -88,3 +88,46 @@ async fn allowed_tools_is_a_hard_constraint() {
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["param"], "tool_choice.tools[0]", "{e}");
 }
+
+#[tokio::test]
+async fn a_response_cut_off_by_max_output_tokens_marks_its_last_item_incomplete() {
+    let up = FakeUpstream::start(
+        &["m"],
+        Arc::new(|_: &Value| Reply {
+            finish_reason: "length",
+            ..Reply::text("The answer is a long one that", 8)
+        }),
+    )
+    .await;
+    let svc = start(config(&up.url)).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/responses", svc.base);
+    let body = json!({"model": "m", "input": "hi", "max_output_tokens": 5});
+
+    let v: Value = http
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "incomplete", "{v}");
+    assert_eq!(v["output"][0]["type"], "message");
+    assert_eq!(v["output"][0]["status"], "incomplete", "{v}");
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let r = http.post(&url).json(&streamed).send().await.unwrap();
+    let events = common::events(&common::read_all(r).await);
+    let done: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_item.done")
+        .collect();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0]["item"]["status"], "incomplete");
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "response.incomplete");
+    assert_eq!(last["response"]["output"][0]["status"], "incomplete");
+}

@@ -174,7 +174,7 @@ impl ResponseBuilder {
         match e {
             GenEvent::Text(delta) => {
                 if !matches!(self.open, Some(Open::Message { .. })) {
-                    self.close(&mut out);
+                    self.close(&mut out, "completed");
                     self.open_message(&mut out);
                 }
                 let index = self.output.len();
@@ -190,7 +190,7 @@ impl ResponseBuilder {
             }
             GenEvent::Reasoning(delta) => {
                 if !matches!(self.open, Some(Open::Reasoning { .. })) {
-                    self.close(&mut out);
+                    self.close(&mut out, "completed");
                     self.open_reasoning(&mut out);
                 }
                 let index = self.output.len();
@@ -214,7 +214,7 @@ impl ResponseBuilder {
                     return out;
                 }
                 self.calls += 1;
-                self.close(&mut out);
+                self.close(&mut out, "completed");
                 self.function_call(call, &mut out);
             }
         }
@@ -285,8 +285,10 @@ impl ResponseBuilder {
         self.output.push(item);
     }
 
-    /// Closes the open item with its `...done` events.
-    fn close(&mut self, out: &mut Vec<Value>) {
+    /// Closes the open item with its `...done` events. `status`: a message's
+    /// (`completed`, or `incomplete` when the response was cut off while
+    /// writing it). Reasoning items carry no status in the spec's schema.
+    fn close(&mut self, out: &mut Vec<Value>, status: &str) {
         let index = self.output.len();
         match self.open.take() {
             None => {}
@@ -303,7 +305,7 @@ impl ResponseBuilder {
                     json!({"item_id": id, "output_index": index, "content_index": 0,
                            "part": part}),
                 ));
-                let item = json!({"id": id, "type": "message", "status": "completed",
+                let item = json!({"id": id, "type": "message", "status": status,
                                   "role": "assistant", "content": [part]});
                 out.push(self.event(
                     "response.output_item.done",
@@ -338,9 +340,11 @@ impl ResponseBuilder {
     /// stopped it).
     pub fn finish(&mut self, outcome: &Outcome) -> (Vec<Value>, Value) {
         let mut out = Vec::new();
-        self.close(&mut out);
+        let cut_off = outcome.finish == FinishReason::Length;
+        // The item being written when the limit stopped it is incomplete.
+        self.close(&mut out, if cut_off { "incomplete" } else { "completed" });
         let usage = usage(&outcome.usage);
-        let response = if outcome.finish == FinishReason::Length {
+        let response = if cut_off {
             self.response(
                 "incomplete",
                 Some(usage),
@@ -362,11 +366,11 @@ impl ResponseBuilder {
         self.event(kind, json!({"response": response}))
     }
 
-    /// `response.failed` (open items are closed first, so what was
-    /// generated is not lost).
+    /// `response.failed` (open items are closed first, as `incomplete`:
+    /// what was generated is not lost, and is not passed off as finished).
     pub fn failed(&mut self, message: &str) -> Vec<Value> {
         let mut out = Vec::new();
-        self.close(&mut out);
+        self.close(&mut out, "incomplete");
         let r = self.response(
             "failed",
             None,
