@@ -366,11 +366,19 @@ impl ResponseBuilder {
         self.event(kind, json!({"response": response}))
     }
 
-    /// `response.failed` (open items are closed first, as `incomplete`:
-    /// what was generated is not lost, and is not passed off as finished).
+    /// An `error` event, then `response.failed`: Open Responses has every
+    /// error while streaming reported as an `error` event that
+    /// `response.failed` follows. Open items are closed first, as
+    /// `incomplete`: what was generated is not lost, and is not passed off
+    /// as finished.
     pub fn failed(&mut self, message: &str) -> Vec<Value> {
         let mut out = Vec::new();
         self.close(&mut out, "incomplete");
+        out.push(self.event(
+            "error",
+            json!({"error": {"type": "server_error", "code": "server_error",
+                             "message": message, "param": null}}),
+        ));
         let r = self.response(
             "failed",
             None,
@@ -458,5 +466,30 @@ mod tests {
             2
         );
         assert_eq!(events[12]["output_index"], 1);
+    }
+
+    #[test]
+    fn a_failure_is_an_error_event_then_response_failed() {
+        let mut b = ResponseBuilder::new("resp_1".into(), 1, "m".into(), Echo::default());
+        let mut events = b.start();
+        events.extend(b.push(GenEvent::Text("Hel".into())));
+        events.extend(b.failed("upstream went away"));
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds[kinds.len() - 3..],
+            ["response.output_item.done", "error", "response.failed"]
+        );
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e["sequence_number"], i as u64);
+        }
+        let error = &events[events.len() - 2]["error"];
+        assert_eq!(
+            *error,
+            json!({"type": "server_error", "code": "server_error",
+                   "message": "upstream went away", "param": null})
+        );
+        let done = &events[events.len() - 3]["item"];
+        assert_eq!(done["status"], "incomplete");
+        assert_eq!(events[events.len() - 1]["response"]["status"], "failed");
     }
 }
