@@ -131,3 +131,60 @@ async fn a_response_cut_off_by_max_output_tokens_marks_its_last_item_incomplete(
     assert_eq!(last["type"], "response.incomplete");
     assert_eq!(last["response"]["output"][0]["status"], "incomplete");
 }
+
+/// The failure's events, asserted: the message cut off is `incomplete`,
+/// then the spec's `error` event, then `response.failed`, numbered in turn.
+fn assert_error_then_failed(events: &[Value]) {
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        kinds[kinds.len() - 3..],
+        ["response.output_item.done", "error", "response.failed"],
+        "{kinds:?}"
+    );
+    assert_eq!(events[kinds.len() - 3]["item"]["status"], "incomplete");
+    let error = &events[kinds.len() - 2];
+    assert_eq!(error["error"]["type"], "server_error", "{error}");
+    assert!(error["error"]["message"].is_string(), "{error}");
+    assert!(error["error"].get("code").is_some() && error["error"].get("param").is_some());
+    let first = events[0]["sequence_number"].as_u64().unwrap();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["sequence_number"], first + i as u64, "{e}");
+    }
+    assert_eq!(events[kinds.len() - 1]["response"]["status"], "failed");
+}
+
+#[tokio::test]
+async fn a_failure_mid_stream_is_an_error_event_then_response_failed() {
+    let up = FakeUpstream::start(
+        &["m"],
+        Arc::new(|_: &Value| Reply {
+            cut: true,
+            ..Reply::text("Half an ans", 4)
+        }),
+    )
+    .await;
+    let svc = start(config(&up.url)).await;
+
+    // SSE.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/responses", svc.base))
+        .json(&json!({"model": "m", "input": "hi", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let events = common::events(&common::read_all(r).await);
+    assert_error_then_failed(&events);
+
+    // WebSocket.
+    let mut ws = crate::websocket::connect(&svc, None).await.unwrap();
+    let events = crate::websocket::turn(
+        &mut ws,
+        json!({"type": "response.create", "model": "m", "input": "hi"}),
+    )
+    .await;
+    assert_error_then_failed(&events);
+}

@@ -32,7 +32,7 @@ async fn service() -> (FakeUpstream, Svc) {
     (up, start(cfg).await)
 }
 
-async fn connect(
+pub(crate) async fn connect(
     svc: &Svc,
     key: Option<&str>,
 ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
@@ -88,7 +88,7 @@ async fn read_turn(ws: &mut Ws) -> Vec<Value> {
     panic!("socket closed mid-turn after {events:?}");
 }
 
-async fn turn(ws: &mut Ws, body: Value) -> Vec<Value> {
+pub(crate) async fn turn(ws: &mut Ws, body: Value) -> Vec<Value> {
     send(ws, body).await;
     read_turn(ws).await
 }
