@@ -102,6 +102,11 @@ pub struct OutputOptions {
     pub json_output: bool,
     /// The request's tools (empty: tool-call markup is left as text).
     pub tools: Vec<ToolSpec>,
+    /// Calls to tools outside `tools` are dropped instead of going out with
+    /// a warning: the request's `allowed_tools` is a hard constraint (Open
+    /// Responses), which an upstream that calls an unlisted tool anyway must
+    /// not break.
+    pub only_these_tools: bool,
     /// Prefix of generated call ids; random per request so ids never
     /// repeat within a conversation.
     pub id_prefix: String,
@@ -131,6 +136,8 @@ pub struct Generation {
     stream: EngineStream,
     parser: Box<dyn ToolCallParser>,
     tools: Vec<ToolSpec>,
+    /// See [`OutputOptions::only_these_tools`].
+    only_these_tools: bool,
     id_prefix: String,
     /// Native calls being gathered, by the engine's index.
     native: BTreeMap<usize, PartialCall>,
@@ -182,6 +189,7 @@ impl Generation {
             stream,
             parser,
             tools: options.tools,
+            only_these_tools: options.only_these_tools,
             id_prefix: options.id_prefix,
             native: BTreeMap::new(),
             parsed: None,
@@ -308,6 +316,13 @@ impl Generation {
     }
 
     fn emit_call(&mut self, call: PartialCall, repaired: bool) {
+        if self.only_these_tools && !self.tools.iter().any(|t| t.name == call.name) {
+            tracing::warn!(
+                tool = call.name,
+                "model called a tool outside the request's allowed_tools; the call is dropped"
+            );
+            return;
+        }
         let arguments = self.check_arguments(&call.name, call.arguments);
         let id = call
             .id
@@ -416,6 +431,7 @@ mod tests {
                 family_syntax_is_native: raw,
                 json_output: false,
                 tools,
+                only_these_tools: false,
                 id_prefix: "call_t".into(),
                 prompt_estimate: 9,
             },
@@ -502,6 +518,7 @@ mod tests {
                     family_syntax_is_native: true,
                     json_output,
                     tools: Vec::new(),
+                    only_these_tools: false,
                     id_prefix: "call_t".into(),
                     prompt_estimate: 1,
                 },

@@ -32,7 +32,7 @@ async fn service() -> (FakeUpstream, Svc) {
     (up, start(cfg).await)
 }
 
-async fn connect(
+pub(crate) async fn connect(
     svc: &Svc,
     key: Option<&str>,
 ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
@@ -72,18 +72,23 @@ async fn read_turn(ws: &mut Ws) -> Vec<Value> {
     let mut events = Vec::new();
     while let Some(e) = next(ws).await {
         let kind = e["type"].as_str().unwrap_or_default().to_owned();
+        // An `error` within a response's events (it has a sequence number)
+        // is followed by `response.failed`; only a refusal ends the turn.
+        let streamed_error = kind == "error" && e.get("sequence_number").is_some();
         events.push(e);
-        if matches!(
-            kind.as_str(),
-            "error" | "response.completed" | "response.incomplete" | "response.failed"
-        ) {
+        if !streamed_error
+            && matches!(
+                kind.as_str(),
+                "error" | "response.completed" | "response.incomplete" | "response.failed"
+            )
+        {
             return events;
         }
     }
     panic!("socket closed mid-turn after {events:?}");
 }
 
-async fn turn(ws: &mut Ws, body: Value) -> Vec<Value> {
+pub(crate) async fn turn(ws: &mut Ws, body: Value) -> Vec<Value> {
     send(ws, body).await;
     read_turn(ws).await
 }

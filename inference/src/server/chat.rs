@@ -223,6 +223,7 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
         family_syntax_is_native: p.engine.streams_raw_text(),
         json_output: crate::parse::grammar::asks_for_json(p.generate.response_format.as_ref()),
         tools: p.tools,
+        only_these_tools: false,
         id_prefix: new_id("call_"),
         prompt_estimate: (p.prompt_chars / 4) as u64,
     };

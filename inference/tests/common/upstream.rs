@@ -36,6 +36,9 @@ pub struct Reply {
     pub usage: Option<Value>,
     /// Answer a JSON `chat.completion` instead of SSE.
     pub whole: bool,
+    /// End the stream after the deltas, with no finish nor `[DONE]` (an
+    /// upstream that fails mid-stream).
+    pub cut: bool,
 }
 
 impl Default for Reply {
@@ -52,6 +55,7 @@ impl Default for Reply {
                                 "prompt_tokens_details": {"cached_tokens": 8}}),
             ),
             whole: false,
+            cut: false,
         }
     }
 }
@@ -220,8 +224,10 @@ async fn chat(State(s): State<Shared>, Json(body): Json<Value>) -> Response {
         .iter()
         .map(|d| chunk(&model, d.clone(), None))
         .collect();
-    chunks.push_back(chunk(&model, json!({}), Some(reply.finish_reason)));
-    if include_usage {
+    if !reply.cut {
+        chunks.push_back(chunk(&model, json!({}), Some(reply.finish_reason)));
+    }
+    if include_usage && !reply.cut {
         if let Some(u) = &reply.usage {
             chunks.push_back(
                 json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
@@ -234,10 +240,11 @@ async fn chat(State(s): State<Shared>, Json(body): Json<Value>) -> Response {
         shared: s.clone(),
         done: false,
     };
+    let cut = reply.cut;
     let state = (chunks, guard, reply.first_delay, reply.chunk_delay, true);
     let stream = futures::stream::unfold(
         state,
-        |(mut chunks, mut guard, first, every, is_first)| async move {
+        move |(mut chunks, mut guard, first, every, is_first)| async move {
             if is_first {
                 tokio::time::sleep(first).await;
             } else if !every.is_zero() {
@@ -245,7 +252,7 @@ async fn chat(State(s): State<Shared>, Json(body): Json<Value>) -> Response {
             }
             let bytes = match chunks.pop_front() {
                 Some(c) => Bytes::from(format!("data: {c}\n\n")),
-                None if !guard.done => {
+                None if !guard.done && !cut => {
                     guard.done = true;
                     Bytes::from_static(b"data: [DONE]\n\n")
                 }

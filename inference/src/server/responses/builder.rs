@@ -174,7 +174,7 @@ impl ResponseBuilder {
         match e {
             GenEvent::Text(delta) => {
                 if !matches!(self.open, Some(Open::Message { .. })) {
-                    self.close(&mut out);
+                    self.close(&mut out, "completed");
                     self.open_message(&mut out);
                 }
                 let index = self.output.len();
@@ -190,7 +190,7 @@ impl ResponseBuilder {
             }
             GenEvent::Reasoning(delta) => {
                 if !matches!(self.open, Some(Open::Reasoning { .. })) {
-                    self.close(&mut out);
+                    self.close(&mut out, "completed");
                     self.open_reasoning(&mut out);
                 }
                 let index = self.output.len();
@@ -214,7 +214,7 @@ impl ResponseBuilder {
                     return out;
                 }
                 self.calls += 1;
-                self.close(&mut out);
+                self.close(&mut out, "completed");
                 self.function_call(call, &mut out);
             }
         }
@@ -285,8 +285,10 @@ impl ResponseBuilder {
         self.output.push(item);
     }
 
-    /// Closes the open item with its `...done` events.
-    fn close(&mut self, out: &mut Vec<Value>) {
+    /// Closes the open item with its `...done` events. `status`: a message's
+    /// (`completed`, or `incomplete` when the response was cut off while
+    /// writing it). Reasoning items carry no status in the spec's schema.
+    fn close(&mut self, out: &mut Vec<Value>, status: &str) {
         let index = self.output.len();
         match self.open.take() {
             None => {}
@@ -303,7 +305,7 @@ impl ResponseBuilder {
                     json!({"item_id": id, "output_index": index, "content_index": 0,
                            "part": part}),
                 ));
-                let item = json!({"id": id, "type": "message", "status": "completed",
+                let item = json!({"id": id, "type": "message", "status": status,
                                   "role": "assistant", "content": [part]});
                 out.push(self.event(
                     "response.output_item.done",
@@ -338,9 +340,11 @@ impl ResponseBuilder {
     /// stopped it).
     pub fn finish(&mut self, outcome: &Outcome) -> (Vec<Value>, Value) {
         let mut out = Vec::new();
-        self.close(&mut out);
+        let cut_off = outcome.finish == FinishReason::Length;
+        // The item being written when the limit stopped it is incomplete.
+        self.close(&mut out, if cut_off { "incomplete" } else { "completed" });
         let usage = usage(&outcome.usage);
-        let response = if outcome.finish == FinishReason::Length {
+        let response = if cut_off {
             self.response(
                 "incomplete",
                 Some(usage),
@@ -362,11 +366,19 @@ impl ResponseBuilder {
         self.event(kind, json!({"response": response}))
     }
 
-    /// `response.failed` (open items are closed first, so what was
-    /// generated is not lost).
+    /// An `error` event, then `response.failed`: Open Responses has every
+    /// error while streaming reported as an `error` event that
+    /// `response.failed` follows. Open items are closed first, as
+    /// `incomplete`: what was generated is not lost, and is not passed off
+    /// as finished.
     pub fn failed(&mut self, message: &str) -> Vec<Value> {
         let mut out = Vec::new();
-        self.close(&mut out);
+        self.close(&mut out, "incomplete");
+        out.push(self.event(
+            "error",
+            json!({"error": {"type": "server_error", "code": "server_error",
+                             "message": message, "param": null}}),
+        ));
         let r = self.response(
             "failed",
             None,
@@ -454,5 +466,30 @@ mod tests {
             2
         );
         assert_eq!(events[12]["output_index"], 1);
+    }
+
+    #[test]
+    fn a_failure_is_an_error_event_then_response_failed() {
+        let mut b = ResponseBuilder::new("resp_1".into(), 1, "m".into(), Echo::default());
+        let mut events = b.start();
+        events.extend(b.push(GenEvent::Text("Hel".into())));
+        events.extend(b.failed("upstream went away"));
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds[kinds.len() - 3..],
+            ["response.output_item.done", "error", "response.failed"]
+        );
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e["sequence_number"], i as u64);
+        }
+        let error = &events[events.len() - 2]["error"];
+        assert_eq!(
+            *error,
+            json!({"type": "server_error", "code": "server_error",
+                   "message": "upstream went away", "param": null})
+        );
+        let done = &events[events.len() - 3]["item"];
+        assert_eq!(done["status"], "incomplete");
+        assert_eq!(events[events.len() - 1]["response"]["status"], "failed");
     }
 }

@@ -209,6 +209,7 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
         family_syntax_is_native: p.engine.streams_raw_text(),
         json_output: false,
         tools: Vec::new(),
+        only_these_tools: false,
         id_prefix: new_id("call_"),
         prompt_estimate: (prompt_chars(&p.generate.messages) / 4) as u64,
     };

@@ -55,6 +55,8 @@ struct Prepared {
     engine_name: String,
     generate: GenerateRequest,
     tools: Vec<ToolSpec>,
+    /// `tool_choice` was `allowed_tools`: calls to other tools are dropped.
+    only_these_tools: bool,
     echo: Echo,
     stream: bool,
     /// This request's own input items, as stored.
@@ -107,12 +109,28 @@ async fn prepare(
         model,
         engine_name,
     } = state.resolve_model(r.model.as_deref()).await?;
-    let tools = request::tools(r.tools.as_deref().unwrap_or_default())?;
-    let tool_choice = r
-        .tool_choice
-        .as_ref()
-        .map(request::tool_choice)
-        .transpose()?;
+    let mut tools = request::tools(r.tools.as_deref().unwrap_or_default())?;
+    let (tool_choice, allowed) = match r.tool_choice.as_ref().map(request::tool_choice) {
+        None => (None, None),
+        Some(choice) => {
+            let choice = choice?;
+            (Some(choice.chat), choice.allowed)
+        }
+    };
+    if let Some(allowed) = &allowed {
+        if let Some((i, name)) = allowed
+            .iter()
+            .enumerate()
+            .find(|(_, name)| !tools.chat.iter().any(|t| &t.function.name == *name))
+        {
+            return Err(ApiError::invalid_param(
+                format!("tool_choice.tools[{i}]"),
+                format!("tool_choice allows the function '{name}', which is not among the request's tools."),
+            ));
+        }
+        // Only the allowed tools are offered (the echo keeps them all).
+        tools.chat.retain(|t| allowed.contains(&t.function.name));
+    }
     let text_format = r.text.as_ref().and_then(|t| t.format.clone());
     let response_format = text_format
         .as_ref()
@@ -204,6 +222,7 @@ async fn prepare(
         engine_name,
         generate,
         tools: callable,
+        only_these_tools: allowed.is_some(),
         echo,
         stream: r.stream.unwrap_or(false),
         input: conversation.input,
@@ -345,6 +364,7 @@ impl Turn {
             family_syntax_is_native: p.engine.streams_raw_text(),
             json_output: crate::parse::grammar::asks_for_json(p.generate.response_format.as_ref()),
             tools: p.tools,
+            only_these_tools: p.only_these_tools,
             id_prefix: new_id("call_"),
             prompt_estimate: (p.prompt_chars / 4) as u64,
         };

@@ -223,27 +223,90 @@ pub fn tools(tools: &[Value]) -> Result<Tools, ApiError> {
     Ok(out)
 }
 
-/// Responses `tool_choice` → Chat Completions `tool_choice`.
-pub fn tool_choice(choice: &Value) -> Result<Value, ApiError> {
+/// A request's `tool_choice`, read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolChoiceParam {
+    /// The Chat Completions `tool_choice` the engine is sent.
+    pub chat: Value,
+    /// `allowed_tools`: the names of the only tools that may be called.
+    /// The spec makes this a hard constraint, so the request offers the
+    /// engine only these (its prompt, the local engine's grammar and the
+    /// parser all see just them) and a call to any other tool is dropped
+    /// (see [`crate::generation::OutputOptions::only_these_tools`]).
+    pub allowed: Option<Vec<String>>,
+}
+
+/// Responses `tool_choice` → Chat Completions `tool_choice`, and the
+/// tools `allowed_tools` lets be called.
+pub fn tool_choice(choice: &Value) -> Result<ToolChoiceParam, ApiError> {
     let bad = || {
         ApiError::invalid_param(
             "tool_choice",
-            "tool_choice must be 'none', 'auto', 'required' or {\"type\": \"function\", \"name\": ...}.",
+            "tool_choice must be 'none', 'auto', 'required', {\"type\": \"function\", \"name\": ...} \
+             or {\"type\": \"allowed_tools\", \"tools\": [...], \"mode\": ...}.",
         )
+    };
+    let only = |chat: Value| ToolChoiceParam {
+        chat,
+        allowed: None,
     };
     match choice {
         Value::String(s) if matches!(s.as_str(), "none" | "auto" | "required") => {
-            Ok(choice.clone())
+            Ok(only(choice.clone()))
         }
         Value::Object(o) => match o.get("type").and_then(Value::as_str) {
             Some("function") => {
                 let name = o.get("name").and_then(Value::as_str).ok_or_else(bad)?;
-                Ok(json!({"type": "function", "function": {"name": name}}))
+                Ok(only(
+                    json!({"type": "function", "function": {"name": name}}),
+                ))
             }
-            Some("allowed_tools") => Ok(json!(o
-                .get("mode")
-                .and_then(Value::as_str)
-                .unwrap_or("auto"))),
+            Some("allowed_tools") => {
+                let mode = match o.get("mode") {
+                    None | Some(Value::Null) => "auto",
+                    Some(Value::String(m))
+                        if matches!(m.as_str(), "none" | "auto" | "required") =>
+                    {
+                        m.as_str()
+                    }
+                    Some(_) => {
+                        return Err(ApiError::invalid_param(
+                            "tool_choice.mode",
+                            "'mode' must be 'none', 'auto' or 'required'.",
+                        ))
+                    }
+                };
+                let listed = o
+                    .get("tools")
+                    .and_then(Value::as_array)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::invalid_param(
+                            "tool_choice.tools",
+                            "'tools' must list at least one tool.",
+                        )
+                    })?;
+                let allowed = listed
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        t.get("name")
+                            .and_then(Value::as_str)
+                            .filter(|_| t.get("type").and_then(Value::as_str) == Some("function"))
+                            .map(str::to_owned)
+                            .ok_or_else(|| {
+                                ApiError::invalid_param(
+                                    format!("tool_choice.tools[{i}]"),
+                                    "Each allowed tool must be {\"type\": \"function\", \"name\": ...}.",
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(ToolChoiceParam {
+                    chat: json!(mode),
+                    allowed: Some(allowed),
+                })
+            }
             _ => Err(bad()),
         },
         _ => Err(bad()),
@@ -309,12 +372,25 @@ mod tests {
 
     #[test]
     fn tool_choice_and_format_translate() {
-        assert_eq!(tool_choice(&json!("required")).unwrap(), json!("required"));
         assert_eq!(
-            tool_choice(&json!({"type":"function","name":"f"})).unwrap(),
+            tool_choice(&json!("required")).unwrap().chat,
+            json!("required")
+        );
+        assert_eq!(
+            tool_choice(&json!({"type":"function","name":"f"}))
+                .unwrap()
+                .chat,
             json!({"type":"function","function":{"name":"f"}})
         );
         assert!(tool_choice(&json!("always")).is_err());
+        let allowed = tool_choice(&json!({"type":"allowed_tools","mode":"required",
+            "tools":[{"type":"function","name":"f"}]}))
+        .unwrap();
+        assert_eq!(allowed.chat, json!("required"));
+        assert_eq!(allowed.allowed, Some(vec!["f".to_owned()]));
+        let e = tool_choice(&json!({"type":"allowed_tools","tools":[{"name":"f"}]})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tool_choice.tools[0]"));
+        assert!(tool_choice(&json!({"type":"allowed_tools","tools":[]})).is_err());
         let f = response_format(
             &json!({"type":"json_schema","name":"x","schema":{"type":"object"},"strict":true}),
         )
