@@ -114,6 +114,28 @@ pub struct OutputOptions {
     pub prompt_estimate: u64,
 }
 
+impl OutputOptions {
+    /// How `engine`'s output for `request` (its model, its
+    /// `response_format`) is read, with the request's callable `tools` and
+    /// a prompt of `prompt_chars` characters; one place for the three APIs.
+    pub fn for_request(
+        engine: &dyn crate::engine::Engine,
+        request: &crate::engine::GenerateRequest,
+        tools: Vec<ToolSpec>,
+        prompt_chars: usize,
+    ) -> Self {
+        Self {
+            family: engine.family(&request.model),
+            family_syntax_is_native: engine.streams_raw_text(),
+            json_output: crate::parse::grammar::asks_for_json(request.response_format.as_ref()),
+            tools,
+            only_these_tools: false,
+            id_prefix: crate::ids::new_id("call_"),
+            prompt_estimate: (prompt_chars / 4) as u64,
+        }
+    }
+}
+
 /// The tools the model may call: none under `tool_choice: "none"` (a call
 /// written anyway stays visible text, as the client asked for no calls).
 /// A `tool_choice` that is no choice, or names a function the request did

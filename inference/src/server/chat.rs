@@ -218,15 +218,8 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
         .with_tool_results(&p.generate.messages)
         .in_conversation(&state.metrics, &p.generate.messages),
     );
-    let output = OutputOptions {
-        family: p.engine.family(&model),
-        family_syntax_is_native: p.engine.streams_raw_text(),
-        json_output: crate::parse::grammar::asks_for_json(p.generate.response_format.as_ref()),
-        tools: p.tools,
-        only_these_tools: false,
-        id_prefix: new_id("call_"),
-        prompt_estimate: (p.prompt_chars / 4) as u64,
-    };
+    let output =
+        OutputOptions::for_request(p.engine.as_ref(), &p.generate, p.tools, p.prompt_chars);
     let engine = Arc::clone(&p.engine);
     let generate = GenerateRequest {
         client: Some(client_name),

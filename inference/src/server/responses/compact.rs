@@ -204,15 +204,12 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
         .served_by(&p.engine_name)
         .in_conversation(&state.metrics, &p.generate.messages),
     );
-    let output = OutputOptions {
-        family: p.engine.family(&model),
-        family_syntax_is_native: p.engine.streams_raw_text(),
-        json_output: false,
-        tools: Vec::new(),
-        only_these_tools: false,
-        id_prefix: new_id("call_"),
-        prompt_estimate: (prompt_chars(&p.generate.messages) / 4) as u64,
-    };
+    let output = OutputOptions::for_request(
+        p.engine.as_ref(),
+        &p.generate,
+        Vec::new(),
+        prompt_chars(&p.generate.messages),
+    );
     let engine = p.engine;
     let generate = p.generate;
     let start = async move { engine.generate(generate).await }.boxed();
