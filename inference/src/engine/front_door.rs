@@ -20,6 +20,7 @@
 //! handed every name).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -102,6 +103,11 @@ pub struct FrontDoor {
     /// Model → index into `backends`, from `--route`.
     routes: BTreeMap<String, usize>,
     default_model: Option<String>,
+    /// Every engine was asked once: from then on `/v1/models` reads what
+    /// the health checks recorded instead of asking each upstream again
+    /// (one that does not answer would hold every listing for its
+    /// timeout).
+    asked: AtomicBool,
 }
 
 impl FrontDoor {
@@ -140,6 +146,7 @@ impl FrontDoor {
             backends,
             routes: table,
             default_model,
+            asked: AtomicBool::new(false),
         })
     }
 
@@ -153,6 +160,7 @@ impl FrontDoor {
 
     /// Asks every engine for its models now and records who answers.
     pub async fn refresh(&self) {
+        self.asked.store(true, Ordering::Relaxed);
         for b in &self.backends {
             let listed = b.engine.models_now().await;
             let Ok(mut state) = b.state.lock() else {
@@ -242,7 +250,9 @@ impl FrontDoor {
                 })
                 .collect();
         }
-        self.refresh().await;
+        if !self.asked.load(Ordering::Relaxed) {
+            self.refresh().await;
+        }
         let mut out: Vec<Served> = Vec::new();
         for b in &self.backends {
             let Ok(state) = b.state.lock() else { continue };
