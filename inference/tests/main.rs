@@ -20,6 +20,7 @@ mod local_llama_cpp;
 mod local_sdk_python;
 mod open_responses;
 mod proxy;
+mod real_gemma3;
 mod real_models;
 mod sdk_node;
 mod sdk_python;

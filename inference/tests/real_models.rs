@@ -24,7 +24,7 @@ fn workspace() -> PathBuf {
 }
 
 /// The path of real model `name` (downloaded once, sha256-checked).
-fn real_model(name: &str) -> PathBuf {
+pub(crate) fn real_model(name: &str) -> PathBuf {
     let out = Command::new("bash")
         .arg(workspace().join("scripts/test-models.sh"))
         .arg(name)

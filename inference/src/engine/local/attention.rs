@@ -31,8 +31,9 @@ const BLOCK: usize = 64;
 /// of query head `g`) against keys and values `[1, kv_heads, pos + n,
 /// head_dim]` (rows contiguous within a head; the heads may be views of
 /// larger buffers); token `i` sits at position `pos + i` and sees keys
-/// `0..=pos + i`. The output has `q`'s shape. CPU and f32 only (other
-/// devices run candle's ops: see the caller).
+/// `0..=pos + i` (only the last `window` of them in a sliding-window
+/// layer). The output has `q`'s shape. CPU and f32 only (other devices run
+/// candle's ops: see the caller).
 #[derive(Debug, Clone, Copy)]
 pub struct CausalAttention {
     /// Tokens before the first query (cached keys).
@@ -40,6 +41,9 @@ pub struct CausalAttention {
     /// Query tokens.
     pub n: usize,
     pub scale: f32,
+    /// A sliding-window layer's window: a token sees itself and the
+    /// `window - 1` tokens before it (Gemma 3's local layers).
+    pub window: Option<usize>,
 }
 
 /// [`CausalAttention`] with candle's tensor ops, for the devices it does
@@ -68,11 +72,22 @@ pub fn with_tensor_ops(
 }
 
 /// Additive mask `[n, pos + n]` for [`with_tensor_ops`]: query `i` (at
-/// position `pos + i`) sees keys up to its own position.
-pub fn causal_mask(n: usize, pos: usize, device: &Device) -> Result<Tensor> {
+/// position `pos + i`) sees keys up to its own position, and within a
+/// sliding `window` only the last `window` of them.
+pub fn causal_mask(n: usize, pos: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
     let total = pos + n;
     let mask: Vec<f32> = (0..n)
-        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            let p = pos + i;
+            (0..total).map(move |j| {
+                let hidden = j > p || window.is_some_and(|w| p - j >= w);
+                if hidden {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (n, total), device)
 }
@@ -147,17 +162,28 @@ impl CustomOp3 for CausalAttention {
 }
 
 impl CausalAttention {
-    /// Keys visible to query row `row` (token `row % n`).
+    /// Keys visible to query row `row` (token `row % n`): `0..visible`,
+    /// from [`Self::first`] on.
     fn visible(&self, row: usize) -> usize {
         self.pos + row % self.n + 1
+    }
+
+    /// The first key query row `row` sees (0 unless a window cuts it).
+    fn first(&self, row: usize) -> usize {
+        self.window
+            .map_or(0, |w| self.visible(row).saturating_sub(w))
     }
 
     /// Rows `r0..r0 + out.len() / d` of one KV head: `q` its `[rows, d]`
     /// queries, `k` and `v` its `[pos + n, d]` keys and values.
     fn block(&self, q: &[f32], k: &[f32], v: &[f32], r0: usize, d: usize, out: &mut [f32]) {
         let nr = out.len() / d;
-        // Keys any row of the block sees: the block's scores stop there.
-        let span = (r0..r0 + nr).map(|r| self.visible(r)).max().unwrap_or(0);
+        // Keys any row of the block sees: the block's scores start and
+        // stop there.
+        let lo = (r0..r0 + nr).map(|r| self.first(r)).min().unwrap_or(0);
+        let end = (r0..r0 + nr).map(|r| self.visible(r)).max().unwrap_or(0);
+        let span = end - lo;
+        let (k, v) = (&k[lo * d..], &v[lo * d..]);
         SCORES.with(|scores| {
             let mut scores = scores.borrow_mut();
             scores.resize(nr * span, 0.0);
@@ -165,15 +191,17 @@ impl CausalAttention {
             #[cfg(target_arch = "x86_64")]
             if self.n == 1 && x86::decodes(d) {
                 // SAFETY: `decodes` checked AVX2, FMA and `d`; `q` holds
-                // rows `r0..r0 + nr` of `d` values, `k` and `v` at least
-                // `span` rows (`span <= pos + n`), `s` is `nr × span` and
-                // `out` `nr × d`.
+                // rows `r0..r0 + nr` of `d` values, `k` and `v` (from key
+                // `lo`) at least `span` rows (`lo + span <= pos + n`), `s`
+                // is `nr × span` and `out` `nr × d`. One token: every row
+                // sees the same keys, all `span` of them.
                 unsafe { x86::decode(&q[r0 * d..(r0 + nr) * d], k, v, d, self.scale, s, out) };
                 return;
             }
             // SAFETY: `gemm` reads `nr × d` queries from row `r0` of `q`
             // (row stride `d`), `span × d` keys from `k` read transposed
-            // (`span <= pos + n`, the rows `k` holds) and writes the
+            // (`lo + span <= pos + n`, the rows `k` holds from key `lo`)
+            // and writes the
             // `nr × span` scores `s` holds; the slices do not overlap.
             unsafe {
                 gemm::gemm(
@@ -199,13 +227,15 @@ impl CausalAttention {
                 );
             }
             for (r, row) in s.chunks_exact_mut(span).enumerate() {
-                let (seen, hidden) = row.split_at_mut(self.visible(r0 + r));
+                let (before, rest) = row.split_at_mut(self.first(r0 + r) - lo);
+                let (seen, after) = rest.split_at_mut(self.visible(r0 + r) - self.first(r0 + r));
                 softmax(seen);
-                hidden.fill(0.0);
+                before.fill(0.0);
+                after.fill(0.0);
             }
             // SAFETY: `gemm` reads the `nr × span` weights `s` holds and
-            // `span × d` values of `v` (`span <= pos + n`, the rows `v`
-            // holds) and writes the `nr × d` outputs `out` holds; the
+            // `span × d` values of `v` (`lo + span <= pos + n`, the rows
+            // `v` holds from key `lo`) and writes the `nr × d` outputs `out` holds; the
             // slices do not overlap.
             unsafe {
                 gemm::gemm(
@@ -421,20 +451,25 @@ mod tests {
             let q = Tensor::randn(0f32, 1.0, (1, kv_heads, rows, d), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (1, kv_heads, pos + n, d), &dev).unwrap();
             let v = Tensor::randn(0f32, 1.0, (1, kv_heads, pos + n, d), &dev).unwrap();
-            let op = CausalAttention {
-                pos,
-                n,
-                scale: 1.0 / (d as f32).sqrt(),
-            };
-            let ours = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
-            let mask = causal_mask(n, pos, &dev).unwrap();
-            let scale = 1.0 / (d as f64).sqrt();
-            let theirs = with_tensor_ops(&q, &k, &v, Some(&mask), n, scale).unwrap();
-            let diff = max_abs(&(ours - theirs).unwrap());
-            assert!(
-                diff < 1e-5,
-                "{kv_heads}x{groups} d{d} pos {pos} n {n}: {diff}"
-            );
+            // Whole history, and sliding windows shorter than the history,
+            // than one block and than the chunk.
+            for window in [None, Some(100), Some(17), Some(1)] {
+                let op = CausalAttention {
+                    pos,
+                    n,
+                    scale: 1.0 / (d as f32).sqrt(),
+                    window,
+                };
+                let ours = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
+                let mask = causal_mask(n, pos, window, &dev).unwrap();
+                let scale = 1.0 / (d as f64).sqrt();
+                let theirs = with_tensor_ops(&q, &k, &v, Some(&mask), n, scale).unwrap();
+                let diff = max_abs(&(ours - theirs).unwrap());
+                assert!(
+                    diff < 1e-5,
+                    "{kv_heads}x{groups} d{d} pos {pos} n {n} window {window:?}: {diff}"
+                );
+            }
         }
     }
 
@@ -456,6 +491,7 @@ mod tests {
             pos,
             n,
             scale: 0.25,
+            window: None,
         };
         let viewed = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
         let copied = q
@@ -474,6 +510,7 @@ mod tests {
             pos: 5,
             n: 2,
             scale: 1.0,
+            window: None,
         };
         // 5 + 2 keys expected, 9 given.
         let err = q.apply_op3_no_bwd(&k, &k, &op).unwrap_err().to_string();
@@ -483,6 +520,7 @@ mod tests {
             pos: 5,
             n: 4,
             scale: 1.0,
+            window: None,
         };
         let k = Tensor::zeros((1, 2, 9, 8), candle_core::DType::F32, &dev).unwrap();
         let err = q.apply_op3_no_bwd(&k, &k, &op).unwrap_err().to_string();

@@ -21,13 +21,13 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
 
 use super::gguf_alignment;
-use super::model::{Config, Transformer};
+use super::model::{Activation, Config, SlidingWindow, Transformer};
 
 use super::template::{ChatTemplate, TemplateError};
 use super::tokenizer::{TextTokenizer, TokenizerError};
 
 /// The `general.architecture` values the local engine runs.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "qwen3moe"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "qwen3moe", "gemma3"];
 
 /// Largest context length accepted (rotary tables are precomputed for it).
 const MAX_CONTEXT: u64 = 1 << 20;
@@ -40,9 +40,30 @@ const MAX_EMBEDDING: u64 = 1 << 16;
 const MAX_HEADS: u64 = 1 << 12;
 /// Largest expert count accepted (today's largest MoE models use 384).
 const MAX_EXPERTS: u64 = 1 << 12;
+/// Gemma 3: of every 6 layers the first 5 attend through the sliding
+/// window, with a rotary base of 10,000 (llama.cpp's values; the GGUF
+/// does not carry them).
+const GEMMA3_SLIDING_PATTERN: usize = 6;
+const GEMMA3_SLIDING_ROPE_BASE: f32 = 10_000.0;
 
 /// Used when a GGUF carries no chat template: ChatML, the most common.
 pub const DEFAULT_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// Gemma's turn format, for a gemma3 GGUF that carries no template (the
+/// base models ship without one): `<start_of_turn>user` / `model` turns
+/// closed by `<end_of_turn>`, system text folded into the first user turn
+/// as Gemma's own template does, tool results as user turns and the
+/// model's calls as their JSON (Gemma has no call syntax of its own). No
+/// alternation check: an agent's conversation must render, not fail.
+pub const GEMMA_TEMPLATE: &str = r#"{{ bos_token }}{% set ns = namespace(prefix="") %}{% for message in messages %}{% if message.role == "system" %}{% set ns.prefix = ns.prefix ~ (message.content or "") ~ "\n\n" %}{% else %}{% set text = (message.content or "") | trim %}{{ "<start_of_turn>" ~ ("model" if message.role == "assistant" else "user") ~ "\n" ~ ns.prefix ~ text }}{% for call in message.tool_calls or [] %}{{ ("\n" if (text or not loop.first) else "") ~ ({"name": call.function.name, "arguments": call.function.arguments} | tojson) }}{% endfor %}{{ "<end_of_turn>\n" }}{% set ns.prefix = "" %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ "<start_of_turn>model\n" }}{% endif %}"#;
+
+/// The template used for `arch` when the file carries none.
+fn fallback_template(arch: Architecture) -> &'static str {
+    match arch {
+        Architecture::Gemma3 => GEMMA_TEMPLATE,
+        _ => DEFAULT_TEMPLATE,
+    }
+}
 
 /// Why a GGUF file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -82,13 +103,16 @@ pub enum LoadError {
 /// transformer ([`Transformer`]); they differ in data: llama (interleaved
 /// RoPE; with `llama.expert_count` a Mixtral-style MoE), qwen2 (NeoX RoPE,
 /// q/k/v biases), qwen3 (NeoX RoPE, per-head q/k norms, its own head size),
-/// qwen3moe (qwen3 with a mixture of experts).
+/// qwen3moe (qwen3 with a mixture of experts), gemma3 (scaled embeddings,
+/// q/k norms, norms after each block, GELU, sliding-window layers with
+/// their own rotary base, a SentencePiece vocabulary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
     Llama,
     Qwen2,
     Qwen3,
     Qwen3Moe,
+    Gemma3,
 }
 
 impl Architecture {
@@ -98,6 +122,7 @@ impl Architecture {
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
             Architecture::Qwen3Moe => "qwen3moe",
+            Architecture::Gemma3 => "gemma3",
         }
     }
 
@@ -107,6 +132,7 @@ impl Architecture {
             Architecture::Qwen2,
             Architecture::Qwen3,
             Architecture::Qwen3Moe,
+            Architecture::Gemma3,
         ]
         .into_iter()
         .find(|a| a.as_str() == name)
@@ -255,7 +281,7 @@ fn read_unguarded(
         .get("tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
         .map(String::as_str)
-        .unwrap_or(DEFAULT_TEMPLATE);
+        .unwrap_or(fallback_template(arch));
     let template = ChatTemplate::new(template_src, tokenizer.bos_token(), tokenizer.eos_token())
         .map_err(|source| LoadError::Template {
             path: path.to_owned(),
@@ -341,6 +367,11 @@ fn check_shape(
                 .map(Some)
                 .map_err(|e| bad(name, e.to_string())),
         }
+    };
+    let get_text = |name: &str| {
+        md.get(&key(name))
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str)
     };
     let get_f32 = |name: &str| -> Result<Option<f32>, LoadError> {
         match md.get(&key(name)) {
@@ -459,16 +490,66 @@ fn check_shape(
         (Architecture::Llama, None) => 4096,
         (_, None) => return Err(bad("context_length", "missing".into())),
     };
-    let config = Config {
-        heads: heads as usize,
-        kv_heads: kv_heads as usize,
-        head_dim: head_dim as usize,
-        layers: layers as usize,
-        embedding: embd as usize,
-        rms_eps: f64::from(rms_eps),
+    let mut config = Config::plain(
+        heads as usize,
+        kv_heads as usize,
+        head_dim as usize,
+        layers as usize,
+        embd as usize,
+        f64::from(rms_eps),
         rope_base,
-        rope_neox: arch != Architecture::Llama,
-        experts,
-    };
+        arch != Architecture::Llama,
+    );
+    config.experts = experts;
+    match get_text("rope.scaling.type") {
+        None | Some("none") => {}
+        Some("linear") => {
+            let factor = get_f32("rope.scaling.factor")?.unwrap_or(1.0);
+            if !(factor.is_finite() && factor >= 1.0) {
+                return Err(bad(
+                    "rope.scaling.factor",
+                    format!("{factor} (must be >= 1)"),
+                ));
+            }
+            config.rope_scale = factor;
+        }
+        // YaRN and the rest change more than the positions: refuse rather
+        // than generate garbage past the trained context.
+        Some(other) if arch == Architecture::Gemma3 => {
+            return Err(bad(
+                "rope.scaling.type",
+                format!("'{other}' (only linear scaling is supported)"),
+            ))
+        }
+        Some(_) => {}
+    }
+    if arch == Architecture::Gemma3 {
+        config.embedding_scale = Some((embd as f32).sqrt());
+        config.activation = Activation::GeluTanh;
+        config.post_norms = true;
+        // llama.cpp (after gemma_pytorch): 27B (62 layers) scales by the
+        // hidden size per head, the others by the head size.
+        if layers == 62 {
+            config.attention_scale = 1.0 / ((embd / heads) as f32).sqrt();
+        }
+        config.sliding = match get("attention.sliding_window")? {
+            None | Some(0) => None,
+            Some(w) if w > MAX_CONTEXT => {
+                return Err(bad(
+                    "attention.sliding_window",
+                    format!("{w} (at most {MAX_CONTEXT})"),
+                ))
+            }
+            Some(w) => Some(SlidingWindow {
+                size: w as usize,
+                pattern: GEMMA3_SLIDING_PATTERN,
+                rope_base: GEMMA3_SLIDING_ROPE_BASE,
+            }),
+        };
+        config.logit_softcap = match get_f32("final_logit_softcapping")? {
+            Some(cap) if cap.is_finite() && cap > 0.0 => Some(cap),
+            _ => None,
+        };
+    }
     Ok((config, context as usize))
 }

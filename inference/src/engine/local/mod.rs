@@ -48,6 +48,7 @@ mod kernel_tests;
 pub mod matvec;
 pub mod model;
 pub mod queue;
+pub mod sentencepiece;
 pub mod template;
 pub mod tokenizer;
 

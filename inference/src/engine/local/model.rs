@@ -1,6 +1,6 @@
 //! One decoder-only transformer for every architecture the local engine
-//! runs (llama, qwen2, qwen3, qwen3moe, and llama-style MoE such as
-//! Mixtral), with the KV cache held *outside* the weights.
+//! runs (llama, qwen2, qwen3, qwen3moe, llama-style MoE such as Mixtral,
+//! and gemma3), with the KV cache held *outside* the weights.
 //!
 //! candle-transformers' quantized models keep their KV cache in private
 //! fields that can only be extended or cleared. A prefix cache shared by
@@ -15,8 +15,12 @@
 //! top-k experts with renormalised weights, as Qwen3-MoE and Mixtral do;
 //! computed here per expert because candle's fused MoE kernel is
 //! CUDA-only); the architecture differences are data
-//! (biases, q/k norms, head size, rope layout, experts), read from the
-//! GGUF metadata by [`super::gguf`].
+//! (biases, q/k norms, head size, rope layout, experts; Gemma 3's scaled
+//! embeddings, norms after each block, GELU, and sliding-window layers
+//! with their own rotary base), read from the GGUF metadata by
+//! [`super::gguf`]. Gemma's `1 + weight` norms need nothing here: the
+//! GGUF converter stores the weights with the 1 added, as llama.cpp reads
+//! them.
 
 use std::io::{Read, Seek};
 
@@ -48,6 +52,88 @@ pub struct Config {
     pub rope_neox: bool,
     /// Experts per layer and experts used per token; `None`: dense.
     pub experts: Option<(usize, usize)>,
+    /// Multiplies the attention scores (`1 / sqrt(head_dim)` for all the
+    /// architectures here; a field because Gemma 3 27B differs).
+    pub attention_scale: f32,
+    /// Multiplies the token embeddings (Gemma: `sqrt(embedding)`).
+    pub embedding_scale: Option<f32>,
+    /// The gated feed-forward's activation.
+    pub activation: Activation,
+    /// RMS norms after the attention and the feed-forward blocks, before
+    /// their residual adds (Gemma's `post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    /// Sliding-window attention on some layers; `None`: every layer sees
+    /// the whole history.
+    pub sliding: Option<SlidingWindow>,
+    /// Linear RoPE scaling of the full-attention layers: positions are
+    /// divided by it (`rope.scaling.factor`; 1 for none).
+    pub rope_scale: f32,
+    /// Final logits soft-capped to `±cap` (`cap · tanh(x / cap)`).
+    pub logit_softcap: Option<f32>,
+}
+
+impl Config {
+    /// The defaults of the llama family for the fields that architecture
+    /// does not vary: dense or not, the rest of the shape as given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn plain(
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        layers: usize,
+        embedding: usize,
+        rms_eps: f64,
+        rope_base: f32,
+        rope_neox: bool,
+    ) -> Self {
+        Self {
+            heads,
+            kv_heads,
+            head_dim,
+            layers,
+            embedding,
+            rms_eps,
+            rope_base,
+            rope_neox,
+            experts: None,
+            attention_scale: 1.0 / (head_dim as f32).sqrt(),
+            embedding_scale: None,
+            activation: Activation::Silu,
+            post_norms: false,
+            sliding: None,
+            rope_scale: 1.0,
+            logit_softcap: None,
+        }
+    }
+}
+
+/// The activation of the gated feed-forward: `down(act(gate(x)) · up(x))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU (llama, Qwen).
+    Silu,
+    /// GELU, tanh approximation (Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// Which layers attend through a sliding window, and how.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlidingWindow {
+    /// A token sees itself and the `size - 1` tokens before it.
+    pub size: usize,
+    /// Of every `pattern` layers the last has full attention, the others
+    /// the window (llama.cpp's `swa_pattern`: 6 for Gemma 3).
+    pub pattern: usize,
+    /// The rotary base of the windowed layers (Gemma 3: 10,000, against
+    /// 1,000,000 for its full layers), unscaled.
+    pub rope_base: f32,
+}
+
+impl SlidingWindow {
+    /// Whether layer `layer` attends through the window.
+    pub fn covers(&self, layer: usize) -> bool {
+        self.pattern > 1 && layer % self.pattern < self.pattern - 1
+    }
 }
 
 /// Keys and values of the tokens seen so far, per layer. Cloning shares
@@ -202,8 +288,14 @@ struct Layer {
     bias: Option<(Tensor, Tensor, Tensor)>,
     /// qwen3: RMS norms of each head's queries and keys, before RoPE.
     qk_norm: Option<(RmsNorm, RmsNorm)>,
+    /// Gemma: RMS norm of the attention's output, before the residual add.
+    post_attention_norm: Option<RmsNorm>,
     ffn_norm: RmsNorm,
     ffn: Ffn,
+    /// Gemma: RMS norm of the feed-forward's output, before the residual.
+    post_ffn_norm: Option<RmsNorm>,
+    /// The sliding window this layer attends through, if any.
+    window: Option<usize>,
 }
 
 enum Ffn {
@@ -308,8 +400,11 @@ pub struct Transformer {
     layers: Vec<Layer>,
     norm: RmsNorm,
     output: QLinear,
-    /// Rotary inverse frequencies, `head_dim / 2` of them.
+    /// Rotary inverse frequencies, `head_dim / 2` of them (already
+    /// divided by a linear scaling factor).
     inv_freq: Tensor,
+    /// Those of the sliding-window layers, where their base differs.
+    inv_freq_windowed: Option<Tensor>,
     device: Device,
 }
 
@@ -369,6 +464,14 @@ impl Transformer {
             };
             let attn_norm = norm("attn_norm.weight")?;
             let ffn_norm = norm("ffn_norm.weight")?;
+            let (post_attention_norm, post_ffn_norm) = if config.post_norms {
+                (
+                    Some(norm("post_attention_norm.weight")?),
+                    Some(norm("post_ffw_norm.weight")?),
+                )
+            } else {
+                (None, None)
+            };
             let ffn = match config.experts {
                 None => {
                     let mut mm = |n: &str| QLinear::from_qtensor(get(&name(n))?);
@@ -407,26 +510,32 @@ impl Transformer {
                 wo,
                 bias,
                 qk_norm,
+                post_attention_norm,
                 ffn_norm,
                 ffn,
+                post_ffn_norm,
+                window: config.sliding.filter(|s| s.covers(l)).map(|s| s.size),
             });
         }
-        let half = config.head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| {
-                1.0 / config
-                    .rope_base
-                    .powf(2.0 * i as f32 / config.head_dim as f32)
-            })
-            .collect();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let inv_freq = |base: f32, scale: f32| {
+            let half = config.head_dim / 2;
+            let f: Vec<f32> = (0..half)
+                .map(|i| 1.0 / (scale * base.powf(2.0 * i as f32 / config.head_dim as f32)))
+                .collect();
+            Tensor::from_vec(f, (1, half), device)
+        };
+        let inv_freq_windowed = match config.sliding {
+            Some(s) => Some(inv_freq(s.rope_base, 1.0)?),
+            None => None,
+        };
         Ok(Self {
+            inv_freq: inv_freq(config.rope_base, config.rope_scale)?,
+            inv_freq_windowed,
             config,
             embed,
             layers,
             norm,
             output,
-            inv_freq,
             device: device.clone(),
         })
     }
@@ -476,51 +585,77 @@ impl Transformer {
     fn forward_here(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (_, n) = tokens.dims2()?;
         let pos = cache.len;
-        let (cos, sin) = self.rotary(pos, n)?;
-        let span = Span {
-            pos,
-            cos,
-            sin,
-            // The CPU's attention (`super::attention`) masks as it goes.
-            mask: if n > 1 && !self.device.is_cpu() {
-                Some(causal_mask(n, pos, &self.device)?)
-            } else {
-                None
-            },
+        let full = self.span(pos, n, &self.inv_freq, None)?;
+        let windowed = match (&self.config.sliding, &self.inv_freq_windowed) {
+            (Some(s), Some(inv_freq)) => Some(self.span(pos, n, inv_freq, Some(s.size))?),
+            _ => None,
         };
         let mut layers_kv = cache.layers.clone();
         layers_kv.resize(self.layers.len(), None);
         let mut x = self.embed.forward(tokens)?;
+        if let Some(scale) = self.config.embedding_scale {
+            x = (x * f64::from(scale))?;
+        }
         for (layer, kv) in self.layers.iter().zip(layers_kv.iter_mut()) {
+            let span = match (layer.window, &windowed) {
+                (Some(_), Some(w)) => w,
+                _ => &full,
+            };
             let h = layer.attn_norm.forward(&x)?;
-            let h = self.attention(layer, &h, &span, kv)?;
+            let mut h = self.attention(layer, &h, span, kv)?;
+            if let Some(norm) = &layer.post_attention_norm {
+                h = norm.forward(&h)?;
+            }
             x = (x + h)?;
             let h = layer.ffn_norm.forward(&x)?;
-            let h = match &layer.ffn {
+            let mut h = match &layer.ffn {
                 Ffn::Dense { gate, up, down } => {
-                    let g = candle_nn::ops::silu(&gate.forward(&h)?)?;
+                    let g = gate.forward(&h)?;
+                    let g = match self.config.activation {
+                        Activation::Silu => candle_nn::ops::silu(&g)?,
+                        Activation::GeluTanh => g.gelu()?,
+                    };
                     down.forward(&(g * up.forward(&h)?)?)?
                 }
                 Ffn::Experts(moe) => moe.forward(&h)?,
             };
+            if let Some(norm) = &layer.post_ffn_norm {
+                h = norm.forward(&h)?;
+            }
             x = (x + h)?;
         }
         let last = x.narrow(1, n - 1, 1)?;
-        let logits = self
+        let mut logits = self
             .output
             .forward(&self.norm.forward(&last)?)?
             .squeeze(1)?;
+        if let Some(cap) = self.config.logit_softcap {
+            logits = ((logits / f64::from(cap))?.tanh()? * f64::from(cap))?;
+        }
         cache.layers = layers_kv;
         cache.len = pos + n;
         Ok(logits)
     }
 
-    /// cos and sin of positions `pos..pos + n`, `[n, head_dim / 2]`.
-    fn rotary(&self, pos: usize, n: usize) -> Result<(Tensor, Tensor)> {
+    /// The rotary tables and mask of positions `pos..pos + n` for layers
+    /// of inverse frequencies `inv_freq` and sliding `window`.
+    fn span(&self, pos: usize, n: usize, inv_freq: &Tensor, window: Option<usize>) -> Result<Span> {
         let positions: Vec<f32> = (pos..pos + n).map(|p| p as f32).collect();
         let positions = Tensor::from_vec(positions, (n, 1), &self.device)?;
-        let angles = positions.broadcast_mul(&self.inv_freq)?;
-        Ok((angles.cos()?, angles.sin()?))
+        let angles = positions.broadcast_mul(inv_freq)?;
+        // The CPU's attention (`super::attention`) masks as it goes; one
+        // token sees every key unless a window hides some.
+        let masked = n > 1 || window.is_some_and(|w| pos + n > w);
+        Ok(Span {
+            pos,
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+            mask: if masked && !self.device.is_cpu() {
+                Some(causal_mask(n, pos, window, &self.device)?)
+            } else {
+                None
+            },
+        })
     }
 
     fn attention(
@@ -582,11 +717,12 @@ impl Transformer {
             let op = CausalAttention {
                 pos,
                 n,
-                scale: 1.0 / (c.head_dim as f32).sqrt(),
+                scale: c.attention_scale,
+                window: layer.window,
             };
             q.apply_op3_no_bwd(&k, &v, &op)?
         } else {
-            let scale = 1.0 / (c.head_dim as f64).sqrt();
+            let scale = f64::from(c.attention_scale);
             with_tensor_ops(&q, &k, &v, span.mask.as_ref(), n, scale)?
         };
         let y = y
@@ -604,7 +740,7 @@ struct Span {
     cos: Tensor,
     sin: Tensor,
     /// The additive causal mask where candle's ops compute attention (not
-    /// on the CPU) and `n > 1`.
+    /// on the CPU) and some key is hidden from some query.
     mask: Option<Tensor>,
 }
 

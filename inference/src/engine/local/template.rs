@@ -205,4 +205,46 @@ mod tests {
         let err = ChatTemplate::new("{% for %}", "", "").unwrap_err();
         assert!(err.to_string().contains("does not compile"), "{err}");
     }
+
+    #[test]
+    fn gemmas_turn_format_folds_system_text_and_renders_calls_and_results() {
+        let t = ChatTemplate::new(
+            crate::engine::local::gguf::GEMMA_TEMPLATE,
+            "<bos>",
+            "<eos>",
+        )
+        .unwrap();
+        let system = ChatMessage {
+            role: Role::System,
+            content: Some(Content::Text("Be brief.".into())),
+            ..Default::default()
+        };
+        let call = ChatMessage {
+            role: Role::Assistant,
+            tool_calls: vec![ToolCall {
+                id: "call_1".into(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: "weather".into(),
+                    arguments: r#"{"city":"Paris"}"#.into(),
+                },
+            }],
+            ..Default::default()
+        };
+        let result = ChatMessage {
+            role: Role::Tool,
+            content: Some(Content::Text("sunny".into())),
+            tool_call_id: Some("call_1".into()),
+            ..Default::default()
+        };
+        let out = t
+            .render(&[system, user(" weather? "), call, result], &[], true)
+            .unwrap();
+        assert_eq!(
+            out,
+            "<bos><start_of_turn>user\nBe brief.\n\nweather?<end_of_turn>\n\
+             <start_of_turn>model\n{\"name\":\"weather\",\"arguments\":{\"city\":\"Paris\"}}<end_of_turn>\n\
+             <start_of_turn>user\nsunny<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
 }

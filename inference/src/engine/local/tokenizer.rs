@@ -1,9 +1,11 @@
 //! The tokenizer a GGUF describes in its own metadata
-//! (`tokenizer.ggml.*`), rebuilt as a `tokenizers` byte-level BPE.
+//! (`tokenizer.ggml.*`): a byte-level BPE (`gpt2`: Qwen, Llama 3), rebuilt
+//! as a `tokenizers` model, or a SentencePiece vocabulary (`llama`: Gemma),
+//! encoded by [`super::sentencepiece`].
 //!
-//! A GGUF is self-contained: no `tokenizer.json` travels with it, so the
-//! vocabulary, merges and token types are turned into the same structure a
-//! `tokenizer.json` holds and loaded from that. Control and user-defined
+//! A GGUF is self-contained: no `tokenizer.json` travels with it, so for
+//! BPE the vocabulary, merges and token types are turned into the same
+//! structure a `tokenizer.json` holds and loaded from that. Control and user-defined
 //! tokens become added tokens, so `<|im_start|>` in a rendered prompt is
 //! one token, as the model was trained. Decoding does not go through
 //! `tokenizers`: each token's bytes are precomputed so streaming is a table
@@ -19,7 +21,7 @@ use serde_json::json;
 pub enum TokenizerError {
     #[error("GGUF tokenizer metadata: {0}")]
     Metadata(String),
-    #[error("tokenizer model '{0}' is not supported (supported: gpt2 byte-level BPE)")]
+    #[error("tokenizer model '{0}' is not supported (supported: gpt2 byte-level BPE, llama SentencePiece)")]
     Unsupported(String),
     #[error("building the tokenizer: {0}")]
     Build(String),
@@ -27,9 +29,7 @@ pub enum TokenizerError {
     Encode(String),
 }
 
-// Token types of `tokenizer.ggml.token_type` (llama.cpp's `llama_token_type`).
-const TYPE_CONTROL: i32 = 3;
-const TYPE_USER_DEFINED: i32 = 4;
+use super::sentencepiece::{self, SentencePiece, TYPE_BYTE, TYPE_CONTROL, TYPE_USER_DEFINED};
 
 /// Token texts that end a turn in the common chat formats, besides the
 /// ids the metadata names (as llama.cpp's end-of-generation set).
@@ -47,12 +47,19 @@ const END_OF_TURN: &[&str] = &[
 /// A GGUF's tokenizer: encoding, per-token bytes, end-of-generation ids.
 #[derive(Debug)]
 pub struct TextTokenizer {
-    inner: tokenizers::Tokenizer,
+    encoder: Encoder,
     /// The bytes each token stands for.
     pieces: Vec<Vec<u8>>,
     end_of_generation: HashSet<u32>,
     bos: String,
     eos: String,
+}
+
+/// How text becomes tokens: the two vocabulary kinds GGUFs carry.
+#[derive(Debug)]
+enum Encoder {
+    ByteLevelBpe(Box<tokenizers::Tokenizer>),
+    SentencePiece(Box<SentencePiece>),
 }
 
 impl TextTokenizer {
@@ -63,7 +70,7 @@ impl TextTokenizer {
             .and_then(|v| v.to_string().ok())
             .map(String::as_str)
             .unwrap_or("gpt2");
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(TokenizerError::Unsupported(model.to_owned()));
         }
         let tokens = string_array(md, "tokenizer.ggml.tokens")?
@@ -124,82 +131,19 @@ impl TextTokenizer {
         .flatten()
         .collect();
 
-        let mut vocab = serde_json::Map::new();
-        let mut added = Vec::new();
-        let mut pieces = Vec::with_capacity(tokens.len());
-        let char_bytes = unicode_to_bytes();
         for (id, (text, ty)) in tokens.iter().zip(&types).enumerate() {
-            let id = id as u32;
-            let special = *ty == TYPE_CONTROL || *ty == TYPE_USER_DEFINED;
-            if special {
-                added.push(json!({
-                    "id": id, "content": text, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": *ty == TYPE_CONTROL,
-                }));
-                pieces.push(text.as_bytes().to_vec());
-                if *ty == TYPE_CONTROL && END_OF_TURN.contains(&text.as_str()) {
-                    end_of_generation.insert(id);
-                }
-            } else {
-                // Byte-level text maps back to bytes; a character outside
-                // the byte alphabet is kept as its own UTF-8.
-                let mut bytes = Vec::with_capacity(text.len());
-                for c in text.chars() {
-                    match char_bytes.get(&c) {
-                        Some(b) => bytes.push(*b),
-                        None => bytes.extend_from_slice(c.to_string().as_bytes()),
-                    }
-                }
-                pieces.push(bytes);
+            if *ty == TYPE_CONTROL && END_OF_TURN.contains(&text.as_str()) {
+                end_of_generation.insert(id as u32);
             }
-            vocab.insert(text.clone(), json!(id));
         }
-        if vocab.len() != tokens.len() {
-            // Some converted vocabularies repeat a placeholder text; the
-            // later id wins for encoding, every id still decodes.
-            tracing::warn!(
-                distinct = vocab.len(),
-                tokens = tokens.len(),
-                "tokenizer.ggml.tokens has duplicate entries"
-            );
-        }
-        let pre = md
-            .get("tokenizer.ggml.pre")
-            .and_then(|v| v.to_string().ok())
-            .map(String::as_str)
-            .unwrap_or("default");
-        let spec = json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": null,
-            "pre_tokenizer": {
-                "type": "Sequence",
-                "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": split_regex(pre)},
-                     "behavior": "Isolated", "invert": false},
-                    {"type": "ByteLevel", "add_prefix_space": false,
-                     "trim_offsets": false, "use_regex": false},
-                ],
-            },
-            "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": false,
-                        "trim_offsets": false, "use_regex": false},
-            "model": {
-                "type": "BPE", "dropout": null, "unk_token": null,
-                "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                "vocab": vocab, "merges": merges,
-            },
-        });
-        let inner: tokenizers::Tokenizer = spec
-            .to_string()
-            .parse()
-            .map_err(|e: tokenizers::Error| TokenizerError::Build(e.to_string()))?;
+        let (encoder, pieces) = if model == "llama" {
+            sentencepiece_encoder(md, &tokens, &types)?
+        } else {
+            byte_level_encoder(md, &tokens, &types, merges)?
+        };
         let text_of = |id: Option<u32>| id.map(|i| tokens[i as usize].clone()).unwrap_or_default();
         Ok(Self {
-            inner,
+            encoder,
             pieces,
             end_of_generation,
             bos: text_of(bos),
@@ -210,10 +154,13 @@ impl TextTokenizer {
     /// Token ids of `text`; special-token texts in it become their tokens
     /// (the prompt is rendered by the chat template, which writes them).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        self.inner
-            .encode(text, false)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| TokenizerError::Encode(e.to_string()))
+        match &self.encoder {
+            Encoder::ByteLevelBpe(bpe) => bpe
+                .encode(text, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| TokenizerError::Encode(e.to_string())),
+            Encoder::SentencePiece(sp) => Ok(sp.encode(text)),
+        }
     }
 
     /// The bytes of token `id` (empty for an id outside the vocabulary).
@@ -260,6 +207,131 @@ impl TextTokenizer {
     pub fn eos_token(&self) -> &str {
         &self.eos
     }
+}
+
+/// A `gpt2` vocabulary as a `tokenizers` byte-level BPE, and each token's
+/// bytes.
+fn byte_level_encoder(
+    md: &HashMap<String, Value>,
+    tokens: &[String],
+    types: &[i32],
+    merges: Vec<String>,
+) -> Result<(Encoder, Vec<Vec<u8>>), TokenizerError> {
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    let mut pieces = Vec::with_capacity(tokens.len());
+    let char_bytes = unicode_to_bytes();
+    for (id, (text, ty)) in tokens.iter().zip(types).enumerate() {
+        let id = id as u32;
+        let special = *ty == TYPE_CONTROL || *ty == TYPE_USER_DEFINED;
+        if special {
+            added.push(json!({
+                "id": id, "content": text, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": *ty == TYPE_CONTROL,
+            }));
+            pieces.push(text.as_bytes().to_vec());
+        } else {
+            // Byte-level text maps back to bytes; a character outside
+            // the byte alphabet is kept as its own UTF-8.
+            let mut bytes = Vec::with_capacity(text.len());
+            for c in text.chars() {
+                match char_bytes.get(&c) {
+                    Some(b) => bytes.push(*b),
+                    None => bytes.extend_from_slice(c.to_string().as_bytes()),
+                }
+            }
+            pieces.push(bytes);
+        }
+        vocab.insert(text.clone(), json!(id));
+    }
+    if vocab.len() != tokens.len() {
+        // Some converted vocabularies repeat a placeholder text; the
+        // later id wins for encoding, every id still decodes.
+        tracing::warn!(
+            distinct = vocab.len(),
+            tokens = tokens.len(),
+            "tokenizer.ggml.tokens has duplicate entries"
+        );
+    }
+    let pre = md
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok())
+        .map(String::as_str)
+        .unwrap_or("default");
+    let spec = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": split_regex(pre)},
+                 "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false,
+                 "trim_offsets": false, "use_regex": false},
+            ],
+        },
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false,
+                    "trim_offsets": false, "use_regex": false},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges,
+        },
+    });
+    let inner: tokenizers::Tokenizer = spec
+        .to_string()
+        .parse()
+        .map_err(|e: tokenizers::Error| TokenizerError::Build(e.to_string()))?;
+    Ok((Encoder::ByteLevelBpe(Box::new(inner)), pieces))
+}
+
+/// A `llama` (SentencePiece) vocabulary's encoder, and each token's bytes:
+/// `▁` a space, `<0xXX>` its byte, control tokens their text.
+fn sentencepiece_encoder(
+    md: &HashMap<String, Value>,
+    tokens: &[String],
+    types: &[i32],
+) -> Result<(Encoder, Vec<Vec<u8>>), TokenizerError> {
+    let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
+        None => vec![0.0; tokens.len()],
+        Some(v) => v
+            .to_vec()
+            .and_then(|a| a.iter().map(Value::to_f32).collect::<Result<Vec<_>, _>>())
+            .map_err(|e| TokenizerError::Metadata(format!("tokenizer.ggml.scores: {e}")))?,
+    };
+    if scores.len() != tokens.len() {
+        return Err(TokenizerError::Metadata(format!(
+            "tokenizer.ggml.scores has {} entries for {} tokens",
+            scores.len(),
+            tokens.len()
+        )));
+    }
+    // SentencePiece's default (`add_dummy_prefix`) unless the file says.
+    let space_prefix = match md.get("tokenizer.ggml.add_space_prefix") {
+        None => true,
+        Some(v) => v.to_bool().map_err(|e| {
+            TokenizerError::Metadata(format!("tokenizer.ggml.add_space_prefix: {e}"))
+        })?,
+    };
+    let pieces = tokens
+        .iter()
+        .zip(types)
+        .map(|(text, ty)| match *ty {
+            TYPE_CONTROL => text.as_bytes().to_vec(),
+            TYPE_BYTE => sentencepiece::byte_of(text)
+                .map(|b| vec![b])
+                .unwrap_or_else(|| text.as_bytes().to_vec()),
+            _ => sentencepiece::piece_bytes(text),
+        })
+        .collect();
+    let encoder = SentencePiece::new(tokens, &scores, types, space_prefix)
+        .map_err(|e| TokenizerError::Build(e.to_string()))?;
+    Ok((Encoder::SentencePiece(Box::new(encoder)), pieces))
 }
 
 fn string_array(
