@@ -144,7 +144,7 @@ fn bad_files_are_clear_errors() {
     assert!(errors[0].contains("not a readable GGUF"), "{}", errors[0]);
     assert!(errors[1].contains("not a readable GGUF"), "{}", errors[1]);
     assert!(
-        errors[2].contains("'mamba' is not supported (supported: llama, qwen2, qwen3, qwen3moe)"),
+        errors[2].contains("'mamba' is not supported (supported: llama, qwen2, qwen3, qwen3moe, gemma3)"),
         "{}",
         errors[2]
     );
@@ -279,6 +279,14 @@ async fn generates_through_the_http_api_deterministically() {
         .collect();
     assert_eq!(ids, ["tiny-qwen2", "tiny-llama"]);
     assert_eq!(models["data"][0]["owned_by"], "local");
+    // What a client configures itself with, read from the file.
+    let qwen = &models["data"][0];
+    assert_eq!(qwen["architecture"], "qwen2");
+    assert_eq!(qwen["context_length"], local_common::CONTEXT);
+    assert_eq!(qwen["tools"], true, "its template renders tools");
+    assert_eq!(qwen["reasoning"], false);
+    assert_eq!(qwen["vision"], false);
+    assert!(qwen.get("note").is_none(), "{qwen}");
 
     for model in ["tiny-qwen2", "tiny-llama"] {
         let body = json!({
@@ -421,7 +429,7 @@ async fn qwen3_and_its_mixture_of_experts_generate_through_the_server() {
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(
         failures[0].contains(
-            "architecture 'deepseek2' is not supported (supported: llama, qwen2, qwen3, qwen3moe)"
+            "architecture 'deepseek2' is not supported (supported: llama, qwen2, qwen3, qwen3moe, gemma3)"
         ),
         "{failures:?}"
     );

@@ -283,6 +283,16 @@ async fn gemma3_chats_in_gemmas_turn_format_through_the_engine() {
     let failed = engine.wait_loaded().await;
     assert!(failed.is_empty(), "{failed:?}");
     let model = engine.models().await.unwrap()[0].clone();
+    // `/v1/models` tells a client what it is getting.
+    let card = engine.card(&model).unwrap();
+    assert_eq!(card.architecture, "gemma3");
+    assert_eq!(card.context_length, 32_768);
+    assert!(!card.tools && !card.reasoning && !card.vision, "{card:?}");
+    let note = card.note.unwrap_or_default();
+    assert!(
+        note.contains("base model") && note.contains("Gemma's turn format"),
+        "{note}"
+    );
     let text: String = engine
         .generate(GenerateRequest {
             model,

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::Engine;
+use super::{Engine, ModelCard};
 
 /// How often each upstream's model list is asked for again.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(5);
@@ -85,6 +85,8 @@ pub struct Served {
     pub engine: String,
     /// The engine's kind (`local`, `upstream`): OpenAI's `owned_by`.
     pub kind: &'static str,
+    /// The model's facts, where its engine knows them.
+    pub card: Option<ModelCard>,
 }
 
 /// What a request's `model` resolved to.
@@ -244,6 +246,7 @@ impl FrontDoor {
             return ids
                 .into_iter()
                 .map(|model| Served {
+                    card: only.engine.card(&model),
                     model,
                     engine: only.name.clone(),
                     kind: only.engine.kind(),
@@ -269,6 +272,7 @@ impl FrontDoor {
                         model: model.clone(),
                         engine: b.name.clone(),
                         kind: b.engine.kind(),
+                        card: b.engine.card(model),
                     });
                 }
             }

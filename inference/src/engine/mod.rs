@@ -70,10 +70,37 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// client's own path to it (`input[2].content[1]`).
     fn reads(&self, model: &str) -> Reads;
 
+    /// What a client configures itself with for `model`, where the engine
+    /// knows (the local engine reads it from the file); `None` otherwise
+    /// (an upstream's `/models` says nothing of it).
+    fn card(&self, _model: &str) -> Option<ModelCard> {
+        None
+    }
+
     /// Starts one generation. Resolves once the engine has accepted the
     /// request (for an upstream: its response headers arrived), so a
     /// refused request can still be answered with an error status.
     async fn generate(&self, request: GenerateRequest) -> Result<EngineStream, EngineError>;
+}
+
+/// A model's facts as `GET /v1/models` reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelCard {
+    /// `general.architecture` of the file.
+    pub architecture: String,
+    /// Prompt plus output may not exceed this many tokens.
+    pub context_length: u64,
+    /// The model thinks before it answers (its template opens the
+    /// family's reasoning tag).
+    pub reasoning: bool,
+    /// The model was trained to call tools (its template renders them).
+    pub tools: bool,
+    /// The model reads images.
+    pub vision: bool,
+    /// What a user should know before chatting with it: the file carries
+    /// no chat template (a base model), and the turn format used instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The kinds of content a model reads besides text.

@@ -140,6 +140,10 @@ pub struct ModelObject {
     /// engines behind clawpen, where a request for it goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
+    /// Context length, reasoning, tools, vision and a note on base models,
+    /// where the engine knows them (the local engine).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<crate::engine::ModelCard>,
 }
 
 /// The body of `GET /v1/models`.
@@ -165,6 +169,7 @@ async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
                     created: 0,
                     owned_by: s.kind.into(),
                     served_by: Some(s.engine),
+                    card: s.card,
                 })
                 .collect(),
         });
@@ -180,6 +185,7 @@ async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
                 created: m.created,
                 owned_by: m.source.as_str().into(),
                 served_by: None,
+                card: None,
             })
             .collect(),
     })

@@ -149,6 +149,9 @@ pub struct LoadedModel {
     pub template: ChatTemplate,
     /// Prompt plus output may not exceed this many tokens.
     pub context_length: usize,
+    /// Set when the file carries no chat template: what that means, and
+    /// the turn format used instead.
+    pub template_note: Option<String>,
 }
 
 /// Reads and checks `path`, then builds the model on `device`.
@@ -170,6 +173,15 @@ pub struct ModelFacts {
     /// The chat template opens the family's reasoning tag (Qwen3's
     /// `<think>`): the model thinks before it answers.
     pub reasoning: bool,
+}
+
+/// Whether a model of `family` with chat template `template` thinks before
+/// it answers: the template opens the family's reasoning tag (Qwen3's
+/// `<think>`).
+pub fn template_reasons(family: crate::parse::Family, template: &str) -> bool {
+    family
+        .reasoning_tags()
+        .is_some_and(|(open, _)| template.contains(open))
 }
 
 /// [`ModelFacts`] of the GGUF file `path`, checked as [`load`] checks them.
@@ -195,10 +207,7 @@ pub fn facts(path: &Path) -> Result<ModelFacts, LoadError> {
     let (_, context_length) = check_shape(path, arch, md)?;
     let template = text("tokenizer.chat_template");
     let family = crate::parse::Family::detect(&path.to_string_lossy(), template);
-    let reasoning = match (family.reasoning_tags(), template) {
-        (Some((open, _)), Some(template)) => template.contains(open),
-        _ => false,
-    };
+    let reasoning = template.is_some_and(|t| template_reasons(family, t));
     Ok(ModelFacts {
         context_length,
         reasoning,
@@ -277,11 +286,21 @@ fn read_unguarded(
         path: path.to_owned(),
         source,
     })?;
-    let template_src = md
+    let file_template = md
         .get("tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
-        .map(String::as_str)
-        .unwrap_or(fallback_template(arch));
+        .map(String::as_str);
+    let template_src = file_template.unwrap_or(fallback_template(arch));
+    let template_note = file_template.is_none().then(|| {
+        let format = match arch {
+            Architecture::Gemma3 => "Gemma's turn format",
+            _ => "ChatML",
+        };
+        format!(
+            "no chat template in the file: likely a base model, which continues text \
+             rather than follows a conversation; chat is rendered in {format} by its architecture"
+        )
+    });
     let template = ChatTemplate::new(template_src, tokenizer.bos_token(), tokenizer.eos_token())
         .map_err(|source| LoadError::Template {
             path: path.to_owned(),
@@ -304,6 +323,7 @@ fn read_unguarded(
         tokenizer,
         template,
         context_length,
+        template_note,
     })
 }
 

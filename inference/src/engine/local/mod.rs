@@ -144,6 +144,8 @@ struct Model {
     template: template::ChatTemplate,
     context_length: usize,
     family: Family,
+    /// What `GET /v1/models` says of it.
+    card: crate::engine::ModelCard,
     device: Device,
     /// Whose turn it is to generate.
     queue: Arc<queue::FairQueue>,
@@ -362,7 +364,9 @@ fn load_one(id: &str, path: &Path, device: &Device, options: &LocalOptions) -> S
                 &m.weights,
                 id,
             );
+            let card = model_card(&m, family);
             SlotState::Ready(Arc::new(Model {
+                card,
                 session: Mutex::new(Session {
                     cache,
                     weights: m.weights,
@@ -392,6 +396,22 @@ fn load_one(id: &str, path: &Path, device: &Device, options: &LocalOptions) -> S
 }
 
 /// The accelerator the crate was built for, else the CPU.
+/// What `GET /v1/models` says of a loaded model. Whether it reasons is
+/// read as [`gguf::facts`] reads it (the template opens the family's
+/// reasoning tag); whether it calls tools, from its template rendering
+/// them; never vision (no projector is loaded).
+fn model_card(m: &gguf::LoadedModel, family: Family) -> crate::engine::ModelCard {
+    let source = m.template.source();
+    crate::engine::ModelCard {
+        architecture: m.architecture.as_str().to_owned(),
+        context_length: m.context_length as u64,
+        reasoning: gguf::template_reasons(family, source),
+        tools: m.template_note.is_none() && source.contains("tools"),
+        vision: false,
+        note: m.template_note.clone(),
+    }
+}
+
 /// `cache` with the disk tier behind it when one is configured and can be
 /// opened; a tier that cannot (an unreadable model file, a folder that
 /// cannot be made) is logged and the model is served from memory alone.
@@ -673,6 +693,13 @@ impl Engine for LocalEngine {
     /// no local model sees an image or a file.
     fn reads(&self, _model: &str) -> Reads {
         Reads::TEXT_ONLY
+    }
+
+    fn card(&self, model: &str) -> Option<crate::engine::ModelCard> {
+        match self.slot(model).map(|s| s.state.borrow().clone()) {
+            Some(SlotState::Ready(m)) => Some(m.card.clone()),
+            _ => None,
+        }
     }
 
     async fn generate(&self, mut request: GenerateRequest) -> Result<EngineStream, EngineError> {

@@ -208,12 +208,8 @@ mod tests {
 
     #[test]
     fn gemmas_turn_format_folds_system_text_and_renders_calls_and_results() {
-        let t = ChatTemplate::new(
-            crate::engine::local::gguf::GEMMA_TEMPLATE,
-            "<bos>",
-            "<eos>",
-        )
-        .unwrap();
+        let t = ChatTemplate::new(crate::engine::local::gguf::GEMMA_TEMPLATE, "<bos>", "<eos>")
+            .unwrap();
         let system = ChatMessage {
             role: Role::System,
             content: Some(Content::Text("Be brief.".into())),
