@@ -144,7 +144,9 @@ fn bad_files_are_clear_errors() {
     assert!(errors[0].contains("not a readable GGUF"), "{}", errors[0]);
     assert!(errors[1].contains("not a readable GGUF"), "{}", errors[1]);
     assert!(
-        errors[2].contains("'mamba' is not supported (supported: llama, qwen2, qwen3, qwen3moe, gemma3)"),
+        errors[2].contains(
+            "'mamba' is not supported (supported: llama, qwen2, qwen3, qwen3moe, gemma3)"
+        ),
         "{}",
         errors[2]
     );

@@ -18,6 +18,7 @@ mod local_compact;
 mod local_engine;
 mod local_llama_cpp;
 mod local_sdk_python;
+mod local_truncation;
 mod open_responses;
 mod proxy;
 mod real_gemma3;

@@ -147,6 +147,11 @@ pub struct GenerateRequest {
     pub reasoning_effort: Option<String>,
     pub prompt_cache_key: Option<String>,
     pub stop: Option<Value>,
+    /// Open Responses `truncation: "auto"`: a conversation longer than the
+    /// context drops its oldest turns (system messages stay) rather than
+    /// being refused. The local engine does it; an upstream applies its
+    /// own limits.
+    pub truncate: bool,
     /// The client (one per VM, from its API key) the request comes from:
     /// the local engine queues clients fairly by it. Sent upstream only to
     /// another clawpen (`UpstreamSettings::forward_client`).

@@ -187,6 +187,7 @@ async fn prepare(
             reasoning_effort: r.reasoning_effort,
             prompt_cache_key: r.prompt_cache_key,
             stop: r.stop,
+            truncate: false,
             client: None,
             extra: r.extra,
         },

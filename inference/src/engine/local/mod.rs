@@ -30,7 +30,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::constrain::{ConstrainError, Constraint, Vocabulary};
 use crate::engine::{
-    Content, Engine, EngineError, EngineEvent, EngineStream, GenerateRequest, Reads,
+    ChatMessage, ChatTool, Content, Engine, EngineError, EngineEvent, EngineStream,
+    GenerateRequest, Reads, Role,
 };
 use crate::parse::grammar::{self, OutputGrammar, ToolChoice};
 use crate::parse::{Family, ToolSpec};
@@ -492,6 +493,46 @@ fn tool_specs(r: &GenerateRequest) -> Vec<ToolSpec> {
 }
 
 impl Model {
+    /// The prompt of `messages` as text and tokens. With `fit`, the
+    /// oldest turns are dropped until it is at most `fit` tokens (Open
+    /// Responses `truncation: auto`): system messages and the last
+    /// message stay, and tool results whose call was dropped go with it.
+    /// A prompt that still does not fit is the caller's to refuse.
+    fn render_prompt(
+        &self,
+        mut messages: Vec<ChatMessage>,
+        tools: &[ChatTool],
+        fit: Option<usize>,
+    ) -> Result<(String, Vec<u32>), String> {
+        let is_turn = |m: &ChatMessage| !matches!(m.role, Role::System | Role::Developer);
+        let mut dropped = 0;
+        loop {
+            let text = self
+                .template
+                .render(&messages, tools, true)
+                .map_err(|e| e.to_string())?;
+            let ids = self.tokenizer.encode(&text).map_err(|e| e.to_string())?;
+            let turns = messages.iter().filter(|m| is_turn(m)).count();
+            if fit.is_none_or(|fit| ids.len() <= fit) || turns <= 1 {
+                if dropped > 0 {
+                    tracing::debug!(model = %self.id, dropped, "oldest turns dropped to fit the context");
+                }
+                return Ok((text, ids));
+            }
+            let mut first = messages.iter().position(is_turn);
+            while let Some(i) = first {
+                messages.remove(i);
+                dropped += 1;
+                // An orphaned tool result goes too, unless it is all that is left.
+                first = messages
+                    .iter()
+                    .position(is_turn)
+                    .filter(|i| messages[*i].role == Role::Tool)
+                    .filter(|_| messages.iter().filter(|m| is_turn(m)).count() > 1);
+            }
+        }
+    }
+
     /// The model's vocabulary for grammars (built once).
     fn vocabulary(&self) -> Result<Arc<Vocabulary>, ConstrainError> {
         self.vocabulary
@@ -756,16 +797,17 @@ impl Engine for LocalEngine {
             let model = Arc::clone(&model);
             let messages = std::mem::take(&mut request.messages);
             let tools = std::mem::take(&mut request.tools);
+            let fit = request.truncate.then(|| {
+                // Room for the output asked for, up to half the context.
+                let room = request.max_tokens.unwrap_or(1).max(1) as usize;
+                model.context_length - room.min(model.context_length / 2)
+            });
             tokio::task::spawn_blocking(move || {
                 let constraint = match &grammar {
                     Some(g) => Some(model.constraint(g, &tools)?),
                     None => None,
                 };
-                let text = model
-                    .template
-                    .render(&messages, &tools, true)
-                    .map_err(|e| e.to_string())?;
-                let ids = model.tokenizer.encode(&text).map_err(|e| e.to_string())?;
+                let (text, ids) = model.render_prompt(messages, &tools, fit)?;
                 Ok::<_, String>((text, ids, constraint))
             })
             .await

@@ -38,6 +38,7 @@ pub struct Echo {
     /// Function calls past this many are left out of the output.
     pub max_tool_calls: Option<u64>,
     pub safety_identifier: Option<String>,
+    pub truncation: super::request::Truncation,
 }
 
 /// Open Responses' `Usage` object of an engine's counts.
@@ -134,7 +135,7 @@ impl ResponseBuilder {
             "tool_choice": e.tool_choice,
             "tools": e.tools,
             "top_p": e.top_p.unwrap_or(1.0),
-            "truncation": "disabled",
+            "truncation": e.truncation,
             "usage": usage,
             "user": e.user,
             "metadata": e.metadata,

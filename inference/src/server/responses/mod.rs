@@ -45,7 +45,7 @@ pub mod websocket;
 
 use builder::{Echo, ResponseBuilder};
 use items::{parse_item, to_messages, Item, Reader};
-use request::{Input, ResponsesRequest};
+use request::{Input, ResponsesRequest, Truncation};
 use websocket::Recent;
 
 /// A checked request, ready to run.
@@ -175,6 +175,7 @@ async fn prepare(
         frequency_penalty: penalties.frequency,
         max_tool_calls: r.max_tool_calls.map(|n| n as u64),
         safety_identifier: r.safety_identifier.clone(),
+        truncation: r.truncation.unwrap_or_default(),
     };
     // Penalties go to the engine as Chat Completions fields (the local
     // engine reads them; an upstream gets them as sent).
@@ -214,6 +215,7 @@ async fn prepare(
         reasoning_effort: echo.reasoning_effort.clone(),
         prompt_cache_key: r.prompt_cache_key.clone(),
         stop: None,
+        truncate: echo.truncation == Truncation::Auto,
         client: Some(client.0.clone()),
         extra,
     };

@@ -1,7 +1,7 @@
 //! The `POST /v1/responses` body and its translation to Chat Completions
 //! settings (tools, `tool_choice`, `text.format`, `reasoning`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::engine::{ChatTool, FunctionDef};
@@ -60,6 +60,20 @@ pub struct ResponsesRequest {
     /// Echoed; at most 64 characters.
     #[serde(default)]
     pub safety_identifier: Option<String>,
+    /// What happens to a conversation longer than the model's context.
+    #[serde(default)]
+    pub truncation: Option<Truncation>,
+}
+
+/// Open Responses' `truncation`: `disabled` (the default) refuses a
+/// conversation longer than the model's context with a 400; `auto` lets
+/// the service drop its oldest turns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Truncation {
+    Auto,
+    #[default]
+    Disabled,
 }
 
 /// What the request sets beyond the engine's usual settings, checked
