@@ -363,7 +363,23 @@ pub enum EngineError {
     /// The engine failed while generating.
     #[error("generation failed: {0}")]
     Failed(String),
+    /// A local model failed on an otherwise valid request (it did not
+    /// load, or its forward pass failed): Open Responses' `model_error`.
+    #[error("the model failed: {0}")]
+    Model(String),
     /// No engine serves requests (no upstream configured, no local engine).
     #[error("no inference engine is configured: start the service with --upstream URL")]
     NotConfigured,
+}
+
+impl EngineError {
+    /// Open Responses' error type of this failure: `model_error` where the
+    /// model failed, `server_error` for everything else that goes wrong
+    /// while a response streams.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            EngineError::Model(_) => "model_error",
+            _ => "server_error",
+        }
+    }
 }

@@ -135,6 +135,7 @@ impl ApiError {
 
     /// The answer for an engine error: an upstream's 400/404/413/422/429
     /// keeps its status (the request was bad for that model, or must wait);
+    /// a local model's failure is a 500 `model_error`;
     /// everything else, an upstream 401 included (that is clawpen's key, not
     /// the client's), is the gateway's fault (502) or a missing engine (503).
     pub fn from_engine(e: &crate::engine::EngineError) -> Self {
@@ -144,10 +145,20 @@ impl ApiError {
             EngineError::Refused { status, .. }
                 if matches!(status, 400 | 404 | 413 | 422 | 429) =>
             {
+                // Open Responses' error types by status.
+                let kind = match status {
+                    404 => "not_found",
+                    429 => "too_many_requests",
+                    _ => "invalid_request_error",
+                };
                 let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
-                Self::new(status, "invalid_request_error", e.to_string())
-                    .with_code("upstream_refused")
+                Self::new(status, kind, e.to_string()).with_code("upstream_refused")
             }
+            EngineError::Model(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "model_error",
+                e.to_string(),
+            ),
             EngineError::Rejected { status, message } => {
                 let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
                 Self::new(status, "invalid_request_error", message.clone())
@@ -221,5 +232,33 @@ mod tests {
         );
         let v = serde_json::to_value(ApiError::model_not_found("x").body()).unwrap();
         assert_eq!(v["error"]["param"], "model");
+    }
+
+    #[test]
+    fn engine_failures_take_open_responses_error_types() {
+        use crate::engine::EngineError;
+        let refused = |status| EngineError::Refused {
+            status,
+            message: "no".into(),
+        };
+        let cases = [
+            (
+                EngineError::Model("forward pass".into()),
+                500,
+                "model_error",
+            ),
+            (refused(429), 429, "too_many_requests"),
+            (refused(404), 404, "not_found"),
+            (refused(422), 422, "invalid_request_error"),
+            (refused(500), 502, "server_error"),
+            (EngineError::Failed("cut off".into()), 502, "server_error"),
+        ];
+        for (error, status, kind) in cases {
+            let api = ApiError::from_engine(&error);
+            assert_eq!(api.status.as_u16(), status, "{error}");
+            assert_eq!(api.body().error.kind, kind, "{error}");
+        }
+        assert_eq!(EngineError::Model("x".into()).error_type(), "model_error");
+        assert_eq!(EngineError::Failed("x".into()).error_type(), "server_error");
     }
 }

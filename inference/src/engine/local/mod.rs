@@ -753,7 +753,7 @@ impl Engine for LocalEngine {
         let model = match wait_slot(slot).await {
             SlotState::Ready(m) => m,
             SlotState::Failed(e) => {
-                return Err(EngineError::Failed(format!(
+                return Err(EngineError::Model(format!(
                     "model '{}' failed to load: {e}",
                     slot.id
                 )))
@@ -865,7 +865,7 @@ impl Engine for LocalEngine {
                 });
             if let Err(e) = spawned {
                 counters.running.fetch_sub(1, Ordering::SeqCst);
-                let error = EngineError::Failed(format!("cannot start a generation thread: {e}"));
+                let error = EngineError::Model(format!("cannot start a generation thread: {e}"));
                 return futures::stream::iter([Err(error)]).boxed();
             }
             let admitted = Ok(EngineEvent::Admitted { queue_wait });
@@ -966,6 +966,6 @@ fn generate_blocking(
         Err(_) => "the model panicked while generating".to_owned(),
     };
     tracing::warn!("local generation failed: {error}");
-    let _ = tx.blocking_send(Err(EngineError::Failed(error)));
+    let _ = tx.blocking_send(Err(EngineError::Model(error)));
     End::Failed
 }

@@ -372,18 +372,20 @@ impl ResponseBuilder {
     /// `response.failed` follows. Open items are closed first, as
     /// `incomplete`: what was generated is not lost, and is not passed off
     /// as finished.
-    pub fn failed(&mut self, message: &str) -> Vec<Value> {
+    /// `kind` is the error's Open Responses type (`server_error`,
+    /// `model_error`), also its code.
+    pub fn failed(&mut self, kind: &str, message: &str) -> Vec<Value> {
         let mut out = Vec::new();
         self.close(&mut out, "incomplete");
         out.push(self.event(
             "error",
-            json!({"error": {"type": "server_error", "code": "server_error",
+            json!({"error": {"type": kind, "code": kind,
                              "message": message, "param": null}}),
         ));
         let r = self.response(
             "failed",
             None,
-            Some(("error", json!({"code": "server_error", "message": message}))),
+            Some(("error", json!({"code": kind, "message": message}))),
         );
         out.push(self.event("response.failed", json!({"response": r})));
         out
@@ -474,7 +476,7 @@ mod tests {
         let mut b = ResponseBuilder::new("resp_1".into(), 1, "m".into(), Echo::default());
         let mut events = b.start();
         events.extend(b.push(GenEvent::Text("Hel".into())));
-        events.extend(b.failed("upstream went away"));
+        events.extend(b.failed("server_error", "upstream went away"));
         let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(
             kinds[kinds.len() - 3..],

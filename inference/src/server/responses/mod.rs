@@ -548,7 +548,7 @@ impl Protocol for Events {
     }
 
     fn failed(&mut self, error: &EngineError) -> Vec<Bytes> {
-        let events = self.builder.failed(&error.to_string());
+        let events = self.builder.failed(error.error_type(), &error.to_string());
         self.encode_last(&events)
     }
 
