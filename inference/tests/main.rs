@@ -16,6 +16,7 @@ mod llama_cpp;
 mod local_archs;
 mod local_compact;
 mod local_engine;
+mod local_gpt_oss;
 mod local_llama_cpp;
 mod local_sdk_python;
 mod local_truncation;

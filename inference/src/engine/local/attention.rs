@@ -20,6 +20,7 @@
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::sync::Arc;
 
 /// Query rows per task: 64 rows of scores against a 4k history are 1 MiB,
 /// about a core's L2 cache.
@@ -34,7 +35,7 @@ const BLOCK: usize = 64;
 /// `0..=pos + i` (only the last `window` of them in a sliding-window
 /// layer). The output has `q`'s shape. CPU and f32 only (other devices run
 /// candle's ops: see the caller).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CausalAttention {
     /// Tokens before the first query (cached keys).
     pub pos: usize,
@@ -44,6 +45,10 @@ pub struct CausalAttention {
     /// A sliding-window layer's window: a token sees itself and the
     /// `window - 1` tokens before it (Gemma 3's local layers).
     pub window: Option<usize>,
+    /// gpt-oss: per query head (`kv_head * groups + g`), a logit that
+    /// joins each row's softmax and is then dropped, so a row's weights
+    /// may sum to less than one.
+    pub sinks: Option<Arc<[f32]>>,
 }
 
 /// [`CausalAttention`] with candle's tensor ops, for the devices it does
@@ -56,6 +61,7 @@ pub fn with_tensor_ops(
     mask: Option<&Tensor>,
     n: usize,
     scale: f64,
+    sinks: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (b, kv_heads, rows, _) = q.dims4()?;
     let (k, v) = (k.contiguous()?, v.contiguous()?);
@@ -68,7 +74,24 @@ pub fn with_tensor_ops(
             .reshape((b, kv_heads, rows, total))?,
         None => att,
     };
-    candle_nn::ops::softmax_last_dim(&att)?.matmul(&v)
+    match sinks {
+        None => candle_nn::ops::softmax_last_dim(&att)?.matmul(&v),
+        Some(sinks) => {
+            // One more column per row, its head's sink, dropped after the
+            // softmax.
+            let groups = rows / n;
+            let column = sinks
+                .to_dtype(att.dtype())?
+                .reshape((1, kv_heads, groups, 1))?
+                .broadcast_as((b, kv_heads, groups, n))?
+                .reshape((b, kv_heads, rows, 1))?;
+            let att = Tensor::cat(&[&att, &column], 3)?;
+            candle_nn::ops::softmax_last_dim(&att)?
+                .narrow(3, 0, total)?
+                .contiguous()?
+                .matmul(&v)
+        }
+    }
 }
 
 /// Additive mask `[n, pos + n]` for [`with_tensor_ops`]: query `i` (at
@@ -155,7 +178,7 @@ impl CustomOp3 for CausalAttention {
             .for_each(|(h, out)| {
                 out.par_chunks_mut(BLOCK * d)
                     .enumerate()
-                    .for_each(|(blk, out)| self.block(q[h], k[h], v[h], blk * BLOCK, d, out));
+                    .for_each(|(blk, out)| self.block(h, q[h], k[h], v[h], blk * BLOCK, d, out));
             });
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
@@ -174,9 +197,28 @@ impl CausalAttention {
             .map_or(0, |w| self.visible(row).saturating_sub(w))
     }
 
-    /// Rows `r0..r0 + out.len() / d` of one KV head: `q` its `[rows, d]`
+    /// The sink of query row `row` of KV head `h`, if the layer has sinks.
+    fn sink(&self, h: usize, row: usize, rows: usize) -> Option<f32> {
+        let groups = rows / self.n;
+        self.sinks
+            .as_ref()
+            .and_then(|s| s.get(h * groups + row / self.n).copied())
+    }
+
+    /// Rows `r0..r0 + out.len() / d` of KV head `h`: `q` its `[rows, d]`
     /// queries, `k` and `v` its `[pos + n, d]` keys and values.
-    fn block(&self, q: &[f32], k: &[f32], v: &[f32], r0: usize, d: usize, out: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        h: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        r0: usize,
+        d: usize,
+        out: &mut [f32],
+    ) {
+        let rows = q.len() / d;
         let nr = out.len() / d;
         // Keys any row of the block sees: the block's scores start and
         // stop there.
@@ -189,7 +231,7 @@ impl CausalAttention {
             scores.resize(nr * span, 0.0);
             let s = &mut scores[..nr * span];
             #[cfg(target_arch = "x86_64")]
-            if self.n == 1 && x86::decodes(d) {
+            if self.n == 1 && self.sinks.is_none() && x86::decodes(d) {
                 // SAFETY: `decodes` checked AVX2, FMA and `d`; `q` holds
                 // rows `r0..r0 + nr` of `d` values, `k` and `v` (from key
                 // `lo`) at least `span` rows (`lo + span <= pos + n`), `s`
@@ -229,7 +271,7 @@ impl CausalAttention {
             for (r, row) in s.chunks_exact_mut(span).enumerate() {
                 let (before, rest) = row.split_at_mut(self.first(r0 + r) - lo);
                 let (seen, after) = rest.split_at_mut(self.visible(r0 + r) - self.first(r0 + r));
-                softmax(seen);
+                softmax_with_sink(seen, self.sink(h, r0 + r, rows));
                 before.fill(0.0);
                 after.fill(0.0);
             }
@@ -354,6 +396,26 @@ mod x86 {
     }
 }
 
+/// `x` replaced by its softmax; with a `sink`, the softmax of `x` and the
+/// sink together, the sink's own weight dropped.
+fn softmax_with_sink(x: &mut [f32], sink: Option<f32>) {
+    match sink {
+        None => softmax(x),
+        Some(sink) => {
+            let max = x.iter().copied().fold(sink, f32::max);
+            let mut sum = exp(sink - max);
+            for v in x.iter_mut() {
+                *v = exp(*v - max);
+                sum += *v;
+            }
+            let inv = 1.0 / sum;
+            for v in x.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
 /// `x` replaced by its softmax. Maximum and sum over eight lanes, so the
 /// loops vectorize (a float sum in one chain cannot be reordered).
 fn softmax(x: &mut [f32]) {
@@ -453,22 +515,39 @@ mod tests {
             let v = Tensor::randn(0f32, 1.0, (1, kv_heads, pos + n, d), &dev).unwrap();
             // Whole history, and sliding windows shorter than the history,
             // than one block and than the chunk.
+            // And with a sink per query head (gpt-oss).
+            let sink_values: Vec<f32> = (0..kv_heads * groups).map(|h| h as f32 - 1.5).collect();
+            let sinks_tensor = Tensor::new(sink_values.as_slice(), &dev).unwrap();
             for window in [None, Some(100), Some(17), Some(1)] {
-                let op = CausalAttention {
-                    pos,
-                    n,
-                    scale: 1.0 / (d as f32).sqrt(),
-                    window,
-                };
-                let ours = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
-                let mask = causal_mask(n, pos, window, &dev).unwrap();
-                let scale = 1.0 / (d as f64).sqrt();
-                let theirs = with_tensor_ops(&q, &k, &v, Some(&mask), n, scale).unwrap();
-                let diff = max_abs(&(ours - theirs).unwrap());
-                assert!(
-                    diff < 1e-5,
-                    "{kv_heads}x{groups} d{d} pos {pos} n {n} window {window:?}: {diff}"
-                );
+                for sinks in [None, Some(Arc::<[f32]>::from(sink_values.as_slice()))] {
+                    let with_sinks = sinks.is_some();
+                    let op = CausalAttention {
+                        pos,
+                        n,
+                        scale: 1.0 / (d as f32).sqrt(),
+                        window,
+                        sinks,
+                    };
+                    let ours = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
+                    let mask = causal_mask(n, pos, window, &dev).unwrap();
+                    let scale = 1.0 / (d as f64).sqrt();
+                    let theirs = with_tensor_ops(
+                        &q,
+                        &k,
+                        &v,
+                        Some(&mask),
+                        n,
+                        scale,
+                        with_sinks.then_some(&sinks_tensor),
+                    )
+                    .unwrap();
+                    let diff = max_abs(&(ours - theirs).unwrap());
+                    assert!(
+                        diff < 1e-5,
+                        "{kv_heads}x{groups} d{d} pos {pos} n {n} window {window:?} \
+                         sinks {with_sinks}: {diff}"
+                    );
+                }
             }
         }
     }
@@ -492,6 +571,7 @@ mod tests {
             n,
             scale: 0.25,
             window: None,
+            sinks: None,
         };
         let viewed = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
         let copied = q
@@ -511,6 +591,7 @@ mod tests {
             n: 2,
             scale: 1.0,
             window: None,
+            sinks: None,
         };
         // 5 + 2 keys expected, 9 given.
         let err = q.apply_op3_no_bwd(&k, &k, &op).unwrap_err().to_string();
@@ -521,6 +602,7 @@ mod tests {
             n: 4,
             scale: 1.0,
             window: None,
+            sinks: None,
         };
         let k = Tensor::zeros((1, 2, 9, 8), candle_core::DType::F32, &dev).unwrap();
         let err = q.apply_op3_no_bwd(&k, &k, &op).unwrap_err().to_string();

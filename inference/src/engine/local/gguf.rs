@@ -11,7 +11,7 @@
 //! naming the file, never a crashed service. The `gguf` fuzz target holds
 //! the checks to that: any panic, even a caught one, fails it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -21,13 +21,14 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
 
 use super::gguf_alignment;
-use super::model::{Activation, Config, SlidingWindow, Transformer};
+use super::model::{Activation, Config, SlidingWindow, Transformer, Yarn};
 
 use super::template::{ChatTemplate, TemplateError};
 use super::tokenizer::{TextTokenizer, TokenizerError};
 
 /// The `general.architecture` values the local engine runs.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "qwen3moe", "gemma3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] =
+    &["llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "gpt-oss"];
 
 /// Largest context length accepted (rotary tables are precomputed for it).
 const MAX_CONTEXT: u64 = 1 << 20;
@@ -105,7 +106,10 @@ pub enum LoadError {
 /// q/k/v biases), qwen3 (NeoX RoPE, per-head q/k norms, its own head size),
 /// qwen3moe (qwen3 with a mixture of experts), gemma3 (scaled embeddings,
 /// q/k norms, norms after each block, GELU, sliding-window layers with
-/// their own rotary base, a SentencePiece vocabulary).
+/// their own rotary base, a SentencePiece vocabulary), gpt-oss (a mixture
+/// of experts with biases, a router bias and a clamped SwiGLU, MXFP4
+/// experts, attention sinks, q/k/v/output biases, every other layer
+/// windowed, YaRN rotary scaling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
     Llama,
@@ -113,6 +117,7 @@ pub enum Architecture {
     Qwen3,
     Qwen3Moe,
     Gemma3,
+    GptOss,
 }
 
 impl Architecture {
@@ -123,6 +128,7 @@ impl Architecture {
             Architecture::Qwen3 => "qwen3",
             Architecture::Qwen3Moe => "qwen3moe",
             Architecture::Gemma3 => "gemma3",
+            Architecture::GptOss => "gpt-oss",
         }
     }
 
@@ -133,6 +139,7 @@ impl Architecture {
             Architecture::Qwen3,
             Architecture::Qwen3Moe,
             Architecture::Gemma3,
+            Architecture::GptOss,
         ]
         .into_iter()
         .find(|a| a.as_str() == name)
@@ -190,7 +197,7 @@ pub fn facts(path: &Path) -> Result<ModelFacts, LoadError> {
         path: path.to_owned(),
         source,
     })?;
-    let content = guarded(path, || read_header(path, BufReader::new(file)))?;
+    let (content, _) = guarded(path, || read_header(path, BufReader::new(file)))?;
     let md = &content.metadata;
     let text = |key: &str| {
         md.get(key)
@@ -243,9 +250,14 @@ fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T, LoadError>) -> Resul
     }
 }
 
-/// The header of GGUF bytes from `reader`, refusing `general.alignment = 0`
-/// first (candle would divide by it).
-fn read_header(path: &Path, mut reader: impl Read + Seek) -> Result<Content, LoadError> {
+/// The header of GGUF bytes from `reader` and the names of its MXFP4
+/// tensors, refusing `general.alignment = 0` first (candle would divide by
+/// it). candle reads the MXFP4 tensors' entries as F32 (it does not know
+/// the type); [`super::mxfp4`] reads their data.
+fn read_header(
+    path: &Path,
+    mut reader: impl Read + Seek,
+) -> Result<(Content, HashSet<String>), LoadError> {
     if gguf_alignment::declared(&mut reader) == Some(0) {
         return Err(LoadError::Metadata {
             path: path.to_owned(),
@@ -253,10 +265,20 @@ fn read_header(path: &Path, mut reader: impl Read + Seek) -> Result<Content, Loa
             reason: "0 (tensor data cannot be aligned to 0 bytes)".into(),
         });
     }
-    Content::read(&mut reader).map_err(|e| LoadError::Corrupt {
+    let mxfp4 = gguf_alignment::mxfp4_tensors(&mut reader);
+    let corrupt = |e: candle_core::Error| LoadError::Corrupt {
         path: path.to_owned(),
         reason: e.to_string(),
-    })
+    };
+    let content = if mxfp4.is_empty() {
+        Content::read(&mut reader).map_err(corrupt)?
+    } else {
+        let patched: Vec<u64> = mxfp4.iter().map(|(_, at)| *at).collect();
+        let mut overlay =
+            gguf_alignment::Overlay::new(&mut reader, &patched).map_err(|e| corrupt(e.into()))?;
+        Content::read(&mut overlay).map_err(corrupt)?
+    };
+    Ok((content, mxfp4.into_iter().map(|(name, _)| name).collect()))
 }
 
 fn read_unguarded(
@@ -268,7 +290,7 @@ fn read_unguarded(
         path: path.to_owned(),
         reason,
     };
-    let content = read_header(path, &mut reader)?;
+    let (content, mxfp4) = read_header(path, &mut reader)?;
     let md = &content.metadata;
     let name = md
         .get("general.architecture")
@@ -314,7 +336,7 @@ fn read_unguarded(
         context_length,
         "loading model weights"
     );
-    let weights = Transformer::from_gguf(config, &content, &mut reader, device)
+    let weights = Transformer::from_gguf(config, &content, &mxfp4, &mut reader, device)
         .map_err(|e| corrupt(format!("loading weights: {e}")))?;
     Ok(LoadedModel {
         path: path.to_owned(),
@@ -480,10 +502,10 @@ fn check_shape(
         return Err(bad("rope.freq_base", format!("{rope_base} (must be > 1)")));
     }
     let experts = match (get("expert_count")?.unwrap_or(0), arch) {
-        (0, Architecture::Qwen3Moe) => {
+        (0, Architecture::Qwen3Moe | Architecture::GptOss) => {
             return Err(bad(
                 "expert_count",
-                "missing (a qwen3moe model has experts)".into(),
+                format!("missing (a {a} model has experts)"),
             ))
         }
         (0 | 1, _) => None,
@@ -533,15 +555,66 @@ fn check_shape(
             }
             config.rope_scale = factor;
         }
+        Some("yarn") if arch == Architecture::GptOss => {
+            let factor = get_f32("rope.scaling.factor")?.unwrap_or(1.0);
+            if !(factor.is_finite() && factor >= 1.0) {
+                return Err(bad(
+                    "rope.scaling.factor",
+                    format!("{factor} (must be >= 1)"),
+                ));
+            }
+            let original = get("rope.scaling.original_context_length")?
+                .ok_or_else(|| bad("rope.scaling.original_context_length", "missing".into()))?;
+            if original == 0 || original > MAX_CONTEXT {
+                return Err(bad(
+                    "rope.scaling.original_context_length",
+                    format!("{original} (must be 1..={MAX_CONTEXT})"),
+                ));
+            }
+            // llama.cpp's defaults where the file says nothing.
+            let positive = |name: &str, default: f32| -> Result<f32, LoadError> {
+                match get_f32(name)? {
+                    None => Ok(default),
+                    Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+                    Some(v) => Err(bad(name, format!("{v} (must be > 0)"))),
+                }
+            };
+            config.yarn = Some(Yarn {
+                factor,
+                original_context: original as f32,
+                beta_fast: positive("rope.scaling.yarn_beta_fast", 32.0)?,
+                beta_slow: positive("rope.scaling.yarn_beta_slow", 1.0)?,
+                attn_factor: positive("rope.scaling.yarn_attn_factor", 1.0)?,
+            });
+        }
         // YaRN and the rest change more than the positions: refuse rather
         // than generate garbage past the trained context.
-        Some(other) if arch == Architecture::Gemma3 => {
+        Some(other) if matches!(arch, Architecture::Gemma3 | Architecture::GptOss) => {
             return Err(bad(
                 "rope.scaling.type",
                 format!("'{other}' (only linear scaling is supported)"),
             ))
         }
         Some(_) => {}
+    }
+    if arch == Architecture::GptOss {
+        config.activation = Activation::SwigluOai;
+        config.sliding = match get("attention.sliding_window")? {
+            None | Some(0) => None,
+            Some(w) if w > MAX_CONTEXT => {
+                return Err(bad(
+                    "attention.sliding_window",
+                    format!("{w} (at most {MAX_CONTEXT})"),
+                ))
+            }
+            // Even layers windowed, odd ones full (llama.cpp's pattern 2),
+            // all on the same rotary.
+            Some(w) => Some(SlidingWindow {
+                size: w as usize,
+                pattern: 2,
+                rope_base: None,
+            }),
+        };
     }
     if arch == Architecture::Gemma3 {
         config.embedding_scale = Some((embd as f32).sqrt());
@@ -563,7 +636,7 @@ fn check_shape(
             Some(w) => Some(SlidingWindow {
                 size: w as usize,
                 pattern: GEMMA3_SLIDING_PATTERN,
-                rope_base: GEMMA3_SLIDING_ROPE_BASE,
+                rope_base: Some(GEMMA3_SLIDING_ROPE_BASE),
             }),
         };
         config.logit_softcap = match get_f32("final_logit_softcapping")? {

@@ -1,11 +1,15 @@
-//! `general.alignment` read ahead of candle: candle's `Content::read`
-//! divides by it unchecked once it has read the whole header, so a file
-//! declaring 0 panics there (caught by the loader's `catch_unwind`, but a
-//! panic on bad input is still a bug: the `gguf` fuzz target aborts on
-//! it). This walks the metadata the way candle reads it, skipping every
-//! value but that one, keeps nothing else, and never reads past the file:
-//! lengths move the reader with `seek`, so a huge declared length ends at
-//! the file's end instead of in an allocation.
+//! The GGUF header read ahead of candle, for what candle cannot take:
+//! `general.alignment` (candle's `Content::read` divides by it unchecked
+//! once it has read the whole header, so a file declaring 0 panics there;
+//! caught by the loader's `catch_unwind`, but a panic on bad input is
+//! still a bug: the `gguf` fuzz target aborts on it), and tensors of GGML
+//! type MXFP4 (gpt-oss's experts), which candle 0.11 refuses by type
+//! number: [`mxfp4_tensors`] finds them, and [`Overlay`] shows candle F32
+//! in their type fields so it reads the rest of the header; the loader
+//! reads those tensors itself. This walks the header the way candle reads
+//! it, skipping every value but those, keeps nothing else, and never reads
+//! past the file: lengths move the reader with `seek`, so a huge declared
+//! length ends at the file's end instead of in an allocation.
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -14,24 +18,92 @@ const MAGIC: u32 = 0x4655_4747;
 const KEY: &[u8] = b"general.alignment";
 /// Arrays nest at most this deep here (candle allows less).
 const MAX_DEPTH: u32 = 8;
+/// Longest tensor name read (GGML's own limit is 64 bytes).
+const MAX_NAME: u64 = 1 << 12;
+/// Most dimensions of a tensor (GGML's `GGML_MAX_DIMS`).
+const MAX_DIMS: u32 = 4;
 
 /// The alignment candle will use if the header declares one as an integer
 /// (the last declaration wins, as in candle's map); `None` when there is
 /// none or the header does not read as GGUF (candle then says why). The
 /// reader is put back where it was.
 pub fn declared<R: Read + Seek>(reader: &mut R) -> Option<u64> {
+    walk(reader, |w| w.scan())
+}
+
+/// GGML's type number of MXFP4: blocks of 32 values, a shared power-of-two
+/// scale byte (E8M0) and 16 bytes of 4-bit E2M1 values.
+pub const MXFP4: u32 = 39;
+
+/// The MXFP4 tensors of the header, each with the file position of its
+/// type field; empty when there are none or the header does not read as
+/// GGUF (candle then says why). The reader is put back where it was.
+pub fn mxfp4_tensors<R: Read + Seek>(reader: &mut R) -> Vec<(String, u64)> {
+    walk(reader, |w| w.tensor_types(MXFP4)).unwrap_or_default()
+}
+
+/// Runs `scan` on a walker from the reader's position and puts the reader
+/// back.
+fn walk<R: Read + Seek, T>(
+    reader: &mut R,
+    scan: impl FnOnce(Walker<'_, R>) -> Option<T>,
+) -> Option<T> {
     let start = reader.stream_position().ok()?;
     let end = reader.seek(SeekFrom::End(0)).ok()?;
     reader.seek(SeekFrom::Start(start)).ok()?;
-    let found = Walker {
+    let found = scan(Walker {
         r: &mut *reader,
         pos: start,
         end,
         wide: true,
-    }
-    .scan();
+    });
     reader.seek(SeekFrom::Start(start)).ok()?;
     found
+}
+
+/// A reader that shows type 0 (F32) in place of the type fields at the
+/// given positions, and the file's bytes everywhere else: candle reads
+/// the header of a file with MXFP4 tensors through it.
+pub struct Overlay<'a, R> {
+    inner: &'a mut R,
+    /// Positions of 4-byte type fields to show as F32.
+    patched: &'a [u64],
+    pos: u64,
+}
+
+impl<'a, R: Read + Seek> Overlay<'a, R> {
+    pub fn new(inner: &'a mut R, patched: &'a [u64]) -> std::io::Result<Self> {
+        let pos = inner.stream_position()?;
+        Ok(Self {
+            inner,
+            patched,
+            pos,
+        })
+    }
+}
+
+impl<R: Read> Read for Overlay<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let (from, to) = (self.pos, self.pos + n as u64);
+        for &at in self.patched {
+            for (i, byte) in 0u32.to_le_bytes().iter().enumerate() {
+                let p = at + i as u64;
+                if (from..to).contains(&p) {
+                    buf[(p - from) as usize] = *byte;
+                }
+            }
+        }
+        self.pos = to;
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for Overlay<'_, R> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.pos = self.inner.seek(to)?;
+        Ok(self.pos)
+    }
 }
 
 /// A reader walked forward through the header. It knows its position and
@@ -77,6 +149,51 @@ impl<R: Read + Seek> Walker<'_, R> {
             }
         }
         alignment
+    }
+
+    /// Past the metadata, the tensors whose type is `wanted`, with the
+    /// position of their type field.
+    fn tensor_types(mut self, wanted: u32) -> Option<Vec<(String, u64)>> {
+        if self.u32()? != MAGIC {
+            return None;
+        }
+        self.wide = match self.u32()? {
+            1 => false,
+            2 | 3 => true,
+            _ => return None,
+        };
+        let tensors = self.length()?;
+        let entries = self.length()?;
+        for _ in 0..entries {
+            let key_len = self.length()?;
+            self.forward(key_len)?;
+            let kind = self.u32()?;
+            self.skip(kind, 0)?;
+        }
+        let mut found = Vec::new();
+        for _ in 0..tensors {
+            let name_len = self.length()?;
+            if name_len > MAX_NAME {
+                return None;
+            }
+            let mut name = vec![0u8; name_len as usize];
+            self.r.read_exact(&mut name).ok()?;
+            self.pos += name_len;
+            let dims = self.u32()?;
+            if dims > MAX_DIMS {
+                return None;
+            }
+            for _ in 0..dims {
+                self.length()?;
+            }
+            let at = self.pos;
+            let kind = self.u32()?;
+            self.forward(8)?;
+            if kind == wanted {
+                found.push((String::from_utf8_lossy(&name).into_owned(), at));
+            }
+        }
+        Some(found)
     }
 
     /// Reads a value of GGUF type `kind` as candle takes an alignment: the

@@ -48,6 +48,7 @@ pub mod interleaved;
 mod kernel_tests;
 pub mod matvec;
 pub mod model;
+pub mod mxfp4;
 pub mod queue;
 pub mod sentencepiece;
 pub mod template;

@@ -25,6 +25,7 @@
 use std::io::{Read, Seek};
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -70,6 +71,45 @@ pub struct Config {
     pub rope_scale: f32,
     /// Final logits soft-capped to `±cap` (`cap · tanh(x / cap)`).
     pub logit_softcap: Option<f32>,
+    /// YaRN context extension of the rotary embedding (gpt-oss).
+    pub yarn: Option<Yarn>,
+}
+
+/// YaRN's rotary scaling (llama.cpp's `rope_yarn`): each frequency is
+/// interpolated by `1 / factor`, extrapolated, or a mix of both by where
+/// it falls between the corrections dimensions of `beta_fast` and
+/// `beta_slow` rotations over the original context; cos and sin are
+/// scaled by `attn_factor · (1 + 0.1 ln factor)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Yarn {
+    pub factor: f32,
+    pub original_context: f32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    pub attn_factor: f32,
+}
+
+impl Yarn {
+    /// The inverse frequencies of `head_dim / 2` rotated pairs for `base`,
+    /// and the factor cos and sin are scaled by.
+    fn inverse_frequencies(&self, base: f32, head_dim: usize) -> (Vec<f32>, f32) {
+        let dims = head_dim as f32;
+        let corr = |rotations: f32| {
+            dims * (self.original_context / (rotations * 2.0 * std::f32::consts::PI)).ln()
+                / (2.0 * base.ln())
+        };
+        let low = corr(self.beta_fast).floor().max(0.0);
+        let high = corr(self.beta_slow).ceil().min(dims - 1.0);
+        let scale = 1.0 / self.factor;
+        let inv = (0..head_dim / 2)
+            .map(|i| {
+                let extrapolated = base.powf(-2.0 * i as f32 / dims);
+                let ramp = 1.0 - ((i as f32 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
+                extrapolated * (scale * (1.0 - ramp) + ramp)
+            })
+            .collect();
+        (inv, self.attn_factor * (1.0 + 0.1 * self.factor.ln()))
+    }
 }
 
 impl Config {
@@ -103,6 +143,7 @@ impl Config {
             sliding: None,
             rope_scale: 1.0,
             logit_softcap: None,
+            yarn: None,
         }
     }
 }
@@ -114,6 +155,27 @@ pub enum Activation {
     Silu,
     /// GELU, tanh approximation (Gemma's `gelu_pytorch_tanh`).
     GeluTanh,
+    /// gpt-oss's clamped SwiGLU: `g = min(gate, 7)`, `u = clamp(up, ±7)`,
+    /// `g · sigmoid(1.702 g) · (u + 1)`.
+    SwigluOai,
+}
+
+impl Activation {
+    /// `act(gate) · up`.
+    fn gated(self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Silu => candle_nn::ops::silu(gate)? * up,
+            Activation::GeluTanh => gate.gelu()? * up,
+            Activation::SwigluOai => {
+                const ALPHA: f64 = 1.702;
+                const LIMIT: f64 = 7.0;
+                let g = gate.minimum(LIMIT)?;
+                let u = up.clamp(-LIMIT, LIMIT)?;
+                let glu = (&g * candle_nn::ops::sigmoid(&(&g * ALPHA)?)?)?;
+                glu * (u + 1.0)?
+            }
+        }
+    }
 }
 
 /// Which layers attend through a sliding window, and how.
@@ -124,9 +186,10 @@ pub struct SlidingWindow {
     /// Of every `pattern` layers the last has full attention, the others
     /// the window (llama.cpp's `swa_pattern`: 6 for Gemma 3).
     pub pattern: usize,
-    /// The rotary base of the windowed layers (Gemma 3: 10,000, against
-    /// 1,000,000 for its full layers), unscaled.
-    pub rope_base: f32,
+    /// The rotary base of the windowed layers where it differs (Gemma 3:
+    /// 10,000, against 1,000,000 for its full layers; unscaled); `None`:
+    /// the full layers' rotary (gpt-oss).
+    pub rope_base: Option<f32>,
 }
 
 impl SlidingWindow {
@@ -286,6 +349,11 @@ struct Layer {
     wo: QLinear,
     /// qwen2: biases of the q, k, v projections.
     bias: Option<(Tensor, Tensor, Tensor)>,
+    /// gpt-oss: bias of the output projection.
+    output_bias: Option<Tensor>,
+    /// gpt-oss: one learned logit per query head that takes part in the
+    /// softmax and is then dropped (attention may go nowhere).
+    sinks: Option<Sinks>,
     /// qwen3: RMS norms of each head's queries and keys, before RoPE.
     qk_norm: Option<(RmsNorm, RmsNorm)>,
     /// Gemma: RMS norm of the attention's output, before the residual add.
@@ -307,10 +375,20 @@ enum Ffn {
     Experts(Experts),
 }
 
-/// A mixture of experts: a router and SwiGLU experts.
+/// Attention sinks, as a tensor (candle's ops) and as values (the CPU's
+/// own attention).
+struct Sinks {
+    tensor: Tensor,
+    values: std::sync::Arc<[f32]>,
+}
+
+/// A mixture of experts: a router and gated experts.
 struct Experts {
     /// `[experts, hidden]`, f32.
     router: Tensor,
+    /// gpt-oss: `[experts]`, added to the router's logits.
+    router_bias: Option<Tensor>,
+    activation: Activation,
     /// Experts used per token.
     used: usize,
     experts: Vec<Expert>,
@@ -320,6 +398,8 @@ struct Expert {
     gate: QLinear,
     up: QLinear,
     down: QLinear,
+    /// gpt-oss: biases of the gate, up and down projections.
+    bias: Option<(Tensor, Tensor, Tensor)>,
 }
 
 impl Experts {
@@ -327,7 +407,10 @@ impl Experts {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, hidden) = x.dims3()?;
         let xs = x.reshape((b * n, hidden))?;
-        let logits = xs.to_dtype(DType::F32)?.matmul(&self.router.t()?)?;
+        let mut logits = xs.to_dtype(DType::F32)?.matmul(&self.router.t()?)?;
+        if let Some(b) = &self.router_bias {
+            logits = logits.broadcast_add(b)?;
+        }
         let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
         // Per expert: the rows routed to it and their weights.
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
@@ -345,8 +428,15 @@ impl Experts {
             }
             let idx = Tensor::new(rows[e].as_slice(), x.device())?;
             let xe = xs.index_select(&idx, 0)?;
-            let g = candle_nn::ops::silu(&expert.gate.forward(&xe)?)?;
-            let ye = expert.down.forward(&(g * expert.up.forward(&xe)?)?)?;
+            let (mut g, mut u) = (expert.gate.forward(&xe)?, expert.up.forward(&xe)?);
+            if let Some((bg, bu, _)) = &expert.bias {
+                g = g.broadcast_add(bg)?;
+                u = u.broadcast_add(bu)?;
+            }
+            let mut ye = expert.down.forward(&self.activation.gated(&g, &u)?)?;
+            if let Some((_, _, bd)) = &expert.bias {
+                ye = ye.broadcast_add(bd)?;
+            }
             let w = Tensor::new(weights[e].as_slice(), x.device())?
                 .to_dtype(ye.dtype())?
                 .unsqueeze(1)?;
@@ -405,6 +495,8 @@ pub struct Transformer {
     inv_freq: Tensor,
     /// Those of the sliding-window layers, where their base differs.
     inv_freq_windowed: Option<Tensor>,
+    /// YaRN's scale of cos and sin (1 without YaRN).
+    rope_mscale: f32,
     device: Device,
 }
 
@@ -420,13 +512,22 @@ impl Transformer {
     /// Reads the tensors `config` implies. Shapes were checked by the
     /// caller against the metadata; a tensor that does not fit is an error
     /// from candle here.
+    /// `mxfp4` names the tensors of that type (candle cannot read them:
+    /// see [`super::mxfp4`]).
     pub fn from_gguf<R: Read + Seek>(
         config: Config,
         content: &Content,
+        mxfp4: &HashSet<String>,
         reader: &mut R,
         device: &Device,
     ) -> Result<Self> {
-        let mut get = |name: &str| content.tensor(reader, name, device);
+        let mut get = |name: &str| {
+            if mxfp4.contains(name) {
+                super::mxfp4::read_as_q8_0(content, reader, name, device)
+            } else {
+                content.tensor(reader, name, device)
+            }
+        };
         let has = |name: &str| content.tensor_infos.contains_key(name);
         let eps = config.rms_eps;
         let embed_q = get("token_embd.weight")?;
@@ -456,6 +557,28 @@ impl Transformer {
             } else {
                 None
             };
+            let output_bias = if has(&name("attn_output.bias")) {
+                Some(plain("attn_output.bias")?)
+            } else {
+                None
+            };
+            let sinks = match ["attn_sinks.weight", "attn_sinks"]
+                .into_iter()
+                .find(|n| has(&name(n)))
+            {
+                Some(n) => {
+                    let tensor = plain(n)?.to_dtype(DType::F32)?;
+                    let values: Vec<f32> = tensor.flatten_all()?.to_vec1()?;
+                    if values.len() != config.heads {
+                        candle_core::bail!("{} sinks for {} heads", values.len(), config.heads);
+                    }
+                    Some(Sinks {
+                        tensor,
+                        values: values.into(),
+                    })
+                }
+                None => None,
+            };
             let mut norm = |n: &str| RmsNorm::from_qtensor(get(&name(n))?, eps);
             let qk_norm = if has(&name("attn_q_norm.weight")) {
                 Some((norm("attn_q_norm.weight")?, norm("attn_k_norm.weight")?))
@@ -463,7 +586,12 @@ impl Transformer {
                 None
             };
             let attn_norm = norm("attn_norm.weight")?;
-            let ffn_norm = norm("ffn_norm.weight")?;
+            // gpt-oss names its pre-feed-forward norm `post_attention_norm`.
+            let ffn_norm = if has(&name("ffn_norm.weight")) || config.post_norms {
+                norm("ffn_norm.weight")?
+            } else {
+                norm("post_attention_norm.weight")?
+            };
             let (post_attention_norm, post_ffn_norm) = if config.post_norms {
                 (
                     Some(norm("post_attention_norm.weight")?),
@@ -482,21 +610,52 @@ impl Transformer {
                     }
                 }
                 Some((count, used)) => {
-                    let router = get(&name("ffn_gate_inp.weight"))?
-                        .dequantize(device)?
-                        .to_dtype(DType::F32)?;
+                    let mut f32_of = |n: &str| -> Result<Option<Tensor>> {
+                        if !has(&name(n)) {
+                            return Ok(None);
+                        }
+                        Ok(Some(
+                            get(&name(n))?.dequantize(device)?.to_dtype(DType::F32)?,
+                        ))
+                    };
+                    let router = f32_of("ffn_gate_inp.weight")?.ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "no tensor {}",
+                            name("ffn_gate_inp.weight")
+                        ))
+                    })?;
+                    let router_bias = f32_of("ffn_gate_inp.bias")?;
+                    // Per expert, a row of each stacked `[experts, n]` bias.
+                    let biases = match (
+                        f32_of("ffn_gate_exps.bias")?,
+                        f32_of("ffn_up_exps.bias")?,
+                        f32_of("ffn_down_exps.bias")?,
+                    ) {
+                        (Some(g), Some(u), Some(d)) => Some((g, u, d)),
+                        _ => None,
+                    };
                     let mut stacked = |n: &str| split_experts(&get(&name(n))?, count, device);
                     let gates = stacked("ffn_gate_exps.weight")?;
                     let ups = stacked("ffn_up_exps.weight")?;
                     let downs = stacked("ffn_down_exps.weight")?;
-                    let experts = gates
-                        .into_iter()
-                        .zip(ups)
-                        .zip(downs)
-                        .map(|((gate, up), down)| Expert { gate, up, down })
-                        .collect();
+                    let mut experts = Vec::with_capacity(count);
+                    for (e, ((gate, up), down)) in gates.into_iter().zip(ups).zip(downs).enumerate()
+                    {
+                        let bias = match &biases {
+                            Some((g, u, d)) => Some((g.get(e)?, u.get(e)?, d.get(e)?)),
+                            None => None,
+                        };
+                        experts.push(Expert {
+                            gate,
+                            up,
+                            down,
+                            bias,
+                        });
+                    }
                     Ffn::Experts(Experts {
                         router,
+                        router_bias,
+                        activation: config.activation,
                         used,
                         experts,
                     })
@@ -509,6 +668,8 @@ impl Transformer {
                 wv,
                 wo,
                 bias,
+                output_bias,
+                sinks,
                 qk_norm,
                 post_attention_norm,
                 ffn_norm,
@@ -517,20 +678,28 @@ impl Transformer {
                 window: config.sliding.filter(|s| s.covers(l)).map(|s| s.size),
             });
         }
+        let half = config.head_dim / 2;
         let inv_freq = |base: f32, scale: f32| {
-            let half = config.head_dim / 2;
             let f: Vec<f32> = (0..half)
                 .map(|i| 1.0 / (scale * base.powf(2.0 * i as f32 / config.head_dim as f32)))
                 .collect();
             Tensor::from_vec(f, (1, half), device)
         };
-        let inv_freq_windowed = match config.sliding {
-            Some(s) => Some(inv_freq(s.rope_base, 1.0)?),
+        let inv_freq_windowed = match config.sliding.and_then(|s| s.rope_base) {
+            Some(base) => Some(inv_freq(base, 1.0)?),
             None => None,
         };
+        let (full_inv_freq, rope_mscale) = match config.yarn {
+            Some(yarn) => {
+                let (f, mscale) = yarn.inverse_frequencies(config.rope_base, config.head_dim);
+                (Tensor::from_vec(f, (1, half), device)?, mscale)
+            }
+            None => (inv_freq(config.rope_base, config.rope_scale)?, 1.0),
+        };
         Ok(Self {
-            inv_freq: inv_freq(config.rope_base, config.rope_scale)?,
+            inv_freq: full_inv_freq,
             inv_freq_windowed,
+            rope_mscale,
             config,
             embed,
             layers,
@@ -586,9 +755,12 @@ impl Transformer {
         let (_, n) = tokens.dims2()?;
         let pos = cache.len;
         let full = self.span(pos, n, &self.inv_freq, None)?;
-        let windowed = match (&self.config.sliding, &self.inv_freq_windowed) {
-            (Some(s), Some(inv_freq)) => Some(self.span(pos, n, inv_freq, Some(s.size))?),
-            _ => None,
+        let windowed = match &self.config.sliding {
+            Some(s) => {
+                let inv_freq = self.inv_freq_windowed.as_ref().unwrap_or(&self.inv_freq);
+                Some(self.span(pos, n, inv_freq, Some(s.size))?)
+            }
+            None => None,
         };
         let mut layers_kv = cache.layers.clone();
         layers_kv.resize(self.layers.len(), None);
@@ -610,12 +782,11 @@ impl Transformer {
             let h = layer.ffn_norm.forward(&x)?;
             let mut h = match &layer.ffn {
                 Ffn::Dense { gate, up, down } => {
-                    let g = gate.forward(&h)?;
-                    let g = match self.config.activation {
-                        Activation::Silu => candle_nn::ops::silu(&g)?,
-                        Activation::GeluTanh => g.gelu()?,
-                    };
-                    down.forward(&(g * up.forward(&h)?)?)?
+                    let gated = self
+                        .config
+                        .activation
+                        .gated(&gate.forward(&h)?, &up.forward(&h)?)?;
+                    down.forward(&gated)?
                 }
                 Ffn::Experts(moe) => moe.forward(&h)?,
             };
@@ -646,10 +817,15 @@ impl Transformer {
         // The CPU's attention (`super::attention`) masks as it goes; one
         // token sees every key unless a window hides some.
         let masked = n > 1 || window.is_some_and(|w| pos + n > w);
+        let (mut cos, mut sin) = (angles.cos()?, angles.sin()?);
+        if self.rope_mscale != 1.0 {
+            cos = (cos * f64::from(self.rope_mscale))?;
+            sin = (sin * f64::from(self.rope_mscale))?;
+        }
         Ok(Span {
             pos,
-            cos: angles.cos()?,
-            sin: angles.sin()?,
+            cos,
+            sin,
             mask: if masked && !self.device.is_cpu() {
                 Some(causal_mask(n, pos, window, &self.device)?)
             } else {
@@ -719,17 +895,22 @@ impl Transformer {
                 n,
                 scale: c.attention_scale,
                 window: layer.window,
+                sinks: layer.sinks.as_ref().map(|s| s.values.clone()),
             };
             q.apply_op3_no_bwd(&k, &v, &op)?
         } else {
             let scale = f64::from(c.attention_scale);
-            with_tensor_ops(&q, &k, &v, span.mask.as_ref(), n, scale)?
+            let sinks = layer.sinks.as_ref().map(|s| &s.tensor);
+            with_tensor_ops(&q, &k, &v, span.mask.as_ref(), n, scale, sinks)?
         };
         let y = y
             .reshape((b, c.heads, n, c.head_dim))?
             .transpose(1, 2)?
             .reshape((b, n, c.heads * c.head_dim))?;
-        layer.wo.forward(&y)
+        match &layer.output_bias {
+            Some(b) => layer.wo.forward(&y)?.broadcast_add(b),
+            None => layer.wo.forward(&y),
+        }
     }
 }
 
