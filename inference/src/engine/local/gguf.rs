@@ -184,11 +184,13 @@ pub struct ModelFacts {
 
 /// Whether a model of `family` with chat template `template` thinks before
 /// it answers: the template opens the family's reasoning tag (Qwen3's
-/// `<think>`).
+/// `<think>`), or writes harmony's `analysis` channel.
 pub fn template_reasons(family: crate::parse::Family, template: &str) -> bool {
-    family
-        .reasoning_tags()
-        .is_some_and(|(open, _)| template.contains(open))
+    match family.reasoning_tags() {
+        Some((open, _)) => template.contains(open),
+        // Harmony reasons in its `analysis` channel.
+        None => family == crate::parse::Family::Harmony && template.contains("analysis"),
+    }
 }
 
 /// [`ModelFacts`] of the GGUF file `path`, checked as [`load`] checks them.

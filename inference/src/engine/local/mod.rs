@@ -503,6 +503,7 @@ impl Model {
         &self,
         mut messages: Vec<ChatMessage>,
         tools: &[ChatTool],
+        reasoning_effort: Option<&str>,
         fit: Option<usize>,
     ) -> Result<(String, Vec<u32>), String> {
         let is_turn = |m: &ChatMessage| !matches!(m.role, Role::System | Role::Developer);
@@ -510,7 +511,7 @@ impl Model {
         loop {
             let text = self
                 .template
-                .render(&messages, tools, true)
+                .render_with_effort(&messages, tools, true, reasoning_effort)
                 .map_err(|e| e.to_string())?;
             let ids = self.tokenizer.encode(&text).map_err(|e| e.to_string())?;
             let turns = messages.iter().filter(|m| is_turn(m)).count();
@@ -798,6 +799,7 @@ impl Engine for LocalEngine {
             let model = Arc::clone(&model);
             let messages = std::mem::take(&mut request.messages);
             let tools = std::mem::take(&mut request.tools);
+            let effort = request.reasoning_effort.clone();
             let fit = request.truncate.then(|| {
                 // Room for the output asked for, up to half the context.
                 let room = request.max_tokens.unwrap_or(1).max(1) as usize;
@@ -808,7 +810,7 @@ impl Engine for LocalEngine {
                     Some(g) => Some(model.constraint(g, &tools)?),
                     None => None,
                 };
-                let (text, ids) = model.render_prompt(messages, &tools, fit)?;
+                let (text, ids) = model.render_prompt(messages, &tools, effort.as_deref(), fit)?;
                 Ok::<_, String>((text, ids, constraint))
             })
             .await

@@ -69,6 +69,19 @@ impl ChatTemplate {
         tools: &[ChatTool],
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
+        self.render_with_effort(messages, tools, add_generation_prompt, None)
+    }
+
+    /// [`Self::render`] with the request's reasoning effort, which
+    /// templates that read it (gpt-oss's: `Reasoning: high` in its system
+    /// message) see as `reasoning_effort`; unset, they use their default.
+    pub fn render_with_effort(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[ChatTool],
+        add_generation_prompt: bool,
+        reasoning_effort: Option<&str>,
+    ) -> Result<String, TemplateError> {
         let messages: Vec<Json> = messages.iter().map(message_value).collect();
         let tools: Option<Vec<Json>> = if tools.is_empty() {
             None
@@ -79,6 +92,7 @@ impl ChatTemplate {
             "messages": messages,
             "tools": tools,
             "add_generation_prompt": add_generation_prompt,
+            "reasoning_effort": reasoning_effort,
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
         });
