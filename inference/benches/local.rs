@@ -12,7 +12,7 @@
 //! 28 layers, 12/2 heads, 8960 FFN: whole 256-blocks, so the Q4_K_M mix is
 //! Q4_K and Q6_K; writing the two files takes a minute or two),
 //! `BENCH_SHAPE=tiny` a small shape for a quick run, `BENCH_GGUF=PATH` a
-//! real file (llama, qwen2, qwen3, qwen3moe, gemma3).
+//! real file (llama, qwen2, qwen3, qwen3moe, gemma3, gpt-oss).
 //! `BENCH_HISTORY` sets the history length in tokens (default 4096),
 //! `BENCH_DECODE` the tokens decoded per measurement (default 64).
 //! `BENCH_DIR=DIR` keeps the written models in `DIR` and reuses them on

@@ -145,7 +145,7 @@ fn bad_files_are_clear_errors() {
     assert!(errors[1].contains("not a readable GGUF"), "{}", errors[1]);
     assert!(
         errors[2].contains(
-            "'mamba' is not supported (supported: llama, qwen2, qwen3, qwen3moe, gemma3)"
+            "'mamba' is not supported (supported: llama, qwen2, qwen3, qwen3moe, gemma3, gpt-oss)"
         ),
         "{}",
         errors[2]
@@ -431,7 +431,7 @@ async fn qwen3_and_its_mixture_of_experts_generate_through_the_server() {
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(
         failures[0].contains(
-            "architecture 'deepseek2' is not supported (supported: llama, qwen2, qwen3, qwen3moe, gemma3)"
+            "architecture 'deepseek2' is not supported (supported: llama, qwen2, qwen3, qwen3moe, gemma3, gpt-oss)"
         ),
         "{failures:?}"
     );

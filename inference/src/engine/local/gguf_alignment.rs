@@ -336,4 +336,62 @@ mod tests {
         assert_eq!(declared(&mut Cursor::new(huge)), None);
         assert_eq!(declared(&mut Cursor::new(b"NOPE".to_vec())), None);
     }
+
+    /// `header` followed by tensor infos `(name, dims, type)`.
+    fn with_tensors(mut bytes: Vec<u8>, tensors: &[(&str, &[u64], u32)]) -> Vec<u8> {
+        bytes[8..16].copy_from_slice(&(tensors.len() as u64).to_le_bytes());
+        for (name, dims, kind) in tensors {
+            bytes.extend(string(name));
+            bytes.extend((dims.len() as u32).to_le_bytes());
+            for d in *dims {
+                bytes.extend(d.to_le_bytes());
+            }
+            bytes.extend(kind.to_le_bytes());
+            bytes.extend(0u64.to_le_bytes());
+        }
+        bytes
+    }
+
+    #[test]
+    fn finds_mxfp4_tensors_and_shows_candle_f32_in_their_type_fields() {
+        let bytes = with_tensors(
+            header(&[("general.architecture", 8, string("gpt-oss"))]),
+            &[
+                ("a", &[32, 2], 8),
+                ("blk.0.ffn_up_exps.weight", &[32, 4, 2], MXFP4),
+                ("c", &[4], 0),
+            ],
+        );
+        let mut r = Cursor::new(bytes.clone());
+        let found = mxfp4_tensors(&mut r);
+        assert_eq!(r.position(), 0, "the reader is put back");
+        assert_eq!(found.len(), 1);
+        let (name, at) = &found[0];
+        assert_eq!(name, "blk.0.ffn_up_exps.weight");
+        let at = *at as usize;
+        assert_eq!(bytes[at..at + 4], MXFP4.to_le_bytes());
+
+        // Read through the overlay in small pieces: only those four bytes
+        // differ, and they read as type 0.
+        let patched = [at as u64];
+        let mut overlay = Overlay::new(&mut r, &patched).unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 3];
+        loop {
+            let n = overlay.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let mut expected = bytes.clone();
+        expected[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(seen, expected);
+
+        // A name longer than any tensor's, or a broken header: nothing.
+        let long = "x".repeat(MAX_NAME as usize + 1);
+        let bytes = with_tensors(header(&[]), &[(&long, &[32], MXFP4)]);
+        assert!(mxfp4_tensors(&mut Cursor::new(bytes)).is_empty());
+        assert!(mxfp4_tensors(&mut Cursor::new(b"GGUF".to_vec())).is_empty());
+    }
 }
