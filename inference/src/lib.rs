@@ -97,6 +97,9 @@ pub struct InferenceConfig {
     pub store_retention: Duration,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// How long one Responses WebSocket connection may last (the spec's
+    /// 60 minutes); then `websocket_connection_limit_reached`.
+    pub websocket_lifetime: Duration,
 }
 
 impl Default for InferenceConfig {
@@ -124,6 +127,7 @@ impl Default for InferenceConfig {
             store_path: None,
             store_retention: Duration::from_secs(30 * 86_400),
             max_body_bytes: 8 << 20,
+            websocket_lifetime: server::responses::websocket::LIFETIME,
         }
     }
 }

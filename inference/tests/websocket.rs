@@ -473,3 +473,35 @@ async fn closing_the_socket_cancels_the_generation() {
     svc.idle().await;
     svc.shutdown().await;
 }
+
+/// A connection lasts at most its lifetime (the spec's 60 minutes; 2 s
+/// here): then an `error` with code `websocket_connection_limit_reached`,
+/// and the socket closes. A response finished before it is unaffected.
+#[tokio::test]
+async fn a_connection_ends_after_its_lifetime_with_the_spec_error() {
+    let up = FakeUpstream::start(&["m"], agent_script(Duration::ZERO)).await;
+    let mut cfg = config(&up.url);
+    cfg.api_keys = [(KEY.to_owned(), "vm-a".to_owned())].into();
+    cfg.websocket_lifetime = Duration::from_secs(2);
+    let svc = start(cfg).await;
+    let mut ws = connect(&svc, Some(KEY)).await.unwrap();
+    send(
+        &mut ws,
+        json!({"type": "response.create", "model": "m", "input": "hi"}),
+    )
+    .await;
+    let turn = read_turn(&mut ws).await;
+    assert_eq!(
+        turn.last().unwrap()["type"],
+        "response.completed",
+        "{turn:?}"
+    );
+    // Nothing more is sent: the lifetime runs out while the server waits.
+    let e = next(&mut ws).await.expect("an error before the close");
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(
+        e["error"]["code"], "websocket_connection_limit_reached",
+        "{e}"
+    );
+    assert!(next(&mut ws).await.is_none(), "the socket closes");
+}

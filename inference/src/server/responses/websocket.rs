@@ -43,6 +43,14 @@ use crate::server::{ApiError, AppState};
 /// to 60 minutes"); then `websocket_connection_limit_reached`.
 pub const LIFETIME: Duration = Duration::from_secs(60 * 60);
 
+/// "60 minutes", or seconds for a lifetime under a minute.
+fn lifetime_text(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 60 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}
+
 /// Messages read while a response runs and kept for after it. Each is at
 /// most `max_body_bytes`; with this many waiting the socket is not read
 /// until the response ends.
@@ -114,7 +122,8 @@ impl Session {
     }
 
     async fn serve(mut self, socket: WebSocket) {
-        let deadline = tokio::time::Instant::now() + LIFETIME;
+        let lifetime = self.state.config.websocket_lifetime;
+        let deadline = tokio::time::Instant::now() + lifetime;
         let (tx, mut rx) = socket.split();
         self.tx = Some(tx);
         tracing::debug!(client = %self.client.0, "responses websocket opened");
@@ -141,8 +150,8 @@ impl Session {
             }
         }
         let limit = ApiError::invalid_request(format!(
-            "WebSocket connections are limited to {} minutes: open a new one.",
-            LIFETIME.as_secs() / 60
+            "WebSocket connections are limited to {}: open a new one.",
+            lifetime_text(lifetime)
         ))
         .with_code("websocket_connection_limit_reached");
         if self.send_error(&limit).await.is_ok() {
