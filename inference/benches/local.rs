@@ -35,9 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file::Content as Gguf;
 use clawpen_inference::engine::local::template::ChatTemplate;
-use clawpen_inference::engine::local::tokenizer::TextTokenizer;
 use clawpen_inference::engine::local::{model_id, LocalEngine, LocalOptions};
 use clawpen_inference::engine::{
     ChatMessage, Content, Engine, EngineEvent, GenerateRequest, Role, Usage,
@@ -157,15 +155,7 @@ fn short() -> Vec<ChatMessage> {
 /// user message) and its next turn (turn 1 + the answer + a new message),
 /// measured with the model's own tokenizer and template.
 fn history_turns(path: &Path, tokens: usize) -> (Vec<ChatMessage>, Vec<ChatMessage>) {
-    let mut f = std::fs::File::open(path).unwrap();
-    let md = Gguf::read(&mut f).unwrap().metadata;
-    let tok = TextTokenizer::from_metadata(&md).unwrap();
-    let src = md
-        .get("tokenizer.chat_template")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_else(|| clawpen_inference::engine::local::gguf::DEFAULT_TEMPLATE.into());
-    let template = ChatTemplate::new(&src, tok.bos_token(), tok.eos_token()).unwrap();
+    let (tok, template) = clawpen_inference::engine::local::gguf::chat_parts(path).unwrap();
     let count = |m: &[ChatMessage]| {
         let text = template.render(m, &[], true).unwrap();
         tok.encode(&text).unwrap().len()
@@ -243,6 +233,16 @@ struct Side {
     long_decode: f64,
 }
 
+/// Tokens per second after the first of `tokens`, over `seconds`: NaN
+/// (printed as such) when the model stopped after one token, rather than
+/// a rate of nothing.
+fn after_first(tokens: u64, seconds: f64) -> f64 {
+    if tokens < 2 || seconds <= 0.0 {
+        return f64::NAN;
+    }
+    (tokens - 1) as f64 / seconds
+}
+
 /// Measures both engines on one model, interleaved (candle, llama.cpp,
 /// candle, ... ) so that load from other processes hits both alike, and
 /// prints their rows and the ratios.
@@ -281,14 +281,13 @@ async fn compare(
             &format!("decode-{rep}"),
         )
         .await;
-        let decoded = un.completion_tokens.saturating_sub(1).max(1);
-        c.decode.push(decoded as f64 / (tn - first));
+        c.decode.push(after_first(un.completion_tokens, tn - first));
         if let Some(ll) = llama.as_deref_mut() {
             // Token counts are the engine's (same tokenizer and template).
-            let (_, t1) = ll.run(&short(), 1, true);
+            let (_, t1, _) = ll.run(&short(), 1, true);
             l.prompt.push(short_tokens as f64 / t1);
-            let (first, tn) = ll.run(&short(), decode_tokens() + 1, true);
-            l.decode.push(decode_tokens() as f64 / (tn - first));
+            let (first, tn, n) = ll.run(&short(), decode_tokens() + 1, true);
+            l.decode.push(after_first(n, tn - first));
         }
         eprintln!("repeat {rep} done");
     }
@@ -310,13 +309,13 @@ async fn compare(
         "agent",
     )
     .await;
-    c.long_decode = un.completion_tokens.saturating_sub(1).max(1) as f64 / (tn - first);
+    c.long_decode = after_first(un.completion_tokens, tn - first);
     if let Some(ll) = llama.as_deref_mut() {
         l.cold = ll.run(turn2, 1, true).0;
         ll.run(turn1, 1, true);
         l.warm = ll.run(turn2, 1, false).0;
-        let (first, tn) = ll.run(turn2, decode_tokens() + 1, false);
-        l.long_decode = decode_tokens() as f64 / (tn - first);
+        let (first, tn, n) = ll.run(turn2, decode_tokens() + 1, false);
+        l.long_decode = after_first(n, tn - first);
     }
     println!(
         "| {label} | candle | {:.1} ({short_tokens}) | {:.1} | {cold_tokens} | {:.2} s | {:.3} s ({cached_tokens}) | {:.1} |",
@@ -381,16 +380,23 @@ for line in sys.stdin:
     req = json.loads(line)
     if req["reset"]:
         llm.reset()
+    # The prompt as the local engine renders it (its template), tokenized
+    # by llama.cpp without another BOS.
+    tokens = llm.tokenize(req["prompt"].encode(), add_bos=False, special=True)
     t = time.perf_counter()
-    first = None
-    for chunk in llm.create_chat_completion(messages=req["messages"], max_tokens=req["max_tokens"], temperature=0.0, stream=True):
-        if first is None and chunk["choices"][0]["delta"].get("content"):
+    first, n = None, 0
+    for chunk in llm.create_completion(prompt=tokens, max_tokens=req["max_tokens"], temperature=0.0, stream=True):
+        n += 1
+        if first is None:
             first = time.perf_counter() - t
     total = time.perf_counter() - t
-    print(json.dumps({"first": first or total, "total": total}), flush=True)
+    print(json.dumps({"first": first or total, "total": total, "tokens": n}), flush=True)
 "#;
 
 struct LlamaCpp {
+    /// The model's chat template as the local engine renders it: both
+    /// engines get the same prompt tokens.
+    template: ChatTemplate,
     child: std::process::Child,
     stdin: std::process::ChildStdin,
     stdout: std::io::BufReader<std::process::ChildStdout>,
@@ -420,25 +426,31 @@ impl LlamaCpp {
             let _ = child.wait();
             return None;
         }
+        let (_, template) = clawpen_inference::engine::local::gguf::chat_parts(path).ok()?;
         Some(Self {
+            template,
             child,
             stdin,
             stdout,
         })
     }
 
-    /// (seconds to the first token, seconds in all).
-    fn run(&mut self, messages: &[ChatMessage], max_tokens: u64, reset: bool) -> (f64, f64) {
+    /// (seconds to the first token, seconds in all, tokens written).
+    fn run(&mut self, messages: &[ChatMessage], max_tokens: u64, reset: bool) -> (f64, f64, u64) {
         use std::io::{BufRead, Write};
-        let req =
-            serde_json::json!({"messages": messages, "max_tokens": max_tokens, "reset": reset});
+        let prompt = self.template.render(messages, &[], true).unwrap();
+        let req = serde_json::json!({"prompt": prompt, "max_tokens": max_tokens, "reset": reset});
         writeln!(self.stdin, "{req}").unwrap();
         self.stdin.flush().unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("llama.cpp answered {line:?}: {e}"));
-        (v["first"].as_f64().unwrap(), v["total"].as_f64().unwrap())
+        (
+            v["first"].as_f64().unwrap(),
+            v["total"].as_f64().unwrap(),
+            v["tokens"].as_u64().unwrap(),
+        )
     }
 }
 

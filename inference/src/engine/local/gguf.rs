@@ -206,13 +206,7 @@ pub fn facts(path: &Path) -> Result<ModelFacts, LoadError> {
             .and_then(|v| v.to_string().ok())
             .map(String::as_str)
     };
-    let name = text("general.architecture");
-    let Some(arch) = name.and_then(Architecture::from_name) else {
-        return Err(LoadError::Architecture {
-            path: path.to_owned(),
-            found: name.unwrap_or("(none)").to_owned(),
-        });
-    };
+    let arch = architecture(path, md)?;
     let (_, context_length) = check_shape(path, arch, md)?;
     let template = text("tokenizer.chat_template");
     let family = crate::parse::Family::detect(&path.to_string_lossy(), template);
@@ -294,18 +288,38 @@ fn read_unguarded(
     };
     let (content, mxfp4) = read_header(path, &mut reader)?;
     let md = &content.metadata;
-    let name = md
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .map(String::as_str);
-    let Some(arch) = name.and_then(Architecture::from_name) else {
-        return Err(LoadError::Architecture {
-            path: path.to_owned(),
-            found: name.unwrap_or("(none)").to_owned(),
-        });
-    };
+    let arch = architecture(path, md)?;
     let (config, context_length) = check_shape(path, arch, md)?;
     check_tensors(path, &content)?;
+    let (tokenizer, template, template_note) = tokenizer_and_template(path, arch, md)?;
+    tracing::info!(
+        path = %path.display(),
+        architecture = arch.as_str(),
+        tensors = content.tensor_infos.len(),
+        vocab = tokenizer.len(),
+        context_length,
+        "loading model weights"
+    );
+    let weights = Transformer::from_gguf(config, &content, &mxfp4, &mut reader, device)
+        .map_err(|e| corrupt(format!("loading weights: {e}")))?;
+    Ok(LoadedModel {
+        path: path.to_owned(),
+        architecture: arch,
+        weights,
+        tokenizer,
+        template,
+        context_length,
+        template_note,
+    })
+}
+
+/// The tokenizer and chat template of a GGUF's metadata (the template by
+/// architecture where the file carries none, with a note saying so).
+fn tokenizer_and_template(
+    path: &Path,
+    arch: Architecture,
+    md: &HashMap<String, Value>,
+) -> Result<(TextTokenizer, ChatTemplate, Option<String>), LoadError> {
     let tokenizer = TextTokenizer::from_metadata(md).map_err(|source| LoadError::Tokenizer {
         path: path.to_owned(),
         source,
@@ -330,25 +344,38 @@ fn read_unguarded(
             path: path.to_owned(),
             source,
         })?;
-    tracing::info!(
-        path = %path.display(),
-        architecture = arch.as_str(),
-        tensors = content.tensor_infos.len(),
-        vocab = tokenizer.len(),
-        context_length,
-        "loading model weights"
-    );
-    let weights = Transformer::from_gguf(config, &content, &mxfp4, &mut reader, device)
-        .map_err(|e| corrupt(format!("loading weights: {e}")))?;
-    Ok(LoadedModel {
+    Ok((tokenizer, template, template_note))
+}
+
+/// The tokenizer and chat template of the GGUF file `path`, as [`load`]
+/// builds them, without the weights (benches and tools render prompts
+/// with them).
+pub fn chat_parts(path: &Path) -> Result<(TextTokenizer, ChatTemplate), LoadError> {
+    let file = File::open(path).map_err(|source| LoadError::Open {
         path: path.to_owned(),
-        architecture: arch,
-        weights,
-        tokenizer,
-        template,
-        context_length,
-        template_note,
+        source,
+    })?;
+    guarded(path, || {
+        let (content, _) = read_header(path, BufReader::new(file))?;
+        let md = &content.metadata;
+        let arch = architecture(path, md)?;
+        let (tokenizer, template, _) = tokenizer_and_template(path, arch, md)?;
+        Ok((tokenizer, template))
     })
+}
+
+/// The file's architecture, or the error naming what it says and what is
+/// supported.
+fn architecture(path: &Path, md: &HashMap<String, Value>) -> Result<Architecture, LoadError> {
+    let name = md
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .map(String::as_str);
+    name.and_then(Architecture::from_name)
+        .ok_or_else(|| LoadError::Architecture {
+            path: path.to_owned(),
+            found: name.unwrap_or("(none)").to_owned(),
+        })
 }
 
 /// Checks that every tensor's size can be computed and is whole blocks of
