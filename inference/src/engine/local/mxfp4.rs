@@ -71,8 +71,21 @@ pub fn read_as_q8_0<R: Read + Seek>(
     if values % BLOCK != 0 {
         candle_core::bail!("MXFP4 tensor {name} of {values} values is not whole blocks");
     }
-    let mut bytes = vec![0u8; values / BLOCK * BLOCK_BYTES];
-    reader.seek(SeekFrom::Start(content.tensor_data_offset + info.offset))?;
+    // The bytes must be in the file before any is allocated: a corrupt
+    // header may declare a tensor of terabytes.
+    let size = (values / BLOCK) as u64 * BLOCK_BYTES as u64;
+    let start = content
+        .tensor_data_offset
+        .checked_add(info.offset)
+        .ok_or_else(|| candle_core::Error::Msg(format!("MXFP4 tensor {name}: bad offset")))?;
+    let file_end = reader.seek(SeekFrom::End(0))?;
+    if start.checked_add(size).is_none_or(|end| end > file_end) {
+        candle_core::bail!(
+            "MXFP4 tensor {name} of {size} bytes at {start} is past the file's end ({file_end})"
+        );
+    }
+    let mut bytes = vec![0u8; size as usize];
+    reader.seek(SeekFrom::Start(start))?;
     reader.read_exact(&mut bytes)?;
     let mut out = Vec::with_capacity(values);
     dequantize(&bytes, &mut out);
@@ -104,5 +117,26 @@ mod tests {
         assert_eq!(out[7], 48.0);
         assert_eq!(half_scale(0), 2f32.powi(-128));
         assert_eq!(half_scale(1), 2f32.powi(-127));
+    }
+
+    #[test]
+    fn a_tensor_past_the_files_end_is_an_error_not_an_allocation() {
+        use candle_core::quantized::gguf_file::{TensorInfo, VersionedMagic};
+        use std::collections::HashMap;
+        // A terabyte-sized tensor declared in a 64-byte file.
+        let info = TensorInfo {
+            ggml_dtype: GgmlDType::F32,
+            shape: candle_core::Shape::from((1usize << 20, 1usize << 20)),
+            offset: 0,
+        };
+        let content = Content {
+            magic: VersionedMagic::GgufV3,
+            metadata: HashMap::new(),
+            tensor_infos: HashMap::from([("t".to_owned(), info)]),
+            tensor_data_offset: 0,
+        };
+        let mut file = std::io::Cursor::new(vec![0u8; 64]);
+        let err = read_as_q8_0(&content, &mut file, "t", &Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("past the file's end"), "{err}");
     }
 }
