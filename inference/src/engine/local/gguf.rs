@@ -254,14 +254,15 @@ fn read_header(
     path: &Path,
     mut reader: impl Read + Seek,
 ) -> Result<(Content, HashSet<String>), LoadError> {
-    if gguf_alignment::declared(&mut reader) == Some(0) {
+    let ahead = gguf_alignment::read_ahead(&mut reader);
+    if ahead.alignment == Some(0) {
         return Err(LoadError::Metadata {
             path: path.to_owned(),
             key: "general.alignment".into(),
             reason: "0 (tensor data cannot be aligned to 0 bytes)".into(),
         });
     }
-    let mxfp4 = gguf_alignment::mxfp4_tensors(&mut reader);
+    let mxfp4 = ahead.mxfp4;
     let corrupt = |e: candle_core::Error| LoadError::Corrupt {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -626,24 +627,25 @@ fn check_shape(
         }
         Some(_) => {}
     }
+    // `attention.sliding_window` (0 or none: no window), with the layer
+    // pattern and rotary base of the architecture.
+    let sliding = |pattern: usize, rope_base: Option<f32>| match get("attention.sliding_window")? {
+        None | Some(0) => Ok(None),
+        Some(w) if w > MAX_CONTEXT => Err(bad(
+            "attention.sliding_window",
+            format!("{w} (at most {MAX_CONTEXT})"),
+        )),
+        Some(w) => Ok(Some(SlidingWindow {
+            size: w as usize,
+            pattern,
+            rope_base,
+        })),
+    };
     if arch == Architecture::GptOss {
         config.activation = Activation::SwigluOai;
-        config.sliding = match get("attention.sliding_window")? {
-            None | Some(0) => None,
-            Some(w) if w > MAX_CONTEXT => {
-                return Err(bad(
-                    "attention.sliding_window",
-                    format!("{w} (at most {MAX_CONTEXT})"),
-                ))
-            }
-            // Even layers windowed, odd ones full (llama.cpp's pattern 2),
-            // all on the same rotary.
-            Some(w) => Some(SlidingWindow {
-                size: w as usize,
-                pattern: 2,
-                rope_base: None,
-            }),
-        };
+        // Even layers windowed, odd ones full (llama.cpp's pattern 2), all
+        // on the same rotary.
+        config.sliding = sliding(2, None)?;
     }
     if arch == Architecture::Gemma3 {
         config.embedding_scale = Some((embd as f32).sqrt());
@@ -654,20 +656,7 @@ fn check_shape(
         if layers == 62 {
             config.attention_scale = 1.0 / ((embd / heads) as f32).sqrt();
         }
-        config.sliding = match get("attention.sliding_window")? {
-            None | Some(0) => None,
-            Some(w) if w > MAX_CONTEXT => {
-                return Err(bad(
-                    "attention.sliding_window",
-                    format!("{w} (at most {MAX_CONTEXT})"),
-                ))
-            }
-            Some(w) => Some(SlidingWindow {
-                size: w as usize,
-                pattern: GEMMA3_SLIDING_PATTERN,
-                rope_base: Some(GEMMA3_SLIDING_ROPE_BASE),
-            }),
-        };
+        config.sliding = sliding(GEMMA3_SLIDING_PATTERN, Some(GEMMA3_SLIDING_ROPE_BASE))?;
         config.logit_softcap = match get_f32("final_logit_softcapping")? {
             Some(cap) if cap.is_finite() && cap > 0.0 => Some(cap),
             _ => None,

@@ -4,8 +4,9 @@
 //! caught by the loader's `catch_unwind`, but a panic on bad input is
 //! still a bug: the `gguf` fuzz target aborts on it), and tensors of GGML
 //! type MXFP4 (gpt-oss's experts), which candle 0.11 refuses by type
-//! number: [`mxfp4_tensors`] finds them, and [`Overlay`] shows candle F32
-//! in their type fields so it reads the rest of the header; the loader
+//! number: [`read_ahead`] finds them (with the alignment, in one walk),
+//! and [`Overlay`] shows candle F32 in their type fields so it reads the
+//! rest of the header; the loader
 //! reads those tensors itself. This walks the header the way candle reads
 //! it, skipping every value but those, keeps nothing else, and never reads
 //! past the file: lengths move the reader with `seek`, so a huge declared
@@ -23,23 +24,31 @@ const MAX_NAME: u64 = 1 << 12;
 /// Most dimensions of a tensor (GGML's `GGML_MAX_DIMS`).
 const MAX_DIMS: u32 = 4;
 
-/// The alignment candle will use if the header declares one as an integer
-/// (the last declaration wins, as in candle's map); `None` when there is
-/// none or the header does not read as GGUF (candle then says why). The
-/// reader is put back where it was.
-pub fn declared<R: Read + Seek>(reader: &mut R) -> Option<u64> {
-    walk(reader, |w| w.scan())
+/// What the header walk found, in one pass over it (a real vocabulary's
+/// 150k strings are walked once per load, not once per question).
+#[derive(Debug, Default, PartialEq)]
+pub struct Ahead {
+    /// The alignment candle will use if the header declares one as an
+    /// integer (the last declaration wins, as in candle's map).
+    pub alignment: Option<u64>,
+    /// The MXFP4 tensors, each with the file position of its type field.
+    pub mxfp4: Vec<(String, u64)>,
 }
 
 /// GGML's type number of MXFP4: blocks of 32 values, a shared power-of-two
 /// scale byte (E8M0) and 16 bytes of 4-bit E2M1 values.
 pub const MXFP4: u32 = 39;
 
-/// The MXFP4 tensors of the header, each with the file position of its
-/// type field; empty when there are none or the header does not read as
-/// GGUF (candle then says why). The reader is put back where it was.
-pub fn mxfp4_tensors<R: Read + Seek>(reader: &mut R) -> Vec<(String, u64)> {
-    walk(reader, |w| w.tensor_types(MXFP4)).unwrap_or_default()
+/// The header read ahead of candle; nothing found where the header does
+/// not read as GGUF (candle then says why), no tensors where the tensor
+/// list does not. The reader is put back where it was.
+pub fn read_ahead<R: Read + Seek>(reader: &mut R) -> Ahead {
+    walk(reader, |mut w| {
+        let (tensors, alignment) = w.metadata()?;
+        let mxfp4 = w.tensor_types(tensors, MXFP4).unwrap_or_default();
+        Some(Ahead { alignment, mxfp4 })
+    })
+    .unwrap_or_default()
 }
 
 /// Runs `scan` on a walker from the reader's position and puts the reader
@@ -121,7 +130,9 @@ struct Walker<'a, R> {
 }
 
 impl<R: Read + Seek> Walker<'_, R> {
-    fn scan(mut self) -> Option<u64> {
+    /// The header up to the tensor list: the tensor count and the
+    /// declared alignment.
+    fn metadata(&mut self) -> Option<(u64, Option<u64>)> {
         if self.u32()? != MAGIC {
             return None;
         }
@@ -130,7 +141,7 @@ impl<R: Read + Seek> Walker<'_, R> {
             2 | 3 => true,
             _ => return None,
         };
-        let _tensors = self.length()?;
+        let tensors = self.length()?;
         let entries = self.length()?;
         let mut alignment = None;
         for _ in 0..entries {
@@ -148,28 +159,12 @@ impl<R: Read + Seek> Walker<'_, R> {
                 self.skip(kind, 0)?;
             }
         }
-        alignment
+        Some((tensors, alignment))
     }
 
-    /// Past the metadata, the tensors whose type is `wanted`, with the
-    /// position of their type field.
-    fn tensor_types(mut self, wanted: u32) -> Option<Vec<(String, u64)>> {
-        if self.u32()? != MAGIC {
-            return None;
-        }
-        self.wide = match self.u32()? {
-            1 => false,
-            2 | 3 => true,
-            _ => return None,
-        };
-        let tensors = self.length()?;
-        let entries = self.length()?;
-        for _ in 0..entries {
-            let key_len = self.length()?;
-            self.forward(key_len)?;
-            let kind = self.u32()?;
-            self.skip(kind, 0)?;
-        }
+    /// The next `tensors` entries of the tensor list: those whose type is
+    /// `wanted`, with the position of their type field.
+    fn tensor_types(&mut self, tensors: u64, wanted: u32) -> Option<Vec<(String, u64)>> {
         let mut found = Vec::new();
         for _ in 0..tensors {
             let name_len = self.length()?;
@@ -320,21 +315,24 @@ mod tests {
         ]);
         let mut r = Cursor::new(bytes);
         r.set_position(0);
-        assert_eq!(declared(&mut r), Some(0));
+        assert_eq!(read_ahead(&mut r).alignment, Some(0));
         assert_eq!(r.position(), 0, "the reader is put back");
     }
 
     #[test]
     fn other_types_and_broken_headers_declare_nothing() {
         let float = header(&[("general.alignment", 6, 32f32.to_le_bytes().to_vec())]);
-        assert_eq!(declared(&mut Cursor::new(float)), None);
+        assert_eq!(read_ahead(&mut Cursor::new(float)).alignment, None);
         let negative = header(&[("general.alignment", 5, (-1i32).to_le_bytes().to_vec())]);
-        assert_eq!(declared(&mut Cursor::new(negative)), None);
+        assert_eq!(read_ahead(&mut Cursor::new(negative)).alignment, None);
         let mut huge = header(&[("general.alignment", 4, 0u32.to_le_bytes().to_vec())]);
         // A string claiming more bytes than the file has: the scan stops.
         huge.splice(24..32, u64::MAX.to_le_bytes());
-        assert_eq!(declared(&mut Cursor::new(huge)), None);
-        assert_eq!(declared(&mut Cursor::new(b"NOPE".to_vec())), None);
+        assert_eq!(read_ahead(&mut Cursor::new(huge)).alignment, None);
+        assert_eq!(
+            read_ahead(&mut Cursor::new(b"NOPE".to_vec())),
+            Ahead::default()
+        );
     }
 
     /// `header` followed by tensor infos `(name, dims, type)`.
@@ -363,7 +361,7 @@ mod tests {
             ],
         );
         let mut r = Cursor::new(bytes.clone());
-        let found = mxfp4_tensors(&mut r);
+        let found = read_ahead(&mut r).mxfp4;
         assert_eq!(r.position(), 0, "the reader is put back");
         assert_eq!(found.len(), 1);
         let (name, at) = &found[0];
@@ -391,7 +389,9 @@ mod tests {
         // A name longer than any tensor's, or a broken header: nothing.
         let long = "x".repeat(MAX_NAME as usize + 1);
         let bytes = with_tensors(header(&[]), &[(&long, &[32], MXFP4)]);
-        assert!(mxfp4_tensors(&mut Cursor::new(bytes)).is_empty());
-        assert!(mxfp4_tensors(&mut Cursor::new(b"GGUF".to_vec())).is_empty());
+        assert!(read_ahead(&mut Cursor::new(bytes)).mxfp4.is_empty());
+        assert!(read_ahead(&mut Cursor::new(b"GGUF".to_vec()))
+            .mxfp4
+            .is_empty());
     }
 }
