@@ -18,11 +18,17 @@ use crate::engine::{EngineError, EngineEvent, EngineStream, FinishReason, Usage}
 use crate::parse::grammar::{GrammarError, ToolChoice};
 use crate::parse::{schema, Family, ParseEvent, ParserOptions, ToolCallParser, ToolSpec, Verbatim};
 
-/// One piece of clean output.
+/// One piece of clean output, or a change of the request's place in line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GenEvent {
+    /// The request waits behind others (before any output).
+    Queued,
+    /// A request that was `Queued` got its turn.
+    Dequeued,
     Text(String),
     Reasoning(String),
+    /// The model declined (an upstream's `refusal`).
+    Refusal(String),
     ToolCall(ToolCallOut),
 }
 
@@ -169,6 +175,8 @@ pub struct Generation {
     started: Instant,
     first_token: Option<Instant>,
     queue_wait: Option<Duration>,
+    /// A `Queued` was passed on and its `Dequeued` is still to come.
+    queued: bool,
     output_pieces: u64,
     calls_made: usize,
     tool_names: Vec<String>,
@@ -219,6 +227,7 @@ impl Generation {
             started,
             first_token: None,
             queue_wait: None,
+            queued: false,
             output_pieces: 0,
             calls_made: 0,
             tool_names: Vec::new(),
@@ -268,6 +277,10 @@ impl Generation {
                 self.token();
                 self.queue.push_back(Step::Event(GenEvent::Reasoning(s)));
             }
+            EngineEvent::Refusal(s) => {
+                self.token();
+                self.queue.push_back(Step::Event(GenEvent::Refusal(s)));
+            }
             EngineEvent::ToolCallDelta {
                 index,
                 id,
@@ -294,7 +307,16 @@ impl Generation {
                 call.arguments.push_str(&arguments);
             }
             EngineEvent::Finished { reason, usage } => self.finish(reason, usage),
-            EngineEvent::Admitted { queue_wait } => self.queue_wait = Some(queue_wait),
+            EngineEvent::Queued => {
+                self.queued = true;
+                self.queue.push_back(Step::Event(GenEvent::Queued));
+            }
+            EngineEvent::Admitted { queue_wait } => {
+                self.queue_wait = Some(queue_wait);
+                if std::mem::take(&mut self.queued) {
+                    self.queue.push_back(Step::Event(GenEvent::Dequeued));
+                }
+            }
         }
     }
 

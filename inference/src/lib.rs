@@ -221,6 +221,7 @@ impl Inference {
             engine,
             store,
             metrics,
+            stopping: tokio::sync::watch::channel(false).1,
         };
         Ok(Self { state })
     }
@@ -334,10 +335,13 @@ impl Inference {
                 tracing::debug!("TCP_NODELAY: {e}");
             }
         });
+        let state = server::AppState {
+            stopping: stop_rx.clone(),
+            ..self.state.clone()
+        };
         let server = axum::serve(
             listener,
-            self.router()
-                .into_make_service_with_connect_info::<L::Addr>(),
+            server::routes(state).into_make_service_with_connect_info::<L::Addr>(),
         )
         .with_graceful_shutdown(async move {
             let _ = graceful_rx.wait_for(|s| *s).await;

@@ -196,6 +196,52 @@ impl ResponseStore {
         .await
     }
 
+    /// The stored item `id` of `client` (an input or output item of any of
+    /// its responses, newest first), for an `item_reference`.
+    pub async fn item(&self, client: &str, id: &str) -> Result<Option<Value>, StoreError> {
+        // Items are stored as compact JSON, so an item with this id holds
+        // this text; rows are narrowed by it and the items then compared.
+        let needle = format!("\"id\":{}", Value::from(id));
+        let (client, id) = (client.to_owned(), id.to_owned());
+        self.blocking(move |conn, label| {
+            let sql_err = |source| StoreError::Sqlite {
+                path: label.to_owned(),
+                source,
+            };
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, input, output FROM responses
+                     WHERE client = ?1 AND (instr(output, ?2) > 0 OR instr(input, ?2) > 0)
+                     ORDER BY created_at DESC LIMIT 16",
+                )
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map(params![client, needle], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(sql_err)?;
+            for row in rows {
+                let (response, input, output) = row.map_err(sql_err)?;
+                for text in [output, input] {
+                    let items: Vec<Value> =
+                        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                            id: response.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    if let Some(item) = items.into_iter().find(|i| i["id"] == id.as_str()) {
+                        return Ok(Some(item));
+                    }
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
     /// Deletes response `id` of `client`; whether it existed.
     pub async fn delete(&self, client: &str, id: &str) -> Result<bool, StoreError> {
         let (client, id) = (client.to_owned(), id.to_owned());

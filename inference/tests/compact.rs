@@ -144,7 +144,7 @@ async fn compaction_returns_the_spec_object_and_is_accounted() {
 }
 
 /// The compacted output is the next request's base `input` (the spec's
-/// "WebSocket Compaction" pattern, over HTTP): the model then receives the
+/// "WebSocket Compaction" pattern, over HTTP and on a WebSocket): the model then receives the
 /// kept user messages and, in place of the rest, the summary it wrote
 /// during compaction, before the new user message. The compaction pass
 /// may also continue a stored chain (`previous_response_id`).
@@ -217,6 +217,27 @@ async fn compacted_output_is_usable_as_the_next_input() {
     assert_eq!(status, 200, "{chained}");
     let sent = up.requests()[3]["messages"].to_string();
     assert!(sent.contains(summary), "{sent}");
+
+    // The spec's "WebSocket Compaction" itself: on a socket, a new
+    // response (`previous_response_id: null`) whose base input is the
+    // compacted window; the model receives what it did over HTTP.
+    let mut ws = crate::websocket::connect(&svc, None).await.unwrap();
+    let events = crate::websocket::turn(
+        &mut ws,
+        json!({"type": "response.create", "model": "m", "previous_response_id": null,
+               "input": input}),
+    )
+    .await;
+    assert_eq!(
+        events.last().unwrap()["type"],
+        "response.completed",
+        "{events:?}"
+    );
+    assert_eq!(
+        up.requests()[4]["messages"],
+        up.requests()[2]["messages"],
+        "the same window over both transports"
+    );
     svc.shutdown().await;
 }
 

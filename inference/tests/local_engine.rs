@@ -12,7 +12,7 @@ use candle_core::Device;
 use clawpen_inference::engine::local::tokenizer::TextTokenizer;
 use clawpen_inference::engine::local::{gguf, LocalEngine, LocalOptions, CHANNEL_DEPTH};
 use clawpen_inference::engine::{
-    ChatMessage, Content, Engine, EngineEvent, FinishReason, GenerateRequest, Role,
+    ChatMessage, Content, Engine, EngineEvent, EngineStream, FinishReason, GenerateRequest, Role,
 };
 use clawpen_inference::{Family, InferenceConfig};
 use futures::{FutureExt, StreamExt};
@@ -612,13 +612,21 @@ async fn clients_take_turns_when_one_floods_the_model() {
         Some(Ok(EngineEvent::Admitted { queue_wait })) if queue_wait.is_zero()
     ));
     assert!(matches!(hold.next().await, Some(Ok(EngineEvent::Text(_)))));
+    // Each waiting request says so first (what a Responses stream
+    // announces as `response.queued`).
+    let queued = |mut stream: EngineStream| async move {
+        assert!(matches!(stream.next().await, Some(Ok(EngineEvent::Queued))));
+        stream
+    };
     let mut waiting = Vec::new();
     for i in 0..6 {
         let r = from("flood", greedy(&format!("flood {i}"), 2));
-        waiting.push((format!("flood{i}"), engine.generate(r).await.unwrap()));
+        let stream = queued(engine.generate(r).await.unwrap()).await;
+        waiting.push((format!("flood{i}"), stream));
     }
     let r = from("other", greedy("other", 2));
-    waiting.push(("other".to_owned(), engine.generate(r).await.unwrap()));
+    let stream = queued(engine.generate(r).await.unwrap()).await;
+    waiting.push(("other".to_owned(), stream));
     assert_eq!(engine.stats().queued, 7);
 
     drop(hold);
@@ -707,15 +715,7 @@ async fn queue_wait_and_depth_are_in_the_metrics() {
             r.json::<Json>().await.unwrap()
         }
     });
-    let mut seen = false;
-    for _ in 0..500 {
-        if svc.metrics.queued_requests() == 1 {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    assert!(seen, "vm-b never showed as queued");
+    common::eventually(|| svc.metrics.queued_requests() == 1, "vm-b queued").await;
     let text = svc.metrics_text().await;
     assert!(
         text.contains(r#"clawpen_inference_queued_requests{model="tiny-qwen2",client="vm-b"} 1"#),
@@ -742,6 +742,100 @@ async fn queue_wait_and_depth_are_in_the_metrics() {
         text.contains(r#"clawpen_inference_queue_wait_seconds_count{client="vm-b"} 1"#),
         "{text}"
     );
+    svc.idle().await;
+    svc.shutdown().await;
+}
+
+/// Open Responses' state machine on the local engine's fair queue: a
+/// streamed response that waits behind another VM's generation is
+/// `queued` from `response.created` on, `response.in_progress` when its
+/// turn comes, then its output; one that does not wait is `in_progress`
+/// at once. The SSE framing is asserted on both.
+#[tokio::test]
+async fn a_response_waiting_its_turn_is_queued_then_in_progress() {
+    limit_threads();
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyModel::new("qwen2")
+        .never_ending()
+        .write(dir.path(), "tiny-qwen2");
+    let mut cfg = config(vec![path]);
+    cfg.api_keys = [("key-a", "vm-a"), ("key-b", "vm-b")]
+        .into_iter()
+        .map(|(k, c)| (k.to_owned(), c.to_owned()))
+        .collect();
+    let svc = common::start(cfg).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/responses", svc.base);
+    let body = |max: u64| json!({"input": "hi", "max_output_tokens": max, "stream": true});
+    // vm-a's long generation runs (its first event arrived) ...
+    let a = http
+        .post(&url)
+        .bearer_auth("key-a")
+        .json(&body(480))
+        .send()
+        .await
+        .unwrap();
+    let mut a = a.bytes_stream();
+    a.next().await.unwrap().unwrap();
+    // ... so vm-b's waits for its turn, which comes when vm-a goes away.
+    let b = tokio::spawn({
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .post(&url)
+                .bearer_auth("key-b")
+                .json(&body(2))
+                .send()
+                .await
+                .unwrap();
+            common::responses_sse(r).await
+        }
+    });
+    common::eventually(|| svc.metrics.queued_requests() == 1, "vm-b queued").await;
+    drop(a);
+    let events = b.await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds[..2],
+        ["response.created", "response.queued"],
+        "{kinds:?}"
+    );
+    assert_eq!(events[0]["response"]["status"], "queued");
+    let started = kinds
+        .iter()
+        .position(|k| *k == "response.in_progress")
+        .unwrap();
+    // Keep-alives while it waits (if vm-a ran that long) repeat
+    // `response.queued` (the builder's unit test shows them).
+    assert!(
+        kinds[1..started].iter().all(|k| *k == "response.queued"),
+        "{kinds:?}"
+    );
+    let first_item = kinds
+        .iter()
+        .position(|k| *k == "response.output_item.added")
+        .unwrap();
+    assert!(started < first_item, "{kinds:?}");
+    assert_eq!(events[started]["response"]["status"], "in_progress");
+    assert_eq!(kinds.last(), Some(&"response.incomplete"), "{kinds:?}");
+
+    // Nobody ahead: in_progress at once.
+    let r = http
+        .post(&url)
+        .bearer_auth("key-a")
+        .json(&body(2))
+        .send()
+        .await
+        .unwrap();
+    let events = common::responses_sse(r).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds[..2],
+        ["response.created", "response.in_progress"],
+        "{kinds:?}"
+    );
+    assert!(!kinds.contains(&"response.queued"), "{kinds:?}");
+    assert_eq!(events[0]["response"]["status"], "in_progress");
     svc.idle().await;
     svc.shutdown().await;
 }

@@ -5,7 +5,7 @@
 //! sliding window shorter than the prompt): the logits agree at every
 //! position.
 
-use crate::local_common::limit_threads;
+use crate::local_common::{self, limit_threads};
 
 use std::process::Command;
 
@@ -100,14 +100,7 @@ fn gpt_oss_logits_agree_with_llama_cpp_at_every_position() {
             .zip(theirs)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         worst = worst.max(diff / scale);
-        let argmax = |v: &[f32]| {
-            v.iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i)
-                .unwrap()
-        };
-        same += usize::from(argmax(&ours) == argmax(theirs));
+        same += usize::from(local_common::argmax(&ours) == local_common::argmax(theirs));
         assert!(
             diff <= RELATIVE_TOLERANCE * scale,
             "position {i}: logits {diff} apart (largest logit {scale})"

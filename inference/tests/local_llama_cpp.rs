@@ -14,10 +14,9 @@ use std::process::Command;
 
 use candle_core::Device;
 use clawpen_inference::engine::local::{gguf, LocalEngine, LocalOptions};
-use clawpen_inference::engine::{ChatMessage, Content, Engine, EngineEvent, GenerateRequest, Role};
+use clawpen_inference::engine::{ChatMessage, Content, Engine, GenerateRequest, Role};
 use common::clients::{clients_dir, python, require_python};
 use common::llama::INSTALL;
-use futures::StreamExt;
 use local_common::limit_threads;
 use serde_json::Value;
 
@@ -77,24 +76,19 @@ async fn candle_and_llama_cpp_agree_on_the_same_gguf() {
 
     let engine = LocalEngine::start(std::slice::from_ref(&path), LocalOptions::default());
     assert!(engine.wait_loaded().await.is_empty());
-    let text: String = engine
-        .generate(GenerateRequest {
-            model: "tiny".into(),
-            messages,
-            max_tokens: Some(12),
-            temperature: Some(0.0),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .filter_map(|e| async move {
-            match e.unwrap() {
-                EngineEvent::Text(t) => Some(t),
-                _ => None,
-            }
-        })
-        .collect()
-        .await;
+    let text = local_common::generated_text(
+        engine
+            .generate(GenerateRequest {
+                model: "tiny".into(),
+                messages,
+                max_tokens: Some(12),
+                temperature: Some(0.0),
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+    )
+    .await;
 
     let path_arg = path.display().to_string();
     let out = tokio::task::spawn_blocking(move || {
@@ -144,24 +138,19 @@ async fn candle_and_llama_cpp_agree_on_qwen2_qwen3_and_qwen3moe() {
         drop(loaded);
         let engine = LocalEngine::start(std::slice::from_ref(&path), LocalOptions::default());
         assert!(engine.wait_loaded().await.is_empty());
-        let text: String = engine
-            .generate(GenerateRequest {
-                model: arch.into(),
-                messages,
-                max_tokens: Some(12),
-                temperature: Some(0.0),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .filter_map(|e| async move {
-                match e.unwrap() {
-                    EngineEvent::Text(t) => Some(t),
-                    _ => None,
-                }
-            })
-            .collect()
-            .await;
+        let text = local_common::generated_text(
+            engine
+                .generate(GenerateRequest {
+                    model: arch.into(),
+                    messages,
+                    max_tokens: Some(12),
+                    temperature: Some(0.0),
+                    ..Default::default()
+                })
+                .await
+                .unwrap(),
+        )
+        .await;
         let path_arg = path.display().to_string();
         let out = tokio::task::spawn_blocking(move || {
             Command::new(python())

@@ -1,6 +1,7 @@
 //! Open Responses (2026-04-24) conformance over a scripted upstream:
 //! `allowed_tools` as a hard constraint, `incomplete` items when a
-//! response is cut short, and the `error` event before `response.failed`.
+//! response is cut short, the `error` event before `response.failed`,
+//! and `item_reference` inputs.
 
 use crate::common;
 
@@ -187,4 +188,159 @@ async fn a_failure_mid_stream_is_an_error_event_then_response_failed() {
     )
     .await;
     assert_error_then_failed(&events);
+}
+
+/// `item_reference` (typed, and the spec's untyped `{"id"}` form) stands
+/// for a stored item of the same client: the engine gets the item itself.
+/// An id that is not stored for this client, a reference without an id,
+/// and an `input_video` part are 400s naming the field, and nothing is
+/// sent upstream.
+#[tokio::test]
+async fn item_references_name_stored_items_of_the_same_client() {
+    let up = FakeUpstream::start(
+        &["m"],
+        Arc::new(|_: &Value| Reply::text("Oslo is rainy.", 5)),
+    )
+    .await;
+    let mut cfg = config(&up.url);
+    cfg.api_keys = [("key-a", "vm-a"), ("key-b", "vm-b")]
+        .into_iter()
+        .map(|(k, c)| (k.to_owned(), c.to_owned()))
+        .collect();
+    let svc = start(cfg).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/responses", svc.base);
+    let post = |key: &'static str, body: Value| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .post(&url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, first) = post("key-a", json!({"model": "m", "input": "Weather in Oslo?"})).await;
+    assert_eq!(status, 200, "{first}");
+    let message_id = first["output"][0]["id"].as_str().unwrap().to_owned();
+
+    for reference in [
+        json!({"type": "item_reference", "id": message_id}),
+        json!({"id": message_id}),
+    ] {
+        let (status, v) = post(
+            "key-a",
+            json!({"model": "m", "input": [reference, {"role": "user", "content": "And tomorrow?"}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        let sent = up.requests().last().unwrap().clone();
+        let messages = sent["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 2, "{sent}");
+        assert_eq!(messages[0]["role"], "assistant");
+        assert_eq!(messages[0]["content"], "Oslo is rainy.");
+        assert_eq!(messages[1]["content"], "And tomorrow?");
+    }
+
+    let sent_before = up.requests().len();
+    let refused = [
+        // Another VM's item is not found for this one.
+        (
+            "key-b",
+            json!([{"type": "item_reference", "id": message_id}]),
+            "input[0].id",
+        ),
+        (
+            "key-a",
+            json!([{"role": "user", "content": "hi"}, {"type": "item_reference", "id": "msg_nope"}]),
+            "input[1].id",
+        ),
+        ("key-a", json!([{"type": "item_reference"}]), "input[0].id"),
+        (
+            "key-a",
+            json!([{"role": "user", "content": [
+                {"type": "input_video", "video_url": "https://example.com/v.mp4"}]}]),
+            "input[0].content[0].type",
+        ),
+    ];
+    for (key, input, param) in refused {
+        let (status, v) = post(key, json!({"model": "m", "input": input})).await;
+        assert_eq!(status, 400, "{input}: {v}");
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    }
+    assert_eq!(
+        up.requests().len(),
+        sent_before,
+        "refused requests stay here"
+    );
+}
+
+/// An upstream's refusal (Chat Completions' `refusal`) comes out as the
+/// spec's refusal: over SSE a message with a `refusal` part and its
+/// `response.refusal.delta` / `.done` events, in the whole response the
+/// same part, and on Chat Completions `message.refusal`.
+#[tokio::test]
+async fn an_upstream_refusal_is_a_refusal_part() {
+    let up = FakeUpstream::start(
+        &["m"],
+        Arc::new(|_: &Value| Reply {
+            deltas: vec![json!({"refusal": "I can't"}), json!({"refusal": " help."})],
+            ..Reply::default()
+        }),
+    )
+    .await;
+    let svc = start(config(&up.url)).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/responses", svc.base);
+    let r = http
+        .post(&url)
+        .json(&json!({"model": "m", "input": "hi", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let events = common::responses_sse(r).await;
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "response.refusal.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, ["I can't", " help."]);
+    let done = events
+        .iter()
+        .find(|e| e["type"] == "response.refusal.done")
+        .unwrap();
+    assert_eq!(done["refusal"], "I can't help.");
+    let refusal = json!([{"type": "refusal", "refusal": "I can't help."}]);
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "response.completed");
+    assert_eq!(last["response"]["output"][0]["content"], refusal);
+
+    let whole: Value = http
+        .post(&url)
+        .json(&json!({"model": "m", "input": "hi"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(whole["output"][0]["content"], refusal, "{whole}");
+    let chat: Value = http
+        .post(format!("{}/v1/chat/completions", svc.base))
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        chat["choices"][0]["message"]["refusal"], "I can't help.",
+        "{chat}"
+    );
+    svc.shutdown().await;
 }

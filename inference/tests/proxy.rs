@@ -399,7 +399,7 @@ async fn a_client_that_goes_away_cancels_its_generation() {
     s.next().await.unwrap().unwrap();
     assert_eq!(svc.metrics.live_generations(), 1);
     drop(s);
-    wait_for(|| up.cut_off() == 1, "upstream request dropped").await;
+    common::eventually(|| up.cut_off() == 1, "upstream request dropped").await;
     svc.idle().await;
 
     // While decoding.
@@ -412,7 +412,7 @@ async fn a_client_that_goes_away_cancels_its_generation() {
     let mut s = r.bytes_stream();
     s.next().await.unwrap().unwrap();
     drop(s);
-    wait_for(|| up.cut_off() == 2, "upstream request dropped").await;
+    common::eventually(|| up.cut_off() == 2, "upstream request dropped").await;
     svc.idle().await;
     assert_eq!(up.live(), 0);
     assert!(svc
@@ -420,16 +420,6 @@ async fn a_client_that_goes_away_cancels_its_generation() {
         .prometheus()
         .contains(r#"endpoint="chat_completions",status="cancelled"} 1"#));
     svc.shutdown().await;
-}
-
-async fn wait_for(cond: impl Fn() -> bool, what: &str) {
-    for _ in 0..1000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting: {what}");
 }
 
 #[tokio::test]
@@ -490,7 +480,7 @@ async fn sixteen_streams_with_random_disconnects() {
     }
     assert!(completed >= 8, "{completed}");
     svc.idle().await;
-    wait_for(|| up.live() == 0, "upstream streams closed").await;
+    common::eventually(|| up.live() == 0, "upstream streams closed").await;
     assert_eq!(up.cut_off() + up.finished(), 16);
     assert_eq!(up.finished(), completed);
     let text = svc.metrics_text().await;

@@ -10,13 +10,12 @@ use candle_core::{Device, Tensor};
 use clawpen_inference::engine::local::gguf;
 use clawpen_inference::engine::local::model::KvCache;
 use clawpen_inference::engine::local::{LocalEngine, LocalOptions};
-use clawpen_inference::engine::{ChatMessage, Content, Engine, EngineEvent, GenerateRequest, Role};
-use futures::StreamExt;
+use clawpen_inference::engine::{ChatMessage, Content, Engine, GenerateRequest, Role};
 use serde_json::Value;
 
 use crate::common::clients::{require_python, run_python_code};
 use crate::common::llama::INSTALL;
-use crate::local_common::limit_threads;
+use crate::local_common::{self, limit_threads};
 use crate::real_models::real_model;
 
 /// Tokens greedily decoded per prompt.
@@ -134,12 +133,7 @@ fn compare(model: &gguf::LoadedModel, prompt: &[u32], greedy: &[u32], top: &Valu
             .iter()
             .map(|(i, l)| (logits[*i] - l).abs())
             .fold(0f32, f32::max);
-        let best = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-            .unwrap();
+        let best = local_common::argmax(&logits);
         steps.push(Step {
             diff,
             same_best: best == *token as usize,
@@ -293,24 +287,19 @@ async fn gemma3_chats_in_gemmas_turn_format_through_the_engine() {
         note.contains("base model") && note.contains("Gemma's turn format"),
         "{note}"
     );
-    let text: String = engine
-        .generate(GenerateRequest {
-            model,
-            messages,
-            max_tokens: Some(16),
-            temperature: Some(0.0),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .filter_map(|e| async move {
-            match e.unwrap() {
-                EngineEvent::Text(t) => Some(t),
-                _ => None,
-            }
-        })
-        .collect()
-        .await;
+    let text = local_common::generated_text(
+        engine
+            .generate(GenerateRequest {
+                model,
+                messages,
+                max_tokens: Some(16),
+                temperature: Some(0.0),
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+    )
+    .await;
     assert!(!text.trim().is_empty());
     assert!(!text.contains("<end_of_turn>"), "{text:?}");
 }

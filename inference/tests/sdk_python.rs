@@ -1,8 +1,9 @@
 //! The official `openai` Python SDK against clawpen proxying the scripted
 //! upstream: streamed and whole Responses with tools, the agent tool loop,
-//! `previous_response_id`, Chat Completions with tools.
+//! `previous_response_id`, Chat Completions with tools, and the Responses
+//! WebSocket mode through the SDK's own client.
 //!
-//! Needs `python3` with `pip install openai` (`CLAWPEN_PYTHON` picks
+//! Needs `python3` with `pip install 'openai[realtime]'` (`CLAWPEN_PYTHON` picks
 //! another interpreter); fails with that instruction when missing.
 
 use crate::common;
@@ -103,5 +104,58 @@ async fn python_openai_sdk_agent_session() {
         "{text}"
     );
     svc.idle().await;
+    svc.shutdown().await;
+}
+
+/// The WebSocket mode through the official Python SDK's own client
+/// (`client.responses.connect()`): a tool call, its continuation from the
+/// socket's memory (`store: false`, so only the socket has it), then the
+/// spec's `previous_response_not_found` for an id nobody has, all parsed
+/// into the SDK's types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_openai_sdk_websocket_mode() {
+    let up = FakeUpstream::start(&["qwen3-test"], agent_script(Duration::ZERO)).await;
+    let mut cfg = config(&up.url);
+    cfg.api_keys = [("sk-python".to_owned(), "py-client".to_owned())].into();
+    let svc = start(cfg).await;
+    let base = svc.base.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        run_python("openai_ws.py", &[&base, "sk-python", "qwen3-test"])
+    })
+    .await
+    .unwrap();
+    let types = |key: &str| -> Vec<String> {
+        r[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = types("first_types");
+    assert_eq!(first[..2], ["response.created", "response.in_progress"]);
+    assert_eq!(first.last().unwrap(), "response.completed", "{first:?}");
+    assert!(first.contains(&"response.function_call_arguments.done".to_owned()));
+    assert_eq!(
+        r["call"],
+        json!({"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}})
+    );
+    let second = types("second_types");
+    assert_eq!(second.last().unwrap(), "response.completed", "{second:?}");
+    assert_eq!(r["second_text"], "It is sunny in Oslo.");
+    // The continuation reached the model whole: the question, the call,
+    // the tool's answer.
+    let sent = &up.requests()[1]["messages"];
+    let roles: Vec<&str> = sent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "tool"], "{sent}");
+    assert_eq!(
+        r["error"],
+        json!({"type": "error", "code": "previous_response_not_found", "status": 400})
+    );
     svc.shutdown().await;
 }

@@ -462,13 +462,7 @@ async fn closing_the_socket_cancels_the_generation() {
     }
     ws.close(None).await.unwrap();
     drop(ws);
-    for _ in 0..500 {
-        if up.cut_off() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(up.cut_off(), 1, "the upstream stream was not cut off");
+    common::eventually(|| up.cut_off() == 1, "the upstream stream cut off").await;
     assert_eq!(up.finished(), 0);
     svc.idle().await;
     svc.shutdown().await;
@@ -504,4 +498,55 @@ async fn a_connection_ends_after_its_lifetime_with_the_spec_error() {
         "{e}"
     );
     assert!(next(&mut ws).await.is_none(), "the socket closes");
+}
+
+/// A shutdown ends every session: an idle one gets a close frame at once
+/// (1001, going away), one in the middle of a long turn is cut off within
+/// the shutdown grace, and the service's `serve` returns in time (before,
+/// upgraded sockets lived on after it).
+#[tokio::test]
+async fn a_shutdown_closes_idle_and_running_sessions() {
+    // "slow" answers after a long wait: a turn that outlasts the grace.
+    let up = FakeUpstream::start(&["m"], agent_script(Duration::from_secs(60))).await;
+    let mut cfg = config(&up.url);
+    cfg.api_keys = [(KEY.to_owned(), "vm-a".to_owned())].into();
+    let svc = start(cfg).await;
+    let mut idle = connect(&svc, Some(KEY)).await.unwrap();
+    let mut busy = connect(&svc, Some(KEY)).await.unwrap();
+    send(
+        &mut busy,
+        json!({"type": "response.create", "model": "m", "input": "slow"}),
+    )
+    .await;
+    let first = next(&mut busy).await.unwrap();
+    assert_eq!(first["type"], "response.created", "{first}");
+    let started = std::time::Instant::now();
+    svc.shutdown().await;
+
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.next())
+        .await
+        .expect("the idle session closes at once");
+    match closed {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
+        }
+        other => panic!("a close frame, got {other:?}"),
+    }
+    // The running one ends within the grace (a keep-alive or two, then the
+    // end of the socket), not after the upstream's minute.
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(Ok(m)) = busy.next().await {
+            if let Message::Text(t) = m {
+                let e: Value = serde_json::from_str(&t).unwrap();
+                assert_ne!(e["type"], "response.completed", "{e}");
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the running session ends at shutdown");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }

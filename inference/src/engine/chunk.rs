@@ -142,6 +142,11 @@ fn message_events(m: &Value, out: &mut Vec<EngineEvent>) {
             out.push(EngineEvent::Text(c.to_owned()));
         }
     }
+    if let Some(r) = m.get("refusal").and_then(Value::as_str) {
+        if !r.is_empty() {
+            out.push(EngineEvent::Refusal(r.to_owned()));
+        }
+    }
     let Some(calls) = m.get("tool_calls").and_then(Value::as_array) else {
         return;
     };
@@ -203,6 +208,15 @@ mod tests {
                 EngineEvent::Text("Hi".into())
             ]
         );
+        // A refusal (OpenAI's field; `null` when there is none).
+        let e = m
+            .chunk(r#"{"choices":[{"index":0,"delta":{"content":null,"refusal":"No."}}]}"#)
+            .unwrap();
+        assert_eq!(e, vec![EngineEvent::Refusal("No.".into())]);
+        let e = m
+            .chunk(r#"{"choices":[{"index":0,"delta":{"content":"","refusal":null}}]}"#)
+            .unwrap();
+        assert!(e.is_empty(), "{e:?}");
         let e = m
             .chunk(r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a\""}}]},"finish_reason":null}]}"#)
             .unwrap();

@@ -275,6 +275,10 @@ fn function_type() -> String {
 /// One piece of an engine's output.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineEvent {
+    /// The request waits behind others in the engine's queue (local
+    /// engine; sent first, and only when it waits). `Admitted` follows
+    /// when its turn comes.
+    Queued,
     /// The request left the engine's queue and starts generating, after
     /// waiting `queue_wait` behind other requests (local engine; an
     /// upstream's queue is invisible). Sent before any output.
@@ -284,6 +288,9 @@ pub enum EngineEvent {
     Text(String),
     /// Reasoning the engine already separated (upstream `reasoning_content`).
     Reasoning(String),
+    /// The model declined, as an upstream said so (Chat Completions'
+    /// `refusal`): passed on as a refusal, never parsed as text.
+    Refusal(String),
     /// A fragment of a tool call the engine already recognised (upstream
     /// `tool_calls`): fragments with one `index` make one call.
     ToolCallDelta {

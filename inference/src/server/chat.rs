@@ -235,6 +235,7 @@ async fn run(state: AppState, client: Client, p: Prepared, started: Instant) -> 
         role_sent: false,
         text: String::new(),
         reasoning: String::new(),
+        refusal: String::new(),
         calls: Vec::new(),
         status: StatusCode::OK,
     };
@@ -264,6 +265,7 @@ struct Chat {
     role_sent: bool,
     text: String,
     reasoning: String,
+    refusal: String,
     calls: Vec<ToolCallOut>,
     status: StatusCode,
 }
@@ -316,15 +318,18 @@ impl Protocol for Streamed {
         "text/event-stream"
     }
 
-    fn start(&mut self) -> Vec<Bytes> {
+    fn start(&mut self, _queued: bool) -> Vec<Bytes> {
         Vec::new()
     }
 
     fn event(&mut self, event: GenEvent) -> Vec<Bytes> {
         let c = &mut self.0;
         let mut delta = match event {
+            // Chat Completions has no word for waiting: keep-alives cover it.
+            GenEvent::Queued | GenEvent::Dequeued => return Vec::new(),
             GenEvent::Text(s) => json!({"content": s}),
             GenEvent::Reasoning(s) => json!({"reasoning_content": s}),
+            GenEvent::Refusal(s) => json!({"refusal": s}),
             GenEvent::ToolCall(call) => {
                 let d = json!({"tool_calls": [Chat::call_json(c.calls.len(), &call)]});
                 c.calls.push(call);
@@ -377,14 +382,16 @@ impl Protocol for Whole {
         "application/json"
     }
 
-    fn start(&mut self) -> Vec<Bytes> {
+    fn start(&mut self, _queued: bool) -> Vec<Bytes> {
         Vec::new()
     }
 
     fn event(&mut self, event: GenEvent) -> Vec<Bytes> {
         match event {
+            GenEvent::Queued | GenEvent::Dequeued => {}
             GenEvent::Text(s) => self.0.text.push_str(&s),
             GenEvent::Reasoning(s) => self.0.reasoning.push_str(&s),
+            GenEvent::Refusal(s) => self.0.refusal.push_str(&s),
             GenEvent::ToolCall(call) => self.0.calls.push(call),
         }
         Vec::new()
@@ -398,8 +405,9 @@ impl Protocol for Whole {
         let c = &self.0;
         let mut message = json!({
             "role": "assistant",
-            "content": (!c.text.is_empty() || c.calls.is_empty()).then_some(&c.text),
-            "refusal": null,
+            "content": (!c.text.is_empty() || (c.calls.is_empty() && c.refusal.is_empty()))
+                .then_some(&c.text),
+            "refusal": (!c.refusal.is_empty()).then_some(&c.refusal),
         });
         if !c.reasoning.is_empty() {
             message["reasoning_content"] = json!(c.reasoning);

@@ -47,6 +47,10 @@ pub struct AppState {
     pub keys: ApiKeys,
     /// Whether this listener's requests must carry a key in `keys`.
     pub key_policy: KeyPolicy,
+    /// Turns `true` when the server serving these routes is asked to stop:
+    /// sessions that outlive a request (WebSockets) end then too. Never
+    /// changes for routes not served by [`crate::Inference::serve`].
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -68,6 +72,17 @@ impl AppState {
     /// How long a request waits for the engine to accept it before the
     /// response headers are committed: long enough for a refusal to come
     /// back as an error status, short enough to count as "at once".
+    /// Resolves once the server is asked to stop; never for routes served
+    /// some other way.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.clone();
+        async move {
+            if stopping.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     pub fn accept_grace(&self) -> Duration {
         self.config
             .keepalive_interval

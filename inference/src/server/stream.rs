@@ -23,7 +23,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use futures::future::BoxFuture;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::engine::{EngineError, EngineStream, FinishReason};
 use crate::generation::{GenEvent, Generation, Outcome, OutputOptions, Step};
@@ -40,8 +40,9 @@ pub const DONE: &[u8] = b"data: [DONE]\n\n";
 pub trait Protocol: Send + 'static {
     /// `Content-Type` of the body.
     fn content_type(&self) -> &'static str;
-    /// Sent at once, before the engine produced anything.
-    fn start(&mut self) -> Vec<Bytes>;
+    /// Sent at once, before the engine produced anything; `queued`: the
+    /// engine has already put the request in line behind others.
+    fn start(&mut self, queued: bool) -> Vec<Bytes>;
     /// One piece of output.
     fn event(&mut self, event: GenEvent) -> Vec<Bytes>;
     /// Nothing was sent for a keep-alive interval.
@@ -149,9 +150,19 @@ impl<P: Protocol> Driver<P> {
 
     /// The next piece of the body; `None` at its end.
     pub async fn next(&mut self) -> Option<Bytes> {
+        let mut early = None;
         if !self.opened {
             self.opened = true;
-            let start = self.protocol.start();
+            // What the engine has ready at once (cancel-safe to ask): a
+            // request it already put in line starts out `queued`.
+            if let Phase::Running(generation) = &mut self.phase {
+                early = generation.next().now_or_never().map(|r| match r {
+                    Ok(step) => Polled::Step(step),
+                    Err(e) => Polled::Failed(e),
+                });
+            }
+            let queued = matches!(early, Some(Polled::Step(Step::Event(GenEvent::Queued))));
+            let start = self.protocol.start(queued);
             self.pending.extend(start);
         }
         loop {
@@ -160,20 +171,25 @@ impl<P: Protocol> Driver<P> {
                 return Some(b);
             }
             let deadline = tokio::time::Instant::from_std(self.last_sent + self.keepalive);
-            let polled = match &mut self.phase {
-                Phase::Finished => return None,
-                Phase::Starting(start) => match tokio::time::timeout_at(deadline, start).await {
-                    Err(_) => Polled::Timeout,
-                    Ok(Ok(stream)) => Polled::Accepted(stream),
-                    Ok(Err(e)) => Polled::Failed(e),
-                },
-                Phase::Running(generation) => {
-                    match tokio::time::timeout_at(deadline, generation.next()).await {
-                        Err(_) => Polled::Timeout,
-                        Ok(Ok(step)) => Polled::Step(step),
-                        Ok(Err(e)) => Polled::Failed(e),
+            let polled = match (early.take(), &mut self.phase) {
+                (Some(polled), _) => polled,
+                (None, phase) => match phase {
+                    Phase::Finished => return None,
+                    Phase::Starting(start) => {
+                        match tokio::time::timeout_at(deadline, start).await {
+                            Err(_) => Polled::Timeout,
+                            Ok(Ok(stream)) => Polled::Accepted(stream),
+                            Ok(Err(e)) => Polled::Failed(e),
+                        }
                     }
-                }
+                    Phase::Running(generation) => {
+                        match tokio::time::timeout_at(deadline, generation.next()).await {
+                            Err(_) => Polled::Timeout,
+                            Ok(Ok(step)) => Polled::Step(step),
+                            Ok(Err(e)) => Polled::Failed(e),
+                        }
+                    }
+                },
             };
             match polled {
                 Polled::Timeout => {
@@ -252,7 +268,7 @@ impl<G: Gather> Protocol for WholeJson<G> {
         "application/json"
     }
 
-    fn start(&mut self) -> Vec<Bytes> {
+    fn start(&mut self, _queued: bool) -> Vec<Bytes> {
         Vec::new()
     }
 

@@ -104,6 +104,18 @@ impl Frame {
     }
 }
 
+/// Waits (up to 10 s) until `cond` holds; fails the test naming `what`
+/// otherwise.
+pub async fn eventually(cond: impl Fn() -> bool, what: &str) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting: {what}");
+}
+
 /// Splits a whole SSE body into frames.
 pub fn frames(body: &str) -> Vec<Frame> {
     let mut out = Vec::new();
@@ -137,6 +149,44 @@ pub async fn read_all(resp: reqwest::Response) -> String {
         body.extend_from_slice(&chunk.unwrap());
     }
     String::from_utf8(body).unwrap()
+}
+
+/// Reads a streamed Responses answer to its end, asserting Open Responses'
+/// streaming framing: `Content-Type: text/event-stream`; `\n` line ends;
+/// every event one `event:` line naming the `type` of its one `data:` line
+/// of JSON; numbered in turn; the literal `[DONE]` last. The events, in
+/// order.
+pub async fn responses_sse(r: reqwest::Response) -> Vec<Value> {
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = read_all(r).await;
+    assert_eq!(content_type.as_deref(), Some("text/event-stream"), "{body}");
+    assert!(!body.contains('\r'), "line ends are \\n only: {body:?}");
+    let fr = frames(&body);
+    assert_eq!(
+        fr.last(),
+        Some(&Frame::Data {
+            event: None,
+            data: "[DONE]".into()
+        }),
+        "the terminal event is [DONE]"
+    );
+    let mut events = Vec::new();
+    for f in &fr[..fr.len() - 1] {
+        let Frame::Data { event, data } = f else {
+            panic!("only events before [DONE] on a Responses stream: {f:?}");
+        };
+        assert!(!data.contains('\n'), "one data line per event: {data}");
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(event.as_deref(), v["type"].as_str(), "{data}");
+        events.push(v);
+    }
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["sequence_number"], i as u64, "{e}");
+    }
+    events
 }
 
 /// The JSON data of every frame.

@@ -719,3 +719,28 @@ pub fn limit_threads() {
         std::env::set_var("RAYON_NUM_THREADS", "2");
     }
 }
+
+/// The index of the largest logit (the greedy choice).
+pub fn argmax(logits: &[f32]) -> usize {
+    logits
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .expect("logits")
+}
+
+/// The text an engine's stream generated (its other events left out); a
+/// failed event fails the test.
+pub async fn generated_text(stream: clawpen_inference::engine::EngineStream) -> String {
+    use futures::StreamExt;
+    stream
+        .filter_map(|e| async move {
+            match e.unwrap() {
+                clawpen_inference::engine::EngineEvent::Text(t) => Some(t),
+                _ => None,
+            }
+        })
+        .collect()
+        .await
+}

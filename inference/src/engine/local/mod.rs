@@ -842,6 +842,7 @@ impl Engine for LocalEngine {
         // waits for the turn (keep-alives flow meanwhile), and dropping it
         // leaves the line.
         let waiter = model.queue.acquire(client);
+        let queued = waiter.is_queued();
         let counters = Arc::clone(&self.counters);
         let started = async move {
             let turn = waiter.await;
@@ -876,7 +877,11 @@ impl Engine for LocalEngine {
                 .chain(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
                 .boxed()
         };
-        Ok(Box::pin(futures::stream::once(started).flatten()))
+        // A request that waits says so first, before its turn comes.
+        let queued = futures::stream::iter(queued.then_some(Ok(EngineEvent::Queued)));
+        Ok(Box::pin(
+            queued.chain(futures::stream::once(started).flatten()),
+        ))
     }
 }
 

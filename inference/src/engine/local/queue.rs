@@ -239,6 +239,14 @@ enum WaiterState {
     Done,
 }
 
+impl Waiter {
+    /// Whether this request waits behind another (its turn was not free
+    /// when it arrived): what a Responses stream announces as `queued`.
+    pub fn is_queued(&self) -> bool {
+        matches!(self.state, WaiterState::Queued(_))
+    }
+}
+
 impl Future for Waiter {
     type Output = Turn;
 

@@ -3,9 +3,10 @@
 //! order, each with its `sequence_number`.
 //!
 //! Text opens a `message` item (`output_item.added`, `content_part.added`,
-//! `output_text.delta`...), reasoning a `reasoning` item with summary text
-//! (`reasoning_summary_part.added`, `reasoning_summary_text.delta`...),
-//! each tool call a `function_call` item. A change of kind closes the open
+//! `output_text.delta`...), a refusal a `message` item with a `refusal`
+//! part (`response.refusal.delta`...), reasoning a `reasoning` item with
+//! summary text (`reasoning_summary_part.added`,
+//! `reasoning_summary_text.delta`...), each tool call a `function_call` item. A change of kind closes the open
 //! item (`...done` events, `output_item.done`). Non-streamed answers run
 //! the same machine and keep only the final object.
 
@@ -59,10 +60,45 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What kind of item text is being written into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A `message` with an `output_text` part.
+    Message,
+    /// A `message` with a `refusal` part.
+    Refusal,
+    /// A `reasoning` item with a `summary_text` part.
+    Reasoning,
+}
+
+impl Kind {
+    /// The name of its delta event.
+    fn delta_event(self) -> &'static str {
+        match self {
+            Kind::Message => "response.output_text.delta",
+            Kind::Refusal => "response.refusal.delta",
+            Kind::Reasoning => "response.reasoning_summary_text.delta",
+        }
+    }
+
+    /// The part in its state so far (`text` empty when just added).
+    fn part(self, text: &str) -> Value {
+        match self {
+            Kind::Message => {
+                json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+            }
+            Kind::Refusal => json!({"type": "refusal", "refusal": text}),
+            Kind::Reasoning => json!({"type": "summary_text", "text": text}),
+        }
+    }
+}
+
+/// The item text is being written into.
 #[derive(Debug)]
-enum Open {
-    Message { id: String, text: String },
-    Reasoning { id: String, text: String },
+struct Open {
+    kind: Kind,
+    id: String,
+    text: String,
 }
 
 /// See the module documentation.
@@ -77,6 +113,8 @@ pub struct ResponseBuilder {
     open: Option<Open>,
     /// Function calls in `output` so far.
     calls: u64,
+    /// The engine said the request waits, and its turn has not come.
+    queued: bool,
 }
 
 impl ResponseBuilder {
@@ -90,6 +128,7 @@ impl ResponseBuilder {
             output: Vec::new(),
             open: None,
             calls: 0,
+            queued: false,
         }
     }
 
@@ -153,58 +192,50 @@ impl ResponseBuilder {
         fields
     }
 
-    /// `response.created` and `response.in_progress`.
-    pub fn start(&mut self) -> Vec<Value> {
-        let created = self.response("in_progress", None, None);
-        let progress = created.clone();
+    /// `response.created`, then `response.in_progress`, or
+    /// `response.queued` for a request the engine put in line (`queued`).
+    pub fn start(&mut self, queued: bool) -> Vec<Value> {
+        self.queued = queued;
+        let status = if queued { "queued" } else { "in_progress" };
+        let created = self.response(status, None, None);
         vec![
             self.event("response.created", json!({"response": created})),
-            self.event("response.in_progress", json!({"response": progress})),
+            self.state_event(),
         ]
     }
 
-    /// A keep-alive: `response.in_progress` again.
-    pub fn in_progress(&mut self) -> Value {
-        let r = self.response("in_progress", None, None);
-        self.event("response.in_progress", json!({"response": r}))
+    /// A keep-alive: the current state's event again (`response.queued`
+    /// while the request waits, `response.in_progress` after).
+    pub fn keepalive(&mut self) -> Value {
+        self.state_event()
+    }
+
+    /// `response.queued` or `response.in_progress`, whichever holds now.
+    fn state_event(&mut self) -> Value {
+        let status = if self.queued { "queued" } else { "in_progress" };
+        let r = self.response(status, None, None);
+        self.event(&format!("response.{status}"), json!({"response": r}))
     }
 
     /// The events of one piece of output.
     pub fn push(&mut self, e: GenEvent) -> Vec<Value> {
         let mut out = Vec::new();
         match e {
-            GenEvent::Text(delta) => {
-                if !matches!(self.open, Some(Open::Message { .. })) {
-                    self.close(&mut out, "completed");
-                    self.open_message(&mut out);
-                }
-                let index = self.output.len();
-                if let Some(Open::Message { id, text }) = &mut self.open {
-                    text.push_str(&delta);
-                    let id = id.clone();
-                    out.push(self.event(
-                        "response.output_text.delta",
-                        json!({"item_id": id, "output_index": index, "content_index": 0,
-                               "delta": delta, "logprobs": []}),
-                    ));
-                }
+            // The spec's state machine: queued, then in_progress when the
+            // request leaves the queue. `start` announced a wait the engine
+            // had reported at once; one reported later is announced here.
+            GenEvent::Queued if !self.queued => {
+                self.queued = true;
+                out.push(self.state_event());
             }
-            GenEvent::Reasoning(delta) => {
-                if !matches!(self.open, Some(Open::Reasoning { .. })) {
-                    self.close(&mut out, "completed");
-                    self.open_reasoning(&mut out);
-                }
-                let index = self.output.len();
-                if let Some(Open::Reasoning { id, text }) = &mut self.open {
-                    text.push_str(&delta);
-                    let id = id.clone();
-                    out.push(self.event(
-                        "response.reasoning_summary_text.delta",
-                        json!({"item_id": id, "output_index": index, "summary_index": 0,
-                               "delta": delta}),
-                    ));
-                }
+            GenEvent::Queued => {}
+            GenEvent::Dequeued => {
+                self.queued = false;
+                out.push(self.state_event());
             }
+            GenEvent::Text(delta) => self.append(Kind::Message, &delta, &mut out),
+            GenEvent::Reasoning(delta) => self.append(Kind::Reasoning, &delta, &mut out),
+            GenEvent::Refusal(delta) => self.append(Kind::Refusal, &delta, &mut out),
             GenEvent::ToolCall(call) => {
                 if self
                     .echo
@@ -222,38 +253,60 @@ impl ResponseBuilder {
         out
     }
 
-    fn open_message(&mut self, out: &mut Vec<Value>) {
-        let id = new_id("msg_");
+    /// Writes `delta` into an item of `kind`, opening one (and closing
+    /// the item of another kind) first.
+    fn append(&mut self, kind: Kind, delta: &str, out: &mut Vec<Value>) {
+        if self.open.as_ref().map(|o| o.kind) != Some(kind) {
+            self.close(out, "completed");
+            self.open_item(kind, out);
+        }
         let index = self.output.len();
-        out.push(self.event(
-            "response.output_item.added",
-            json!({"output_index": index, "item": {"id": id, "type": "message",
-                   "status": "in_progress", "role": "assistant", "content": []}}),
-        ));
-        out.push(self.event(
-            "response.content_part.added",
-            json!({"item_id": id, "output_index": index, "content_index": 0,
-                   "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
-        ));
-        self.open = Some(Open::Message {
-            id,
-            text: String::new(),
-        });
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        open.text.push_str(delta);
+        let mut fields = json!({"item_id": open.id, "output_index": index, "delta": delta});
+        match kind {
+            Kind::Message => {
+                fields["content_index"] = json!(0);
+                fields["logprobs"] = json!([]);
+            }
+            Kind::Refusal => fields["content_index"] = json!(0),
+            Kind::Reasoning => fields["summary_index"] = json!(0),
+        }
+        out.push(self.event(kind.delta_event(), fields));
     }
 
-    fn open_reasoning(&mut self, out: &mut Vec<Value>) {
-        let id = new_id("rs_");
+    /// `output_item.added` and the part's `...part.added`.
+    fn open_item(&mut self, kind: Kind, out: &mut Vec<Value>) {
         let index = self.output.len();
+        let (id, item, part_event, index_field) = match kind {
+            Kind::Message | Kind::Refusal => {
+                let id = new_id("msg_");
+                let item = json!({"id": id, "type": "message", "status": "in_progress",
+                                  "role": "assistant", "content": []});
+                (id, item, "response.content_part.added", "content_index")
+            }
+            Kind::Reasoning => {
+                let id = new_id("rs_");
+                let item = json!({"id": id, "type": "reasoning", "summary": []});
+                (
+                    id,
+                    item,
+                    "response.reasoning_summary_part.added",
+                    "summary_index",
+                )
+            }
+        };
         out.push(self.event(
             "response.output_item.added",
-            json!({"output_index": index, "item": {"id": id, "type": "reasoning", "summary": []}}),
+            json!({"output_index": index, "item": item}),
         ));
-        out.push(self.event(
-            "response.reasoning_summary_part.added",
-            json!({"item_id": id, "output_index": index, "summary_index": 0,
-                   "part": {"type": "summary_text", "text": ""}}),
-        ));
-        self.open = Some(Open::Reasoning {
+        let mut fields = json!({"item_id": id, "output_index": index, "part": kind.part("")});
+        fields[index_field] = json!(0);
+        out.push(self.event(part_event, fields));
+        self.open = Some(Open {
+            kind,
             id,
             text: String::new(),
         });
@@ -291,49 +344,46 @@ impl ResponseBuilder {
     /// writing it). Reasoning items carry no status in the spec's schema.
     fn close(&mut self, out: &mut Vec<Value>, status: &str) {
         let index = self.output.len();
-        match self.open.take() {
-            None => {}
-            Some(Open::Message { id, text }) => {
-                out.push(self.event(
-                    "response.output_text.done",
-                    json!({"item_id": id, "output_index": index, "content_index": 0,
-                           "text": text, "logprobs": []}),
-                ));
-                let part =
-                    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
-                out.push(self.event(
-                    "response.content_part.done",
-                    json!({"item_id": id, "output_index": index, "content_index": 0,
-                           "part": part}),
-                ));
-                let item = json!({"id": id, "type": "message", "status": status,
-                                  "role": "assistant", "content": [part]});
-                out.push(self.event(
-                    "response.output_item.done",
-                    json!({"output_index": index, "item": item}),
-                ));
-                self.output.push(item);
-            }
-            Some(Open::Reasoning { id, text }) => {
-                out.push(self.event(
-                    "response.reasoning_summary_text.done",
-                    json!({"item_id": id, "output_index": index, "summary_index": 0,
-                           "text": text}),
-                ));
-                let part = json!({"type": "summary_text", "text": text});
-                out.push(self.event(
-                    "response.reasoning_summary_part.done",
-                    json!({"item_id": id, "output_index": index, "summary_index": 0,
-                           "part": part}),
-                ));
-                let item = json!({"id": id, "type": "reasoning", "summary": [part]});
-                out.push(self.event(
-                    "response.output_item.done",
-                    json!({"output_index": index, "item": item}),
-                ));
-                self.output.push(item);
-            }
-        }
+        let Some(Open { kind, id, text }) = self.open.take() else {
+            return;
+        };
+        let part = kind.part(&text);
+        let (done_event, mut done) = match kind {
+            Kind::Message => (
+                "response.output_text.done",
+                json!({"text": text, "logprobs": []}),
+            ),
+            Kind::Refusal => ("response.refusal.done", json!({"refusal": text})),
+            Kind::Reasoning => (
+                "response.reasoning_summary_text.done",
+                json!({"text": text}),
+            ),
+        };
+        let (part_done, index_field, item) = match kind {
+            Kind::Message | Kind::Refusal => (
+                "response.content_part.done",
+                "content_index",
+                json!({"id": id, "type": "message", "status": status,
+                       "role": "assistant", "content": [part]}),
+            ),
+            Kind::Reasoning => (
+                "response.reasoning_summary_part.done",
+                "summary_index",
+                json!({"id": id, "type": "reasoning", "summary": [part]}),
+            ),
+        };
+        done["item_id"] = json!(id);
+        done["output_index"] = json!(index);
+        done[index_field] = json!(0);
+        out.push(self.event(done_event, done));
+        let mut fields = json!({"item_id": id, "output_index": index, "part": part});
+        fields[index_field] = json!(0);
+        out.push(self.event(part_done, fields));
+        out.push(self.event(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        ));
+        self.output.push(item);
     }
 
     /// Closes the output; returns the closing events and the final
@@ -401,7 +451,7 @@ mod tests {
     #[test]
     fn events_follow_the_official_order() {
         let mut b = ResponseBuilder::new("resp_1".into(), 1, "m".into(), Echo::default());
-        let mut events = b.start();
+        let mut events = b.start(false);
         events.extend(b.push(GenEvent::Reasoning("think".into())));
         events.extend(b.push(GenEvent::Text("Hel".into())));
         events.extend(b.push(GenEvent::Text("lo".into())));
@@ -471,10 +521,94 @@ mod tests {
         assert_eq!(events[12]["output_index"], 1);
     }
 
+    /// The spec's state machine: a request in line is `queued` from
+    /// `response.created` on, keep-alives repeat `response.queued`, and
+    /// `response.in_progress` comes when its turn does; a wait reported
+    /// after the start is announced when it comes.
+    #[test]
+    fn a_queued_request_moves_from_queued_to_in_progress() {
+        let mut b = ResponseBuilder::new("resp_1".into(), 1, "m".into(), Echo::default());
+        let mut events = b.start(true);
+        events.extend(b.push(GenEvent::Queued));
+        events.push(b.keepalive());
+        events.extend(b.push(GenEvent::Dequeued));
+        events.push(b.keepalive());
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.queued",
+                "response.queued",
+                "response.in_progress",
+                "response.in_progress",
+            ]
+        );
+        let statuses: Vec<&str> = events
+            .iter()
+            .map(|e| e["response"]["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            statuses,
+            ["queued", "queued", "queued", "in_progress", "in_progress"]
+        );
+
+        let mut b = ResponseBuilder::new("resp_2".into(), 1, "m".into(), Echo::default());
+        let mut events = b.start(false);
+        events.extend(b.push(GenEvent::Queued));
+        events.extend(b.push(GenEvent::Dequeued));
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.queued",
+                "response.in_progress",
+            ]
+        );
+    }
+
+    /// A refusal is a message of one `refusal` part, streamed with the
+    /// spec's `response.refusal.delta` / `.done`; text after it is a
+    /// message of its own.
+    #[test]
+    fn a_refusal_is_a_message_with_a_refusal_part() {
+        let mut b = ResponseBuilder::new("resp_1".into(), 1, "m".into(), Echo::default());
+        let mut events = b.start(false);
+        events.extend(b.push(GenEvent::Refusal("I can't".into())));
+        events.extend(b.push(GenEvent::Refusal(" help.".into())));
+        events.extend(b.push(GenEvent::Text("Ask me else.".into())));
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds[2..10],
+            [
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.refusal.delta",
+                "response.refusal.delta",
+                "response.refusal.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+            ]
+        );
+        assert_eq!(events[3]["part"], json!({"type": "refusal", "refusal": ""}));
+        assert_eq!(events[6]["refusal"], "I can't help.");
+        assert_eq!(events[6]["content_index"], 0);
+        let item = &b.output()[0];
+        assert_eq!(item["type"], "message");
+        assert_eq!(item["status"], "completed");
+        assert_eq!(
+            item["content"],
+            json!([{"type": "refusal", "refusal": "I can't help."}])
+        );
+    }
+
     #[test]
     fn a_failure_is_an_error_event_then_response_failed() {
         let mut b = ResponseBuilder::new("resp_1".into(), 1, "m".into(), Echo::default());
-        let mut events = b.start();
+        let mut events = b.start(false);
         events.extend(b.push(GenEvent::Text("Hel".into())));
         events.extend(b.failed("server_error", "upstream went away"));
         let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();

@@ -53,6 +53,18 @@ pub enum Item {
     },
 }
 
+/// The id an `item_reference` names: `{"type": "item_reference", "id"}`,
+/// or (the spec's `type` is optional) an object with an `id` and neither
+/// `type` nor `role`. `None` for any other item.
+pub fn reference(item: &Value) -> Option<&str> {
+    let obj = item.as_object()?;
+    let untyped = matches!(obj.get("type"), None | Some(Value::Null)) && !obj.contains_key("role");
+    if obj.get("type").and_then(Value::as_str) == Some("item_reference") || untyped {
+        return obj.get("id").and_then(Value::as_str);
+    }
+    None
+}
+
 /// Checks one item; `at` names it in errors (`input[3]`).
 pub fn parse_item(item: &Value, at: &str, reader: Reader) -> Result<Item, ApiError> {
     let field = |f: &str| format!("{at}.{f}");
@@ -143,6 +155,11 @@ pub fn parse_item(item: &Value, at: &str, reader: Reader) -> Result<Item, ApiErr
             })?;
             Ok(Item::Compaction { summary })
         }
+        // A reference with an id was resolved before items are checked.
+        "item_reference" => Err(ApiError::invalid_param(
+            field("id"),
+            "An item_reference needs the 'id' (a string) of a stored item.",
+        )),
         other => Err(ApiError::invalid_param(
             field("type"),
             format!("Unsupported input item type '{other}'."),

@@ -276,15 +276,6 @@ impl Conversation {
             model,
             reads: engine.reads(model),
         };
-        let new_items = parse_all(&input, "input", reader)?;
-        let instructions = match instructions {
-            None => Vec::new(),
-            Some(Input::Text(s)) => vec![Item::Message {
-                role: Role::System,
-                content: crate::engine::Content::Text(s.clone()),
-            }],
-            Some(Input::Items(items)) => parse_all(items, "instructions", reader)?,
-        };
         let mut raw = match previous_response_id {
             None => Vec::new(),
             Some(id) => match recent.filter(|r| r.id == id) {
@@ -296,6 +287,16 @@ impl Conversation {
                     .map_err(|e| ApiError::internal(e.to_string()))?
                     .ok_or_else(|| ApiError::previous_response_not_found(id))?,
             },
+        };
+        let input = resolve_references(state, client, input, &raw).await?;
+        let new_items = parse_all(&input, "input", reader)?;
+        let instructions = match instructions {
+            None => Vec::new(),
+            Some(Input::Text(s)) => vec![Item::Message {
+                role: Role::System,
+                content: crate::engine::Content::Text(s.clone()),
+            }],
+            Some(Input::Items(items)) => parse_all(items, "instructions", reader)?,
         };
         let mut items = parse_all(&raw, "previous_response_id", reader)?;
         items.extend(new_items);
@@ -312,6 +313,46 @@ impl Conversation {
     fn messages(&self) -> Vec<crate::engine::ChatMessage> {
         to_messages(&self.instructions, &self.items)
     }
+}
+
+/// `input` with each `item_reference` replaced by the item it names: one
+/// of the conversation being continued (`chain`), else one of the
+/// client's stored responses' items. Stored so, the conversation replays
+/// even after the response that held the item is deleted.
+async fn resolve_references(
+    state: &AppState,
+    client: &Client,
+    input: Vec<Value>,
+    chain: &[Value],
+) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::with_capacity(input.len());
+    for (i, item) in input.into_iter().enumerate() {
+        let Some(id) = items::reference(&item) else {
+            out.push(item);
+            continue;
+        };
+        let found = match chain.iter().rev().find(|c| c["id"] == id) {
+            Some(c) => Some(c.clone()),
+            None => state
+                .store
+                .item(&client.0, id)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?,
+        };
+        match found {
+            // A stored item is never itself a reference (they are resolved
+            // before storing), so this does not recurse.
+            Some(found) if items::reference(&found).is_none() => out.push(found),
+            _ => {
+                return Err(ApiError::invalid_param(
+                    format!("input[{i}].id"),
+                    format!("Item with id '{id}' not found."),
+                )
+                .with_code("item_not_found"))
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn parse_all(items: &[Value], at: &str, reader: Reader) -> Result<Vec<Item>, ApiError> {
@@ -526,8 +567,8 @@ impl Protocol for Events {
         self.content_type
     }
 
-    fn start(&mut self) -> Vec<Bytes> {
-        let events = self.builder.start();
+    fn start(&mut self, queued: bool) -> Vec<Bytes> {
+        let events = self.builder.start(queued);
         self.encode(&events)
     }
 
@@ -537,7 +578,7 @@ impl Protocol for Events {
     }
 
     fn keepalive(&mut self) -> Bytes {
-        (self.encode)(&self.builder.in_progress())
+        (self.encode)(&self.builder.keepalive())
     }
 
     async fn done(&mut self, outcome: &Outcome) -> Vec<Bytes> {

@@ -18,13 +18,15 @@
 //! connection starts with nothing kept. "WebSocket Reconnects": a
 //! connection lasts at most [`LIFETIME`]. "WebSocket Errors": every
 //! refusal is an `error` message with its status ([`error_event`]); the
-//! socket stays open for the next message.
+//! socket stays open for the next message. When the server stops, an idle
+//! session closes at once (1001, going away) and a running turn gets the
+//! grace an HTTP request gets ([`crate::SHUTDOWN_GRACE`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -98,7 +100,21 @@ pub async fn upgrade(
     let limit = state.config.max_body_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| Session::new(state, client).serve(socket))
+        .on_upgrade(move |socket| async move {
+            // A session past the server's stop gets the grace an HTTP
+            // request gets, then is dropped (its generation cancelled).
+            let cutoff = {
+                let stopped = state.stopped();
+                async move {
+                    stopped.await;
+                    tokio::time::sleep(crate::SHUTDOWN_GRACE).await;
+                }
+            };
+            tokio::select! {
+                () = Session::new(state, client).serve(socket) => {}
+                () = cutoff => tracing::info!("responses websocket cut off at shutdown"),
+            }
+        })
 }
 
 /// One connection.
@@ -127,13 +143,19 @@ impl Session {
         let (tx, mut rx) = socket.split();
         self.tx = Some(tx);
         tracing::debug!(client = %self.client.0, "responses websocket opened");
+        let stopped = self.state.stopped();
+        tokio::pin!(stopped);
         loop {
+            if *self.state.stopping.borrow() {
+                return self.close(close_code::AWAY, "server shutting down").await;
+            }
             let text = match self.waiting.pop_front() {
                 Some(text) => text,
                 None => {
                     let read = tokio::select! {
                         read = rx.next() => read,
                         () = tokio::time::sleep_until(deadline) => break,
+                        () = &mut stopped => continue,
                     };
                     match self.message(read).await {
                         Ok(Some(text)) => text,
@@ -155,14 +177,19 @@ impl Session {
         ))
         .with_code("websocket_connection_limit_reached");
         if self.send_error(&limit).await.is_ok() {
-            if let Some(tx) = self.tx.as_mut() {
-                let close = CloseFrame {
-                    code: axum::extract::ws::close_code::NORMAL,
-                    reason: Utf8Bytes::from_static("websocket_connection_limit_reached"),
-                };
-                let _ = tx.send(Message::Close(Some(close))).await;
-            }
+            self.close(close_code::NORMAL, "websocket_connection_limit_reached")
+                .await;
         }
+    }
+
+    /// Ends the session with a close frame (best effort: the socket may be
+    /// gone already).
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let close = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = self.send(Message::Close(Some(close))).await;
     }
 
     /// What one read gave: a request's text, nothing to act on (a ping, a
