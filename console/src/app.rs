@@ -69,6 +69,7 @@ li.turn pre.model-text.empty { display: none; }
 .tool-call .label, .tool-result .label { font-size: .8rem; opacity: .75; }
 .repaired { color: #b35c00; font-size: .8rem; }
 li.egress-line { font-size: .8rem; opacity: .75; }
+tr.chatter td { font-size: .8rem; opacity: .6; font-style: italic; }
 li.egress-line[data-decision=deny] .decision { color: #d03838; }
 p.charts { display: flex; flex-wrap: wrap; gap: .3rem 1.2rem; font-size: .82rem; margin: .2rem 0 .5rem; }
 p.charts svg { vertical-align: middle; margin-left: .3rem; opacity: .8; }
@@ -264,6 +265,40 @@ fn merge_egress(log: &mut Vec<EgressLogEntry>, entries: Vec<EgressLogEntry>) {
     if log.len() > EGRESS_ENTRIES {
         log.drain(..log.len() - EGRESS_ENTRIES);
     }
+}
+
+/// Whether a log line is a guest's own network chatter, not something its
+/// agent did: a dropped frame to a multicast or IPv6 link-local address
+/// (router and neighbour discovery, MLD, mDNS). IPv4 link-local stays
+/// shown: 169.254.169.254 is where cloud metadata lives.
+fn is_chatter(entry: &EgressLogEntry) -> bool {
+    use std::net::IpAddr;
+    let Some(addr) = entry.addr.as_deref().and_then(|a| a.parse::<IpAddr>().ok()) else {
+        return false;
+    };
+    entry.decision == EgressAction::Deny
+        && match addr {
+            IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
+            IpAddr::V6(a) => a.is_multicast() || a.segments()[0] & 0xffc0 == 0xfe80,
+        }
+}
+
+/// One VM's log lines to show, newest first (at most `rows`), with its
+/// chatter ([`is_chatter`]) taken out and counted, to be shown as one line.
+fn fold_chatter<'a>(
+    log: impl Iterator<Item = &'a EgressLogEntry>,
+    rows: usize,
+) -> (Vec<EgressLogEntry>, usize) {
+    let mut shown = Vec::new();
+    let mut chatter = 0;
+    for entry in log {
+        if is_chatter(entry) {
+            chatter += 1;
+        } else if shown.len() < rows {
+            shown.push(entry.clone());
+        }
+    }
+    (shown, chatter)
 }
 
 /// Adds `new` inference records to `all` (each once, by request id), oldest
@@ -798,20 +833,34 @@ fn EgressPanel(name: String, live: Live) -> impl IntoView {
     let log_rows = {
         let name = name.clone();
         move || {
-            let entries: Vec<EgressLogEntry> = live.egress.with(|log| {
-                log.iter()
-                    .rev()
-                    .filter(|e| e.vm.as_str() == name)
-                    .take(EGRESS_ROWS)
-                    .cloned()
-                    .collect()
+            let (entries, chatter) = live.egress.with(|log| {
+                fold_chatter(
+                    log.iter().rev().filter(|e| e.vm.as_str() == name),
+                    EGRESS_ROWS,
+                )
+            });
+            // The guest's own multicast and link-local chatter, dropped
+            // and never the agent's doing: one counted line, last.
+            let chatter = (chatter > 0).then(|| {
+                view! {
+                    <tr class="chatter">
+                        <td colspan="7">
+                            {format!(
+                                "{chatter} dropped {} of link-local and multicast chatter \
+                                 (IPv6 neighbour and router discovery, MLD, mDNS): nothing left the VM",
+                                if chatter == 1 { "line" } else { "lines" }
+                            )}
+                        </td>
+                    </tr>
+                }
             });
             if entries.is_empty() {
                 return Either::Left(view! {
                     <tr><td class="empty" colspan="7">"No connections yet."</td></tr>
+                    {chatter}
                 });
             }
-            Either::Right(
+            Either::Right((
                 entries
                     .into_iter()
                     .map(|entry| {
@@ -887,7 +936,8 @@ fn EgressPanel(name: String, live: Live) -> impl IntoView {
                         }
                     })
                     .collect_view(),
-            )
+                chatter,
+            ))
         }
     };
 
@@ -1304,6 +1354,43 @@ mod tests {
         assert_eq!(log.models, Some(vec![format!("m{}", CHART_POINTS + 2)]));
         assert_eq!(log.queued.len(), CHART_POINTS);
         assert_eq!(log.queued[0], 3.0);
+    }
+
+    #[test]
+    fn link_local_and_multicast_chatter_is_folded_into_a_count() {
+        let entry = |id: u64, addr: &str, decision: EgressAction| EgressLogEntry {
+            id,
+            vm: clawpen_api::VmName::parse("demo").unwrap(),
+            time_unix_ms: id,
+            proto: EgressLogProto::Ipv6,
+            name: None,
+            addr: Some(addr.into()),
+            port: None,
+            decision,
+            rule: None,
+            reason: String::new(),
+            bytes_up: None,
+            bytes_down: None,
+            ended_unix_ms: None,
+        };
+        let log = [
+            entry(1, "ff02::2", EgressAction::Deny),
+            entry(2, "fe80::1", EgressAction::Deny),
+            entry(3, "169.254.169.254", EgressAction::Deny),
+            entry(4, "224.0.0.251", EgressAction::Deny),
+            entry(5, "2001:db8::1", EgressAction::Deny),
+            entry(6, "93.184.216.34", EgressAction::Allow),
+            entry(7, "ff02::16", EgressAction::Deny),
+        ];
+        let (shown, chatter) = fold_chatter(log.iter().rev(), 10);
+        let ids: Vec<u64> = shown.iter().map(|e| e.id).collect();
+        // The metadata address and real destinations stay lines of their own.
+        assert_eq!(ids, [6, 5, 3]);
+        assert_eq!(chatter, 4);
+        // The row limit counts shown lines only.
+        let (shown, chatter) = fold_chatter(log.iter().rev(), 1);
+        assert_eq!(shown.len(), 1);
+        assert_eq!(chatter, 4);
     }
 
     #[test]

@@ -40,3 +40,20 @@ async fn reset_from_the_browser_shows_live_state_changes() {
     assert_eq!(up.vm("demo").await.unwrap().state.label(), "Running");
     browser.close().await;
 }
+
+/// What a phone downloads: the wasm bundle as `cargo xtask console`
+/// builds it (what `up` serves) stays within 1.5 MiB.
+#[test]
+fn the_console_bundle_is_small_enough_for_a_phone() {
+    build_console_assets();
+    let wasm = clawpen_tests::target_dir().join("site/pkg/clawpen_console_bg.wasm");
+    let size = std::fs::metadata(&wasm)
+        .unwrap_or_else(|e| panic!("{}: {e}", wasm.display()))
+        .len();
+    assert!(
+        size <= 1536 * 1024,
+        "{} is {} KiB (over 1536 KiB)",
+        wasm.display(),
+        size / 1024
+    );
+}
