@@ -667,11 +667,10 @@ async fn clients_take_turns_when_one_floods_the_model() {
     settle(&engine).await;
 }
 
-/// Through the HTTP API: each VM's key names its client, a request that
-/// waits behind another VM's shows in the queue gauge and reports its
-/// wait in the per-request record.
-#[tokio::test]
-async fn queue_wait_and_depth_are_in_the_metrics() {
+/// The service on a model whose greedy turn never ends, with two VMs'
+/// keys (`key-a` is vm-a's, `key-b` vm-b's): for tests of who waits for
+/// whom. The folder holds the model.
+async fn two_vms_sharing_a_model() -> (tempfile::TempDir, common::Svc) {
     limit_threads();
     let dir = tempfile::tempdir().unwrap();
     let path = TinyModel::new("qwen2")
@@ -682,7 +681,15 @@ async fn queue_wait_and_depth_are_in_the_metrics() {
         .into_iter()
         .map(|(k, c)| (k.to_owned(), c.to_owned()))
         .collect();
-    let svc = common::start(cfg).await;
+    (dir, common::start(cfg).await)
+}
+
+/// Through the HTTP API: each VM's key names its client, a request that
+/// waits behind another VM's shows in the queue gauge and reports its
+/// wait in the per-request record.
+#[tokio::test]
+async fn queue_wait_and_depth_are_in_the_metrics() {
+    let (_dir, svc) = two_vms_sharing_a_model().await;
     let mut feed = svc.metrics.subscribe();
     let http = reqwest::Client::new();
     let body = |max: u64, stream: bool| {
@@ -753,17 +760,7 @@ async fn queue_wait_and_depth_are_in_the_metrics() {
 /// at once. The SSE framing is asserted on both.
 #[tokio::test]
 async fn a_response_waiting_its_turn_is_queued_then_in_progress() {
-    limit_threads();
-    let dir = tempfile::tempdir().unwrap();
-    let path = TinyModel::new("qwen2")
-        .never_ending()
-        .write(dir.path(), "tiny-qwen2");
-    let mut cfg = config(vec![path]);
-    cfg.api_keys = [("key-a", "vm-a"), ("key-b", "vm-b")]
-        .into_iter()
-        .map(|(k, c)| (k.to_owned(), c.to_owned()))
-        .collect();
-    let svc = common::start(cfg).await;
+    let (_dir, svc) = two_vms_sharing_a_model().await;
     let http = reqwest::Client::new();
     let url = format!("{}/v1/responses", svc.base);
     let body = |max: u64| json!({"input": "hi", "max_output_tokens": max, "stream": true});
