@@ -447,6 +447,9 @@ pub enum EgressLogProto {
     Icmp,
     /// Any IPv6 frame: the guest gets no IPv6 address and every one is dropped.
     Ipv6,
+    /// An IPv4 packet no relay carries, dropped: a fragment (never
+    /// reassembled), or a protocol other than TCP, UDP and ICMP.
+    Ip,
     /// A line about the log itself: how many lines a VM over its rate
     /// limit had suppressed.
     Suppressed,
@@ -460,6 +463,7 @@ impl EgressLogProto {
             EgressLogProto::Dns => "dns",
             EgressLogProto::Icmp => "icmp",
             EgressLogProto::Ipv6 => "ipv6",
+            EgressLogProto::Ip => "ip",
             EgressLogProto::Suppressed => "suppressed",
         }
     }
@@ -471,6 +475,7 @@ impl EgressLogProto {
             "dns" => EgressLogProto::Dns,
             "icmp" => EgressLogProto::Icmp,
             "ipv6" => EgressLogProto::Ipv6,
+            "ip" => EgressLogProto::Ip,
             "suppressed" => EgressLogProto::Suppressed,
             _ => return None,
         })

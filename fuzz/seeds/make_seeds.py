@@ -85,6 +85,21 @@ def client_hello(host):
     return outgoing.read()
 
 
+def with_extension(record, kind, data):
+    """A TLS ClientHello record with one more extension, lengths fixed."""
+    hs = record[5:]
+    body = hs[4:]
+    at = 2 + 32
+    at += 1 + body[at]  # legacy_session_id
+    at += 2 + int.from_bytes(body[at:at + 2], "big")  # cipher_suites
+    at += 1 + body[at]  # compression methods
+    exts = body[at + 2:at + 2 + int.from_bytes(body[at:at + 2], "big")]
+    exts += struct.pack("!HH", kind, len(data)) + data
+    body = body[:at] + struct.pack("!H", len(exts)) + exts
+    hs = bytes([1]) + len(body).to_bytes(3, "big") + body
+    return record[:3] + struct.pack("!H", len(hs)) + hs
+
+
 # guest_frame: a mode byte (odd: checksums are rewritten), then the frame.
 put("guest_frame", "dhcp-discover", b"\0" + ipv4_udp_frame(67, dhcp(1)))
 put("guest_frame", "dns-query", b"\0" + ipv4_udp_frame(53, dns_query("example.com"), (10, 0, 2, 15), (10, 0, 2, 2)))
@@ -96,9 +111,17 @@ put("dhcp", "request", dhcp(3, (10, 0, 2, 15)))
 # sniff: a byte that says where a prefix is cut, then the first bytes.
 put("sniff", "tls-client-hello", b"\x80" + client_hello("api.example.com"))
 put("sniff", "http-get", b"\x40" + b"GET http://example.com/a HTTP/1.1\r\nHost: Example.COM:80\r\nAccept: */*\r\n\r\n")
+# The heads the gateway refuses since issue 20: TLS with Encrypted Client
+# Hello (a GREASE-shaped extension 0xfe0d), and HTTP ends of line a lenient
+# server reads another way (bare LF).
+put("sniff", "tls-ech", b"\x80" + with_extension(client_hello("api.example.com"), 0xFE0D, bytes(range(32))))
+put("sniff", "http-bare-lf", b"\x40" + b"GET / HTTP/1.1\nHost: example.com\n\n")
 # http_stream: a byte for the read size, then the stream.
 put("http_stream", "pipelined", b"\x07" + b"POST /v1 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello"
     + b"GET / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n")
+# An upgrade the server has not granted yet, then a second request.
+put("http_stream", "upgrade", b"\x05" + b"GET /ws HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    + b"GET / HTTP/1.1\r\nHost: other.example\r\n\r\n")
 put("http_stream", "chunked-body", b"\x02" + b"PUT /x HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
     + b"5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
 # tool_calls: a byte for the family (its index in Family::ALL), a byte for

@@ -846,6 +846,138 @@ async fn sni_host_ipv6_and_dns_over_tcp_are_no_way_around_and_inference_is_reach
     assert_eq!(record.client, "demo");
 }
 
+/// Counts the connections (TCP) or datagrams (UDP) a listener on the host
+/// receives; `None` when the port cannot be bound here.
+async fn count_tcp(ip: Ipv4Addr, port: u16) -> Option<Arc<std::sync::atomic::AtomicUsize>> {
+    let listener = TcpListener::bind((ip, port)).await.ok()?;
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    Some(count)
+}
+
+async fn count_udp(ip: Ipv4Addr, port: u16) -> Option<Arc<std::sync::atomic::AtomicUsize>> {
+    let socket = tokio::net::UdpSocket::bind((ip, port)).await.ok()?;
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while socket.recv_from(&mut buf).await.is_ok() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    Some(count)
+}
+
+/// The ways out that need no name, with a name for the host's address
+/// allowed: another resolver (UDP and TCP 53), DNS over TLS (853) and over
+/// HTTPS (TLS to 443) at the literal address, ICMP, and IP fragments.
+/// Listeners on the host's address receive nothing, and each attempt has
+/// its deny line with its reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn other_resolvers_encrypted_dns_icmp_and_fragments_get_nothing_out() {
+    let Some(ip) = host_ip() else {
+        eprintln!("skipped: this host has no address on a default route");
+        return;
+    };
+    let mut listeners = Vec::new();
+    for (what, port, udp) in [
+        ("udp 53", 53, true),
+        ("tcp 53", 53, false),
+        ("tcp 853", 853, false),
+        ("tcp 443", 443, false),
+    ] {
+        let count = if udp {
+            count_udp(ip, port).await
+        } else {
+            count_tcp(ip, port).await
+        };
+        match count {
+            Some(count) => listeners.push((what, count)),
+            None => eprintln!("{what} is taken on {ip}: nothing listens there for this test"),
+        }
+    }
+    let home = temp_home();
+    let up = boot(home.path(), &format!("dns.test={ip}"));
+    up.wait_state("demo", "Running", BOOT).await.unwrap();
+    add_rule(&up, json!({"action": "allow", "target": "dns.test"})).await;
+    let mut serial = Serial::connect(&up.vm_dir("demo")).unwrap();
+    let denied = |proto: &'static str, port: Option<u16>| {
+        let addr = ip.to_string();
+        move |e: &EgressLogEntry| {
+            e.proto.as_str() == proto
+                && e.addr.as_deref() == Some(addr.as_str())
+                && e.port == port
+                && e.decision.as_str() == "deny"
+        }
+    };
+
+    // Another resolver, over UDP and TCP.
+    let out = serial
+        .run(&format!("timeout 10 nslookup dns.test {ip}"), ANSWER)
+        .unwrap();
+    assert!(!out.contains(&format!("Address: {ip}")), "{out}");
+    wait_log(&up, "DNS to another resolver", denied("udp", Some(53))).await;
+    let query = dns_tcp_query_printf("dns.test");
+    serial
+        .run(
+            &format!("printf '{query}' | nc -w 3 {ip} 53 | hexdump -C"),
+            ANSWER,
+        )
+        .unwrap();
+    wait_log(
+        &up,
+        "DNS over TCP to another resolver",
+        denied("tcp", Some(53)),
+    )
+    .await;
+
+    // DNS over TLS and over HTTPS at the literal address (a ClientHello
+    // naming the allowed name does not make the address allowed).
+    let hello = client_hello_printf("dns.test");
+    for port in [853, 443] {
+        let out = serial
+            .run(
+                &format!("printf '{hello}' | nc -w 3 {ip} {port}; echo done-{port}"),
+                ANSWER,
+            )
+            .unwrap();
+        assert!(!out.contains(TLS_ACCEPTED), "{out}");
+        wait_log(&up, "TLS to the literal address", denied("tcp", Some(port))).await;
+    }
+
+    // ICMP: answered by the gateway only.
+    let out = serial
+        .run(&format!("ping -c 1 -W 3 {ip}; echo pinged"), ANSWER)
+        .unwrap();
+    assert!(out.contains("0 packets received"), "{out}");
+    let icmp = wait_log(&up, "ICMP to the host", denied("icmp", None)).await;
+    assert!(icmp.reason.contains("ICMP"), "{icmp:?}");
+
+    // A datagram larger than the link's MTU (65,520, from DHCP) goes in
+    // fragments: dropped, never reassembled.
+    serial
+        .run(
+            &format!("ping -c 1 -W 3 -s 65500 {ip}; echo pinged"),
+            ANSWER,
+        )
+        .unwrap();
+    let fragments = wait_log(&up, "IP fragments", denied("ip", None)).await;
+    assert!(fragments.reason.contains("fragments"), "{fragments:?}");
+
+    for (what, count) in &listeners {
+        assert_eq!(
+            count.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the host's {what} listener was reached"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_network_survives_warm_reset_and_supervisor_restart() {
     let server = Server::start(IpAddr::V4(Ipv4Addr::LOCALHOST)).await;

@@ -566,7 +566,38 @@ impl Stack {
                     );
                 }
             }
-            L4::Fragment | L4::Other(_) => {}
+            L4::Fragment | L4::Other(_) if v4.dst.is_broadcast() || v4.dst.is_multicast() => {}
+            L4::Fragment => {
+                // A fragment's port is in the first one only: no relay could
+                // check it, so none is reassembled (guests send whole packets
+                // below the link's MTU; only an oversized datagram without
+                // DF comes in pieces).
+                let verdict = Verdict::deny(
+                    None,
+                    "IP fragments are never reassembled: every one is dropped",
+                );
+                self.note(
+                    now,
+                    EgressLogProto::Ip,
+                    None,
+                    (IpAddr::V4(v4.dst), None),
+                    &verdict,
+                );
+            }
+            L4::Other(protocol) => {
+                let reason = match protocol {
+                    6 | 17 => "a malformed TCP or UDP packet".to_owned(),
+                    p => format!("IP protocol {p} is not relayed (only TCP, UDP and ICMP)"),
+                };
+                let verdict = Verdict::deny(None, reason);
+                self.note(
+                    now,
+                    EgressLogProto::Ip,
+                    None,
+                    (IpAddr::V4(v4.dst), None),
+                    &verdict,
+                );
+            }
         }
     }
 

@@ -604,6 +604,73 @@ fn ipv6_frames_are_dropped_and_logged_once() {
     assert!(logs(&again).is_empty(), "logged once per 30 s");
 }
 
+/// An IPv4 frame from the guest to `dst` carrying `payload` as `protocol`,
+/// its header checksum right; `more_fragments` makes it a first fragment.
+fn ipv4_frame(
+    dst: Ipv4Addr,
+    protocol: smoltcp::wire::IpProtocol,
+    more_fragments: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    use smoltcp::wire::Ipv4Packet;
+    let mut frame = vec![0u8; 14 + 20 + payload.len()];
+    frame[..6].copy_from_slice(&GATEWAY_MAC);
+    frame[6..12].copy_from_slice(&GUEST_MAC.0);
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    let mut ip = Ipv4Packet::new_unchecked(&mut frame[14..]);
+    ip.set_version(4);
+    ip.set_header_len(20);
+    ip.set_total_len(u16::try_from(20 + payload.len()).unwrap());
+    ip.set_ident(7);
+    ip.clear_flags();
+    ip.set_more_frags(more_fragments);
+    ip.set_frag_offset(0);
+    ip.set_hop_limit(64);
+    ip.set_next_header(protocol);
+    ip.set_src_addr(GUEST_IP);
+    ip.set_dst_addr(dst);
+    ip.payload_mut().copy_from_slice(payload);
+    ip.fill_checksum();
+    frame
+}
+
+/// Packets no relay carries (a fragment, a protocol other than TCP, UDP
+/// and ICMP) are dropped with a log line saying why, once per place and
+/// 30 s; even "allow everything" lets none through.
+#[test]
+fn fragments_and_other_ip_protocols_are_dropped_and_logged() {
+    use smoltcp::wire::IpProtocol;
+    let mut h = Harness::new(vec![rule(1, EgressAction::Allow, "0.0.0.0/0")]);
+    let dst = Ipv4Addr::new(93, 184, 216, 34);
+    let fragment = ipv4_frame(dst, IpProtocol::Udp, true, &[0u8; 64]);
+    let (frames, actions) = h.send(&fragment);
+    assert!(frames.is_empty());
+    assert!(!actions.iter().any(|a| matches!(a, Action::UdpOpen { .. })));
+    let l = logs(&actions);
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(l[0].proto, EgressLogProto::Ip);
+    assert_eq!(l[0].decision, EgressAction::Deny);
+    assert_eq!(l[0].addr.as_deref(), Some("93.184.216.34"));
+    assert!(l[0].reason.contains("fragments"), "{l:?}");
+    assert!(
+        logs(&h.send(&fragment).1).is_empty(),
+        "logged once per 30 s"
+    );
+
+    // Another place (a line per kind and place), another protocol.
+    let gre = ipv4_frame(
+        Ipv4Addr::new(93, 184, 216, 35),
+        IpProtocol::Unknown(47),
+        false,
+        &[0u8; 8],
+    );
+    let (frames, actions) = h.send(&gre);
+    assert!(frames.is_empty());
+    let l = logs(&actions);
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert!(l[0].reason.contains("protocol 47"), "{l:?}");
+}
+
 /// Valid-checksum frames with arbitrary contents (the checksums are right,
 /// so the bytes reach the parsers behind them).
 fn arb_frame() -> impl Strategy<Value = Vec<u8>> {

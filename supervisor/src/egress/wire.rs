@@ -96,17 +96,26 @@ fn classify_v6(packet: &[u8]) -> GuestFrame<'_> {
 
 fn classify_v4(src_mac: EthernetAddress, packet: &[u8]) -> Option<Ipv4Frame<'_>> {
     let ip = Ipv4Packet::new_checked(packet).ok()?;
+    if ip.more_frags() || ip.frag_offset() != 0 {
+        // smoltcp's `Ipv4Repr` refuses fragments (it reassembles none), so
+        // what their log line needs is read here, from a checked header.
+        if ip.version() != 4 || !ip.verify_checksum() {
+            return None;
+        }
+        return Some(Ipv4Frame {
+            src_mac,
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+            l4: L4::Fragment,
+        });
+    }
     let caps = ChecksumCapabilities::default();
     let repr = Ipv4Repr::parse(&ip, &caps).ok()?;
     let header_len = usize::from(ip.header_len());
     let total_len = usize::from(ip.total_len());
     let payload = packet.get(header_len..total_len)?;
     let (src, dst) = (repr.src_addr, repr.dst_addr);
-    let l4 = if ip.more_frags() || ip.frag_offset() != 0 {
-        L4::Fragment
-    } else {
-        classify_l4(repr.next_header, src, dst, payload)
-    };
+    let l4 = classify_l4(repr.next_header, src, dst, payload);
     Some(Ipv4Frame {
         src_mac,
         src,
