@@ -9,7 +9,7 @@ use crate::common;
 
 use common::clients::run_python;
 use common::llama::LlamaServer;
-use common::{config, events, frames, read_all, start, Frame};
+use common::{config, events, frames, read_all, start};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,13 +43,7 @@ async fn real_llama_cpp_upstream() {
     )
     .await;
     let fr = frames(&body);
-    assert_eq!(
-        fr.last(),
-        Some(&Frame::Data {
-            event: None,
-            data: "[DONE]".into()
-        })
-    );
+    common::assert_ends_with_done(&fr);
     let chunks = events(&body);
     let text: String = chunks
         .iter()

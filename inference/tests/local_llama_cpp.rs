@@ -76,19 +76,7 @@ async fn candle_and_llama_cpp_agree_on_the_same_gguf() {
 
     let engine = LocalEngine::start(std::slice::from_ref(&path), LocalOptions::default());
     assert!(engine.wait_loaded().await.is_empty());
-    let text = local_common::generated_text(
-        engine
-            .generate(GenerateRequest {
-                model: "tiny".into(),
-                messages,
-                max_tokens: Some(12),
-                temperature: Some(0.0),
-                ..Default::default()
-            })
-            .await
-            .unwrap(),
-    )
-    .await;
+    let text = greedy_text(&engine, "tiny".into(), messages).await;
 
     let path_arg = path.display().to_string();
     let out = tokio::task::spawn_blocking(move || {
@@ -138,19 +126,7 @@ async fn candle_and_llama_cpp_agree_on_qwen2_qwen3_and_qwen3moe() {
         drop(loaded);
         let engine = LocalEngine::start(std::slice::from_ref(&path), LocalOptions::default());
         assert!(engine.wait_loaded().await.is_empty());
-        let text = local_common::generated_text(
-            engine
-                .generate(GenerateRequest {
-                    model: arch.into(),
-                    messages,
-                    max_tokens: Some(12),
-                    temperature: Some(0.0),
-                    ..Default::default()
-                })
-                .await
-                .unwrap(),
-        )
-        .await;
+        let text = greedy_text(&engine, arch.into(), messages).await;
         let path_arg = path.display().to_string();
         let out = tokio::task::spawn_blocking(move || {
             Command::new(python())
@@ -178,4 +154,19 @@ async fn candle_and_llama_cpp_agree_on_qwen2_qwen3_and_qwen3moe() {
             "{arch}: greedy text"
         );
     }
+}
+
+/// Twelve greedy tokens of `model` on `messages`, as text.
+async fn greedy_text(engine: &LocalEngine, model: String, messages: Vec<ChatMessage>) -> String {
+    let stream = engine
+        .generate(GenerateRequest {
+            model,
+            messages,
+            max_tokens: Some(12),
+            temperature: Some(0.0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    local_common::generated_text(stream).await
 }

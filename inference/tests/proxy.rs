@@ -44,13 +44,7 @@ async fn chat_streams_and_answers_whole() {
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let body = read_all(r).await;
     let fr = frames(&body);
-    assert_eq!(
-        fr.last(),
-        Some(&Frame::Data {
-            event: None,
-            data: "[DONE]".into()
-        })
-    );
+    common::assert_ends_with_done(&fr);
     let chunks = events(&body);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let text: String = chunks

@@ -12,21 +12,28 @@ use std::time::Duration;
 
 use common::clients::run_python;
 use common::upstream::{agent_script, FakeUpstream};
-use common::{config, start};
-use serde_json::json;
+use common::{config, start, Svc};
+use serde_json::{json, Value};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_openai_sdk_agent_session() {
+/// Runs `script` (in `tests/clients/python`) against clawpen proxying the
+/// scripted agent upstream, with the key `sk-python`; what it printed.
+async fn python_against_the_agent_script(script: &'static str) -> (FakeUpstream, Svc, Value) {
     let up = FakeUpstream::start(&["qwen3-test"], agent_script(Duration::ZERO)).await;
     let mut cfg = config(&up.url);
     cfg.api_keys = [("sk-python".to_owned(), "py-client".to_owned())].into();
     let svc = start(cfg).await;
     let base = svc.base.clone();
     let r = tokio::task::spawn_blocking(move || {
-        run_python("openai_sdk.py", &[&base, "sk-python", "qwen3-test"])
+        run_python(script, &[&base, "sk-python", "qwen3-test"])
     })
     .await
     .unwrap();
+    (up, svc, r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_openai_sdk_agent_session() {
+    let (up, svc, r) = python_against_the_agent_script("openai_sdk.py").await;
 
     let types: Vec<&str> = r["stream_event_types"]
         .as_array()
@@ -114,16 +121,7 @@ async fn python_openai_sdk_agent_session() {
 /// into the SDK's types.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_openai_sdk_websocket_mode() {
-    let up = FakeUpstream::start(&["qwen3-test"], agent_script(Duration::ZERO)).await;
-    let mut cfg = config(&up.url);
-    cfg.api_keys = [("sk-python".to_owned(), "py-client".to_owned())].into();
-    let svc = start(cfg).await;
-    let base = svc.base.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        run_python("openai_ws.py", &[&base, "sk-python", "qwen3-test"])
-    })
-    .await
-    .unwrap();
+    let (up, svc, r) = python_against_the_agent_script("openai_ws.py").await;
     let types = |key: &str| -> Vec<String> {
         r[key]
             .as_array()

@@ -151,6 +151,19 @@ pub async fn read_all(resp: reqwest::Response) -> String {
     String::from_utf8(body).unwrap()
 }
 
+/// Asserts a stream's last frame is the literal `[DONE]` (Chat
+/// Completions' sentinel, Open Responses' terminal event).
+pub fn assert_ends_with_done(frames: &[Frame]) {
+    assert_eq!(
+        frames.last(),
+        Some(&Frame::Data {
+            event: None,
+            data: "[DONE]".into()
+        }),
+        "the terminal event is [DONE]"
+    );
+}
+
 /// Reads a streamed Responses answer to its end, asserting Open Responses'
 /// streaming framing: `Content-Type: text/event-stream`; `\n` line ends;
 /// every event one `event:` line naming the `type` of its one `data:` line
@@ -165,14 +178,7 @@ pub async fn responses_sse(r: reqwest::Response) -> Vec<Value> {
     assert_eq!(content_type.as_deref(), Some("text/event-stream"), "{body}");
     assert!(!body.contains('\r'), "line ends are \\n only: {body:?}");
     let fr = frames(&body);
-    assert_eq!(
-        fr.last(),
-        Some(&Frame::Data {
-            event: None,
-            data: "[DONE]".into()
-        }),
-        "the terminal event is [DONE]"
-    );
+    assert_ends_with_done(&fr);
     let mut events = Vec::new();
     for f in &fr[..fr.len() - 1] {
         let Frame::Data { event, data } = f else {
